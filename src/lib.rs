@@ -1,0 +1,3 @@
+pub mod protocol;
+pub mod time;
+pub mod wheel;

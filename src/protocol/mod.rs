@@ -1,0 +1,230 @@
+//! The wire protocol: messages, close codes, and the two codecs (length
+//! prefixed frames and `\n`-terminated lines). See `docs/PROTOCOL.md` for the
+//! specification.
+//!
+//! Decoding borrows from the caller's buffer: a [`Message`] holds slices of
+//! the bytes received, so the hot path copies nothing and allocates nothing.
+//! A decoder never asks for more than [`Decoder::max_message_len`] bytes to
+//! be buffered, and it rejects an oversized frame from its 4-byte header,
+//! before any of the body has been read.
+//!
+//! # Examples
+//!
+//! ```
+//! use wheel_server::protocol::{Decoder, Message, Protocol};
+//!
+//! let mut wire = Vec::new();
+//! Protocol::Frame.encode(&Message::Ping(b"7"), &mut wire);
+//! Protocol::Frame.encode(&Message::Data(b"hello"), &mut wire);
+//!
+//! let mut decoder = Decoder::new(Protocol::Frame, 1024);
+//! let (first, used) = decoder.decode(&wire).unwrap().unwrap();
+//! assert_eq!(first, Message::Ping(b"7"));
+//! let (second, _) = decoder.decode(&wire[used..]).unwrap().unwrap();
+//! assert_eq!(second, Message::Data(b"hello"));
+//! ```
+
+pub mod frame;
+pub mod line;
+
+use std::fmt;
+
+/// Close codes carried by CLOSE messages.
+pub mod code {
+    /// Normal closure; also the answer to a peer's CLOSE.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Malformed input: zero length, unknown type, PING payload over 125 bytes.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Policy violation: PINGs sent too often.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame or line longer than the server's maximum.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server is full; try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection was idle for longer than the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+}
+
+/// The largest PING payload, in bytes.
+pub const MAX_PING_PAYLOAD: usize = 125;
+
+/// Which codec a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum Protocol {
+    /// Binary frames: `u32` big-endian length, a type byte, the payload.
+    #[default]
+    Frame,
+    /// Text lines for people with `nc`: `PING`, `PONG`, `QUIT`, anything else
+    /// is data.
+    Line,
+}
+
+impl Protocol {
+    /// Appends the encoding of `msg` to `out`.
+    ///
+    /// # Panics
+    ///
+    /// In frame mode, if the payload is longer than `u32::MAX - 1` bytes.
+    pub fn encode(self, msg: &Message<'_>, out: &mut Vec<u8>) {
+        match self {
+            Protocol::Frame => frame::encode(msg, out),
+            Protocol::Line => line::encode(msg, out),
+        }
+    }
+
+    /// The name used on the command line and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Frame => "frame",
+            Protocol::Line => "line",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One protocol message, borrowing its payload from the receive buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// Application data; the built-in echo service sends it back.
+    Data(&'a [u8]),
+    /// A heartbeat request; answered by a PONG with the same payload.
+    Ping(&'a [u8]),
+    /// A heartbeat answer.
+    Pong(&'a [u8]),
+    /// The sender is closing the connection.
+    Close {
+        /// One of the [`code`] constants, or an application's own.
+        code: u16,
+        /// Human-readable reason.
+        reason: &'a str,
+    },
+}
+
+/// Why a byte stream could not be decoded. Every variant ends the connection
+/// with the CLOSE code of [`DecodeError::close_code`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A frame whose length field is 0 (it must count at least the type byte).
+    EmptyFrame,
+    /// A frame type byte that is not DATA, PING, PONG or CLOSE.
+    UnknownType(u8),
+    /// A PING payload longer than [`MAX_PING_PAYLOAD`].
+    PingTooLong(usize),
+    /// A CLOSE frame with fewer than two payload bytes or a reason that is not
+    /// UTF-8.
+    MalformedClose,
+    /// A frame or line longer than the configured maximum.
+    TooBig {
+        /// The announced frame length; for a line, `max + 1` (a lower bound,
+        /// as the line's end need not have arrived).
+        len: u64,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+impl DecodeError {
+    /// The close code this error is answered with: 1009 for
+    /// [`TooBig`](DecodeError::TooBig), 1002 otherwise.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            DecodeError::TooBig { .. } => code::TOO_BIG,
+            _ => code::PROTOCOL_ERROR,
+        }
+    }
+
+    /// Whether this is a message over the size limit.
+    pub fn is_too_big(&self) -> bool {
+        matches!(self, DecodeError::TooBig { .. })
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::EmptyFrame => f.write_str("frame length is zero"),
+            DecodeError::UnknownType(t) => write!(f, "unknown frame type 0x{t:02x}"),
+            DecodeError::PingTooLong(n) => {
+                write!(f, "ping payload of {n} bytes exceeds {MAX_PING_PAYLOAD}")
+            }
+            DecodeError::MalformedClose => f.write_str("malformed close frame"),
+            DecodeError::TooBig { len, max } => {
+                write!(f, "message of {len} bytes exceeds the maximum of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// An incremental decoder for one connection's byte stream.
+///
+/// Call [`decode`](Decoder::decode) with all bytes received and not yet
+/// consumed; it returns the first complete message and how many bytes it
+/// used, or `None` if more bytes are needed.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    protocol: Protocol,
+    max_frame: usize,
+    /// Line mode: how many leading bytes of the buffer are known to hold no
+    /// `\n`, so a long line arriving in pieces is scanned once, not
+    /// quadratically.
+    scanned: usize,
+}
+
+impl Decoder {
+    /// A decoder for `protocol` that rejects messages longer than
+    /// `max_frame` bytes (frame mode: the length field; line mode: the line
+    /// without its terminator).
+    pub fn new(protocol: Protocol, max_frame: usize) -> Decoder {
+        Decoder {
+            protocol,
+            max_frame,
+            scanned: 0,
+        }
+    }
+
+    /// The protocol this decoder speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The most bytes a single message can occupy in the buffer, framing
+    /// included. A caller never needs to buffer more than this.
+    pub fn max_message_len(&self) -> usize {
+        match self.protocol {
+            Protocol::Frame => self.max_frame.saturating_add(frame::HEADER_LEN),
+            // The line, then "\r\n".
+            Protocol::Line => self.max_frame.saturating_add(2),
+        }
+    }
+
+    /// Decodes the first message in `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` holds only part of a message. The caller
+    /// must pass the same unconsumed bytes (plus any new ones) next time.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] when the stream is invalid; the connection must then
+    /// be closed with [`DecodeError::close_code`].
+    pub fn decode<'a>(
+        &mut self,
+        buf: &'a [u8],
+    ) -> Result<Option<(Message<'a>, usize)>, DecodeError> {
+        match self.protocol {
+            Protocol::Frame => frame::decode(buf, self.max_frame),
+            Protocol::Line => line::decode(buf, self.max_frame, &mut self.scanned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

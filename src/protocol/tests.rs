@@ -1,0 +1,273 @@
+use super::*;
+use proptest::prelude::*;
+
+/// An owned copy of a decoded message (or the error that ended the stream).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Owned {
+    Msg(u8, Vec<u8>, u16),
+    Err(DecodeError),
+}
+
+fn own(msg: &Message<'_>) -> Owned {
+    match *msg {
+        Message::Data(p) => Owned::Msg(1, p.to_vec(), 0),
+        Message::Ping(p) => Owned::Msg(2, p.to_vec(), 0),
+        Message::Pong(p) => Owned::Msg(3, p.to_vec(), 0),
+        Message::Close { code, reason } => Owned::Msg(4, reason.as_bytes().to_vec(), code),
+    }
+}
+
+/// Feeds `input` to a decoder in chunks ending at `cuts`, the way a
+/// connection's read loop does, and returns what came out. Also checks that
+/// the decoder never needs more than `max_message_len` bytes buffered.
+fn decode_in_chunks(protocol: Protocol, max: usize, input: &[u8], cuts: &[usize]) -> Vec<Owned> {
+    let mut decoder = Decoder::new(protocol, max);
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    ends.push(input.len());
+    ends.sort_unstable();
+    let mut fed = 0;
+    for end in ends {
+        buffer.extend_from_slice(&input[fed..end]);
+        fed = end;
+        loop {
+            match decoder.decode(&buffer) {
+                Ok(Some((msg, used))) => {
+                    out.push(own(&msg));
+                    buffer.drain(..used);
+                }
+                Ok(None) => {
+                    assert!(
+                        buffer.len() < decoder.max_message_len(),
+                        "decoder wants more than {} bytes buffered ({} held)",
+                        decoder.max_message_len(),
+                        buffer.len()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    out.push(Owned::Err(e));
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn one(protocol: Protocol, max: usize, input: &[u8]) -> Result<Option<Owned>, DecodeError> {
+    Decoder::new(protocol, max)
+        .decode(input)
+        .map(|m| m.map(|(msg, _)| own(&msg)))
+}
+
+fn frame(len: u32, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = len.to_be_bytes().to_vec();
+    v.push(kind);
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn frame_round_trip() {
+    let msgs = [
+        Message::Data(b""),
+        Message::Data(b"hello"),
+        Message::Ping(&[7; MAX_PING_PAYLOAD]),
+        Message::Pong(b"x"),
+        Message::Close {
+            code: code::IDLE_TIMEOUT,
+            reason: "idle timeout",
+        },
+    ];
+    let mut wire = Vec::new();
+    for m in &msgs {
+        Protocol::Frame.encode(m, &mut wire);
+    }
+    let got = decode_in_chunks(Protocol::Frame, 1024, &wire, &[]);
+    assert_eq!(got, msgs.iter().map(own).collect::<Vec<_>>());
+}
+
+#[test]
+fn frame_layout_matches_the_spec() {
+    let mut wire = Vec::new();
+    Protocol::Frame.encode(&Message::Ping(b"ab"), &mut wire);
+    assert_eq!(wire, [0, 0, 0, 3, 0x02, b'a', b'b']);
+    wire.clear();
+    Protocol::Frame.encode(
+        &Message::Close {
+            code: 1000,
+            reason: "x",
+        },
+        &mut wire,
+    );
+    assert_eq!(wire, [0, 0, 0, 4, 0x04, 0x03, 0xe8, b'x']);
+}
+
+#[test]
+fn frame_errors_and_their_codes() {
+    let e = one(Protocol::Frame, 100, &frame(0, 1, b"")).unwrap_err();
+    assert_eq!((e.clone(), e.close_code()), (DecodeError::EmptyFrame, 1002));
+    let e = one(Protocol::Frame, 100, &frame(1, 9, b"")).unwrap_err();
+    assert_eq!(
+        (e.clone(), e.close_code()),
+        (DecodeError::UnknownType(9), 1002)
+    );
+    let e = one(Protocol::Frame, 1000, &frame(127, 2, &[0; 126])).unwrap_err();
+    assert_eq!(
+        (e.clone(), e.close_code()),
+        (DecodeError::PingTooLong(126), 1002)
+    );
+    let e = one(Protocol::Frame, 100, &frame(2, 4, b"x")).unwrap_err();
+    assert_eq!(e, DecodeError::MalformedClose);
+    let e = one(Protocol::Frame, 100, &frame(4, 4, &[3, 232, 0xff])).unwrap_err();
+    assert_eq!(e, DecodeError::MalformedClose);
+}
+
+#[test]
+fn oversized_frame_is_rejected_from_its_header_alone() {
+    let e = one(Protocol::Frame, 100, &101u32.to_be_bytes()).unwrap_err();
+    assert_eq!(e, DecodeError::TooBig { len: 101, max: 100 });
+    assert_eq!(e.close_code(), 1009);
+    // Exactly max_frame is fine.
+    assert_eq!(one(Protocol::Frame, 100, &100u32.to_be_bytes()), Ok(None));
+}
+
+#[test]
+fn errors_that_need_only_the_type_byte_do_not_wait_for_the_body() {
+    let e = one(Protocol::Frame, 10_000, &[0, 0, 1, 0, 0x09]).unwrap_err();
+    assert_eq!(e, DecodeError::UnknownType(9));
+    let e = one(Protocol::Frame, 10_000, &[0, 0, 1, 0, 0x02]).unwrap_err();
+    assert_eq!(e, DecodeError::PingTooLong(255));
+}
+
+#[test]
+fn partial_frames_need_more() {
+    let wire = frame(6, 1, b"hello");
+    for cut in 0..wire.len() {
+        assert_eq!(
+            one(Protocol::Frame, 100, &wire[..cut]),
+            Ok(None),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn line_commands() {
+    let got = decode_in_chunks(
+        Protocol::Line,
+        100,
+        b"PING\nPING hi there\r\nPONG\nQUIT\nCLOSE 4000 idle timeout\nPINGS\nhello\r\n\n",
+        &[],
+    );
+    assert_eq!(
+        got,
+        vec![
+            Owned::Msg(2, b"".to_vec(), 0),
+            Owned::Msg(2, b"hi there".to_vec(), 0),
+            Owned::Msg(3, b"".to_vec(), 0),
+            Owned::Msg(4, b"quit".to_vec(), 1000),
+            Owned::Msg(4, b"idle timeout".to_vec(), 4000),
+            Owned::Msg(1, b"PINGS".to_vec(), 0),
+            Owned::Msg(1, b"hello".to_vec(), 0),
+            Owned::Msg(1, b"".to_vec(), 0),
+        ]
+    );
+}
+
+#[test]
+fn line_encoding() {
+    let mut out = Vec::new();
+    Protocol::Line.encode(&Message::Pong(b""), &mut out);
+    Protocol::Line.encode(&Message::Pong(b"abc"), &mut out);
+    Protocol::Line.encode(
+        &Message::Close {
+            code: 1000,
+            reason: "bye",
+        },
+        &mut out,
+    );
+    Protocol::Line.encode(&Message::Data(b"echo"), &mut out);
+    assert_eq!(out, b"PONG\nPONG abc\nCLOSE 1000 bye\necho\n");
+}
+
+#[test]
+fn line_length_limit() {
+    // max_frame bytes, with or without "\r", is fine.
+    assert!(matches!(one(Protocol::Line, 4, b"abcd\r\n"), Ok(Some(_))));
+    assert_eq!(one(Protocol::Line, 4, b"abcd\r"), Ok(None));
+    // One byte more is too big, with or without the newline.
+    assert!(one(Protocol::Line, 4, b"abcde\n").unwrap_err().is_too_big());
+    assert!(one(Protocol::Line, 4, b"abcdef").unwrap_err().is_too_big());
+}
+
+fn message() -> impl Strategy<Value = (u8, Vec<u8>, u16)> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(|p| (1, p, 0)),
+        proptest::collection::vec(any::<u8>(), 0..=MAX_PING_PAYLOAD).prop_map(|p| (2, p, 0)),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|p| (3, p, 0)),
+        ("[a-z ]{0,20}", any::<u16>()).prop_map(|(r, c)| (4, r.into_bytes(), c)),
+    ]
+}
+
+fn encode_owned(protocol: Protocol, (kind, payload, code): &(u8, Vec<u8>, u16), out: &mut Vec<u8>) {
+    let msg = match kind {
+        1 => Message::Data(payload),
+        2 => Message::Ping(payload),
+        3 => Message::Pong(payload),
+        _ => Message::Close {
+            code: *code,
+            reason: std::str::from_utf8(payload).unwrap(),
+        },
+    };
+    protocol.encode(&msg, out);
+}
+
+proptest! {
+    /// Valid frames survive any split and come out as they went in.
+    #[test]
+    fn frames_decode_the_same_however_split(
+        msgs in proptest::collection::vec(message(), 0..20),
+        cuts in proptest::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let mut wire = Vec::new();
+        for m in &msgs {
+            encode_owned(Protocol::Frame, m, &mut wire);
+        }
+        let expected: Vec<Owned> = msgs.iter().map(|(k, p, c)| Owned::Msg(*k, p.clone(), if *k == 4 { *c } else { 0 })).collect();
+        prop_assert_eq!(decode_in_chunks(Protocol::Frame, 1 << 16, &wire, &cuts), expected);
+    }
+
+    /// Arbitrary bytes, whole or split anywhere, give the same messages and
+    /// the same error, without panicking and without the decoder needing
+    /// more than max_message_len bytes buffered.
+    #[test]
+    fn arbitrary_bytes_decode_the_same_however_split(
+        protocol in prop_oneof![Just(Protocol::Frame), Just(Protocol::Line)],
+        max in 1usize..64,
+        input in proptest::collection::vec(any::<u8>(), 0..400),
+        cuts in proptest::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let whole = decode_in_chunks(protocol, max, &input, &[]);
+        let split = decode_in_chunks(protocol, max, &input, &cuts);
+        prop_assert_eq!(whole, split);
+    }
+
+    /// Line-mode input made mostly of newlines and command words.
+    #[test]
+    fn lines_decode_the_same_however_split(
+        parts in proptest::collection::vec(prop_oneof![
+            Just(b"PING".to_vec()), Just(b"PONG x".to_vec()), Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()), Just(b"QUIT".to_vec()), Just(b"CLOSE 1001 bye".to_vec()),
+            "[a-z]{0,12}".prop_map(String::into_bytes),
+        ], 0..40),
+        cuts in proptest::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let input = parts.concat();
+        let whole = decode_in_chunks(Protocol::Line, 32, &input, &[]);
+        let split = decode_in_chunks(Protocol::Line, 32, &input, &cuts);
+        prop_assert_eq!(whole, split);
+    }
+}
