@@ -1,3 +1,44 @@
+//! A long-connection TCP server that finds dead peers fast: thread per
+//! connection, application heartbeats, an idle timeout enforced by a hashed
+//! timing wheel, and tuned TCP keepalive and `TCP_USER_TIMEOUT` underneath.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wheel_server::server::{Config, Server};
+//!
+//! let server = Server::start(Config {
+//!     listen: "127.0.0.1:5005".parse().unwrap(),
+//!     idle_timeout: Some(Duration::from_secs(60)),
+//!     ..Config::default()
+//! })?;
+//! println!("serving on {}", server.local_addr());
+//! // ... until it is time to stop:
+//! server.shutdown();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Modules
+//!
+//! * [`server`]: the server, its [`Config`] and close reasons.
+//! * [`protocol`]: the wire format (frames and lines) and close codes.
+//! * [`wheel`]: the hashed timing wheel behind the idle timeout.
+//! * [`time`]: mapping `Instant`s to wheel ticks.
+//!
+//! Put your own logic behind the same machinery with a [`Handler`].
+
+#![deny(missing_docs)]
+
+mod duration;
+mod handler;
 pub mod protocol;
+pub mod server;
+mod sys;
 pub mod time;
 pub mod wheel;
+
+pub use duration::parse_duration;
+pub use handler::{Echo, Handler, Session};
+pub use server::{CloseReason, Config, ConnId, Server};
+pub use sys::Keepalive;

@@ -1,0 +1,199 @@
+//! Command-line flags of `wheel-server`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use tracing_subscriber::EnvFilter;
+use wheel_server::protocol::Protocol;
+use wheel_server::{Config, Keepalive, parse_duration};
+
+/// Long-connection TCP server: echo service with application heartbeats
+/// (PING/PONG), an idle timeout enforced by a hashed timing wheel, and TCP
+/// keepalive / TCP_USER_TIMEOUT tuning.
+///
+/// Every flag can also be set through the environment variable shown, e.g.
+/// WHEEL_SERVER_IDLE_TIMEOUT=30s. Durations are written like 250ms, 5s, 2m.
+#[derive(Parser, Debug)]
+#[command(name = "wheel-server", version, about, long_about = None)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005")]
+    listen: SocketAddr,
+
+    /// Wire protocol: length-prefixed frames, or text lines (for nc).
+    #[arg(long, env = "WHEEL_SERVER_PROTOCOL", value_enum, default_value_t = Protocol::Frame)]
+    protocol: Protocol,
+
+    /// Close connections silent for this long with CLOSE 4000 (0 = off).
+    #[arg(long, env = "WHEEL_SERVER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Timer resolution: idle connections close at most one tick late.
+    #[arg(long, env = "WHEEL_SERVER_TICK", default_value = "100ms", value_parser = parse_duration)]
+    tick: Duration,
+
+    /// Slots of the timing wheel (a power of two).
+    #[arg(long, env = "WHEEL_SERVER_WHEEL_SLOTS", default_value_t = 512)]
+    wheel_slots: usize,
+
+    /// Send PING to a connection idle this long (and again as long as it stays silent);
+    /// its PONG counts as activity. Off unless set.
+    #[arg(long, env = "WHEEL_SERVER_PROBE_AFTER", value_parser = parse_duration)]
+    probe_after: Option<Duration>,
+
+    /// Connections above this many get CLOSE 1013 (try again later).
+    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Largest frame or line in bytes; larger gets CLOSE 1009.
+    #[arg(long, env = "WHEEL_SERVER_MAX_FRAME", default_value_t = 1_048_576)]
+    max_frame: usize,
+
+    /// PINGs closer together than this count as strikes. Off unless set.
+    #[arg(long, env = "WHEEL_SERVER_MIN_PING_INTERVAL", value_parser = parse_duration)]
+    min_ping_interval: Option<Duration>,
+
+    /// More consecutive strikes than this get CLOSE 1008.
+    #[arg(long, env = "WHEEL_SERVER_PING_STRIKES", default_value_t = 3)]
+    ping_strikes: u32,
+
+    /// TCP keepalive: idle time before the first probe (whole seconds).
+    #[arg(long, env = "WHEEL_SERVER_KEEPALIVE_IDLE", default_value = "30s", value_parser = parse_duration)]
+    keepalive_idle: Duration,
+
+    /// TCP keepalive: time between probes (whole seconds).
+    #[arg(long, env = "WHEEL_SERVER_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    keepalive_interval: Duration,
+
+    /// TCP keepalive: unanswered probes before the peer is declared dead.
+    #[arg(long, env = "WHEEL_SERVER_KEEPALIVE_COUNT", default_value_t = 3)]
+    keepalive_count: u32,
+
+    /// Turn TCP keepalive off.
+    #[arg(long, env = "WHEEL_SERVER_NO_KEEPALIVE")]
+    no_keepalive: bool,
+
+    /// TCP_USER_TIMEOUT: drop a connection whose sent data stays unacknowledged this long.
+    /// Off unless set.
+    #[arg(long, env = "WHEEL_SERVER_USER_TIMEOUT", value_parser = parse_duration)]
+    user_timeout: Option<Duration>,
+
+    /// Close a connection whose peer does not read for this long while the server writes (0 = off).
+    #[arg(long, env = "WHEEL_SERVER_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    write_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, wait this long for connections to finish after CLOSE 1001.
+    #[arg(long, env = "WHEEL_SERVER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+
+    /// Stack size of each connection's thread, in bytes.
+    #[arg(long, env = "WHEEL_SERVER_WORKER_STACK", default_value_t = 65_536)]
+    worker_stack: usize,
+
+    /// More log output (-v debug, -vv trace). Overrides RUST_LOG.
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Less log output (-q warnings, -qq errors only). Overrides RUST_LOG.
+    #[arg(short, long, action = ArgAction::Count)]
+    quiet: u8,
+}
+
+/// Zero means "off" for optional durations.
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+impl Args {
+    pub fn parse_args() -> Args {
+        Args::parse()
+    }
+
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> std::io::Result<Config> {
+        let config = Config {
+            listen: self.listen,
+            protocol: self.protocol,
+            idle_timeout: nonzero(self.idle_timeout),
+            tick: self.tick,
+            wheel_slots: self.wheel_slots,
+            probe_after: self.probe_after.and_then(nonzero),
+            max_connections: self.max_connections,
+            max_frame: self.max_frame,
+            min_ping_interval: self.min_ping_interval.and_then(nonzero),
+            ping_strikes: self.ping_strikes,
+            keepalive: (!self.no_keepalive).then_some(Keepalive {
+                idle: self.keepalive_idle,
+                interval: self.keepalive_interval,
+                count: self.keepalive_count,
+            }),
+            user_timeout: self.user_timeout.and_then(nonzero),
+            write_timeout: nonzero(self.write_timeout),
+            shutdown_grace: self.shutdown_grace,
+            worker_stack: self.worker_stack,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Logs go to stderr. -v/-q pick the level; without them RUST_LOG does,
+/// defaulting to info.
+pub fn init_logging(args: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let level = match (args.verbose, args.quiet) {
+        (0, 0) => None,
+        (1, _) => Some("debug"),
+        (v, _) if v >= 2 => Some("trace"),
+        (_, 1) => Some("warn"),
+        _ => Some("error"),
+    };
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_library_defaults() {
+        let args = Args::try_parse_from(["wheel-server"]).unwrap();
+        assert_eq!(args.config().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn zero_turns_timeouts_off() {
+        let args = Args::try_parse_from([
+            "wheel-server",
+            "--idle-timeout",
+            "0",
+            "--write-timeout",
+            "0",
+        ])
+        .unwrap();
+        let config = args.config().unwrap();
+        assert_eq!(config.idle_timeout, None);
+        assert_eq!(config.write_timeout, None);
+    }
+
+    #[test]
+    fn bad_durations_are_rejected_by_the_parser() {
+        let err = Args::try_parse_from(["wheel-server", "--tick", "fast"]).unwrap_err();
+        assert!(err.to_string().contains("--tick"), "{err}");
+    }
+}

@@ -1,0 +1,123 @@
+//! The accept thread: admits connections, rejects the ones over the limit,
+//! and survives descriptor exhaustion without spinning.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use super::conn::Conn;
+use super::timer::Event;
+use super::worker;
+use crate::protocol::{Message, code};
+use crate::sys::{self, AcceptError};
+
+/// First pause after `accept` fails for lack of descriptors or memory.
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause: how late, at worst, the server notices freed descriptors.
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// At most one "server full" warning per this interval (each rejection is
+/// also logged at debug level).
+const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u64;
+    let mut last_full_warning: Option<Instant> = None;
+    loop {
+        let accepted = shared.listener.accept();
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        match accepted {
+            Ok((stream, peer)) => {
+                if failures > 0 {
+                    info!(
+                        failures,
+                        "accepting again after descriptor or memory exhaustion"
+                    );
+                    failures = 0;
+                    backoff = BACKOFF_MIN;
+                }
+                if !admit(&shared, stream, peer) {
+                    let warn_now =
+                        last_full_warning.is_none_or(|t| t.elapsed() >= FULL_WARNING_INTERVAL);
+                    if warn_now {
+                        warn!(
+                            max = shared.config.max_connections,
+                            "server full: rejecting new connections with close 1013"
+                        );
+                        last_full_warning = Some(Instant::now());
+                    }
+                }
+            }
+            Err(e) => match sys::classify_accept_error(&e) {
+                AcceptError::Connection => debug!("accept: skipped a failed connection: {e}"),
+                AcceptError::Exhausted | AcceptError::Other => {
+                    if failures == 0 {
+                        warn!("accept failed: {e}; backing off until resources are freed");
+                    }
+                    failures += 1;
+                    // Unparked by shutdown.
+                    std::thread::park_timeout(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            },
+        }
+    }
+}
+
+/// Registers the connection and starts its worker. Returns false if it was
+/// rejected because the server is full.
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
+    if let Err(e) = sys::configure(&stream, &shared.config.socket_options()) {
+        // Typically the peer already reset the connection.
+        debug!(%peer, "dropping connection: cannot set socket options: {e}");
+        return true;
+    }
+    let tick = shared.clock.now();
+    let mut stream = Some(stream);
+    let conn = shared.registry.insert(shared.config.max_connections, |id| {
+        Conn::new(id, stream.take().expect("called once"), peer, tick)
+    });
+    let Some(conn) = conn else {
+        debug!(%peer, "rejected: server full");
+        reject(shared, &stream.expect("not taken when full"), "server full");
+        return false;
+    };
+    let id = conn.id;
+    // Sent before the worker exists, so it reaches the timer thread before
+    // the worker's Deregister.
+    let _ = shared.events.send(Event::Register { id, activity: tick });
+    if let Err(e) = worker::spawn(shared, Arc::clone(&conn)) {
+        warn!(%peer, "rejected: cannot start a worker thread: {e}");
+        shared.registry.remove(id);
+        let _ = shared.events.send(Event::Deregister(id));
+        reject(shared, &conn.stream, "server out of threads");
+    }
+    true
+}
+
+/// Tells a connection the server cannot take it (CLOSE 1013) and closes it,
+/// without ever blocking the accept thread.
+fn reject(shared: &Shared, stream: &TcpStream, reason: &str) {
+    let mut close = Vec::new();
+    let msg = Message::Close {
+        code: code::TRY_AGAIN_LATER,
+        reason,
+    };
+    shared.config.protocol.encode(&msg, &mut close);
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let _ = (&*stream).write(&close);
+    let _ = stream.shutdown(Shutdown::Write);
+    // Consume whatever the client already sent: closing with unread input
+    // would send RST, which can discard the CLOSE before the client reads it.
+    let mut scratch = [0u8; 512];
+    while matches!((&*stream).read(&mut scratch), Ok(n) if n > 0) {}
+}

@@ -1,0 +1,120 @@
+//! A worker's receive buffer: bytes read from the socket and not yet decoded.
+
+/// Capacity every connection starts with, and returns to after a large
+/// message. Small, because an idle connection should cost little memory.
+pub(crate) const INITIAL: usize = 4 * 1024;
+
+/// Capacity above which an emptied buffer is shrunk back to [`INITIAL`].
+const RETAIN: usize = 64 * 1024;
+
+/// A growable byte buffer with a consumed prefix, compacted lazily.
+pub(crate) struct ReadBuf {
+    /// Always fully initialised; `data.len()` is the capacity in use.
+    data: Vec<u8>,
+    /// Start of the unconsumed bytes.
+    start: usize,
+    /// End of the bytes read.
+    end: usize,
+}
+
+impl ReadBuf {
+    pub(crate) fn new() -> ReadBuf {
+        ReadBuf {
+            data: vec![0; INITIAL],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The bytes read and not yet consumed.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    /// Marks `n` leading bytes as consumed.
+    pub(crate) fn consume(&mut self, n: usize) {
+        debug_assert!(
+            n <= self.end - self.start,
+            "consumed {n} of {} bytes",
+            self.end - self.start
+        );
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.data.len() > RETAIN {
+                self.data = vec![0; INITIAL];
+            }
+        }
+    }
+
+    /// Space to read into: compacts, and grows (doubling, up to `limit`
+    /// bytes in all) only when the unconsumed bytes fill the buffer, that is
+    /// when one message is larger than the buffer.
+    pub(crate) fn spare(&mut self, limit: usize) -> &mut [u8] {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let grown = (self.data.len() * 2).min(limit.max(INITIAL));
+                debug_assert!(
+                    grown > self.data.len(),
+                    "buffer full at its limit of {limit} bytes"
+                );
+                self.data.resize(grown, 0);
+            }
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`spare`](Self::spare).
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.end += n;
+        debug_assert!(self.end <= self.data.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(buf: &mut ReadBuf, limit: usize, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let spare = buf.spare(limit);
+            let n = spare.len().min(rest.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            buf.filled(n);
+            rest = &rest[n..];
+        }
+    }
+
+    #[test]
+    fn grows_to_hold_a_large_message_and_shrinks_after() {
+        let mut buf = ReadBuf::new();
+        let big = vec![7u8; 100_000];
+        fill(&mut buf, 200_000, &big);
+        assert_eq!(buf.data(), &big[..]);
+        buf.consume(big.len());
+        assert_eq!(buf.data.len(), INITIAL);
+    }
+
+    #[test]
+    fn never_grows_past_the_limit() {
+        let mut buf = ReadBuf::new();
+        fill(&mut buf, 10_000, &[1; 10_000]);
+        assert_eq!(buf.data.len(), 10_000);
+    }
+
+    #[test]
+    fn compacts_before_growing() {
+        let mut buf = ReadBuf::new();
+        fill(&mut buf, 1 << 20, &[1; INITIAL]);
+        buf.consume(INITIAL - 10);
+        fill(&mut buf, 1 << 20, &[2; 100]);
+        assert_eq!(buf.data.len(), INITIAL, "compaction should have made room");
+        assert_eq!(buf.data().len(), 110);
+    }
+}

@@ -1,0 +1,229 @@
+//! Server configuration.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::protocol::Protocol;
+use crate::sys::{Keepalive, SocketOptions};
+
+/// Everything a [`Server`](super::Server) can be told. Start from
+/// [`Config::default`] and change what you need; [`Server::start`] checks
+/// the values.
+///
+/// [`Server::start`]: super::Server::start
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use wheel_server::server::Config;
+///
+/// let config = Config {
+///     listen: "127.0.0.1:0".parse().unwrap(),
+///     idle_timeout: Some(Duration::from_secs(30)),
+///     ..Config::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Wire protocol spoken on every connection.
+    pub protocol: Protocol,
+    /// Close a connection that sent no complete message for this long
+    /// (CLOSE 4000). `None` disables the application idle timeout.
+    pub idle_timeout: Option<Duration>,
+    /// Timer resolution: idle timeouts fire at most one tick late.
+    pub tick: Duration,
+    /// Slots of the timing wheel (a power of two). `slots * tick` at least
+    /// as long as the idle timeout keeps expiry to one look per timer.
+    pub wheel_slots: usize,
+    /// Send a PING to a connection idle this long (and again every
+    /// `probe_after` while it stays silent); its PONG counts as activity.
+    pub probe_after: Option<Duration>,
+    /// Connections beyond this many get CLOSE 1013 and are closed.
+    pub max_connections: usize,
+    /// Largest frame (length field) or line accepted; larger ones get CLOSE
+    /// 1009 without the body being read.
+    pub max_frame: usize,
+    /// PINGs arriving closer together than this are strikes.
+    pub min_ping_interval: Option<Duration>,
+    /// More than this many consecutive strikes get CLOSE 1008.
+    pub ping_strikes: u32,
+    /// TCP keepalive on every accepted socket; `None` turns it off.
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT`: drop a connection whose sent data stays
+    /// unacknowledged this long.
+    pub user_timeout: Option<Duration>,
+    /// How long one write may block on a peer that does not read; then the
+    /// connection is closed (reason `write_timeout`). `None`: forever.
+    pub write_timeout: Option<Duration>,
+    /// On shutdown, how long to wait for connections to finish after CLOSE
+    /// 1001 before forcing them closed.
+    pub shutdown_grace: Duration,
+    /// Stack size of each connection's worker thread, in bytes.
+    pub worker_stack: usize,
+}
+
+/// The smallest worker stack accepted: below this, ordinary library code
+/// (formatting, logging) risks overflowing it.
+pub const MIN_WORKER_STACK: usize = 32 * 1024;
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5005)),
+            protocol: Protocol::Frame,
+            idle_timeout: Some(Duration::from_secs(60)),
+            tick: Duration::from_millis(100),
+            wheel_slots: 512,
+            probe_after: None,
+            max_connections: 10_000,
+            max_frame: 1 << 20,
+            min_ping_interval: None,
+            ping_strikes: 3,
+            keepalive: Some(Keepalive::default()),
+            user_timeout: None,
+            write_timeout: Some(Duration::from_secs(5)),
+            shutdown_grace: Duration::from_secs(5),
+            worker_stack: 64 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the values make sense together.
+    ///
+    /// # Errors
+    ///
+    /// An error of kind [`io::ErrorKind::InvalidInput`] naming the first
+    /// offending setting.
+    pub fn validate(&self) -> io::Result<()> {
+        let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if self.tick.is_zero() {
+            return invalid("tick must be longer than zero".into());
+        }
+        if !self.wheel_slots.is_power_of_two() || self.wheel_slots > 1 << 30 {
+            return invalid(format!(
+                "wheel slots must be a power of two up to 2^30, got {}",
+                self.wheel_slots
+            ));
+        }
+        if self.max_frame == 0 || self.max_frame > u32::MAX as usize {
+            return invalid(format!(
+                "max frame must be 1..={}, got {}",
+                u32::MAX,
+                self.max_frame
+            ));
+        }
+        if self.max_connections == 0 {
+            return invalid("max connections must be at least 1".into());
+        }
+        if self.worker_stack < MIN_WORKER_STACK {
+            return invalid(format!(
+                "worker stack must be at least {MIN_WORKER_STACK} bytes, got {}",
+                self.worker_stack
+            ));
+        }
+        for (name, d) in [
+            ("idle timeout", self.idle_timeout),
+            ("probe interval", self.probe_after),
+            ("write timeout", self.write_timeout),
+            ("user timeout", self.user_timeout),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                return invalid(format!("{name} of zero: use None to turn it off"));
+            }
+        }
+        if let Some(k) = self.keepalive {
+            let whole_seconds = |d: Duration| d.subsec_nanos() == 0 && d.as_secs() >= 1;
+            if !whole_seconds(k.idle) || !whole_seconds(k.interval) || k.count == 0 {
+                return invalid(format!(
+                    "keepalive idle and interval must be whole seconds >= 1s and the count >= 1 \
+                     (the kernel counts in seconds), got {:?}/{:?}/{}",
+                    k.idle, k.interval, k.count
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn socket_options(&self) -> SocketOptions {
+        SocketOptions {
+            keepalive: self.keepalive,
+            user_timeout: self.user_timeout,
+            write_timeout: self.write_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    tick: Duration::ZERO,
+                    ..Config::default()
+                },
+                "tick",
+            ),
+            (
+                Config {
+                    wheel_slots: 500,
+                    ..Config::default()
+                },
+                "power of two",
+            ),
+            (
+                Config {
+                    max_frame: 0,
+                    ..Config::default()
+                },
+                "max frame",
+            ),
+            (
+                Config {
+                    worker_stack: 4096,
+                    ..Config::default()
+                },
+                "worker stack",
+            ),
+            (
+                Config {
+                    idle_timeout: Some(Duration::ZERO),
+                    ..Config::default()
+                },
+                "idle timeout",
+            ),
+            (
+                Config {
+                    keepalive: Some(Keepalive {
+                        idle: Duration::from_millis(500),
+                        ..Keepalive::default()
+                    }),
+                    ..Config::default()
+                },
+                "whole seconds",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle}"
+            );
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! What the worker, the timer thread and shutdown share about one connection.
+
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use super::close::CloseReason;
+use super::registry::ConnId;
+use crate::sys;
+
+/// A close asked for by another thread (the timer or shutdown). Stored in an
+/// `AtomicU8`; the first request wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum CloseRequest {
+    IdleTimeout = 1,
+    Shutdown = 2,
+    /// A server PING could not be written: the peer stopped reading.
+    WriteStalled = 3,
+}
+
+impl CloseRequest {
+    fn from_u8(v: u8) -> Option<CloseRequest> {
+        match v {
+            1 => Some(CloseRequest::IdleTimeout),
+            2 => Some(CloseRequest::Shutdown),
+            3 => Some(CloseRequest::WriteStalled),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn reason(self) -> CloseReason {
+        match self {
+            CloseRequest::IdleTimeout => CloseReason::IdleTimeout,
+            CloseRequest::Shutdown => CloseReason::Shutdown,
+            CloseRequest::WriteStalled => CloseReason::WriteTimeout,
+        }
+    }
+}
+
+/// What happened to a PING the timer thread tried to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    Sent,
+    /// The worker was writing, or the send buffer was full: try later.
+    Skipped,
+    /// Only part of the PING fit: the stream is now mid-frame, so the
+    /// connection was asked to close.
+    Stalled,
+}
+
+/// One connection's shared state.
+///
+/// The socket has a single owner for reading (the worker thread). Writes are
+/// serialised by `write_lock` because the timer thread writes server PINGs.
+/// Other threads end a connection only through [`Conn::request_close`],
+/// which records why and wakes the worker with `shutdown(SHUT_RD)`; the
+/// worker then writes the CLOSE itself and drops the socket. No thread ever
+/// closes a descriptor it does not own.
+pub(crate) struct Conn {
+    /// This connection's id.
+    pub(crate) id: ConnId,
+    /// The peer's address.
+    pub(crate) peer: SocketAddr,
+    /// When the connection was accepted.
+    pub(crate) opened: Instant,
+    /// The socket. Closed when the last `Arc<Conn>` goes, which is the
+    /// worker's unless a registry reader holds a clone for a moment.
+    pub(crate) stream: TcpStream,
+    /// The published tick ([`super::clock::Clock`]) when the last complete
+    /// message arrived. Written only by the worker; padded so that workers on
+    /// different cores never share its cache line.
+    last_activity: CachePadded<AtomicU64>,
+    /// A [`CloseRequest`] as `u8`, 0 while none.
+    close_request: AtomicU8,
+    /// Serialises whole-frame writes between the worker and the timer.
+    write_lock: Mutex<()>,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, stream: TcpStream, peer: SocketAddr, now_tick: u64) -> Conn {
+        Conn {
+            id,
+            peer,
+            opened: Instant::now(),
+            stream,
+            last_activity: CachePadded::new(AtomicU64::new(now_tick)),
+            close_request: AtomicU8::new(0),
+            write_lock: Mutex::new(()),
+        }
+    }
+
+    /// Records activity at `tick`. This is the whole per-message cost of
+    /// liveness tracking: a load and, at most once per tick, a store, both
+    /// to a cache line only this worker writes.
+    #[inline]
+    pub(crate) fn touch(&self, tick: u64) {
+        if self.last_activity.load(Ordering::Relaxed) != tick {
+            self.last_activity.store(tick, Ordering::Relaxed);
+        }
+    }
+
+    /// The tick of the last complete message (or of the accept).
+    pub(crate) fn last_activity(&self) -> u64 {
+        self.last_activity.load(Ordering::Relaxed)
+    }
+
+    /// Asks the worker to close the connection for `request` and wakes it.
+    /// Returns false if a close was already requested.
+    pub(crate) fn request_close(&self, request: CloseRequest) -> bool {
+        let first = self
+            .close_request
+            .compare_exchange(0, request as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            sys::wake_reader(&self.stream);
+        }
+        first
+    }
+
+    /// The close another thread asked for, if any.
+    pub(crate) fn close_requested(&self) -> Option<CloseRequest> {
+        CloseRequest::from_u8(self.close_request.load(Ordering::Acquire))
+    }
+
+    /// Shuts the socket down both ways: interrupts even a worker blocked in a
+    /// write. The last resort of shutdown after the grace period.
+    pub(crate) fn force_close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Writes all of `buf` as one unit with respect to other writers.
+    pub(crate) fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        let _guard = self.write_lock.lock();
+        (&self.stream).write_all(buf)
+    }
+
+    /// Sends a server PING (already encoded) without ever blocking the
+    /// timer thread.
+    pub(crate) fn try_send_probe(&self, ping: &[u8]) -> Probe {
+        let Some(_guard) = self.write_lock.try_lock() else {
+            return Probe::Skipped;
+        };
+        match sys::send_nonblocking(&self.stream, ping) {
+            Ok(n) if n == ping.len() => Probe::Sent,
+            Ok(0) => Probe::Skipped,
+            Ok(_) => {
+                self.request_close(CloseRequest::WriteStalled);
+                Probe::Stalled
+            }
+            // WouldBlock: buffer full. Other errors: the worker's read will
+            // report them.
+            Err(_) => Probe::Skipped,
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The thread-per-connection server.
+//!
+//! # Threads
+//!
+//! * `wheel-accept` accepts connections, applies socket options, registers
+//!   them and starts a worker for each (see `acceptor.rs`).
+//! * `conn-<id>`, one per connection, blocks in `read`, decodes and answers
+//!   messages, and stamps activity (see `worker.rs`).
+//! * `wheel-timer` owns the hashed timing wheel, publishes the coarse clock,
+//!   and probes or closes idle connections (see `timer.rs`).
+//!
+//! Workers and the acceptor reach the timer thread over a `crossbeam-channel`
+//! (register and deregister only; activity goes through an atomic stamp per
+//! connection). The [registry](registry) of live connections is a slab behind
+//! a `parking_lot` mutex.
+//!
+//! # Closing
+//!
+//! Only a connection's worker writes its CLOSE and drops its socket. The
+//! timer thread and shutdown ask for a close by recording a reason and
+//! calling `shutdown(SHUT_RD)`, which wakes the worker's blocked `read`
+//! after the bytes already received; so everything read is answered first,
+//! and no thread ever closes a descriptor number that might by then belong
+//! to another connection.
+
+mod acceptor;
+mod buffer;
+mod clock;
+mod close;
+mod config;
+mod conn;
+mod ping;
+mod registry;
+mod timer;
+mod worker;
+
+pub use close::CloseReason;
+pub use config::{Config, MIN_WORKER_STACK};
+pub use registry::ConnId;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use tracing::{info, warn};
+
+use crate::handler::{Echo, Handler};
+use crate::protocol::Message;
+use crate::sys;
+use crate::time::TimeSource;
+use clock::Clock;
+use conn::CloseRequest;
+use registry::Registry;
+use timer::Event;
+
+/// After the grace period, how long to wait for force-closed workers.
+const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// State shared by the server's threads.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) registry: Registry,
+    pub(crate) clock: Clock,
+    pub(crate) events: Sender<Event>,
+    pub(crate) handler: Arc<dyn Handler>,
+    /// Set once shutdown has begun.
+    pub(crate) stopping: AtomicBool,
+    pub(crate) listener: TcpListener,
+    /// The encoded server PING, built once.
+    pub(crate) probe: Vec<u8>,
+}
+
+/// A running server. Dropping it shuts it down as [`shutdown`] does.
+///
+/// [`shutdown`]: Server::shutdown
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::net::TcpStream;
+/// use wheel_server::protocol::{Decoder, Message, Protocol};
+/// use wheel_server::server::{Config, Server};
+///
+/// let server = Server::start(Config {
+///     listen: "127.0.0.1:0".parse().unwrap(),
+///     ..Config::default()
+/// })?;
+///
+/// let mut client = TcpStream::connect(server.local_addr())?;
+/// let mut wire = Vec::new();
+/// Protocol::Frame.encode(&Message::Ping(b"1"), &mut wire);
+/// client.write_all(&wire)?;
+///
+/// let mut answer = [0u8; 6];
+/// client.read_exact(&mut answer)?;
+/// let mut decoder = Decoder::new(Protocol::Frame, 1024);
+/// assert_eq!(decoder.decode(&answer).unwrap().unwrap().0, Message::Pong(b"1"));
+///
+/// assert!(server.shutdown());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    acceptor: Option<JoinHandle<()>>,
+    timer: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server running the built-in echo service.
+    ///
+    /// # Errors
+    ///
+    /// If the configuration is invalid ([`Config::validate`]), the address
+    /// cannot be bound (the error names it), or a thread cannot be started.
+    pub fn start(config: Config) -> io::Result<Server> {
+        Server::with_handler(config, Echo)
+    }
+
+    /// Starts a server whose DATA messages go to `handler`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Server::start).
+    pub fn with_handler(config: Config, handler: impl Handler) -> io::Result<Server> {
+        config.validate()?;
+        let listener = sys::listen(config.listen).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let local_addr = listener.local_addr()?;
+        let (events, events_rx) = crossbeam_channel::unbounded();
+        let mut probe = Vec::new();
+        config.protocol.encode(&Message::Ping(b""), &mut probe);
+        let source = TimeSource::new(Instant::now(), config.tick);
+        let shared = Arc::new(Shared {
+            config,
+            registry: Registry::default(),
+            clock: Clock::default(),
+            events,
+            handler: Arc::new(handler),
+            stopping: AtomicBool::new(false),
+            listener,
+            probe,
+        });
+        let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
+        let accept_shared = Arc::clone(&shared);
+        let acceptor = std::thread::Builder::new()
+            .name("wheel-accept".into())
+            .spawn(move || acceptor::run(accept_shared));
+        let acceptor = match acceptor {
+            Ok(handle) => handle,
+            Err(e) => {
+                let _ = shared.events.send(Event::Stop);
+                let _ = timer.join();
+                return Err(e);
+            }
+        };
+        let c = &shared.config;
+        info!(
+            protocol = %c.protocol,
+            idle_timeout = ?c.idle_timeout,
+            tick = ?c.tick,
+            max_connections = c.max_connections,
+            "listening on {local_addr}"
+        );
+        Ok(Server {
+            shared,
+            local_addr,
+            acceptor: Some(acceptor),
+            timer: Some(timer),
+        })
+    }
+
+    /// The address the server is bound to (with the real port when port 0
+    /// was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Shuts down gracefully: stops accepting, sends CLOSE 1001 to every
+    /// connection (after answering what each has already sent), waits up to
+    /// [`Config::shutdown_grace`] for them to finish, and forces the rest
+    /// closed. Returns whether every connection finished within the grace
+    /// period.
+    pub fn shutdown(mut self) -> bool {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> bool {
+        let Some(acceptor) = self.acceptor.take() else {
+            return true;
+        };
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::Release);
+        sys::wake_acceptor(&shared.listener);
+        acceptor.thread().unpark();
+        let _ = acceptor.join();
+
+        let open = shared.registry.snapshot();
+        if !open.is_empty() {
+            info!(
+                connections = open.len(),
+                "shutting down: closing connections"
+            );
+        }
+        for conn in &open {
+            conn.request_close(CloseRequest::Shutdown);
+        }
+        drop(open);
+        let clean = shared
+            .registry
+            .wait_empty(Instant::now() + shared.config.shutdown_grace);
+        if !clean {
+            let stuck = shared.registry.snapshot();
+            warn!(
+                connections = stuck.len(),
+                grace = ?shared.config.shutdown_grace,
+                "connections still open after the grace period: forcing them closed"
+            );
+            for conn in &stuck {
+                conn.force_close();
+            }
+            drop(stuck);
+            shared
+                .registry
+                .wait_empty(Instant::now() + FORCED_CLOSE_WAIT);
+        }
+        let _ = shared.events.send(Event::Stop);
+        if let Some(timer) = self.timer.take() {
+            let _ = timer.join();
+        }
+        info!("shut down");
+        clean
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("connections", &self.connection_count())
+            .finish()
+    }
+}

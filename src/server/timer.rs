@@ -1,0 +1,314 @@
+//! The timer thread: one thread owning the [`Wheel`] that decides when idle
+//! connections are probed and closed.
+//!
+//! # Activity without messages
+//!
+//! A worker does not tell the timer thread about every message. It stamps
+//! its connection's `last_activity` atomic with the [`Clock`] tick (a load
+//! and a conditional store, see [`Conn::touch`]), and that is all. Each
+//! connection has one timer in the wheel, set for the earliest moment the
+//! connection *could* be idle for long enough. When the timer fires, the
+//! timer thread reads the stamp: if there was activity since, it re-arms the
+//! timer for the time that remains; only if not does it act. A busy
+//! connection thus costs the timer thread one wheel operation per idle
+//! timeout, however many messages it carries, and the channel carries only
+//! register and deregister events.
+//!
+//! # Precision
+//!
+//! A stamp `p` means the message arrived while `p` was the published tick,
+//! that is before tick `p + 1` was published. The timer thread computes the
+//! idle deadline from that upper bound, `p + 1 + idle_ticks`, so a
+//! connection is not closed before it has been idle for the timeout, and is
+//! closed at most one tick (plus the thread's wake-up latency) after. If the
+//! timer thread falls behind and publishes a jump from `p` straight to `q`,
+//! stamps of `p` may be as late as `q`; such jumps are remembered for as long
+//! as they matter, so a stall of the timer thread delays expiries rather
+//! than making them early.
+//!
+//! [`Conn::touch`]: super::conn::Conn::touch
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tracing::{debug, trace};
+
+use super::Shared;
+use super::clock::Clock;
+use super::conn::{CloseRequest, Conn, Probe};
+use super::registry::ConnId;
+use crate::time::TimeSource;
+use crate::wheel::{TimerKey, Wheel};
+
+/// What workers and the acceptor tell the timer thread.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A connection opened, its activity stamp set to `activity`.
+    Register { id: ConnId, activity: u64 },
+    /// A connection's worker finished.
+    Deregister(ConnId),
+    /// The server is shutting down.
+    Stop,
+}
+
+/// The timer's view of one connection.
+struct Tracked {
+    id: ConnId,
+    /// The armed timer; `None` while it is firing.
+    timer: Option<TimerKey>,
+    /// The last server PING: (the activity stamp it was sent for, the tick
+    /// it was sent at).
+    probe: Option<(u64, u64)>,
+}
+
+/// Remembers when the published clock skipped ticks, so that a stamp can be
+/// mapped to the tick at which it stopped being current.
+#[derive(Default)]
+struct Jumps {
+    /// `(from, to)`: the clock went from `from` straight to `to > from + 1`.
+    /// Sorted by `from`.
+    jumps: VecDeque<(u64, u64)>,
+}
+
+impl Jumps {
+    fn record(&mut self, from: u64, to: u64) {
+        if to > from + 1 {
+            self.jumps.push_back((from, to));
+        }
+    }
+
+    /// The tick at which stamp `p` stopped being the published tick.
+    fn superseded(&self, p: u64) -> u64 {
+        match self.jumps.binary_search_by_key(&p, |&(from, _)| from) {
+            Ok(i) => self.jumps[i].1,
+            Err(_) => p + 1,
+        }
+    }
+
+    /// Forgets jumps that no deadline computed now could depend on: a stamp
+    /// from before `to` gives a deadline of at most `to + horizon`, already
+    /// past once `now` is beyond it.
+    fn prune(&mut self, now: u64, horizon: u64) {
+        while self
+            .jumps
+            .front()
+            .is_some_and(|&(_, to)| to.saturating_add(horizon) < now)
+        {
+            self.jumps.pop_front();
+        }
+    }
+}
+
+/// Spawns the timer thread.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    source: TimeSource,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let config = &shared.config;
+    let idle_ticks = config.idle_timeout.map(|d| source.ticks_ceil(d).max(1));
+    let probe_ticks = config.probe_after.map(|d| source.ticks_ceil(d).max(1));
+    let horizon = idle_ticks.unwrap_or(0).max(probe_ticks.unwrap_or(0)) + 1;
+    let timer = Timer {
+        wheel: Wheel::with_capacity(config.wheel_slots, 1024),
+        tracked: Vec::new(),
+        jumps: Jumps::default(),
+        published: 0,
+        source,
+        idle_ticks,
+        probe_ticks,
+        horizon,
+        shared,
+    };
+    std::thread::Builder::new()
+        .name("wheel-timer".into())
+        .spawn(move || timer.run(events))
+}
+
+struct Timer {
+    wheel: Wheel<ConnId>,
+    /// Indexed by [`ConnId::index`].
+    tracked: Vec<Option<Tracked>>,
+    jumps: Jumps,
+    /// The last tick published on the [`Clock`] and processed.
+    published: u64,
+    source: TimeSource,
+    idle_ticks: Option<u64>,
+    probe_ticks: Option<u64>,
+    /// How far back a stamp can matter, in ticks.
+    horizon: u64,
+    shared: Arc<Shared>,
+}
+
+impl Timer {
+    fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    fn run(mut self, events: Receiver<Event>) {
+        loop {
+            let next_tick = self.source.instant_of(self.published + 1);
+            // Ticks come first: a flood of events must not starve expiry.
+            if Instant::now() >= next_tick {
+                self.tick(Instant::now());
+                continue;
+            }
+            match events.recv_deadline(next_tick) {
+                Ok(Event::Register { id, activity }) => self.register(id, activity),
+                Ok(Event::Deregister(id)) => self.deregister(id),
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn tick(&mut self, at: Instant) {
+        let now = self.source.now_tick(at);
+        if now <= self.published {
+            return;
+        }
+        if now > self.published + 1 {
+            trace!(
+                from = self.published,
+                to = now,
+                "timer thread skipped ticks"
+            );
+        }
+        self.jumps.record(self.published, now);
+        self.jumps.prune(now, self.horizon);
+        self.published = now;
+        self.clock().publish(now);
+        while let Some(id) = self.wheel.poll(now) {
+            self.fire(id, now);
+        }
+    }
+
+    fn register(&mut self, id: ConnId, activity: u64) {
+        if self.idle_ticks.is_none() && self.probe_ticks.is_none() {
+            return;
+        }
+        let index = id.index();
+        if self.tracked.len() <= index {
+            self.tracked.resize_with(index + 1, || None);
+        }
+        let mut tracked = Tracked {
+            id,
+            timer: None,
+            probe: None,
+        };
+        let deadline = self.next_deadline(&tracked, activity);
+        tracked.timer = Some(self.wheel.insert(id, deadline));
+        self.tracked[index] = Some(tracked);
+    }
+
+    fn deregister(&mut self, id: ConnId) {
+        let Some(slot) = self.tracked.get_mut(id.index()) else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|t| t.id == id) {
+            let tracked = slot.take().expect("checked above");
+            if let Some(timer) = tracked.timer {
+                self.wheel.remove(timer);
+            }
+        }
+    }
+
+    /// A connection's timer is due: close it, probe it, or re-arm it.
+    fn fire(&mut self, id: ConnId, now: u64) {
+        let Some(mut tracked) = self.tracked.get_mut(id.index()).and_then(Option::take) else {
+            return;
+        };
+        debug_assert_eq!(
+            tracked.id, id,
+            "timer fired for a connection it no longer tracks"
+        );
+        tracked.timer = None;
+        // Gone (its Deregister is on the way) or already closing: forget it.
+        let Some(conn) = self.shared.registry.get(id) else {
+            return;
+        };
+        if conn.close_requested().is_some() {
+            return;
+        }
+        let stamp = conn.last_activity();
+        let base = self.jumps.superseded(stamp);
+        if self.idle_ticks.is_some_and(|idle| base + idle <= now) {
+            debug!(conn = %id, peer = %conn.peer, "idle timeout");
+            conn.request_close(CloseRequest::IdleTimeout);
+            return;
+        }
+        let mut retry_next_tick = false;
+        if self
+            .probe_due(&tracked, stamp)
+            .is_some_and(|due| due <= now)
+        {
+            match self.send_probe(&conn) {
+                Probe::Sent => tracked.probe = Some((stamp, now)),
+                Probe::Skipped => retry_next_tick = true,
+                Probe::Stalled => return,
+            }
+        }
+        let mut deadline = self.next_deadline(&tracked, stamp);
+        if retry_next_tick {
+            deadline = deadline.min(now + 1);
+        }
+        // A deadline not after `now` would fire again in this same tick.
+        tracked.timer = Some(self.wheel.insert(id, deadline.max(now + 1)));
+        self.tracked[id.index()] = Some(tracked);
+    }
+
+    fn send_probe(&self, conn: &Conn) -> Probe {
+        let probe = conn.try_send_probe(&self.shared.probe);
+        trace!(conn = %conn.id, ?probe, "server ping");
+        probe
+    }
+
+    /// When the next server PING is due for a connection stamped `stamp`.
+    fn probe_due(&self, tracked: &Tracked, stamp: u64) -> Option<u64> {
+        let probe = self.probe_ticks?;
+        Some(match tracked.probe {
+            // Still silent since the last PING: the next one, `probe` later.
+            Some((for_stamp, sent)) if for_stamp == stamp => sent + probe,
+            _ => self.jumps.superseded(stamp) + probe,
+        })
+    }
+
+    /// The earliest tick at which something must happen to this connection.
+    fn next_deadline(&self, tracked: &Tracked, stamp: u64) -> u64 {
+        let base = self.jumps.superseded(stamp);
+        let idle = self.idle_ticks.map_or(u64::MAX, |idle| base + idle);
+        let probe = self.probe_due(tracked, stamp).unwrap_or(u64::MAX);
+        idle.min(probe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Jumps;
+
+    #[test]
+    fn stamps_are_superseded_by_the_next_published_tick() {
+        let mut jumps = Jumps::default();
+        jumps.record(4, 5);
+        jumps.record(5, 9);
+        jumps.record(9, 10);
+        jumps.record(10, 12);
+        assert_eq!(jumps.superseded(4), 5);
+        assert_eq!(jumps.superseded(5), 9);
+        assert_eq!(jumps.superseded(9), 10);
+        assert_eq!(jumps.superseded(10), 12);
+        assert_eq!(jumps.superseded(12), 13);
+    }
+
+    #[test]
+    fn old_jumps_are_forgotten() {
+        let mut jumps = Jumps::default();
+        jumps.record(5, 9);
+        jumps.record(20, 30);
+        jumps.prune(40, 10);
+        assert_eq!(jumps.superseded(5), 6);
+        assert_eq!(jumps.superseded(20), 30);
+    }
+}

@@ -1,0 +1,257 @@
+//! A connection's worker thread: reads, decodes, answers, and closes.
+//!
+//! The loop is: one blocking `read`, decode every complete message in the
+//! buffer, answer them into one output buffer, stamp activity once, write the
+//! answers with one `write`. A close requested by another thread arrives as
+//! end-of-stream after the bytes already received (see [`crate::sys`]), so
+//! those are still answered before the CLOSE is written.
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::buffer::ReadBuf;
+use super::close::CloseReason;
+use super::conn::Conn;
+use super::ping::PingPolicy;
+use super::registry::ConnId;
+use super::timer::Event;
+use crate::handler::Session;
+use crate::protocol::{Decoder, Message};
+
+/// How long a closing worker keeps reading (and discarding) after its CLOSE,
+/// waiting for the peer's FIN. Closing a socket with unread input makes the
+/// kernel send RST, and an RST can destroy the CLOSE before the peer reads
+/// it.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// At most this many bytes are discarded while lingering.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Output buffer capacity kept between writes.
+const RETAIN_OUTPUT: usize = 64 * 1024;
+
+/// Starts the worker thread for `conn`.
+pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
+    let worker = Worker {
+        decoder: Decoder::new(shared.config.protocol, shared.config.max_frame),
+        input: ReadBuf::new(),
+        output: Vec::new(),
+        pings: PingPolicy::new(shared.config.min_ping_interval, shared.config.ping_strikes),
+        shared: Arc::clone(shared),
+        conn,
+    };
+    std::thread::Builder::new()
+        .name(format!("conn-{}", worker.conn.id))
+        .stack_size(shared.config.worker_stack)
+        .spawn(move || worker.run())
+        .map(drop)
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    decoder: Decoder,
+    input: ReadBuf,
+    /// Encoded answers waiting to be written.
+    output: Vec<u8>,
+    pings: PingPolicy,
+}
+
+/// Removes the connection from the registry and the timer when the worker
+/// ends, however it ends (panics included).
+struct Deregister {
+    shared: Arc<Shared>,
+    id: ConnId,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        self.shared.registry.remove(self.id);
+        // Fails only when the timer thread is gone, at the end of shutdown.
+        let _ = self.shared.events.send(Event::Deregister(self.id));
+    }
+}
+
+impl Worker {
+    fn run(mut self) {
+        let (id, peer) = (self.conn.id, self.conn.peer);
+        // Declared after `self`, so dropped before it: the registry forgets
+        // the connection before the socket is closed.
+        let _deregister = Deregister {
+            shared: Arc::clone(&self.shared),
+            id,
+        };
+        let handler = Arc::clone(&self.shared.handler);
+        let reason = catch_unwind(AssertUnwindSafe(|| {
+            handler.on_open(id, peer);
+            self.serve()
+        }))
+        .unwrap_or(CloseReason::HandlerPanic);
+        self.finish(&reason);
+        let lifetime = self.conn.opened.elapsed();
+        match reason {
+            CloseReason::HandlerPanic => {
+                warn!(conn = %id, %peer, ?lifetime, %reason, "connection closed")
+            }
+            _ => {
+                debug!(conn = %id, %peer, ?lifetime, reason = reason.label(), "connection closed: {reason}")
+            }
+        }
+        if catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, &reason))).is_err() {
+            warn!(conn = %id, "handler panicked in on_close");
+        }
+    }
+
+    /// Serves the connection until it must close, and says why.
+    fn serve(&mut self) -> CloseReason {
+        let limit = self.decoder.max_message_len();
+        loop {
+            let read = (&self.conn.stream).read(self.input.spare(limit));
+            match read {
+                Ok(0) => return self.requested_or(CloseReason::PeerClosed),
+                Ok(n) => self.input.filled(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.requested_or(CloseReason::from_read_error(&e)),
+            }
+            let outcome = self.process();
+            // Answers to the messages before an error still go out.
+            if let Err(e) = self.flush() {
+                return self.requested_or(CloseReason::from_write_error(&e));
+            }
+            if let Err(reason) = outcome {
+                return reason;
+            }
+        }
+    }
+
+    /// The reason another thread gave for closing, or else `otherwise`.
+    fn requested_or(&self, otherwise: CloseReason) -> CloseReason {
+        self.conn
+            .close_requested()
+            .map_or(otherwise, |request| request.reason())
+    }
+
+    /// Decodes and answers every complete message in the input buffer.
+    fn process(&mut self) -> Result<(), CloseReason> {
+        let mut any = false;
+        let outcome = loop {
+            let (msg, used) = match self.decoder.decode(self.input.data()) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(CloseReason::Protocol(e)),
+            };
+            any = true;
+            let answered = answer(
+                &self.shared,
+                &self.conn,
+                &mut self.pings,
+                &mut self.output,
+                msg,
+            );
+            self.input.consume(used);
+            if let Err(reason) = answered {
+                break Err(reason);
+            }
+        };
+        if any {
+            self.conn.touch(self.shared.clock.now());
+        }
+        outcome
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let written = self.conn.write_all(&self.output);
+        self.output.clear();
+        if self.output.capacity() > RETAIN_OUTPUT {
+            self.output = Vec::new();
+        }
+        written
+    }
+
+    /// Sends the CLOSE for `reason` (if the connection can still carry one),
+    /// then takes the socket down.
+    fn finish(&mut self, reason: &CloseReason) {
+        let sent_close = match reason.close_message() {
+            Some((code, text)) => {
+                self.output.clear();
+                let msg = Message::Close {
+                    code,
+                    reason: &text,
+                };
+                self.shared.config.protocol.encode(&msg, &mut self.output);
+                self.flush().is_ok()
+            }
+            None => false,
+        };
+        let _ = self.conn.stream.shutdown(Shutdown::Write);
+        if sent_close {
+            self.linger();
+        }
+        let _ = self.conn.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Reads and discards until the peer's FIN, for at most [`LINGER`] and
+    /// [`LINGER_BYTES`].
+    fn linger(&mut self) {
+        let deadline = Instant::now() + LINGER;
+        let mut discarded = 0;
+        let mut scratch = [0u8; 1024];
+        while discarded < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.conn.stream.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match (&self.conn.stream).read(&mut scratch) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    }
+}
+
+/// Answers one message. Free-standing so that it can borrow the worker's
+/// output while the message borrows its input buffer.
+fn answer(
+    shared: &Shared,
+    conn: &Conn,
+    pings: &mut PingPolicy,
+    output: &mut Vec<u8>,
+    msg: Message<'_>,
+) -> Result<(), CloseReason> {
+    let protocol = shared.config.protocol;
+    match msg {
+        Message::Data(payload) => {
+            let mut close = None;
+            let mut session = Session {
+                id: conn.id,
+                peer: conn.peer,
+                protocol,
+                out: output,
+                close: &mut close,
+            };
+            shared.handler.on_data(&mut session, payload);
+            match close {
+                Some((code, reason)) => Err(CloseReason::Application { code, reason }),
+                None => Ok(()),
+            }
+        }
+        Message::Ping(payload) => {
+            if !pings.allow(Instant::now) {
+                return Err(CloseReason::PingPolicy);
+            }
+            protocol.encode(&Message::Pong(payload), output);
+            Ok(())
+        }
+        Message::Pong(_) => Ok(()),
+        Message::Close { code, .. } => Err(CloseReason::PeerClose(code)),
+    }
+}

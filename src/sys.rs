@@ -1,0 +1,164 @@
+//! Socket options and the Linux behaviour the server relies on: the one place
+//! for OS details.
+//!
+//! The rest of the crate depends on this contract:
+//!
+//! * [`configure`] sets `TCP_NODELAY`, TCP keepalive (`SO_KEEPALIVE`,
+//!   `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`), `TCP_USER_TIMEOUT` and
+//!   the send timeout (`SO_SNDTIMEO`) of a connected socket.
+//! * [`wake_reader`] (`shutdown(SHUT_RD)`) makes a `read` blocked on the
+//!   socket in another thread return: first any bytes already queued, then
+//!   end-of-file. It does not close the descriptor, so it is safe against a
+//!   descriptor number being reused: the socket object stays owned by its
+//!   connection until dropped.
+//! * [`wake_acceptor`] (`shutdown(SHUT_RD)` on a listener) makes a blocked
+//!   `accept` fail with `EINVAL`, so the accept thread can notice shutdown
+//!   without a self-connect (which would need a free descriptor).
+//! * [`send_nonblocking`] writes without blocking even on a blocking socket
+//!   (`MSG_DONTWAIT`), and without `SIGPIPE` (`MSG_NOSIGNAL`).
+//!
+//! All of this is Linux behaviour (checked by the integration tests); other
+//! Unix systems differ in the shutdown semantics.
+
+use std::io;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+
+/// TCP keepalive settings: after `idle` without traffic the kernel sends a
+/// probe every `interval`; after `count` unanswered probes the connection is
+/// dead and reads fail with `ETIMEDOUT`.
+///
+/// The kernel counts these in whole seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is declared dead.
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// The longest a dead peer goes unnoticed: `idle + interval * count`.
+    pub fn detection_time(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+}
+
+impl Default for Keepalive {
+    /// 30 s idle, then 3 probes 10 s apart: a dead peer is found within a
+    /// minute, and the probes refresh NAT and firewall state well inside the
+    /// usual idle limits of such middleboxes.
+    fn default() -> Keepalive {
+        Keepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
+            count: 3,
+        }
+    }
+}
+
+/// Options applied to every connected socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SocketOptions {
+    /// TCP keepalive, or `None` to leave it off.
+    pub(crate) keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged.
+    pub(crate) user_timeout: Option<Duration>,
+    /// `SO_SNDTIMEO`: how long one blocking write may wait for buffer space.
+    pub(crate) write_timeout: Option<Duration>,
+}
+
+/// Applies `opts` (and `TCP_NODELAY`) to a connected socket.
+pub(crate) fn configure(stream: &TcpStream, opts: &SocketOptions) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = SockRef::from(stream);
+    if let Some(k) = opts.keepalive {
+        let params = TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.count);
+        sock.set_tcp_keepalive(&params)?;
+    }
+    if let Some(timeout) = opts.user_timeout {
+        sock.set_tcp_user_timeout(Some(timeout))?;
+    }
+    stream.set_write_timeout(opts.write_timeout)?;
+    Ok(())
+}
+
+/// Wakes a thread blocked reading `stream` (see the module docs).
+pub(crate) fn wake_reader(stream: &TcpStream) {
+    // ENOTCONN when the peer already reset the connection: the reader is
+    // awake anyway.
+    let _ = stream.shutdown(Shutdown::Read);
+}
+
+/// Wakes the thread blocked in `accept` on `listener`.
+pub(crate) fn wake_acceptor(listener: &TcpListener) {
+    let _ = SockRef::from(listener).shutdown(Shutdown::Read);
+}
+
+/// Sends without blocking; returns how many bytes the kernel took.
+pub(crate) fn send_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+/// What an `accept` error means for the accept loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AcceptError {
+    /// Out of descriptors or kernel memory: retrying at once would spin, so
+    /// back off until something is freed.
+    Exhausted,
+    /// A problem with the one pending connection (it was aborted, or a
+    /// network error surfaced through it): skip it.
+    Connection,
+    /// Anything else: unexpected; back off as for exhaustion.
+    Other,
+}
+
+/// Classifies an error returned by `accept`.
+pub(crate) fn classify_accept_error(err: &io::Error) -> AcceptError {
+    match err.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AcceptError::Exhausted,
+        // accept(2): "Linux accept() passes already-pending network errors on
+        // the new socket as an error code ... treat them like EAGAIN".
+        Some(
+            libc::ECONNABORTED
+            | libc::EINTR
+            | libc::EAGAIN
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH,
+        ) => AcceptError::Connection,
+        _ => AcceptError::Other,
+    }
+}
+
+/// Length of the accept queue. Far above std's 128 so that a burst of
+/// reconnecting clients is queued, not refused; the kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with `SO_REUSEADDR` (so a restarted server can
+/// bind while old connections sit in TIME_WAIT) and a deep accept queue.
+pub(crate) fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
