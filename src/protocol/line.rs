@@ -59,10 +59,10 @@ fn parse(line: &[u8]) -> Result<Message<'_>, DecodeError> {
             reason: QUIT_REASON,
         });
     }
-    if let Some(rest) = command(line, b"CLOSE") {
-        if let Some(close) = parse_close(rest) {
-            return Ok(close);
-        }
+    if let Some(rest) = command(line, b"CLOSE")
+        && let Some(close) = parse_close(rest)
+    {
+        return Ok(close);
     }
     Ok(Message::Data(line))
 }

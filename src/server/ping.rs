@@ -35,11 +35,11 @@ impl PingPolicy {
             return true;
         };
         let now = now();
-        if let Some(last) = self.last.replace(now) {
-            if now.duration_since(last) < min {
-                self.strikes += 1;
-                return self.strikes <= self.max_strikes;
-            }
+        if let Some(last) = self.last.replace(now)
+            && now.duration_since(last) < min
+        {
+            self.strikes += 1;
+            return self.strikes <= self.max_strikes;
         }
         self.strikes = 0;
         true
