@@ -1,0 +1,191 @@
+//! The `wheel-server` binary: flags, signals, bind failures, and resource
+//! leaks measured from the child's /proc.
+
+mod util;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use util::{Client, Msg, PATIENCE, ServerProcess, fds, ms, threads, wait_until};
+use wheel_server::protocol::{Message, Protocol};
+
+#[test]
+fn help_lists_every_flag_and_its_environment_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--protocol",
+        "--idle-timeout",
+        "--tick",
+        "--wheel-slots",
+        "--probe-after",
+        "--max-connections",
+        "--max-frame",
+        "--min-ping-interval",
+        "--ping-strikes",
+        "--keepalive-idle",
+        "--keepalive-interval",
+        "--keepalive-count",
+        "--no-keepalive",
+        "--user-timeout",
+        "--write-timeout",
+        "--shutdown-grace",
+        "--worker-stack",
+        "--verbose",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(
+        help.contains("WHEEL_SERVER_IDLE_TIMEOUT"),
+        "--help should name the env variables"
+    );
+    assert!(
+        help.contains("[default: 60s]"),
+        "--help should show defaults"
+    );
+}
+
+#[test]
+fn flags_can_come_from_the_environment() {
+    let server = ServerProcess::start_with(&["-v"], |cmd| {
+        cmd.env("WHEEL_SERVER_PROTOCOL", "line");
+    });
+    let mut c = Client::connect_with(server.addr, Protocol::Line);
+    c.send_raw(b"PING env\n");
+    assert_eq!(c.recv_msg(), Msg::Pong(b"env".to_vec()));
+}
+
+#[test]
+fn bind_failure_is_one_clear_line_and_a_non_zero_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .args(["--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("cannot listen on {addr}")) && last.contains("in use"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn invalid_values_are_refused_before_listening() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .args(["--listen", "127.0.0.1:0", "--wheel-slots", "100"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("power of two"), "stderr: {stderr}");
+    assert!(!stderr.contains("listening on"));
+}
+
+#[test]
+fn sigterm_sends_1001_to_every_connection_and_exits_zero() {
+    let mut server = ServerProcess::start(&["--shutdown-grace", "5s"]);
+    let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(server.addr)).collect();
+    for c in &mut clients {
+        assert_eq!(c.ping(b"up"), Msg::Pong(b"up".to_vec()));
+    }
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    for c in &mut clients {
+        assert_eq!(c.expect_close().0, 1001);
+    }
+    let status = server.wait_exit(PATIENCE).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took the whole grace period"
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    // A worker blocked writing to a client that never reads (no write
+    // timeout) keeps the graceful shutdown waiting for its long grace.
+    let mut server = ServerProcess::start(&["--shutdown-grace", "60s", "--write-timeout", "0"]);
+    let mut hog = std::net::TcpStream::connect(server.addr).unwrap();
+    hog.set_write_timeout(Some(ms(300))).unwrap();
+    let mut frame = Vec::new();
+    Protocol::Frame.encode(&Message::Data(&vec![b'x'; 512 * 1024]), &mut frame);
+    // Send until the server stops reading (its echo write is blocked).
+    let mut sent = 0;
+    while sent < 512 && hog.write_all(&frame).is_ok() {
+        sent += 1;
+    }
+    assert!(sent < 512, "the server never stopped reading");
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait_exit(ms(500)).is_none(),
+        "should be waiting for the blocked connection"
+    );
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(PATIENCE)
+        .expect("exits after the second signal");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_ne!(status.code(), Some(0), "a forced exit is not a clean one");
+}
+
+#[test]
+fn no_thread_or_descriptor_leak_after_hundreds_of_connections() {
+    let server = ServerProcess::start(&["--idle-timeout", "200ms", "--tick", "10ms"]);
+    let pid = server.pid();
+    let (base_threads, base_fds) = (threads(pid), fds(pid));
+    for round in 0..6 {
+        let mut batch: Vec<Client> = (0..50).map(|_| Client::connect(server.addr)).collect();
+        for c in &mut batch {
+            assert_eq!(c.ping(b"x"), Msg::Pong(b"x".to_vec()));
+        }
+        assert!(
+            threads(pid) >= base_threads + 50,
+            "one thread per connection"
+        );
+        match round % 3 {
+            // Clients close.
+            0 => drop(batch),
+            // Clients say CLOSE.
+            1 => {
+                for c in &mut batch {
+                    c.send(Message::Close {
+                        code: 1000,
+                        reason: "",
+                    });
+                    assert_eq!(c.expect_close().0, 1000);
+                }
+            }
+            // Clients fall silent and are reaped.
+            _ => {
+                for c in &mut batch {
+                    assert_eq!(c.expect_close().0, 4000);
+                }
+            }
+        }
+    }
+    let settled = wait_until(PATIENCE, || {
+        threads(pid) == base_threads && fds(pid) == base_fds
+    });
+    assert!(
+        settled,
+        "threads {} (baseline {base_threads}), fds {} (baseline {base_fds})",
+        threads(pid),
+        fds(pid)
+    );
+}

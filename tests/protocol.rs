@@ -1,0 +1,221 @@
+//! The wire protocol as a client sees it: echo, PING/PONG, framing across
+//! and within reads, each protocol error with its close code, line mode.
+
+mod util;
+
+use util::{Client, Msg, Recv, config, start};
+use wheel_server::protocol::{Message, Protocol};
+use wheel_server::{Config, Server};
+
+fn server() -> Server {
+    start(config())
+}
+
+#[test]
+fn echoes_data_and_answers_ping() {
+    let server = server();
+    let mut c = Client::connect(server.local_addr());
+    c.send(Message::Data(b"hello"));
+    assert_eq!(c.recv_msg(), Msg::Data(b"hello".to_vec()));
+    assert_eq!(c.ping(b"seq-1"), Msg::Pong(b"seq-1".to_vec()));
+    assert_eq!(c.ping(&[9; 125]), Msg::Pong(vec![9; 125]));
+    c.send(Message::Data(b""));
+    assert_eq!(c.recv_msg(), Msg::Data(Vec::new()));
+}
+
+#[test]
+fn pong_from_client_is_not_answered() {
+    let server = server();
+    let mut c = Client::connect(server.local_addr());
+    c.send(Message::Pong(b"unsolicited"));
+    c.send(Message::Data(b"after"));
+    assert_eq!(
+        c.recv_msg(),
+        Msg::Data(b"after".to_vec()),
+        "nothing may come before the echo"
+    );
+}
+
+#[test]
+fn frames_delivered_one_byte_at_a_time() {
+    let server = server();
+    let mut c = Client::connect(server.local_addr());
+    let mut wire = Vec::new();
+    Protocol::Frame.encode(&Message::Data(b"slowly"), &mut wire);
+    Protocol::Frame.encode(&Message::Ping(b"p"), &mut wire);
+    for byte in &wire {
+        c.send_raw(std::slice::from_ref(byte));
+        // Let each byte arrive in a read of its own.
+        std::thread::sleep(util::ms(1));
+    }
+    assert_eq!(c.recv_msg(), Msg::Data(b"slowly".to_vec()));
+    assert_eq!(c.recv_msg(), Msg::Pong(b"p".to_vec()));
+}
+
+#[test]
+fn many_frames_in_one_write_are_answered_in_order() {
+    let server = server();
+    let mut c = Client::connect(server.local_addr());
+    let mut wire = Vec::new();
+    for i in 0..500u32 {
+        Protocol::Frame.encode(&Message::Data(&i.to_be_bytes()), &mut wire);
+    }
+    c.send_raw(&wire);
+    for i in 0..500u32 {
+        assert_eq!(
+            c.recv_msg(),
+            Msg::Data(i.to_be_bytes().to_vec()),
+            "echo {i}"
+        );
+    }
+}
+
+#[test]
+fn a_frame_of_max_size_is_echoed() {
+    let server = start(Config {
+        max_frame: 1 << 20,
+        ..config()
+    });
+    let mut c = Client::connect(server.local_addr());
+    let payload: Vec<u8> = (0..(1 << 20) - 1).map(|i| (i % 251) as u8).collect();
+    c.send(Message::Data(&payload));
+    assert_eq!(c.recv_msg(), Msg::Data(payload));
+}
+
+/// Sends `bytes`, expects CLOSE `code` and the end of the stream.
+fn assert_closed_with(server: &Server, bytes: &[u8], code: u16) -> String {
+    let mut c = Client::connect(server.local_addr());
+    c.send_raw(bytes);
+    let (got, reason) = c.expect_close();
+    assert_eq!(got, code, "reason: {reason}");
+    reason
+}
+
+#[test]
+fn zero_length_frame_is_a_protocol_error() {
+    let server = server();
+    assert_closed_with(&server, &[0, 0, 0, 0], 1002);
+}
+
+#[test]
+fn unknown_type_is_a_protocol_error() {
+    let server = server();
+    let reason = assert_closed_with(&server, &[0, 0, 0, 1, 0x7f], 1002);
+    assert!(reason.contains("0x7f"), "{reason}");
+}
+
+#[test]
+fn ping_payload_over_125_bytes_is_a_protocol_error() {
+    let server = server();
+    let mut wire = vec![0, 0, 0, 127, 0x02];
+    wire.extend_from_slice(&[0; 126]);
+    assert_closed_with(&server, &wire, 1002);
+}
+
+#[test]
+fn oversized_frame_is_refused_without_its_body() {
+    let server = start(Config {
+        max_frame: 1000,
+        ..config()
+    });
+    // Only the header: the server must answer without waiting for 1001 bytes.
+    assert_closed_with(&server, &1001u32.to_be_bytes(), 1009);
+    // A length near 4 GiB must not make the server try to allocate it.
+    assert_closed_with(&server, &u32::MAX.to_be_bytes(), 1009);
+    // And the server still serves.
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.ping(b"ok"), Msg::Pong(b"ok".to_vec()));
+}
+
+#[test]
+fn messages_before_an_error_are_answered_first() {
+    let server = server();
+    let mut wire = Vec::new();
+    Protocol::Frame.encode(&Message::Data(b"first"), &mut wire);
+    wire.extend_from_slice(&[0, 0, 0, 0]);
+    let mut c = Client::connect(server.local_addr());
+    c.send_raw(&wire);
+    assert_eq!(c.recv_msg(), Msg::Data(b"first".to_vec()));
+    assert_eq!(c.expect_close().0, 1002);
+}
+
+#[test]
+fn client_close_is_answered_with_1000() {
+    let server = server();
+    let mut c = Client::connect(server.local_addr());
+    c.send(Message::Close {
+        code: 1000,
+        reason: "done",
+    });
+    assert_eq!(c.expect_close().0, 1000);
+}
+
+#[test]
+fn server_closes_when_the_client_half_closes() {
+    let server = server();
+    let mut c = Client::connect(server.local_addr());
+    c.send(Message::Data(b"last words"));
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(c.recv_msg(), Msg::Data(b"last words".to_vec()));
+    assert_eq!(c.recv(), Recv::Eof);
+    assert!(util::wait_until(util::PATIENCE, || server
+        .connection_count()
+        == 0));
+}
+
+fn line_server(max_frame: usize) -> Server {
+    start(Config {
+        protocol: Protocol::Line,
+        max_frame,
+        ..config()
+    })
+}
+
+/// Reads raw lines (the way `nc` shows them).
+fn read_lines(c: &mut Client, n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(c.stream.try_clone().unwrap());
+    (0..n)
+        .map(|_| {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn line_mode_commands() {
+    let server = line_server(1024);
+    let mut c = Client::connect_with(server.local_addr(), Protocol::Line);
+    c.send_raw(b"hello there\nPING\nPING 42\r\nPONG\nwhat\nQUIT\n");
+    assert_eq!(
+        read_lines(&mut c, 5),
+        [
+            "hello there\n",
+            "PONG\n",
+            "PONG 42\n",
+            "what\n",
+            "CLOSE 1000 bye\n"
+        ]
+    );
+    assert_eq!(c.recv(), Recv::Eof);
+}
+
+#[test]
+fn line_mode_too_long_line() {
+    let server = line_server(16);
+    let mut c = Client::connect_with(server.local_addr(), Protocol::Line);
+    c.send_raw(&[b'x'; 40]);
+    let line = read_lines(&mut c, 1).remove(0);
+    assert!(line.starts_with("CLOSE 1009 "), "{line:?}");
+}
+
+#[test]
+fn line_mode_ping_too_long() {
+    let server = line_server(1024);
+    let mut c = Client::connect_with(server.local_addr(), Protocol::Line);
+    c.send_raw(format!("PING {}\n", "y".repeat(126)).as_bytes());
+    let line = read_lines(&mut c, 1).remove(0);
+    assert!(line.starts_with("CLOSE 1002 "), "{line:?}");
+}

@@ -1,0 +1,345 @@
+//! Helpers shared by the integration tests: a raw protocol client, server
+//! fixtures (in-process and as a child process), bounded wait-until helpers
+//! and `/proc` readers.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use wheel_server::protocol::{Decoder, Message, Protocol};
+use wheel_server::{Config, Server};
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// How long any single wait in a test may take before it counts as a hang.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A configuration for tests: loopback port 0, a fine tick, a long idle
+/// timeout unless the test sets one.
+pub fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tick: ms(10),
+        idle_timeout: Some(Duration::from_secs(60)),
+        shutdown_grace: ms(500),
+        ..Config::default()
+    }
+}
+
+pub fn start(config: Config) -> Server {
+    init_logging();
+    Server::start(config).expect("server starts")
+}
+
+/// Test logs at debug level when RUST_LOG asks for them.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes;
+/// returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(ms(2));
+    }
+}
+
+/// An owned message, for comparing in assertions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    Data(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(u16, String),
+}
+
+impl Msg {
+    fn from(msg: &Message<'_>) -> Msg {
+        match *msg {
+            Message::Data(p) => Msg::Data(p.to_vec()),
+            Message::Ping(p) => Msg::Ping(p.to_vec()),
+            Message::Pong(p) => Msg::Pong(p.to_vec()),
+            Message::Close { code, reason } => Msg::Close(code, reason.to_owned()),
+        }
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            Msg::Close(code, _) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// What a read from the server produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recv {
+    Msg(Msg),
+    /// Clean end of stream.
+    Eof,
+    /// Reset or another error.
+    Error(io::ErrorKind),
+}
+
+/// A blocking test client speaking the raw protocol.
+pub struct Client {
+    pub stream: TcpStream,
+    protocol: Protocol,
+    buf: Vec<u8>,
+    decoder: Decoder,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        Client::connect_with(addr, Protocol::Frame)
+    }
+
+    pub fn connect_with(addr: SocketAddr, protocol: Protocol) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            protocol,
+            buf: Vec::new(),
+            decoder: Decoder::new(protocol, 16 << 20),
+        }
+    }
+
+    pub fn send(&mut self, msg: Message<'_>) {
+        let mut wire = Vec::new();
+        self.protocol.encode(&msg, &mut wire);
+        self.send_raw(&wire);
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next message, end of stream, or error (panics on a timeout).
+    pub fn recv(&mut self) -> Recv {
+        loop {
+            match self.decoder.decode(&self.buf) {
+                Ok(Some((msg, used))) => {
+                    let msg = Msg::from(&msg);
+                    self.buf.drain(..used);
+                    return Recv::Msg(msg);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("server sent undecodable bytes: {e}"),
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Recv::Eof,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("no answer from the server within {PATIENCE:?}")
+                }
+                Err(e) => return Recv::Error(e.kind()),
+            }
+        }
+    }
+
+    /// Like [`recv`](Self::recv), but `None` if nothing arrives within
+    /// `timeout`.
+    pub fn try_recv(&mut self, timeout: Duration) -> Option<Recv> {
+        if let Ok(Some((msg, used))) = self.decoder.decode(&self.buf) {
+            let msg = Msg::from(&msg);
+            self.buf.drain(..used);
+            return Some(Recv::Msg(msg));
+        }
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        let got = match self.stream.read(&mut chunk) {
+            Ok(0) => Some(Recv::Eof),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                None
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                return None;
+            }
+            Err(e) => Some(Recv::Error(e.kind())),
+        };
+        self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        got.or_else(|| Some(self.recv()))
+    }
+
+    /// The next message, which must be one.
+    pub fn recv_msg(&mut self) -> Msg {
+        match self.recv() {
+            Recv::Msg(m) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server's CLOSE and then the end of stream; returns the
+    /// close code and reason.
+    pub fn expect_close(&mut self) -> (u16, String) {
+        let closed = loop {
+            match self.recv() {
+                Recv::Msg(Msg::Close(code, reason)) => break (code, reason),
+                Recv::Msg(_) => continue,
+                other => panic!("expected CLOSE, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            self.recv(),
+            Recv::Eof,
+            "the server should close after its CLOSE"
+        );
+        closed
+    }
+
+    /// Sends a PING and returns the PONG's payload.
+    pub fn ping(&mut self, payload: &[u8]) -> Msg {
+        self.send(Message::Ping(payload));
+        self.recv_msg()
+    }
+}
+
+/// A `wheel-server` child process, killed on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Log lines from stderr, as they arrive.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `args` (plus `--listen 127.0.0.1:0` unless
+    /// given) and waits for its "listening on" line.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        ServerProcess::start_with(args, |_| {})
+    }
+
+    pub fn start_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> ServerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wheel-server"));
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("start wheel-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SHOW_SERVER_LOG").is_some() {
+                    eprintln!("server: {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + PATIENCE;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = log
+                .recv_timeout(left)
+                .expect("server printed 'listening on'");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break addr.parse().expect("a socket address after 'listening on'");
+            }
+        };
+        ServerProcess { child, addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let rc = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit; returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(ms(5));
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Threads of a process, from /proc.
+pub fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// Open descriptors of a process, from /proc.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Resident set size of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
