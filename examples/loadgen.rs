@@ -1,0 +1,539 @@
+//! End-to-end load generator for any server speaking the frame protocol.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- idle   -n 15000 --pid $(pgrep wheel-server)
+//! cargo run --release --example loadgen -- ping   -n 1000 --rate 20000 --duration 20s
+//! cargo run --release --example loadgen -- echo   -n 100 --in-flight 4 --duration 10s
+//! cargo run --release --example loadgen -- expiry -n 10000 --idle-timeout 5s
+//! ```
+//!
+//! One thread: a single-threaded tokio runtime drives every connection, so
+//! the generator stays light next to a thread-per-connection server. Progress
+//! goes to stderr; each run ends with one JSON summary line on stdout.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use wheel_server::parse_duration;
+use wheel_server::protocol::{Decoder, Message, Protocol};
+
+#[derive(Parser)]
+#[command(about = "Load generator for wheel-server (frame protocol)")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:5005")]
+    addr: SocketAddr,
+    /// Number of connections.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    connections: usize,
+    /// Connection attempts in flight at once while opening.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Hold N connections, a PING every --ping-every; report the server's cost with --pid.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Server process to measure (RSS, threads, fds, CPU).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// PING interval per connection.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        ping_every: Duration,
+        /// How long to measure idle CPU once all connections are open.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        measure: Duration,
+    },
+    /// Open-loop PINGs at an aggregate rate; RTT from the scheduled send time.
+    Ping {
+        #[command(flatten)]
+        common: Common,
+        /// PINGs per second over all connections.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Closed loop: K DATA frames in flight per connection.
+    Echo {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        /// DATA payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// N connections fall silent after one PING: how long after the idle
+    /// timeout (counted from the PING's send) each gets CLOSE 4000.
+    Expiry {
+        #[command(flatten)]
+        common: Common,
+        /// The server's --idle-timeout.
+        #[arg(long, value_parser = parse_duration)]
+        idle_timeout: Duration,
+    },
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let summary = local.block_on(&rt, async move {
+        match args.command {
+            Cmd::Idle {
+                common,
+                pid,
+                ping_every,
+                measure,
+            } => idle(common, pid, ping_every, measure).await,
+            Cmd::Ping {
+                common,
+                rate,
+                duration,
+            } => ping(common, rate, duration).await,
+            Cmd::Echo {
+                common,
+                in_flight,
+                size,
+                duration,
+            } => echo(common, in_flight, size, duration).await,
+            Cmd::Expiry {
+                common,
+                idle_timeout,
+            } => expiry(common, idle_timeout).await,
+        }
+    })?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// An owned decoded message.
+#[derive(Debug)]
+enum Msg {
+    /// Payload length.
+    Data(usize),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(u16),
+}
+
+struct Reader {
+    half: OwnedReadHalf,
+    buf: Vec<u8>,
+    decoder: Decoder,
+}
+
+impl Reader {
+    fn new(half: OwnedReadHalf) -> Reader {
+        Reader {
+            half,
+            buf: Vec::with_capacity(4096),
+            decoder: Decoder::new(Protocol::Frame, 16 << 20),
+        }
+    }
+
+    /// The next message; `None` at end of stream.
+    async fn next(&mut self) -> io::Result<Option<Msg>> {
+        loop {
+            let decoded = self
+                .decoder
+                .decode(&self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Some((msg, used)) = decoded {
+                let owned = match msg {
+                    Message::Data(p) => Msg::Data(p.len()),
+                    Message::Ping(p) => Msg::Ping(p.to_vec()),
+                    Message::Pong(p) => Msg::Pong(p.to_vec()),
+                    Message::Close { code, .. } => Msg::Close(code),
+                };
+                self.buf.drain(..used);
+                return Ok(Some(owned));
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.half.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+async fn send(w: &mut OwnedWriteHalf, msg: Message<'_>) -> io::Result<()> {
+    let mut wire = Vec::new();
+    Protocol::Frame.encode(&msg, &mut wire);
+    w.write_all(&wire).await
+}
+
+/// Opens `n` connections, at most `concurrency` attempts at a time.
+async fn open_all(common: &Common) -> (Vec<(TcpStream, Instant)>, usize) {
+    let sem = Rc::new(tokio::sync::Semaphore::new(common.connect_concurrency));
+    let mut tasks = Vec::with_capacity(common.connections);
+    for _ in 0..common.connections {
+        let sem = Rc::clone(&sem);
+        let addr = common.addr;
+        tasks.push(tokio::task::spawn_local(async move {
+            let _permit = sem.acquire().await.unwrap();
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>((stream, Instant::now()))
+        }));
+    }
+    let mut open = Vec::with_capacity(tasks.len());
+    let mut errors = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                if errors == 0 {
+                    eprintln!("loadgen: connect failed: {e}");
+                }
+                errors += 1;
+            }
+        }
+    }
+    eprintln!("loadgen: {} connections open, {errors} failed", open.len());
+    (open, errors)
+}
+
+/// Sorted samples -> percentile.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn distribution(mut samples: Vec<f64>) -> serde_json::Value {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    json!({
+        "count": samples.len(),
+        "min": samples.first(), "p50": pct(&samples, 50.0), "p99": pct(&samples, 99.0),
+        "p99_9": pct(&samples, 99.9), "max": samples.last(),
+    })
+}
+
+/// Server process figures from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcStat {
+    rss_kib: u64,
+    threads: usize,
+    fds: usize,
+    cpu_ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> io::Result<ProcStat> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let cpu_ticks = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    Ok(ProcStat {
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:") as usize,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+        cpu_ticks,
+    })
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+async fn idle(
+    common: Common,
+    pid: Option<u32>,
+    ping_every: Duration,
+    measure: Duration,
+) -> io::Result<serde_json::Value> {
+    let before = pid.map(proc_stat).transpose()?;
+    let (open, errors) = open_all(&common).await;
+    let closed = Rc::new(RefCell::new(0usize));
+    for (i, (stream, _)) in open.into_iter().enumerate() {
+        let closed = Rc::clone(&closed);
+        // Spread the pings over the interval.
+        let offset = ping_every.mul_f64(i as f64 / common.connections.max(1) as f64);
+        tokio::task::spawn_local(async move {
+            let (r, mut w) = stream.into_split();
+            let mut reader = Reader::new(r);
+            let mut next = tokio::time::Instant::now() + offset;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {
+                        if send(&mut w, Message::Ping(b"idle")).await.is_err() { break; }
+                        next += ping_every;
+                    }
+                    msg = reader.next() => match msg {
+                        Ok(Some(Msg::Ping(p))) => { let _ = send(&mut w, Message::Pong(&p)).await; }
+                        Ok(Some(Msg::Close(_))) | Ok(None) | Err(_) => break,
+                        Ok(Some(_)) => {}
+                    }
+                }
+            }
+            *closed.borrow_mut() += 1;
+        });
+    }
+    // Let the server settle (threads started, first reads parked).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut result =
+        json!({"mode": "idle", "connections": common.connections, "connect_errors": errors});
+    if let (Some(pid), Some(before)) = (pid, before) {
+        let start = proc_stat(pid)?;
+        let t0 = Instant::now();
+        tokio::time::sleep(measure).await;
+        let end = proc_stat(pid)?;
+        let cpu_secs = (end.cpu_ticks - start.cpu_ticks) as f64 / clock_ticks_per_sec();
+        let held = common.connections - errors - *closed.borrow();
+        result["server"] = json!({
+            "rss_before_kib": before.rss_kib,
+            "rss_after_kib": end.rss_kib,
+            "rss_per_connection_kib": (end.rss_kib.saturating_sub(before.rss_kib)) as f64 / held.max(1) as f64,
+            "threads_before": before.threads, "threads": end.threads,
+            "fds_before": before.fds, "fds": end.fds,
+            "idle_cpu_percent": 100.0 * cpu_secs / t0.elapsed().as_secs_f64(),
+        });
+    } else {
+        tokio::time::sleep(measure).await;
+    }
+    result["closed_by_server"] = json!(*closed.borrow());
+    Ok(result)
+}
+
+async fn ping(common: Common, rate: f64, duration: Duration) -> io::Result<serde_json::Value> {
+    let (open, errors) = open_all(&common).await;
+    let n = open.len().max(1);
+    let per_conn_interval = Duration::from_secs_f64(n as f64 / rate);
+    let rtts = Rc::new(RefCell::new(Vec::<f64>::new()));
+    let lost = Rc::new(RefCell::new(0usize));
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let end = start + duration;
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for (i, (stream, _)) in open.into_iter().enumerate() {
+        let (r, mut w) = stream.into_split();
+        let rtts = Rc::clone(&rtts);
+        let lost = Rc::clone(&lost);
+        // Each connection's schedule is offset so sends are evenly spread.
+        let first = start + per_conn_interval.mul_f64(i as f64 / n as f64);
+        let scheduled: Rc<RefCell<std::collections::VecDeque<(u64, tokio::time::Instant)>>> =
+            Rc::default();
+        let sched_w = Rc::clone(&scheduled);
+        writers.push(tokio::task::spawn_local(async move {
+            let mut seq = 0u64;
+            let mut next = first;
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                sched_w.borrow_mut().push_back((seq, next));
+                if send(&mut w, Message::Ping(&seq.to_be_bytes()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                seq += 1;
+                next += per_conn_interval;
+            }
+            w
+        }));
+        readers.push(tokio::task::spawn_local(async move {
+            let mut reader = Reader::new(r);
+            loop {
+                let msg =
+                    tokio::time::timeout_at(end + Duration::from_secs(2), reader.next()).await;
+                match msg {
+                    Ok(Ok(Some(Msg::Pong(p)))) => {
+                        let seq = u64::from_be_bytes(p.try_into().unwrap_or([0; 8]));
+                        let mut q = scheduled.borrow_mut();
+                        while let Some(&(s, at)) = q.front() {
+                            q.pop_front();
+                            if s == seq {
+                                rtts.borrow_mut().push(at.elapsed().as_secs_f64() * 1e3);
+                                break;
+                            }
+                            *lost.borrow_mut() += 1;
+                        }
+                        if q.is_empty() && tokio::time::Instant::now() >= end {
+                            break;
+                        }
+                    }
+                    Ok(Ok(Some(_))) => {}
+                    _ => break,
+                }
+            }
+            // Whatever is still scheduled was never answered.
+            *lost.borrow_mut() += scheduled.borrow().len();
+            reader
+        }));
+    }
+    // Readers first: a writer's result holds its half of the socket open
+    // (dropping it would send FIN) until the PONGs are in.
+    for t in readers {
+        let _ = t.await;
+    }
+    for t in writers {
+        let _ = t.await;
+    }
+    let rtts = std::mem::take(&mut *rtts.borrow_mut());
+    let sent = rtts.len() + *lost.borrow();
+    Ok(json!({
+        "mode": "ping", "connections": n, "connect_errors": errors, "target_rate": rate,
+        "achieved_rate": rtts.len() as f64 / duration.as_secs_f64(), "sent": sent, "unanswered": *lost.borrow(),
+        "rtt_ms": distribution(rtts),
+    }))
+}
+
+async fn echo(
+    common: Common,
+    in_flight: usize,
+    size: usize,
+    duration: Duration,
+) -> io::Result<serde_json::Value> {
+    let (open, errors) = open_all(&common).await;
+    let latencies = Rc::new(RefCell::new(Vec::<f64>::new()));
+    let start = tokio::time::Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for (stream, _) in open {
+        let latencies = Rc::clone(&latencies);
+        tasks.push(tokio::task::spawn_local(async move {
+            let (r, mut w) = stream.into_split();
+            let mut reader = Reader::new(r);
+            let payload = vec![b'e'; size];
+            let mut sent_at = std::collections::VecDeque::new();
+            for _ in 0..in_flight {
+                sent_at.push_back(Instant::now());
+                if send(&mut w, Message::Data(&payload)).await.is_err() {
+                    return;
+                }
+            }
+            let mut local = Vec::new();
+            while let Ok(Some(msg)) = reader.next().await {
+                if let Msg::Data(len) = msg {
+                    assert_eq!(len, size, "echo of a different size");
+                    if let Some(t) = sent_at.pop_front() {
+                        local.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    if tokio::time::Instant::now() < end {
+                        sent_at.push_back(Instant::now());
+                        if send(&mut w, Message::Data(&payload)).await.is_err() {
+                            break;
+                        }
+                    } else if sent_at.is_empty() {
+                        break;
+                    }
+                }
+            }
+            latencies.borrow_mut().extend(local);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let lat = std::mem::take(&mut *latencies.borrow_mut());
+    Ok(json!({
+        "mode": "echo", "connections": common.connections - errors, "connect_errors": errors,
+        "in_flight": in_flight, "size": size, "messages": lat.len(),
+        "msgs_per_sec": lat.len() as f64 / elapsed, "latency_ms": distribution(lat),
+    }))
+}
+
+async fn expiry(common: Common, idle_timeout: Duration) -> io::Result<serde_json::Value> {
+    let (open, errors) = open_all(&common).await;
+    let mut tasks = Vec::new();
+    // Silence is measured from each connection's last message: one PING,
+    // sent once every connection is open (so the burst of accepts is not
+    // counted), answered, then nothing. The figure is what a client sees:
+    // CLOSE received minus PING sent minus the timeout, so it includes both
+    // one-way latencies.
+    for (stream, _) in open {
+        tasks.push(tokio::task::spawn_local(async move {
+            let (r, mut w) = stream.into_split();
+            let mut reader = Reader::new(r);
+            let sent = Instant::now();
+            send(&mut w, Message::Ping(b"last"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let deadline = idle_timeout * 3 + Duration::from_secs(10);
+            let mut rtt = None;
+            loop {
+                match tokio::time::timeout(deadline, reader.next()).await {
+                    Ok(Ok(Some(Msg::Pong(_)))) => rtt = Some(sent.elapsed()),
+                    Ok(Ok(Some(Msg::Close(code)))) => return Ok((code, sent.elapsed(), rtt)),
+                    Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("no close within 3x the timeout".into()),
+                }
+            }
+        }));
+    }
+    let mut errors_by_ms = Vec::new();
+    let mut rtts_ms = Vec::new();
+    let mut from_pong_ms = Vec::new();
+    let mut other = 0usize;
+    let mut early = 0usize;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((4000, elapsed, rtt)) => {
+                if let Some(rtt) = rtt {
+                    rtts_ms.push(rtt.as_secs_f64() * 1e3);
+                    from_pong_ms.push(
+                        (elapsed.as_secs_f64() - rtt.as_secs_f64() - idle_timeout.as_secs_f64())
+                            * 1e3,
+                    );
+                }
+                let err_ms = (elapsed.as_secs_f64() - idle_timeout.as_secs_f64()) * 1e3;
+                if err_ms < 0.0 {
+                    early += 1;
+                }
+                errors_by_ms.push(err_ms);
+            }
+            Ok(_) | Err(_) => other += 1,
+        }
+    }
+    Ok(json!({
+        "mode": "expiry", "connections": common.connections, "connect_errors": errors,
+        "idle_timeout_ms": idle_timeout.as_millis() as u64, "closed_4000": errors_by_ms.len(),
+        "closed_otherwise": other, "early": early,
+        // Upper bound of the server's error: from the PING's send.
+        "close_after_timeout_ms": distribution(errors_by_ms),
+        // Lower bound: from the PONG's arrival (the server stamped the
+        // activity before answering).
+        "close_after_timeout_from_pong_ms": distribution(from_pong_ms),
+        "last_ping_rtt_ms": distribution(rtts_ms),
+    }))
+}
