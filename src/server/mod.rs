@@ -163,8 +163,15 @@ impl Server {
         let c = &shared.config;
         info!(
             protocol = %c.protocol,
-            idle_timeout = ?c.idle_timeout,
-            tick = ?c.tick,
+            idle_timeout = %show(c.idle_timeout),
+            tick = %show(Some(c.tick)),
+            probe_after = %show(c.probe_after),
+            keepalive = %c.keepalive.map_or("off".into(), |k| format!(
+                "{}/{}/{}",
+                show(Some(k.idle)),
+                show(Some(k.interval)),
+                k.count
+            )),
             max_connections = c.max_connections,
             "listening on {local_addr}"
         );
@@ -247,6 +254,14 @@ impl Server {
         info!("shut down");
         clean
     }
+}
+
+/// A duration for a log line: `250ms`, `1m 30s`, or `off`.
+fn show(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "off".into(),
+        |d| humantime::format_duration(d).to_string(),
+    )
 }
 
 impl Drop for Server {
