@@ -30,6 +30,7 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 mod duration;
 mod handler;
 pub mod protocol;

@@ -124,7 +124,16 @@ pub(crate) fn spawn(
     };
     std::thread::Builder::new()
         .name("wheel-timer".into())
-        .spawn(move || timer.run(events))
+        .spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| timer.run(events)));
+            if ran.is_err() {
+                // Without this thread no idle connection is ever reaped and
+                // none is probed: a server that silently stops doing its one
+                // job is worse than one that stops.
+                tracing::error!("the timer thread panicked; aborting");
+                std::process::abort();
+            }
+        })
 }
 
 struct Timer {
@@ -192,6 +201,15 @@ impl Timer {
         let index = id.index();
         if self.tracked.len() <= index {
             self.tracked.resize_with(index + 1, || None);
+        }
+        // The slot's previous connection may still be tracked: its worker
+        // frees the registry slot before its Deregister reaches us, so the
+        // slot can be reused, and registered, in between. That connection is
+        // gone; cancel its timer so it cannot fire for the newcomer.
+        if let Some(stale) = self.tracked[index].take()
+            && let Some(timer) = stale.timer
+        {
+            self.wheel.remove(timer);
         }
         let mut tracked = Tracked {
             id,
@@ -310,5 +328,82 @@ mod tests {
         jumps.prune(40, 10);
         assert_eq!(jumps.superseded(5), 6);
         assert_eq!(jumps.superseded(20), 30);
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+    use crate::server::conn::Conn;
+    use std::net::{TcpListener, TcpStream};
+
+    fn shared() -> (Arc<Shared>, TcpListener, Receiver<Event>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (events, events_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            config: crate::server::Config {
+                idle_timeout: Some(std::time::Duration::from_secs(1)),
+                tick: std::time::Duration::from_millis(100),
+                ..Default::default()
+            },
+            registry: Default::default(),
+            clock: Default::default(),
+            events,
+            handler: Arc::new(crate::handler::Echo),
+            stopping: Default::default(),
+            listener: listener.try_clone().unwrap(),
+            probe: Vec::new(),
+        });
+        (shared, listener, events_rx)
+    }
+
+    fn timer(shared: &Arc<Shared>) -> Timer {
+        Timer {
+            wheel: Wheel::new(64),
+            tracked: Vec::new(),
+            jumps: Jumps::default(),
+            published: 0,
+            source: TimeSource::new(Instant::now(), shared.config.tick),
+            idle_ticks: Some(10),
+            probe_ticks: None,
+            horizon: 11,
+            shared: Arc::clone(shared),
+        }
+    }
+
+    fn add(shared: &Shared, listener: &TcpListener) -> (Arc<Conn>, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let conn = shared
+            .registry
+            .insert(10, |id| Conn::new(id, server_side, peer, 0))
+            .unwrap();
+        (conn, client)
+    }
+
+    /// The race behind a CI failure: the new occupant of a registry slot is
+    /// registered before the old occupant's Deregister arrives.
+    #[test]
+    fn a_reused_slot_registered_before_the_old_deregister_is_still_reaped() {
+        let (shared, listener, _events) = shared();
+        let mut timer = timer(&shared);
+        let (old, _old_client) = add(&shared, &listener);
+        timer.register(old.id, 0);
+        shared.registry.remove(old.id);
+        let (new, _new_client) = add(&shared, &listener);
+        assert_eq!(old.id.index(), new.id.index(), "the slot should be reused");
+        timer.register(new.id, 0);
+        timer.deregister(old.id);
+        assert_eq!(
+            timer.wheel.len(),
+            1,
+            "the old connection's timer must be gone"
+        );
+        // Past the idle deadline (stamp 0 -> 1 + 10 ticks).
+        for now in 1..=11 {
+            timer.published = now - 1;
+            timer.tick(timer.source.instant_of(now));
+        }
+        assert_eq!(new.close_requested(), Some(CloseRequest::IdleTimeout));
     }
 }
