@@ -1,0 +1,358 @@
+//! The heartbeat client against real servers, a killed server, a mute
+//! server, a closed port and a full server; and the `heartbeat-client`
+//! example's JSON output.
+
+mod util;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use util::{PATIENCE, ServerProcess, config, ms, start};
+use wheel_server::Config;
+use wheel_server::client::{Backoff, Client, ClientConfig, DeadReason, Event};
+
+fn fast(addr: SocketAddr) -> ClientConfig {
+    ClientConfig {
+        heartbeat_interval: ms(100),
+        heartbeat_timeout: ms(100),
+        heartbeat_retries: 2,
+        connect_timeout: ms(500),
+        backoff: Backoff {
+            initial: ms(50),
+            max: ms(200),
+            multiplier: 2.0,
+        },
+        seed: Some(1),
+        ..ClientConfig::new(addr)
+    }
+}
+
+/// The next event, within `PATIENCE`.
+fn next(client: &Client) -> Event {
+    client.events().recv_timeout(PATIENCE).expect("an event")
+}
+
+/// Events until one matches; returns it and everything before.
+fn until(client: &Client, mut want: impl FnMut(&Event) -> bool) -> (Event, Vec<Event>) {
+    let mut before = Vec::new();
+    loop {
+        let event = next(client);
+        if want(&event) {
+            return (event, before);
+        }
+        before.push(event);
+    }
+}
+
+#[test]
+fn connects_echoes_and_reports_heartbeat_rtt() {
+    let server = start(config());
+    let client = Client::start(fast(server.local_addr())).unwrap();
+    assert_eq!(
+        next(&client),
+        Event::Connected {
+            addr: server.local_addr()
+        }
+    );
+    client.send(b"hello");
+    assert_eq!(next(&client), Event::Data(b"hello".to_vec()));
+    // Silence: heartbeats go out and come back.
+    for expected in 1..=3 {
+        assert_eq!(next(&client), Event::HeartbeatSent { seq: expected });
+        match next(&client) {
+            Event::Pong { seq, rtt } => {
+                assert_eq!(seq, expected);
+                assert!(rtt < ms(100), "loopback rtt {rtt:?}");
+            }
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_killed_server_is_noticed_at_once_and_a_restarted_one_reconnected() {
+    let mut server = ServerProcess::start(&[]);
+    let addr = server.addr;
+    let client = Client::start(fast(addr)).unwrap();
+    assert_eq!(next(&client), Event::Connected { addr });
+    let killed = Instant::now();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
+    let noticed = killed.elapsed();
+    assert!(
+        matches!(
+            dead,
+            Event::Dead {
+                reason: DeadReason::Eof | DeadReason::Reset
+            }
+        ),
+        "{dead:?}"
+    );
+    // A read sees the kernel's FIN/RST: no heartbeat round is needed.
+    assert!(noticed < ms(100), "took {noticed:?}");
+
+    // While the port is closed: retries with delays inside the jitter
+    // window, never above the max.
+    let backoff = fast(addr).backoff;
+    for _ in 0..4 {
+        let (event, _) = until(&client, |e| matches!(e, Event::Reconnecting { .. }));
+        let Event::Reconnecting { attempt, delay } = event else {
+            unreachable!()
+        };
+        // Attempt `a` follows retry `a - 1` (the first attempt was 1).
+        assert!(
+            delay <= backoff.cap(attempt - 1),
+            "attempt {attempt}: {delay:?}"
+        );
+        assert!(delay <= backoff.max);
+    }
+    let restarted = Instant::now();
+    let _again = ServerProcess::start(&["--listen", &addr.to_string()]);
+    let (event, _) = until(&client, |e| matches!(e, Event::Connected { .. }));
+    assert_eq!(event, Event::Connected { addr });
+    assert!(
+        restarted.elapsed() < backoff.max + ms(500),
+        "took {:?}",
+        restarted.elapsed()
+    );
+}
+
+#[test]
+fn a_mute_server_is_declared_dead_by_heartbeat_timeout() {
+    // Accepts, then never says anything.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = mute.local_addr().unwrap();
+    let _accepter = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = mute.accept() {
+            held.push(stream);
+        }
+    });
+    let config = fast(addr);
+    let client = Client::start(config.clone()).unwrap();
+    assert_eq!(next(&client), Event::Connected { addr });
+    let connected = Instant::now();
+    let (dead, before) = until(&client, |e| matches!(e, Event::Dead { .. }));
+    let took = connected.elapsed();
+    assert_eq!(
+        dead,
+        Event::Dead {
+            reason: DeadReason::HeartbeatTimeout
+        }
+    );
+    let sent = before
+        .iter()
+        .filter(|e| matches!(e, Event::HeartbeatSent { .. }))
+        .count();
+    assert_eq!(sent, config.heartbeat_retries as usize, "{before:?}");
+    // interval + timeout * retries = 300 ms.
+    let expected = config.heartbeat_interval + config.heartbeat_timeout * config.heartbeat_retries;
+    assert!(took >= expected, "dead after {took:?}, before {expected:?}");
+    assert!(
+        took <= expected + ms(150),
+        "dead after {took:?}, expected about {expected:?}"
+    );
+}
+
+#[test]
+fn max_attempts_against_a_closed_port_gives_up() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let client = Client::start(ClientConfig {
+        max_attempts: Some(3),
+        ..fast(closed)
+    })
+    .unwrap();
+    let (gave_up, before) = until(&client, |e| matches!(e, Event::GaveUp { .. }));
+    assert_eq!(gave_up, Event::GaveUp { attempts: 3 });
+    let failed = before
+        .iter()
+        .filter(|e| matches!(e, Event::ConnectFailed { .. }))
+        .count();
+    let retried = before
+        .iter()
+        .filter(|e| matches!(e, Event::Reconnecting { .. }))
+        .count();
+    assert_eq!((failed, retried), (3, 2), "{before:?}");
+    assert!(
+        client.events().recv_timeout(PATIENCE).is_err(),
+        "events end after giving up"
+    );
+}
+
+#[test]
+fn a_full_server_is_not_hammered() {
+    let server = start(Config {
+        max_connections: 1,
+        ..config()
+    });
+    let _occupant = util::Client::connect(server.local_addr());
+    assert!(util::wait_until(PATIENCE, || server.connection_count() == 1));
+    let config = fast(server.local_addr());
+    let client = Client::start(config.clone()).unwrap();
+    for _ in 0..3 {
+        let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
+        assert!(
+            matches!(
+                dead,
+                Event::Dead {
+                    reason: DeadReason::Close { code: 1013, .. }
+                }
+            ),
+            "{dead:?}"
+        );
+        let (event, _) = until(&client, |e| matches!(e, Event::Reconnecting { .. }));
+        let Event::Reconnecting { attempt, delay } = event else {
+            unreachable!()
+        };
+        let cap = config.backoff.cap(attempt - 1);
+        assert!(
+            delay >= cap / 2 && delay <= cap,
+            "attempt {attempt}: {delay:?} outside [{:?}, {cap:?}]",
+            cap / 2
+        );
+    }
+}
+
+#[test]
+fn server_close_ends_the_connection_with_its_code() {
+    let server = start(Config {
+        idle_timeout: Some(ms(150)),
+        tick: ms(10),
+        ..config()
+    });
+    // Heartbeats slower than the server's idle timeout: the server reaps.
+    let client = Client::start(ClientConfig {
+        heartbeat_interval: ms(1000),
+        ..fast(server.local_addr())
+    })
+    .unwrap();
+    let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
+    assert_eq!(
+        dead,
+        Event::Dead {
+            reason: DeadReason::Close {
+                code: 4000,
+                reason: "idle timeout".into()
+            }
+        }
+    );
+}
+
+/// The `heartbeat-client` example binary, built by `cargo test` beside the
+/// test binaries.
+fn example_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let profile_dir = deps.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join("heartbeat-client");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it (as does `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
+
+fn run_example(args: &[&str]) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
+    let out = Command::new(example_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the heartbeat-client example");
+    let events = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    (out.status, events)
+}
+
+#[test]
+fn example_json_output_against_a_server() {
+    let server = start(config());
+    let addr = server.local_addr().to_string();
+    let (status, events) = run_example(&[
+        &addr,
+        "--json",
+        "--heartbeat-interval",
+        "100ms",
+        "--heartbeat-timeout",
+        "100ms",
+        "--duration",
+        "450ms",
+    ]);
+    assert!(status.success(), "{status}");
+    assert_eq!(events[0]["event"], "connected");
+    assert_eq!(events[0]["addr"], addr);
+    let pongs: Vec<_> = events.iter().filter(|e| e["event"] == "pong").collect();
+    assert!(pongs.len() >= 2, "{events:?}");
+    for e in &events {
+        assert!(e["t_ms"].is_u64(), "every event has t_ms: {e}");
+    }
+    for p in pongs {
+        assert!(p["seq"].is_u64() && p["rtt_ms"].is_f64(), "{p}");
+    }
+}
+
+#[test]
+fn example_gives_up_with_a_non_zero_exit() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (status, events) = run_example(&[
+        &closed,
+        "--json",
+        "--max-attempts",
+        "2",
+        "--backoff-initial",
+        "10ms",
+        "--backoff-max",
+        "20ms",
+    ]);
+    assert!(!status.success());
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "connect_failed",
+            "reconnecting",
+            "connect_failed",
+            "gave_up"
+        ]
+    );
+    assert_eq!(events[1]["attempt"], 2);
+    assert!(events[1]["delay_ms"].as_u64().unwrap() <= 10);
+    assert_eq!(events[3]["attempts"], 2);
+}
+
+#[test]
+fn example_reports_close_code_in_json() {
+    let server = start(Config {
+        idle_timeout: Some(ms(100)),
+        tick: ms(10),
+        ..config()
+    });
+    let (_, events) = run_example(&[
+        &server.local_addr().to_string(),
+        "--json",
+        "--heartbeat-interval",
+        "10s",
+        "--duration",
+        "400ms",
+    ]);
+    let dead = events
+        .iter()
+        .find(|e| e["event"] == "dead")
+        .expect("a dead event");
+    assert_eq!(dead["reason"], "close");
+    assert_eq!(dead["code"], 4000);
+}
