@@ -30,6 +30,7 @@
 
 #![deny(missing_docs)]
 
+pub mod activity;
 pub mod client;
 mod duration;
 mod handler;

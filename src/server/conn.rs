@@ -2,14 +2,14 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
-use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::close::CloseReason;
 use super::registry::ConnId;
+use crate::activity::Stamp;
 use crate::sys;
 
 /// A close asked for by another thread (the timer or shutdown). Stored in an
@@ -71,10 +71,9 @@ pub(crate) struct Conn {
     /// The socket. Closed when the last `Arc<Conn>` goes, which is the
     /// worker's unless a registry reader holds a clone for a moment.
     pub(crate) stream: TcpStream,
-    /// The published tick ([`super::clock::Clock`]) when the last complete
-    /// message arrived. Written only by the worker; padded so that workers on
-    /// different cores never share its cache line.
-    last_activity: CachePadded<AtomicU64>,
+    /// The published tick ([`crate::activity::Clock`]) when the last
+    /// complete message arrived. Written only by the worker.
+    pub(crate) activity: Stamp,
     /// A [`CloseRequest`] as `u8`, 0 while none.
     close_request: AtomicU8,
     /// Serialises whole-frame writes between the worker and the timer.
@@ -88,25 +87,10 @@ impl Conn {
             peer,
             opened: Instant::now(),
             stream,
-            last_activity: CachePadded::new(AtomicU64::new(now_tick)),
+            activity: Stamp::new(now_tick),
             close_request: AtomicU8::new(0),
             write_lock: Mutex::new(()),
         }
-    }
-
-    /// Records activity at `tick`. This is the whole per-message cost of
-    /// liveness tracking: a load and, at most once per tick, a store, both
-    /// to a cache line only this worker writes.
-    #[inline]
-    pub(crate) fn touch(&self, tick: u64) {
-        if self.last_activity.load(Ordering::Relaxed) != tick {
-            self.last_activity.store(tick, Ordering::Relaxed);
-        }
-    }
-
-    /// The tick of the last complete message (or of the accept).
-    pub(crate) fn last_activity(&self) -> u64 {
-        self.last_activity.load(Ordering::Relaxed)
     }
 
     /// Asks the worker to close the connection for `request` and wakes it.

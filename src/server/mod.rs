@@ -25,7 +25,6 @@
 
 mod acceptor;
 mod buffer;
-mod clock;
 mod close;
 mod config;
 mod conn;
@@ -48,11 +47,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
+use crate::activity::Clock;
 use crate::handler::{Echo, Handler};
 use crate::protocol::Message;
 use crate::sys;
 use crate::time::TimeSource;
-use clock::Clock;
 use conn::CloseRequest;
 use registry::Registry;
 use timer::Event;

@@ -5,7 +5,7 @@
 //!
 //! A worker does not tell the timer thread about every message. It stamps
 //! its connection's `last_activity` atomic with the [`Clock`] tick (a load
-//! and a conditional store, see [`Conn::touch`]), and that is all. Each
+//! and a conditional store, see [`Stamp::touch`]), and that is all. Each
 //! connection has one timer in the wheel, set for the earliest moment the
 //! connection *could* be idle for long enough. When the timer fires, the
 //! timer thread reads the stamp: if there was activity since, it re-arms the
@@ -26,7 +26,7 @@
 //! as they matter, so a stall of the timer thread delays expiries rather
 //! than making them early.
 //!
-//! [`Conn::touch`]: super::conn::Conn::touch
+//! [`Stamp::touch`]: crate::activity::Stamp::touch
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,9 +36,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{debug, trace};
 
 use super::Shared;
-use super::clock::Clock;
 use super::conn::{CloseRequest, Conn, Probe};
 use super::registry::ConnId;
+use crate::activity::Clock;
 use crate::time::TimeSource;
 use crate::wheel::{TimerKey, Wheel};
 
@@ -250,7 +250,7 @@ impl Timer {
         if conn.close_requested().is_some() {
             return;
         }
-        let stamp = conn.last_activity();
+        let stamp = conn.activity.get();
         let base = self.jumps.superseded(stamp);
         if self.idle_ticks.is_some_and(|idle| base + idle <= now) {
             debug!(conn = %id, peer = %conn.peer, "idle timeout");

@@ -160,7 +160,7 @@ impl Worker {
             }
         };
         if any {
-            self.conn.touch(self.shared.clock.now());
+            self.conn.activity.touch(self.shared.clock.now());
         }
         outcome
     }

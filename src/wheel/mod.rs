@@ -19,6 +19,17 @@
 //! [`TimerKey`] (one whose timer already fired or was removed) is detected by
 //! a generation counter instead of touching another timer.
 //!
+//! Two choices keep the common operations to one touched entry:
+//!
+//! * **Lazy reschedule.** Moving a deadline *later* (what activity does to an
+//!   idle timeout) only rewrites the entry's deadline. The entry stays on its
+//!   old slot, which comes up no later than the old deadline, itself no
+//!   later than the new one; when it does, the walk files the entry under
+//!   its new slot. Moving a deadline earlier relinks at once.
+//! * **In-place walk.** Advancing walks each slot's list where it lies, with
+//!   a cursor, instead of detaching it: entries due in a later rotation are
+//!   stepped over, not re-linked.
+//!
 //! # Guarantees
 //!
 //! * A timer never fires before its deadline: [`Wheel::advance`] with `now`
@@ -57,11 +68,6 @@ use slab::{List, NIL, Slab};
 /// (deadline `<=` the wheel's current tick).
 const OVERDUE: u32 = u32::MAX - 1;
 
-/// List id of the entries taken off the slot being processed by
-/// [`Wheel::poll`]. Taking the whole slot off first means entries that are
-/// put back (due in a later rotation) are not met again in the same pass.
-const PENDING: u32 = u32::MAX - 2;
-
 /// The largest slot count: slot indices must stay below the special list ids.
 const MAX_SLOTS: usize = 1 << 30;
 
@@ -88,11 +94,15 @@ pub struct Wheel<K> {
     mask: u64,
     /// Entries scheduled at or before `elapsed`: due on the next poll.
     overdue: List,
-    /// Entries of the slot currently being processed by `poll`.
-    pending: List,
-    /// The last tick whose slot has been taken off for processing. Every
-    /// entry with a deadline `<= elapsed` is on `overdue` or `pending`.
+    /// The last tick whose slot `poll` has started to walk. Every entry with
+    /// a deadline `<= elapsed` is on `overdue` or not yet walked past on the
+    /// slot of `elapsed`.
     elapsed: u64,
+    /// The next entry to look at on the slot of `elapsed`, or `NIL` once that
+    /// slot has been walked. Kept across calls so that an `advance` dropped
+    /// half way resumes where it stopped; `unlink` moves it on when it
+    /// unlinks the entry it points to.
+    cursor: u32,
 }
 
 impl<K> Wheel<K> {
@@ -121,8 +131,8 @@ impl<K> Wheel<K> {
             slots: vec![List::EMPTY; slots].into_boxed_slice(),
             mask: slots as u64 - 1,
             overdue: List::EMPTY,
-            pending: List::EMPTY,
             elapsed: 0,
+            cursor: NIL,
         }
     }
 
@@ -159,11 +169,18 @@ impl<K> Wheel<K> {
 
     /// Moves a scheduled timer to a new deadline. O(1).
     ///
+    /// Moving a deadline later only rewrites it (see the module docs);
+    /// moving it earlier relinks the entry at once.
+    ///
     /// Returns `false` (and does nothing) if the timer already fired or was
     /// removed.
     pub fn reset(&mut self, timer: TimerKey, deadline: u64) -> bool {
-        if self.slab.get(timer.index, timer.generation).is_none() {
+        let Some(entry) = self.slab.get(timer.index, timer.generation) else {
             return false;
+        };
+        if deadline >= entry.deadline && entry.list != OVERDUE {
+            self.slab.entries[timer.index as usize].deadline = deadline;
+            return true;
         }
         self.unlink(timer.index);
         self.slab.entries[timer.index as usize].deadline = deadline;
@@ -207,22 +224,33 @@ impl<K> Wheel<K> {
     /// Removes and returns one timer due at or before `now`, advancing the
     /// wheel as far as needed to find it; `None` once none is left.
     ///
+    /// Each tick's slot is walked once, in place: a due entry is unlinked
+    /// and returned, an entry due in a later rotation is stepped over, and
+    /// an entry whose deadline a lazy [`reset`](Self::reset) moved later is
+    /// filed under its own slot.
+    ///
     /// Cost: O(1) per fired timer, plus O(1) per tick advanced, plus O(1) for
-    /// each not-yet-due timer of a later rotation met on the way. A jump of
-    /// more than one rotation visits every slot once, not every tick.
+    /// each not-yet-due timer met on the way. A jump of more than one
+    /// rotation visits every slot once, not every tick.
     pub fn poll(&mut self, now: u64) -> Option<K> {
         let now = now.max(self.elapsed);
         loop {
             if let Some(index) = self.slab.pop_front(&mut self.overdue) {
                 return Some(self.slab.release(index));
             }
-            while let Some(index) = self.slab.pop_front(&mut self.pending) {
-                let deadline = self.slab.entries[index as usize].deadline;
+            while self.cursor != NIL {
+                let index = self.cursor;
+                let entry = &self.slab.entries[index as usize];
+                self.cursor = entry.next;
+                let deadline = entry.deadline;
                 if deadline <= now {
+                    self.unlink(index);
                     return Some(self.slab.release(index));
                 }
-                // Due in a later rotation: back on its slot.
-                self.place(index, deadline);
+                if (deadline & self.mask) as u32 != entry.list {
+                    self.unlink(index);
+                    self.place(index, deadline);
+                }
             }
             if self.elapsed >= now {
                 return None;
@@ -234,22 +262,8 @@ impl<K> Wheel<K> {
                 self.elapsed = now - slots;
             }
             self.elapsed += 1;
-            let slot = (self.elapsed & self.mask) as usize;
-            self.take_slot(slot);
+            self.cursor = self.slots[(self.elapsed & self.mask) as usize].head;
         }
-    }
-
-    /// Moves every entry of `slot` onto the pending list.
-    fn take_slot(&mut self, slot: usize) {
-        debug_assert!(self.pending.is_empty(), "pending list not drained");
-        let list = std::mem::replace(&mut self.slots[slot], List::EMPTY);
-        let mut index = list.head;
-        while index != NIL {
-            let entry = &mut self.slab.entries[index as usize];
-            entry.list = PENDING;
-            index = entry.next;
-        }
-        self.pending = list;
     }
 
     /// Links an allocated, unlinked entry onto the list for `deadline`.
@@ -265,10 +279,12 @@ impl<K> Wheel<K> {
 
     /// Unlinks an entry from whatever list it is on.
     fn unlink(&mut self, index: u32) {
-        let list_id = self.slab.entries[index as usize].list;
-        let list = match list_id {
+        let entry = &self.slab.entries[index as usize];
+        if self.cursor == index {
+            self.cursor = entry.next;
+        }
+        let list = match entry.list {
             OVERDUE => &mut self.overdue,
-            PENDING => &mut self.pending,
             slot => &mut self.slots[slot as usize],
         };
         self.slab.unlink(list, index);

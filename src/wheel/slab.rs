@@ -39,10 +39,6 @@ impl List {
         head: NIL,
         tail: NIL,
     };
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.head == NIL
-    }
 }
 
 /// A slab of entries plus a free list.

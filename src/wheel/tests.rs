@@ -126,10 +126,11 @@ fn dropping_the_iterator_keeps_the_rest() {
 }
 
 #[test]
-fn removing_from_the_pending_list_between_polls() {
+fn removing_and_resetting_between_polls() {
     let mut wheel = Wheel::new(4);
     let keys: Vec<_> = (0..4).map(|k| wheel.insert(k, 1 + 4 * k as u64)).collect();
-    // The first poll takes slot 1 (all four timers) off and fires key 0.
+    // The first poll walks slot 1 (all four timers) and fires key 0; the
+    // cursor then points at key 1.
     assert_eq!(wheel.poll(1), Some(0));
     assert_eq!(wheel.remove(keys[2]), Some(2));
     assert!(wheel.reset(keys[3], 2));
@@ -259,4 +260,33 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn keys_are_dropped_exactly_once_whatever_their_fate() {
+    use std::rc::Rc;
+    let token = Rc::new(());
+    {
+        let mut wheel = Wheel::new(8);
+        let keys: Vec<_> = (0..30)
+            .map(|i| wheel.insert(Rc::clone(&token), i % 12))
+            .collect();
+        assert_eq!(Rc::strong_count(&token), 31);
+        // Some removed, some fired, the rest dropped with the wheel.
+        for &k in keys.iter().step_by(3) {
+            drop(wheel.remove(k));
+        }
+        let fired: Vec<_> = wheel.advance(5).collect();
+        assert!(!fired.is_empty());
+        drop(fired);
+        // Storage reused by new keys after all that.
+        for i in 0..5 {
+            wheel.insert(Rc::clone(&token), 100 + i);
+        }
+    }
+    assert_eq!(
+        Rc::strong_count(&token),
+        1,
+        "a key leaked or was dropped twice"
+    );
 }
