@@ -91,6 +91,11 @@ enum Cmd {
         /// The server's --idle-timeout.
         #[arg(long, value_parser = parse_duration)]
         idle_timeout: Duration,
+        /// Connections fall silent at random times over this window (0: all
+        /// at once, the worst case: every connection expires in the same tick).
+        /// Keep it below the idle timeout.
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        spread: Duration,
     },
 }
 
@@ -122,7 +127,8 @@ fn main() -> io::Result<()> {
             Cmd::Expiry {
                 common,
                 idle_timeout,
-            } => expiry(common, idle_timeout).await,
+                spread,
+            } => expiry(common, idle_timeout, spread).await,
         }
     })?;
     println!("{summary}");
@@ -333,85 +339,94 @@ async fn idle(
     Ok(result)
 }
 
+/// Open-loop PINGs. Sends come from one OS thread with 1 ns timer slack
+/// (tokio's timers tick in milliseconds, which would add up to 1 ms of the
+/// generator's own lateness to every sample); it sends every PING whose
+/// scheduled time has come each time it wakes. PING `k` is scheduled at
+/// `start + k / rate` and carries `k`, so the reader computes RTT from the
+/// scheduled time, lateness of the generator included: a stall anywhere shows.
 async fn ping(common: Common, rate: f64, duration: Duration) -> io::Result<serde_json::Value> {
     let (open, errors) = open_all(&common).await;
     let n = open.len().max(1);
-    let per_conn_interval = Duration::from_secs_f64(n as f64 / rate);
-    let rtts = Rc::new(RefCell::new(Vec::<f64>::new()));
-    let lost = Rc::new(RefCell::new(0usize));
-    let start = tokio::time::Instant::now() + Duration::from_millis(200);
-    let end = start + duration;
-    let mut writers = Vec::new();
-    let mut readers = Vec::new();
-    for (i, (stream, _)) in open.into_iter().enumerate() {
-        let (r, mut w) = stream.into_split();
-        let rtts = Rc::clone(&rtts);
-        let lost = Rc::clone(&lost);
-        // Each connection's schedule is offset so sends are evenly spread.
-        let first = start + per_conn_interval.mul_f64(i as f64 / n as f64);
-        let scheduled: Rc<RefCell<std::collections::VecDeque<(u64, tokio::time::Instant)>>> =
-            Rc::default();
-        let sched_w = Rc::clone(&scheduled);
-        writers.push(tokio::task::spawn_local(async move {
-            let mut seq = 0u64;
-            let mut next = first;
-            while next < end {
-                tokio::time::sleep_until(next).await;
-                sched_w.borrow_mut().push_back((seq, next));
-                if send(&mut w, Message::Ping(&seq.to_be_bytes()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                seq += 1;
-                next += per_conn_interval;
+    let mut writers = Vec::with_capacity(open.len());
+    let mut readers = Vec::with_capacity(open.len());
+    for (stream, _) in open {
+        let std_stream = stream.into_std()?;
+        writers.push(std_stream.try_clone()?);
+        // The write half must live: dropping it would shut the socket's
+        // write side down (the PINGs go through the std clone).
+        let (r, w) = TcpStream::from_std(std_stream)?.into_split();
+        readers.push((Reader::new(r), w));
+    }
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let start = Instant::now() + Duration::from_millis(200);
+    let scheduled = move |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+    let sender = std::thread::spawn(move || {
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+        let mut wire = Vec::with_capacity(16);
+        let mut k = 0u64;
+        while k < total {
+            let now = Instant::now();
+            let at = scheduled(k);
+            if at > now {
+                std::thread::sleep(at - now);
+                continue;
             }
-            w
-        }));
-        readers.push(tokio::task::spawn_local(async move {
-            let mut reader = Reader::new(r);
-            loop {
-                let msg =
-                    tokio::time::timeout_at(end + Duration::from_secs(2), reader.next()).await;
-                match msg {
+            while k < total && scheduled(k) <= Instant::now() {
+                wire.clear();
+                Protocol::Frame.encode(&Message::Ping(&k.to_be_bytes()), &mut wire);
+                let w = &mut writers[(k % n as u64) as usize];
+                // Non-blocking (shared with the tokio reader): retry if full.
+                let mut sent = 0;
+                while sent < wire.len() {
+                    match std::io::Write::write(w, &wire[sent..]) {
+                        Ok(m) => sent += m,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                        Err(_) => break,
+                    }
+                }
+                k += 1;
+            }
+        }
+        writers
+    });
+    let rtts = Rc::new(RefCell::new(Vec::<f64>::with_capacity(total as usize)));
+    let end = scheduled(total) + Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for (i, (mut reader, write_half)) in readers.into_iter().enumerate() {
+        let rtts = Rc::clone(&rtts);
+        // Connection i carries PINGs i, i + n, i + 2n, ...
+        let expected = total / n as u64 + u64::from((i as u64) < total % n as u64);
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut got = 0;
+            while got < expected {
+                let left = end.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, reader.next()).await {
                     Ok(Ok(Some(Msg::Pong(p)))) => {
-                        let seq = u64::from_be_bytes(p.try_into().unwrap_or([0; 8]));
-                        let mut q = scheduled.borrow_mut();
-                        while let Some(&(s, at)) = q.front() {
-                            q.pop_front();
-                            if s == seq {
-                                rtts.borrow_mut().push(at.elapsed().as_secs_f64() * 1e3);
-                                break;
-                            }
-                            *lost.borrow_mut() += 1;
-                        }
-                        if q.is_empty() && tokio::time::Instant::now() >= end {
-                            break;
-                        }
+                        let k = u64::from_be_bytes(p.try_into().unwrap_or([0; 8]));
+                        rtts.borrow_mut()
+                            .push(scheduled(k).elapsed().as_secs_f64() * 1e3);
+                        got += 1;
                     }
                     Ok(Ok(Some(_))) => {}
                     _ => break,
                 }
             }
-            // Whatever is still scheduled was never answered.
-            *lost.borrow_mut() += scheduled.borrow().len();
-            reader
+            write_half
         }));
     }
-    // Readers first: a writer's result holds its half of the socket open
-    // (dropping it would send FIN) until the PONGs are in.
-    for t in readers {
-        let _ = t.await;
+    let mut halves = Vec::new();
+    for t in tasks {
+        halves.extend(t.await);
     }
-    for t in writers {
-        let _ = t.await;
-    }
+    let _writers = sender.join().expect("sender thread");
+    drop(halves);
     let rtts = std::mem::take(&mut *rtts.borrow_mut());
-    let sent = rtts.len() + *lost.borrow();
+    let answered = rtts.len() as u64;
     Ok(json!({
         "mode": "ping", "connections": n, "connect_errors": errors, "target_rate": rate,
-        "achieved_rate": rtts.len() as f64 / duration.as_secs_f64(), "sent": sent, "unanswered": *lost.borrow(),
+        "achieved_rate": answered as f64 / duration.as_secs_f64(), "sent": total, "unanswered": total - answered,
         "rtt_ms": distribution(rtts),
     }))
 }
@@ -472,18 +487,44 @@ async fn echo(
     }))
 }
 
-async fn expiry(common: Common, idle_timeout: Duration) -> io::Result<serde_json::Value> {
+async fn expiry(
+    common: Common,
+    idle_timeout: Duration,
+    spread: Duration,
+) -> io::Result<serde_json::Value> {
+    if spread >= idle_timeout {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--spread must be shorter than --idle-timeout",
+        ));
+    }
     let (open, errors) = open_all(&common).await;
     let mut tasks = Vec::new();
-    // Silence is measured from each connection's last message: one PING,
-    // sent once every connection is open (so the burst of accepts is not
-    // counted), answered, then nothing. The figure is what a client sees:
-    // CLOSE received minus PING sent minus the timeout, so it includes both
-    // one-way latencies.
+    // Silence is measured from each connection's last message, a PING sent
+    // once every connection is open (so the burst of accepts is not
+    // counted), at a random offset within --spread, and answered; then
+    // nothing. The figure is what a client sees: CLOSE received minus PING
+    // sent minus the timeout, so it includes both one-way latencies.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
     for (stream, _) in open {
+        // xorshift: a uniform offset in [0, spread).
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let offset = spread.mul_f64((rng >> 11) as f64 / (1u64 << 53) as f64);
         tasks.push(tokio::task::spawn_local(async move {
             let (r, mut w) = stream.into_split();
             let mut reader = Reader::new(r);
+            // Alive until the offset: a PING now (answered), silence after
+            // the measured PING at the offset.
+            send(&mut w, Message::Ping(b"first"))
+                .await
+                .map_err(|e| e.to_string())?;
+            match reader.next().await {
+                Ok(Some(Msg::Pong(_))) => {}
+                other => return Err(format!("no answer to the first ping: {other:?}")),
+            }
+            tokio::time::sleep(offset).await;
             let sent = Instant::now();
             send(&mut w, Message::Ping(b"last"))
                 .await
@@ -527,7 +568,8 @@ async fn expiry(common: Common, idle_timeout: Duration) -> io::Result<serde_json
     }
     Ok(json!({
         "mode": "expiry", "connections": common.connections, "connect_errors": errors,
-        "idle_timeout_ms": idle_timeout.as_millis() as u64, "closed_4000": errors_by_ms.len(),
+        "idle_timeout_ms": idle_timeout.as_millis() as u64, "spread_ms": spread.as_millis() as u64,
+        "closed_4000": errors_by_ms.len(),
         "closed_otherwise": other, "early": early,
         // Upper bound of the server's error: from the PING's send.
         "close_after_timeout_ms": distribution(errors_by_ms),

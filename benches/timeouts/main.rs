@@ -6,6 +6,8 @@
 //! * `reschedule`: move a random existing timer to now + timeout (what an
 //!   idle timeout does on activity, when done per message);
 //! * `open_close`: schedule a new timer, then cancel it (connection churn);
+//! * `cancel`: cancel alone (batches of 1,024 timers are scheduled untimed,
+//!   then cancelled timed);
 //! * `expire`: advance past a deadline that expires 10% of N; reported per
 //!   expired timer (the throughput figure).
 //!
@@ -41,6 +43,16 @@ impl Rng {
     }
 }
 
+/// `0..n` in a random order (Fisher-Yates).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng(seed);
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+    v
+}
+
 fn random_ids(n: usize, seed: u64) -> Vec<usize> {
     let mut rng = Rng(seed);
     (0..ORDER_LEN).map(|_| rng.below(n)).collect()
@@ -49,12 +61,17 @@ fn random_ids(n: usize, seed: u64) -> Vec<usize> {
 /// `n` timers with deadlines spread over 1..=TIMEOUT, scheduled in deadline
 /// order (the seed's list must be kept in order: it appends at the tail).
 fn filled<T: Timeouts>(n: usize) -> T {
+    filled_with_room::<T>(n, 0)
+}
+
+/// Like [`filled`], with ids `n..n + room` free for the benchmark's own.
+fn filled_with_room<T: Timeouts>(n: usize, room: usize) -> T {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut timers: Vec<(u64, usize)> = (0..n)
         .map(|id| (1 + rng.below(TIMEOUT as usize) as u64, id))
         .collect();
     timers.sort_unstable();
-    let mut t = T::new(n);
+    let mut t = T::new(n + room);
     for (deadline, id) in timers {
         t.schedule(id, deadline);
     }
@@ -91,6 +108,40 @@ fn open_close_one<T: Timeouts>(group: &mut BenchmarkGroup<'_, WallTime>, n: usiz
             timers.cancel(n);
         });
         black_box(&timers);
+    });
+}
+
+const BATCH: usize = 1024;
+
+fn cancel_one<T: Timeouts>(group: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
+    group.bench_with_input(BenchmarkId::new(T::NAME, n), &n, |b, &n| {
+        let deadlines: Vec<u64> = random_ids(TIMEOUT as usize, 11)
+            .into_iter()
+            .map(|d| d as u64 + 1)
+            .collect();
+        let order = permutation(BATCH, 5);
+        b.iter_custom(|iters| {
+            let mut timers = filled_with_room::<T>(n, BATCH);
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let batch = (iters - done).min(BATCH as u64) as usize;
+                for j in 0..batch {
+                    timers.schedule(n + j, deadlines[j]);
+                }
+                let start = std::time::Instant::now();
+                // In random order, as connections close.
+                for &j in &order[..BATCH] {
+                    if j < batch {
+                        timers.cancel(n + j);
+                    }
+                }
+                total += start.elapsed();
+                done += batch as u64;
+            }
+            black_box(&timers);
+            total
+        });
     });
 }
 
@@ -139,6 +190,13 @@ fn open_close(c: &mut Criterion) {
     group.finish();
 }
 
+fn cancel(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cancel");
+    group.throughput(Throughput::Elements(1));
+    for_each_contender!(&mut group, cancel_one);
+    group.finish();
+}
+
 fn expire(c: &mut Criterion) {
     let mut group = c.benchmark_group("expire");
     group.sample_size(20);
@@ -176,6 +234,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = reschedule, open_close, expire
+    targets = reschedule, open_close, cancel, expire
 }
 criterion_main!(benches);
