@@ -126,8 +126,8 @@ fn cancel_one<T: Timeouts>(group: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
             let mut done = 0u64;
             while done < iters {
                 let batch = (iters - done).min(BATCH as u64) as usize;
-                for j in 0..batch {
-                    timers.schedule(n + j, deadlines[j]);
+                for (j, &deadline) in deadlines[..batch].iter().enumerate() {
+                    timers.schedule(n + j, deadline);
                 }
                 let start = std::time::Instant::now();
                 // In random order, as connections close.
