@@ -4,6 +4,9 @@
 //! * `stamp` is what the server does: `stamp.touch(clock.now())`, using the
 //!   very types the server uses ([`wheel_server::activity`]), with a timer
 //!   thread publishing the clock every 100 ms as the server's does.
+//! * `stamp_and_traffic` adds what the metrics cost: the per-connection
+//!   traffic counters ([`wheel_server::activity::Traffic`]) updated as the
+//!   worker does, in the worst case of one message per read.
 //! * `channel_per_frame` is the naive design: one `crossbeam-channel` send
 //!   per frame to a timer thread that reschedules the connection's timer in
 //!   a wheel of 10,000 timers.
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use wheel_server::activity::{Clock, Stamp};
+use wheel_server::activity::{Clock, Kind, Stamp, Tally, Traffic};
 use wheel_server::wheel::Wheel;
 
 const THREADS: [usize; 3] = [1, 2, 8];
@@ -38,10 +41,12 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// The server's path: `threads` workers each record `iters` frames.
-fn stamp_path(iters: u64, threads: usize) -> Duration {
+/// The server's path: `threads` workers each record `iters` frames, with or
+/// without the metrics' traffic counters.
+fn stamp_path(iters: u64, threads: usize, with_traffic: bool) -> Duration {
     let clock = Arc::new(Clock::new());
     let stamps: Arc<Vec<Stamp>> = Arc::new((0..threads).map(|_| Stamp::new(0)).collect());
+    let traffic: Arc<Vec<Traffic>> = Arc::new((0..threads).map(|_| Traffic::default()).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = {
         let (clock, stop) = (Arc::clone(&clock), Arc::clone(&stop));
@@ -64,12 +69,25 @@ fn stamp_path(iters: u64, threads: usize) -> Duration {
                 Arc::clone(&stamps),
                 Arc::clone(&barrier),
             );
+            let traffic = Arc::clone(&traffic);
             std::thread::spawn(move || {
                 barrier.wait();
                 let start = thread_cpu();
-                for _ in 0..iters {
-                    let stamp = black_box(&stamps[w]);
-                    stamp.touch(black_box(&*clock).now());
+                if with_traffic {
+                    // The worker's running totals.
+                    let (mut received, mut sent) = (Tally::default(), Tally::default());
+                    for _ in 0..iters {
+                        // One PING in, one PONG out, counted as the worker does.
+                        received.add(black_box(Kind::Ping), black_box(6));
+                        sent.add(black_box(Kind::Pong), black_box(6));
+                        black_box(&stamps[w]).touch(black_box(&*clock).now());
+                        black_box(&traffic[w]).publish(&mut received, &mut sent);
+                    }
+                } else {
+                    for _ in 0..iters {
+                        let stamp = black_box(&stamps[w]);
+                        stamp.touch(black_box(&*clock).now());
+                    }
                 }
                 thread_cpu() - start
             })
@@ -129,8 +147,15 @@ fn activity_path(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for threads in THREADS {
         group.bench_with_input(BenchmarkId::new("stamp", threads), &threads, |b, &t| {
-            b.iter_custom(|iters| stamp_path(iters, t));
+            b.iter_custom(|iters| stamp_path(iters, t, false));
         });
+        group.bench_with_input(
+            BenchmarkId::new("stamp_and_traffic", threads),
+            &threads,
+            |b, &t| {
+                b.iter_custom(|iters| stamp_path(iters, t, true));
+            },
+        );
         group.bench_with_input(
             BenchmarkId::new("channel_per_frame", threads),
             &threads,

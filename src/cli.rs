@@ -92,6 +92,19 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_WORKER_STACK", default_value_t = 65_536)]
     worker_stack: usize,
 
+    /// Serve Prometheus metrics (GET /metrics), live connections (GET /connections) and
+    /// health (GET /healthz) over HTTP on this address. Off unless set.
+    #[arg(long, env = "WHEEL_SERVER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Log a one-line summary (connections, closes, frames) at info level this often (0 = off).
+    #[arg(long, env = "WHEEL_SERVER_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    stats_interval: Duration,
+
+    /// Log format: human-readable text, or one JSON object per line for log shippers.
+    #[arg(long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     /// More log output (-v debug, -vv trace). Overrides RUST_LOG.
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -99,6 +112,15 @@ pub struct Args {
     /// Less log output (-q warnings, -qq errors only). Overrides RUST_LOG.
     #[arg(short, long, action = ArgAction::Count)]
     quiet: u8,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-21T05:09:58Z  INFO wheel_server::server: listening on ...`
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Zero means "off" for optional durations.
@@ -133,6 +155,8 @@ impl Args {
             write_timeout: nonzero(self.write_timeout),
             shutdown_grace: self.shutdown_grace,
             worker_stack: self.worker_stack,
+            metrics_listen: self.metrics_listen,
+            stats_interval: nonzero(self.stats_interval),
         };
         config.validate()?;
         Ok(config)
@@ -153,11 +177,15 @@ pub fn init_logging(args: &Args) -> Result<(), Box<dyn std::error::Error + Send 
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
 }
 
 #[cfg(test)]

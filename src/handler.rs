@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::activity::{Kind, Tally};
 use crate::protocol::{Message, Protocol};
 use crate::server::{CloseReason, ConnId};
 
@@ -59,6 +60,7 @@ pub struct Session<'a> {
     pub(crate) protocol: Protocol,
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) close: &'a mut Option<(u16, String)>,
+    pub(crate) sent: &'a mut Tally,
 }
 
 impl Session<'_> {
@@ -74,7 +76,9 @@ impl Session<'_> {
 
     /// Queues a DATA message to the peer.
     pub fn send(&mut self, payload: &[u8]) {
+        let before = self.out.len();
         self.protocol.encode(&Message::Data(payload), self.out);
+        self.sent.add(Kind::Data, self.out.len() - before);
     }
 
     /// Closes the connection with `code` and `reason` once the current

@@ -120,6 +120,24 @@ pub(crate) enum AcceptError {
     Other,
 }
 
+/// A short lowercase errno name for a metric label (`emfile`, `econnaborted`
+/// ...), or `other`.
+pub(crate) fn errno_name(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) => "emfile",
+        Some(libc::ENFILE) => "enfile",
+        Some(libc::ENOBUFS) => "enobufs",
+        Some(libc::ENOMEM) => "enomem",
+        Some(libc::ECONNABORTED) => "econnaborted",
+        Some(libc::EINTR) => "eintr",
+        Some(libc::EAGAIN) => "eagain",
+        Some(libc::EPROTO) => "eproto",
+        Some(libc::EPERM) => "eperm",
+        Some(libc::EINVAL) => "einval",
+        _ => "other",
+    }
+}
+
 /// Classifies an error returned by `accept`.
 pub(crate) fn classify_accept_error(err: &io::Error) -> AcceptError {
     match err.raw_os_error() {

@@ -55,18 +55,26 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     }
                 }
             }
-            Err(e) => match sys::classify_accept_error(&e) {
-                AcceptError::Connection => debug!("accept: skipped a failed connection: {e}"),
-                AcceptError::Exhausted | AcceptError::Other => {
-                    if failures == 0 {
-                        warn!("accept failed: {e}; backing off until resources are freed");
+            Err(e) => {
+                let kind = sys::errno_name(&e);
+                shared
+                    .metrics
+                    .accept_errors
+                    .get_or_create(&[("kind", kind)])
+                    .inc();
+                match sys::classify_accept_error(&e) {
+                    AcceptError::Connection => debug!("accept: skipped a failed connection: {e}"),
+                    AcceptError::Exhausted | AcceptError::Other => {
+                        if failures == 0 {
+                            warn!("accept failed: {e}; backing off until resources are freed");
+                        }
+                        failures += 1;
+                        // Unparked by shutdown.
+                        std::thread::park_timeout(backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
-                    failures += 1;
-                    // Unparked by shutdown.
-                    std::thread::park_timeout(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-            },
+            }
         }
     }
 }
@@ -86,15 +94,26 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
+        shared
+            .metrics
+            .rejected
+            .get_or_create(&[("reason", "server_full")])
+            .inc();
         reject(shared, &stream.expect("not taken when full"), "server full");
         return false;
     };
     let id = conn.id;
+    shared.metrics.accepted.inc();
     // Sent before the worker exists, so it reaches the timer thread before
     // the worker's Deregister.
     let _ = shared.events.send(Event::Register { id, activity: tick });
     if let Err(e) = worker::spawn(shared, Arc::clone(&conn)) {
         warn!(%peer, "rejected: cannot start a worker thread: {e}");
+        shared
+            .metrics
+            .rejected
+            .get_or_create(&[("reason", "no_thread")])
+            .inc();
         shared.registry.remove(id);
         let _ = shared.events.send(Event::Deregister(id));
         reject(shared, &conn.stream, "server out of threads");

@@ -65,6 +65,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Stack size of each connection's worker thread, in bytes.
     pub worker_stack: usize,
+    /// Serve `/metrics`, `/connections` and `/healthz` over HTTP here.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log a one-line summary at info level this often.
+    pub stats_interval: Option<Duration>,
 }
 
 /// The smallest worker stack accepted: below this, ordinary library code
@@ -89,6 +93,8 @@ impl Default for Config {
             write_timeout: Some(Duration::from_secs(5)),
             shutdown_grace: Duration::from_secs(5),
             worker_stack: 64 * 1024,
+            metrics_listen: None,
+            stats_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -132,6 +138,7 @@ impl Config {
             ("probe interval", self.probe_after),
             ("write timeout", self.write_timeout),
             ("user timeout", self.user_timeout),
+            ("stats interval", self.stats_interval),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
                 return invalid(format!("{name} of zero: use None to turn it off"));

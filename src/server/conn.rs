@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::close::CloseReason;
 use super::registry::ConnId;
-use crate::activity::Stamp;
+use crate::activity::{Stamp, Traffic};
 use crate::sys;
 
 /// A close asked for by another thread (the timer or shutdown). Stored in an
@@ -21,6 +21,10 @@ pub(crate) enum CloseRequest {
     Shutdown = 2,
     /// A server PING could not be written: the peer stopped reading.
     WriteStalled = 3,
+    /// The worker itself is closing the connection (it is sending its CLOSE
+    /// or lingering): nobody else needs to act, and an idle timer that fires
+    /// now must not count as an idle timeout.
+    Closing = 4,
 }
 
 impl CloseRequest {
@@ -29,6 +33,7 @@ impl CloseRequest {
             1 => Some(CloseRequest::IdleTimeout),
             2 => Some(CloseRequest::Shutdown),
             3 => Some(CloseRequest::WriteStalled),
+            4 => Some(CloseRequest::Closing),
             _ => None,
         }
     }
@@ -38,6 +43,8 @@ impl CloseRequest {
             CloseRequest::IdleTimeout => CloseReason::IdleTimeout,
             CloseRequest::Shutdown => CloseReason::Shutdown,
             CloseRequest::WriteStalled => CloseReason::WriteTimeout,
+            // Only set once the worker has its own reason.
+            CloseRequest::Closing => CloseReason::PeerClosed,
         }
     }
 }
@@ -74,6 +81,8 @@ pub(crate) struct Conn {
     /// The published tick ([`crate::activity::Clock`]) when the last
     /// complete message arrived. Written only by the worker.
     pub(crate) activity: Stamp,
+    /// Messages and bytes in and out, written by the worker only.
+    pub(crate) traffic: Traffic,
     /// A [`CloseRequest`] as `u8`, 0 while none.
     close_request: AtomicU8,
     /// Serialises whole-frame writes between the worker and the timer.
@@ -88,6 +97,7 @@ impl Conn {
             opened: Instant::now(),
             stream,
             activity: Stamp::new(now_tick),
+            traffic: Traffic::default(),
             close_request: AtomicU8::new(0),
             write_lock: Mutex::new(()),
         }
@@ -96,14 +106,36 @@ impl Conn {
     /// Asks the worker to close the connection for `request` and wakes it.
     /// Returns false if a close was already requested.
     pub(crate) fn request_close(&self, request: CloseRequest) -> bool {
-        let first = self
-            .close_request
-            .compare_exchange(0, request as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if first {
-            sys::wake_reader(&self.stream);
+        match self.close_request.compare_exchange(
+            0,
+            request as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                sys::wake_reader(&self.stream);
+                true
+            }
+            Err(current) => {
+                // A worker lingering after its CLOSE is cut short by
+                // shutdown, so the drain does not wait for it.
+                if request == CloseRequest::Shutdown && current == CloseRequest::Closing as u8 {
+                    sys::wake_reader(&self.stream);
+                }
+                false
+            }
         }
-        first
+    }
+
+    /// Marks the connection as being closed by its worker (see
+    /// [`CloseRequest::Closing`]). Keeps an earlier request if there is one.
+    pub(crate) fn mark_closing(&self) {
+        let _ = self.close_request.compare_exchange(
+            0,
+            CloseRequest::Closing as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The close another thread asked for, if any.

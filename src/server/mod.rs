@@ -28,6 +28,8 @@ mod buffer;
 mod close;
 mod config;
 mod conn;
+mod http;
+mod metrics;
 mod ping;
 mod registry;
 mod timer;
@@ -71,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) listener: TcpListener,
     /// The encoded server PING, built once.
     pub(crate) probe: Vec<u8>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// A running server. Dropping it shuts it down as [`shutdown`] does.
@@ -108,6 +111,7 @@ pub struct Server {
     local_addr: SocketAddr,
     acceptor: Option<JoinHandle<()>>,
     timer: Option<JoinHandle<()>>,
+    endpoint: Option<http::Endpoint>,
 }
 
 impl Server {
@@ -145,20 +149,30 @@ impl Server {
             stopping: AtomicBool::new(false),
             listener,
             probe,
+            metrics: metrics::Metrics::new(),
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
+        let stop_timer = |e: io::Error| {
+            let _ = shared.events.send(Event::Stop);
+            e
+        };
+        let endpoint = match shared.config.metrics_listen {
+            Some(addr) => {
+                Some(http::Endpoint::start(Arc::clone(&shared), addr).map_err(stop_timer)?)
+            }
+            None => None,
+        };
         let accept_shared = Arc::clone(&shared);
         let acceptor = std::thread::Builder::new()
             .name("wheel-accept".into())
-            .spawn(move || acceptor::run(accept_shared));
-        let acceptor = match acceptor {
-            Ok(handle) => handle,
-            Err(e) => {
-                let _ = shared.events.send(Event::Stop);
-                let _ = timer.join();
-                return Err(e);
-            }
-        };
+            .spawn(move || acceptor::run(accept_shared))
+            .map_err(stop_timer)?;
+        if let Some(endpoint) = &endpoint {
+            info!(
+                "metrics, connections and health on http://{}",
+                endpoint.addr()
+            );
+        }
         let c = &shared.config;
         info!(
             protocol = %c.protocol,
@@ -179,6 +193,7 @@ impl Server {
             local_addr,
             acceptor: Some(acceptor),
             timer: Some(timer),
+            endpoint,
         })
     }
 
@@ -191,6 +206,11 @@ impl Server {
     /// The number of open connections.
     pub fn connection_count(&self) -> usize {
         self.shared.registry.len()
+    }
+
+    /// The address of the metrics endpoint, if one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.as_ref().map(http::Endpoint::addr)
     }
 
     /// The configuration the server runs with.
@@ -249,6 +269,10 @@ impl Server {
         let _ = shared.events.send(Event::Stop);
         if let Some(timer) = self.timer.take() {
             let _ = timer.join();
+        }
+        // Last, so that /healthz answers 503 for the whole drain.
+        if let Some(mut endpoint) = self.endpoint.take() {
+            endpoint.stop();
         }
         info!("shut down");
         clean

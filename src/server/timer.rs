@@ -33,7 +33,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use tracing::{debug, trace};
+use prometheus_client::metrics::counter::Counter;
+use tracing::{debug, info, trace};
 
 use super::Shared;
 use super::conn::{CloseRequest, Conn, Probe};
@@ -61,6 +62,9 @@ struct Tracked {
     /// The last server PING: (the activity stamp it was sent for, the tick
     /// it was sent at).
     probe: Option<(u64, u64)>,
+    /// The activity stamp when the timer was last armed: a different stamp
+    /// at the next fire means the connection was active meanwhile.
+    armed_stamp: u64,
 }
 
 /// Remembers when the published clock skipped ticks, so that a stamp can be
@@ -120,6 +124,8 @@ pub(crate) fn spawn(
         idle_ticks,
         probe_ticks,
         horizon,
+        next_summary: config.stats_interval.map(|every| Instant::now() + every),
+        counters: EventCounters::new(&shared),
         shared,
     };
     std::thread::Builder::new()
@@ -148,7 +154,32 @@ struct Timer {
     probe_ticks: Option<u64>,
     /// How far back a stamp can matter, in ticks.
     horizon: u64,
+    /// When the next summary line is due.
+    next_summary: Option<Instant>,
+    counters: EventCounters,
     shared: Arc<Shared>,
+}
+
+/// The register and deregister counters, resolved once.
+struct EventCounters {
+    registered: Counter,
+    deregistered: Counter,
+}
+
+impl EventCounters {
+    fn new(shared: &Shared) -> EventCounters {
+        let get = |kind| {
+            shared
+                .metrics
+                .timer_events
+                .get_or_create(&[("kind", kind)])
+                .clone()
+        };
+        EventCounters {
+            registered: get("register"),
+            deregistered: get("deregister"),
+        }
+    }
 }
 
 impl Timer {
@@ -178,6 +209,11 @@ impl Timer {
         if now <= self.published {
             return;
         }
+        let due = self.source.instant_of(self.published + 1);
+        let metrics = &self.shared.metrics;
+        metrics
+            .tick_lag
+            .observe(at.saturating_duration_since(due).as_secs_f64());
         if now > self.published + 1 {
             trace!(
                 from = self.published,
@@ -192,6 +228,33 @@ impl Timer {
         while let Some(id) = self.wheel.poll(now) {
             self.fire(id, now);
         }
+        self.shared
+            .metrics
+            .timers_armed
+            .set(self.wheel.len() as i64);
+        if self.next_summary.is_some_and(|next| at >= next) {
+            self.summary();
+            self.next_summary = self.shared.config.stats_interval.map(|every| at + every);
+        }
+    }
+
+    /// The periodic info line with the headline numbers.
+    fn summary(&self) {
+        let shared = &self.shared;
+        let metrics = &shared.metrics;
+        let (received, sent) = metrics.traffic(&shared.registry);
+        info!(
+            open = shared.registry.len(),
+            accepted = metrics.accepted.get(),
+            closed = metrics
+                .closed_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            idle_timeouts = metrics.expirations.get(),
+            frames_in = received.frames.iter().sum::<u64>(),
+            frames_out = sent.frames.iter().sum::<u64>(),
+            timers = self.wheel.len(),
+            "summary"
+        );
     }
 
     fn register(&mut self, id: ConnId, activity: u64) {
@@ -215,7 +278,9 @@ impl Timer {
             id,
             timer: None,
             probe: None,
+            armed_stamp: activity,
         };
+        self.counters.registered.inc();
         let deadline = self.next_deadline(&tracked, activity);
         tracked.timer = Some(self.wheel.insert(id, deadline));
         self.tracked[index] = Some(tracked);
@@ -225,6 +290,7 @@ impl Timer {
         let Some(slot) = self.tracked.get_mut(id.index()) else {
             return;
         };
+        self.counters.deregistered.inc();
         if slot.as_ref().is_some_and(|t| t.id == id) {
             let tracked = slot.take().expect("checked above");
             if let Some(timer) = tracked.timer {
@@ -254,8 +320,13 @@ impl Timer {
         let base = self.jumps.superseded(stamp);
         if self.idle_ticks.is_some_and(|idle| base + idle <= now) {
             debug!(conn = %id, peer = %conn.peer, "idle timeout");
+            self.shared.metrics.expirations.inc();
             conn.request_close(CloseRequest::IdleTimeout);
             return;
+        }
+        if stamp != tracked.armed_stamp {
+            self.shared.metrics.activity_rearms.inc();
+            tracked.armed_stamp = stamp;
         }
         let mut retry_next_tick = false;
         if self
@@ -280,6 +351,9 @@ impl Timer {
     fn send_probe(&self, conn: &Conn) -> Probe {
         let probe = conn.try_send_probe(&self.shared.probe);
         trace!(conn = %conn.id, ?probe, "server ping");
+        if probe == Probe::Sent {
+            self.shared.metrics.probes_sent.inc();
+        }
         probe
     }
 
@@ -353,6 +427,7 @@ mod reuse_tests {
             stopping: Default::default(),
             listener: listener.try_clone().unwrap(),
             probe: Vec::new(),
+            metrics: crate::server::metrics::Metrics::new(),
         });
         (shared, listener, events_rx)
     }
@@ -367,6 +442,8 @@ mod reuse_tests {
             idle_ticks: Some(10),
             probe_ticks: None,
             horizon: 11,
+            next_summary: None,
+            counters: EventCounters::new(shared),
             shared: Arc::clone(shared),
         }
     }

@@ -19,8 +19,8 @@ use super::buffer::ReadBuf;
 use super::close::CloseReason;
 use super::conn::Conn;
 use super::ping::PingPolicy;
-use super::registry::ConnId;
 use super::timer::Event;
+use crate::activity::{Kind, Tally};
 use crate::handler::Session;
 use crate::protocol::{Decoder, Message};
 
@@ -42,6 +42,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
         decoder: Decoder::new(shared.config.protocol, shared.config.max_frame),
         input: ReadBuf::new(),
         output: Vec::new(),
+        received: Tally::default(),
+        sent: Tally::default(),
         pings: PingPolicy::new(shared.config.min_ping_interval, shared.config.ping_strikes),
         shared: Arc::clone(shared),
         conn,
@@ -60,21 +62,32 @@ struct Worker {
     input: ReadBuf,
     /// Encoded answers waiting to be written.
     output: Vec<u8>,
+    /// Running totals of what was received and sent, published to the
+    /// connection's `Traffic` after each read.
+    received: Tally,
+    sent: Tally,
     pings: PingPolicy,
 }
 
-/// Removes the connection from the registry and the timer when the worker
-/// ends, however it ends (panics included).
+/// Removes the connection from the registry (counting it in the metrics)
+/// and from the timer when the worker ends, however it ends (panics
+/// included).
 struct Deregister {
     shared: Arc<Shared>,
-    id: ConnId,
+    conn: Arc<Conn>,
+    /// The close reason's label, set once known.
+    reason: &'static str,
 }
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        self.shared.registry.remove(self.id);
+        let id = self.conn.id;
+        let traffic = self.conn.traffic.snapshot();
+        self.shared
+            .metrics
+            .retire(&self.shared.registry, id, self.reason, traffic);
         // Fails only when the timer thread is gone, at the end of shutdown.
-        let _ = self.shared.events.send(Event::Deregister(self.id));
+        let _ = self.shared.events.send(Event::Deregister(id));
     }
 }
 
@@ -83,9 +96,10 @@ impl Worker {
         let (id, peer) = (self.conn.id, self.conn.peer);
         // Declared after `self`, so dropped before it: the registry forgets
         // the connection before the socket is closed.
-        let _deregister = Deregister {
+        let mut deregister = Deregister {
             shared: Arc::clone(&self.shared),
-            id,
+            conn: Arc::clone(&self.conn),
+            reason: CloseReason::HandlerPanic.label(),
         };
         let handler = Arc::clone(&self.shared.handler);
         let reason = catch_unwind(AssertUnwindSafe(|| {
@@ -94,6 +108,7 @@ impl Worker {
         }))
         .unwrap_or(CloseReason::HandlerPanic);
         self.finish(&reason);
+        deregister.reason = reason.label();
         let lifetime = self.conn.opened.elapsed();
         match reason {
             CloseReason::HandlerPanic => {
@@ -139,19 +154,19 @@ impl Worker {
 
     /// Decodes and answers every complete message in the input buffer.
     fn process(&mut self) -> Result<(), CloseReason> {
-        let mut any = false;
         let outcome = loop {
             let (msg, used) = match self.decoder.decode(self.input.data()) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(CloseReason::Protocol(e)),
             };
-            any = true;
+            self.received.add(Kind::of(&msg), used);
             let answered = answer(
                 &self.shared,
                 &self.conn,
                 &mut self.pings,
                 &mut self.output,
+                &mut self.sent,
                 msg,
             );
             self.input.consume(used);
@@ -159,8 +174,11 @@ impl Worker {
                 break Err(reason);
             }
         };
-        if any {
+        if !self.received.is_unpublished_empty() {
             self.conn.activity.touch(self.shared.clock.now());
+            self.conn
+                .traffic
+                .publish(&mut self.received, &mut self.sent);
         }
         outcome
     }
@@ -180,6 +198,7 @@ impl Worker {
     /// Sends the CLOSE for `reason` (if the connection can still carry one),
     /// then takes the socket down.
     fn finish(&mut self, reason: &CloseReason) {
+        self.conn.mark_closing();
         let sent_close = match reason.close_message() {
             Some((code, text)) => {
                 self.output.clear();
@@ -188,6 +207,10 @@ impl Worker {
                     reason: &text,
                 };
                 self.shared.config.protocol.encode(&msg, &mut self.output);
+                self.sent.add(Kind::Close, self.output.len());
+                self.conn
+                    .traffic
+                    .publish(&mut self.received, &mut self.sent);
                 self.flush().is_ok()
             }
             None => false,
@@ -225,6 +248,7 @@ fn answer(
     conn: &Conn,
     pings: &mut PingPolicy,
     output: &mut Vec<u8>,
+    sent: &mut Tally,
     msg: Message<'_>,
 ) -> Result<(), CloseReason> {
     let protocol = shared.config.protocol;
@@ -237,6 +261,7 @@ fn answer(
                 protocol,
                 out: output,
                 close: &mut close,
+                sent,
             };
             shared.handler.on_data(&mut session, payload);
             match close {
@@ -248,7 +273,9 @@ fn answer(
             if !pings.allow(Instant::now) {
                 return Err(CloseReason::PingPolicy);
             }
+            let before = output.len();
             protocol.encode(&Message::Pong(payload), output);
+            sent.add(Kind::Pong, output.len() - before);
             Ok(())
         }
         Message::Pong(_) => Ok(()),

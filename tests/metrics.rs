@@ -1,0 +1,282 @@
+//! The operations endpoint: exact counters after a scripted scenario (parsed
+//! with a real exposition-format parser), `/connections`, `/healthz`, and
+//! robustness against bad requests.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use util::{Client, Msg, PATIENCE, config, ms, start, wait_until};
+use wheel_server::Config;
+use wheel_server::protocol::Message;
+
+/// A minimal HTTP/1.0 GET (tests only): status code and body.
+fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, &format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n"))
+}
+
+/// Samples by `name{label=value,...}`, parsed by prometheus-parse.
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
+    parsed
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let key = if labels.is_empty() {
+                s.metric
+            } else {
+                format!("{}{{{}}}", s.metric, labels.join(","))
+            };
+            Some((key, value))
+        })
+        .collect()
+}
+
+fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
+    *samples
+        .get(key)
+        .unwrap_or_else(|| panic!("no sample {key}; have {:?}", samples.keys()))
+}
+
+fn metrics_config() -> Config {
+    Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    }
+}
+
+#[test]
+fn counters_after_a_scripted_scenario_are_exact() {
+    let server = start(Config {
+        max_connections: 1,
+        idle_timeout: Some(ms(200)),
+        tick: ms(10),
+        ..metrics_config()
+    });
+    let metrics = server.metrics_addr().unwrap();
+
+    // A: two echoes (10 wire bytes each), three pings (6 bytes each), then
+    // silence until the idle timeout.
+    let mut a = Client::connect(server.local_addr());
+    for _ in 0..2 {
+        a.send(Message::Data(b"hello"));
+        assert_eq!(a.recv_msg(), Msg::Data(b"hello".to_vec()));
+    }
+    for _ in 0..3 {
+        assert_eq!(a.ping(b"p"), Msg::Pong(b"p".to_vec()));
+    }
+    // D: over the limit while A is open.
+    let mut d = Client::connect(server.local_addr());
+    assert_eq!(d.expect_close().0, 1013);
+    assert_eq!(a.expect_close().0, 4000);
+    assert!(wait_until(PATIENCE, || server.connection_count() == 0));
+    // B: a protocol error.
+    let mut b = Client::connect(server.local_addr());
+    b.send_raw(&[0, 0, 0, 1, 0x7f]);
+    assert_eq!(b.expect_close().0, 1002);
+    assert!(wait_until(PATIENCE, || server.connection_count() == 0));
+    assert!(wait_until(PATIENCE, || {
+        value(
+            &scrape(metrics),
+            "wheel_timer_events_total{kind=deregister}",
+        ) == 2.0
+    }));
+
+    let s = scrape(metrics);
+    let close_4000 = 4 + 1 + 2 + "idle timeout".len();
+    let close_1002 = 4 + 1 + 2 + "unknown frame type 0x7f".len();
+    let expected: &[(&str, f64)] = &[
+        ("wheel_connections_accepted_total", 2.0),
+        ("wheel_connections_rejected_total{reason=server_full}", 1.0),
+        ("wheel_connections_rejected_total{reason=no_thread}", 0.0),
+        ("wheel_connections_closed_total{reason=idle_timeout}", 1.0),
+        ("wheel_connections_closed_total{reason=protocol_error}", 1.0),
+        ("wheel_connections_closed_total{reason=peer_closed}", 0.0),
+        ("wheel_connections_closed_total{reason=tcp_timeout}", 0.0),
+        ("wheel_connections_closed_total{reason=reset}", 0.0),
+        ("wheel_connections_closed_total{reason=too_big}", 0.0),
+        ("wheel_connections_closed_total{reason=ping_policy}", 0.0),
+        ("wheel_connections_closed_total{reason=shutdown}", 0.0),
+        ("wheel_connections_open", 0.0),
+        ("wheel_frames_received_total{type=data}", 2.0),
+        ("wheel_frames_received_total{type=ping}", 3.0),
+        ("wheel_frames_received_total{type=pong}", 0.0),
+        ("wheel_frames_received_total{type=close}", 0.0),
+        ("wheel_bytes_received_total{type=data}", 20.0),
+        ("wheel_bytes_received_total{type=ping}", 18.0),
+        ("wheel_frames_sent_total{type=data}", 2.0),
+        ("wheel_frames_sent_total{type=pong}", 3.0),
+        ("wheel_frames_sent_total{type=close}", 2.0),
+        ("wheel_bytes_sent_total{type=data}", 20.0),
+        ("wheel_bytes_sent_total{type=pong}", 18.0),
+        (
+            "wheel_bytes_sent_total{type=close}",
+            (close_4000 + close_1002) as f64,
+        ),
+        ("wheel_pings_received_total", 3.0),
+        ("wheel_pongs_sent_total", 3.0),
+        ("wheel_probes_sent_total", 0.0),
+        ("wheel_timer_expirations_total", 1.0),
+        ("wheel_timer_events_total{kind=register}", 2.0),
+        ("wheel_timer_events_total{kind=deregister}", 2.0),
+        ("wheel_timers_armed", 0.0),
+    ];
+    for &(key, want) in expected {
+        assert_eq!(value(&s, key), want, "{key}");
+    }
+    assert!(
+        value(&s, "wheel_timer_tick_lag_seconds_count") > 0.0,
+        "ticks are observed"
+    );
+}
+
+#[test]
+fn server_probes_are_counted() {
+    let server = start(Config {
+        probe_after: Some(ms(30)),
+        idle_timeout: Some(ms(500)),
+        tick: ms(10),
+        ..metrics_config()
+    });
+    let mut c = Client::connect(server.local_addr());
+    assert!(matches!(c.recv_msg(), Msg::Ping(_)));
+    c.send(Message::Pong(b""));
+    let metrics = server.metrics_addr().unwrap();
+    assert!(wait_until(PATIENCE, || value(
+        &scrape(metrics),
+        "wheel_probes_sent_total"
+    ) >= 1.0));
+    assert!(wait_until(PATIENCE, || value(
+        &scrape(metrics),
+        "wheel_frames_received_total{type=pong}"
+    ) == 1.0));
+}
+
+#[test]
+fn connections_lists_exactly_the_live_ones() {
+    let server = start(metrics_config());
+    let metrics = server.metrics_addr().unwrap();
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    for c in &mut clients {
+        assert_eq!(c.ping(b"x"), Msg::Pong(b"x".to_vec()));
+    }
+    let closed = clients.pop().unwrap();
+    let closed_addr = closed.stream.local_addr().unwrap().to_string();
+    drop(closed);
+    assert!(wait_until(PATIENCE, || server.connection_count() == 2));
+
+    let (status, body) = get(metrics, "/connections");
+    assert_eq!(status, 200);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let mut peers: Vec<String> = list
+        .iter()
+        .map(|c| c["peer"].as_str().unwrap().to_owned())
+        .collect();
+    peers.sort();
+    let mut expected: Vec<String> = clients
+        .iter()
+        .map(|c| c.stream.local_addr().unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(peers, expected);
+    assert!(!peers.contains(&closed_addr));
+    for c in &list {
+        let age = c["age_ms"].as_u64().unwrap();
+        assert!(age < PATIENCE.as_millis() as u64, "implausible age {age}");
+        assert!(c["idle_ms"].as_u64().unwrap() <= age + 100);
+        assert_eq!(c["frames_in"], 1);
+        assert_eq!(c["frames_out"], 1);
+        assert_eq!(c["bytes_in"], 6);
+        assert!(c["id"].is_string());
+    }
+
+    let (_, limited) = get(metrics, "/connections?limit=1");
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&limited)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(get(metrics, "/connections?limit=many").0, 400);
+}
+
+#[test]
+fn endpoint_answers_404_405_and_survives_garbage() {
+    let server = start(metrics_config());
+    let metrics = server.metrics_addr().unwrap();
+    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(get(metrics, "/nope").0, 404);
+    assert_eq!(
+        http(
+            metrics,
+            "POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n"
+        )
+        .0,
+        405
+    );
+    for garbage in ["GARBAGE\r\n\r\n", "\u{0}\u{1}\u{2}\r\n\r\n", "GET\r\n\r\n"] {
+        let mut s = TcpStream::connect(metrics).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let _ = s.write_all(garbage.as_bytes());
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    // A client that connects and says nothing must not block the endpoint.
+    let _silent = TcpStream::connect(metrics).unwrap();
+    assert_eq!(get(metrics, "/healthz").0, 200);
+    assert_eq!(get(metrics, "/metrics").0, 200);
+}
+
+#[test]
+fn a_metrics_address_in_use_fails_startup_with_its_name() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = wheel_server::Server::start(Config {
+        metrics_listen: Some(addr),
+        ..config()
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("cannot listen for metrics on {addr}")),
+        "{err}"
+    );
+}
