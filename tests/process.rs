@@ -189,3 +189,73 @@ fn no_thread_or_descriptor_leak_after_hundreds_of_connections() {
         fds(pid)
     );
 }
+
+#[test]
+fn json_logs_carry_the_close_reason_and_the_summary() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "-v",
+            "--stats-interval",
+            "100ms",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            if tx.send(value).is_err() {
+                break;
+            }
+        }
+    });
+    let next_matching = |want: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines.recv_timeout(left).expect("a matching log line");
+            if want(&line) {
+                return line;
+            }
+        }
+    };
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let listening = next_matching(&|v| message(v).starts_with("listening on "));
+    let addr: std::net::SocketAddr = message(&listening)["listening on ".len()..]
+        .parse()
+        .unwrap();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.ping(b"x"), Msg::Pong(b"x".to_vec()));
+    let peer = c.stream.local_addr().unwrap().to_string();
+    c.send(Message::Close {
+        code: 1000,
+        reason: "",
+    });
+    assert_eq!(c.expect_close().0, 1000);
+    let closed = next_matching(&|v| message(v).starts_with("connection closed"));
+    assert_eq!(closed["level"], "DEBUG");
+    assert_eq!(closed["fields"]["peer"], peer);
+    assert_eq!(closed["fields"]["reason"], "peer_close_frame");
+    assert!(closed["fields"]["conn"].is_string() && closed["fields"]["lifetime"].is_string());
+    // The close is logged just before it is counted: wait for a summary
+    // that includes it.
+    let summary = next_matching(&|v| message(v) == "summary" && v["fields"]["closed"] == 1);
+    assert_eq!(summary["level"], "INFO");
+    assert_eq!(summary["fields"]["accepted"], 1);
+    assert_eq!(summary["fields"]["open"], 0);
+    let _ = child.kill();
+    let _ = child.wait();
+}
