@@ -105,7 +105,7 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// More log output (-v debug, -vv trace). Overrides RUST_LOG.
+    /// More log output (-v: debug from wheel-server itself, -vv: trace). Overrides RUST_LOG.
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
 
@@ -166,10 +166,11 @@ impl Args {
 /// Logs go to stderr. -v/-q pick the level; without them RUST_LOG does,
 /// defaulting to info.
 pub fn init_logging(args: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // -v raises our own crate's level only; libraries stay at info.
     let level = match (args.verbose, args.quiet) {
         (0, 0) => None,
-        (1, _) => Some("debug"),
-        (v, _) if v >= 2 => Some("trace"),
+        (1, _) => Some("info,wheel_server=debug"),
+        (v, _) if v >= 2 => Some("debug,wheel_server=trace"),
         (_, 1) => Some("warn"),
         _ => Some("error"),
     };

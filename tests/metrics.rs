@@ -8,32 +8,9 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use util::{Client, Msg, PATIENCE, config, ms, start, wait_until};
+use util::{Client, Msg, PATIENCE, config, http, http_get as get, ms, start, wait_until};
 use wheel_server::Config;
 use wheel_server::protocol::Message;
-
-/// A minimal HTTP/1.0 GET (tests only): status code and body.
-fn http(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
-}
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, &format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n"))
-}
 
 /// Samples by `name{label=value,...}`, parsed by prometheus-parse.
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {

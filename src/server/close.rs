@@ -6,6 +6,28 @@ use std::io;
 
 use crate::protocol::{DecodeError, code};
 
+/// Which kernel mechanism reported a dead peer with `ETIMEDOUT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpTimeout {
+    /// TCP keepalive was on and `TCP_USER_TIMEOUT` off.
+    Keepalive,
+    /// `TCP_USER_TIMEOUT` was on and keepalive off.
+    UserTimeout,
+    /// Both were on: either could have fired.
+    Unknown,
+}
+
+impl TcpTimeout {
+    /// The mechanism that can have fired, given what was armed.
+    pub(crate) fn armed(keepalive: bool, user_timeout: bool) -> TcpTimeout {
+        match (keepalive, user_timeout) {
+            (true, false) => TcpTimeout::Keepalive,
+            (false, true) => TcpTimeout::UserTimeout,
+            _ => TcpTimeout::Unknown,
+        }
+    }
+}
+
 /// Why a connection was closed: logged with every close, and what the server
 /// sends as its CLOSE message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,8 +43,9 @@ pub enum CloseReason {
     IdleTimeout,
     /// The kernel declared the peer dead (`ETIMEDOUT`): TCP keepalive probes
     /// went unanswered, or sent data stayed unacknowledged past
-    /// `TCP_USER_TIMEOUT`.
-    TcpTimeout,
+    /// `TCP_USER_TIMEOUT`. Both count as `tcp_timeout`; the kind says which
+    /// mechanism was armed.
+    TcpTimeout(TcpTimeout),
     /// The peer stopped reading: a write could not complete within the write
     /// timeout (or a server PING found the send buffer full).
     WriteTimeout,
@@ -53,7 +76,7 @@ impl CloseReason {
             CloseReason::PeerClose(_) => "peer_close_frame",
             CloseReason::Reset => "reset",
             CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::TcpTimeout => "tcp_timeout",
+            CloseReason::TcpTimeout(_) => "tcp_timeout",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::Protocol(e) if e.is_too_big() => "too_big",
             CloseReason::Protocol(_) => "protocol_error",
@@ -77,7 +100,7 @@ impl CloseReason {
             CloseReason::Application { code, reason } => (*code, reason.as_str().into()),
             CloseReason::PeerClosed
             | CloseReason::Reset
-            | CloseReason::TcpTimeout
+            | CloseReason::TcpTimeout(_)
             | CloseReason::WriteTimeout
             | CloseReason::HandlerPanic
             | CloseReason::Io(_) => return None,
@@ -88,7 +111,7 @@ impl CloseReason {
     pub(crate) fn from_read_error(err: &io::Error) -> CloseReason {
         match err.kind() {
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => CloseReason::Reset,
-            io::ErrorKind::TimedOut => CloseReason::TcpTimeout,
+            io::ErrorKind::TimedOut => CloseReason::TcpTimeout(TcpTimeout::Unknown),
             kind => CloseReason::Io(kind),
         }
     }
@@ -110,8 +133,14 @@ impl fmt::Display for CloseReason {
             CloseReason::PeerClose(code) => write!(f, "peer sent close {code}"),
             CloseReason::Reset => f.write_str("connection reset by peer"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
-            CloseReason::TcpTimeout => {
-                f.write_str("tcp keepalive or user timeout expired (peer unreachable)")
+            CloseReason::TcpTimeout(TcpTimeout::Keepalive) => {
+                f.write_str("tcp keepalive timeout: probes unanswered (peer unreachable)")
+            }
+            CloseReason::TcpTimeout(TcpTimeout::UserTimeout) => {
+                f.write_str("tcp user timeout: sent data unacknowledged (peer unreachable)")
+            }
+            CloseReason::TcpTimeout(TcpTimeout::Unknown) => {
+                f.write_str("tcp keepalive or user timeout (peer unreachable)")
             }
             CloseReason::WriteTimeout => f.write_str("write timed out (peer not reading)"),
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),

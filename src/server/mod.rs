@@ -35,7 +35,7 @@ mod registry;
 mod timer;
 mod worker;
 
-pub use close::CloseReason;
+pub use close::{CloseReason, TcpTimeout};
 pub use config::{Config, MIN_WORKER_STACK};
 pub use registry::ConnId;
 
@@ -167,12 +167,6 @@ impl Server {
             .name("wheel-accept".into())
             .spawn(move || acceptor::run(accept_shared))
             .map_err(stop_timer)?;
-        if let Some(endpoint) = &endpoint {
-            info!(
-                "metrics, connections and health on http://{}",
-                endpoint.addr()
-            );
-        }
         let c = &shared.config;
         info!(
             protocol = %c.protocol,
@@ -188,6 +182,12 @@ impl Server {
             max_connections = c.max_connections,
             "listening on {local_addr}"
         );
+        if let Some(endpoint) = &endpoint {
+            info!(
+                "metrics, connections and health on http://{}",
+                endpoint.addr()
+            );
+        }
         Ok(Server {
             shared,
             local_addr,

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::Shared;
 use super::buffer::ReadBuf;
-use super::close::CloseReason;
+use super::close::{CloseReason, TcpTimeout};
 use super::conn::Conn;
 use super::ping::PingPolicy;
 use super::timer::Event;
@@ -132,7 +132,7 @@ impl Worker {
                 Ok(0) => return self.requested_or(CloseReason::PeerClosed),
                 Ok(n) => self.input.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.requested_or(CloseReason::from_read_error(&e)),
+                Err(e) => return self.requested_or(self.read_error(&e)),
             }
             let outcome = self.process();
             // Answers to the messages before an error still go out.
@@ -142,6 +142,21 @@ impl Worker {
             if let Err(reason) = outcome {
                 return reason;
             }
+        }
+    }
+
+    /// The close reason for a failed read, naming the TCP timeout that can
+    /// have fired.
+    fn read_error(&self, err: &io::Error) -> CloseReason {
+        match CloseReason::from_read_error(err) {
+            CloseReason::TcpTimeout(_) => {
+                let config = &self.shared.config;
+                CloseReason::TcpTimeout(TcpTimeout::armed(
+                    config.keepalive.is_some(),
+                    config.user_timeout.is_some(),
+                ))
+            }
+            other => other,
         }
     }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod netns;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -229,8 +231,8 @@ impl Client {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Log lines from stderr, as they arrive.
-    pub log: mpsc::Receiver<String>,
+    /// Log lines from stderr, with the instant each arrived.
+    pub log: mpsc::Receiver<(Instant, String)>,
 }
 
 impl ServerProcess {
@@ -245,12 +247,19 @@ impl ServerProcess {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        cmd.args(args)
-            .env_remove("RUST_LOG")
+        cmd.args(args);
+        setup(&mut cmd);
+        ServerProcess::spawn(cmd)
+    }
+
+    /// Runs a prepared command (which must start wheel-server, perhaps
+    /// through a wrapper such as `ip netns exec`) and waits for its
+    /// "listening on" line.
+    pub fn spawn(mut cmd: Command) -> ServerProcess {
+        cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        setup(&mut cmd);
         let mut child = cmd.spawn().expect("start wheel-server");
         let stderr = child.stderr.take().unwrap();
         let (tx, log) = mpsc::channel();
@@ -260,7 +269,7 @@ impl ServerProcess {
                 if std::env::var_os("SHOW_SERVER_LOG").is_some() {
                     eprintln!("server: {line}");
                 }
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -268,10 +277,11 @@ impl ServerProcess {
         let deadline = Instant::now() + PATIENCE;
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = log
+            let (_, line) = log
                 .recv_timeout(left)
                 .expect("server printed 'listening on'");
-            if let Some(rest) = line.split("listening on ").nth(1) {
+            // The server's own line (libraries may log "listening on" too).
+            if let Some(rest) = line.split("wheel_server::server: listening on ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
                 break addr.parse().expect("a socket address after 'listening on'");
             }
@@ -304,12 +314,13 @@ impl ServerProcess {
     }
 
     /// Waits for a log line containing `needle`.
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+    /// Returns the line with the instant it arrived.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Some(line),
+                Ok((at, line)) if line.contains(needle) => return Some((at, line)),
                 Ok(_) => continue,
                 Err(_) => return None,
             }
@@ -342,4 +353,28 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// A minimal HTTP/1.0 request (tests only): status code and body.
+pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// `GET path` over HTTP/1.0.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, &format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n"))
 }

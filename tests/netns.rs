@@ -1,0 +1,252 @@
+//! Real dead peers: a server and a client in two network namespaces joined
+//! by a veth pair, and the cable pulled (the client's veth set down). The
+//! peer simply vanishes: no FIN, no RST. Each detection path the server and
+//! client claim is exercised with real kernel behaviour and its bound
+//! asserted.
+//!
+//! Needs root and iproute2 (`.ci/run` installs it). Without them each test
+//! says SKIPPED on stderr and returns; under CI it fails. Run alone with
+//! `cargo test --test netns -- --nocapture` to see the measured times.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::netns::{Pair, SERVER_IP};
+use util::{Client, Msg, ServerProcess, ms};
+use wheel_server::client::{Backoff, ClientConfig, DeadReason, Event};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wheel-server");
+
+/// Starts wheel-server in the pair's server namespace.
+fn server_in(pair: &Pair, args: &[&str]) -> ServerProcess {
+    let mut cmd = pair.server_command(BIN);
+    cmd.args(["--listen", &format!("{SERVER_IP}:0"), "-v"])
+        .args(args);
+    ServerProcess::spawn(cmd)
+}
+
+/// Connects from the client namespace and exchanges one PING; returns the
+/// client and the instant of its last activity.
+fn connect_and_ping(pair: &Pair, server: &ServerProcess) -> (Client, Instant) {
+    let addr = server.addr;
+    pair.in_client(move || {
+        let mut c = Client::connect(addr);
+        assert_eq!(c.ping(b"hello"), Msg::Pong(b"hello".to_vec()));
+        (c, Instant::now())
+    })
+}
+
+/// Waits for the server to log the connection's close; returns when it did
+/// and the line.
+fn server_close(server: &ServerProcess, within: Duration) -> (Instant, String) {
+    server
+        .wait_for_log("connection closed", within)
+        .expect("the server should drop the half-open connection")
+}
+
+#[test]
+fn application_idle_timeout_drops_a_pulled_cable() {
+    let Some(pair) = Pair::create("application_idle_timeout_drops_a_pulled_cable") else {
+        return;
+    };
+    let (idle, tick) = (ms(500), ms(20));
+    let server = server_in(
+        &pair,
+        &[
+            "--idle-timeout",
+            "500ms",
+            "--tick",
+            "20ms",
+            "--no-keepalive",
+        ],
+    );
+    let (_client, last_activity) = connect_and_ping(&pair, &server);
+    pair.pull_cable();
+    let (at, line) = server_close(&server, Duration::from_secs(10));
+    let took = at - last_activity;
+    eprintln!(
+        "idle timeout: dropped {took:?} after the last message (T = {idle:?}, tick {tick:?})"
+    );
+    assert!(line.contains("idle_timeout"), "{line}");
+    assert!(
+        took + ms(5) >= idle,
+        "dropped after {took:?}, before the idle timeout"
+    );
+    assert!(took <= idle + tick + ms(200), "dropped after {took:?}");
+}
+
+#[test]
+fn tcp_keepalive_drops_a_pulled_cable_when_the_idle_timeout_is_off() {
+    let Some(pair) = Pair::create("tcp_keepalive_drops_a_pulled_cable") else {
+        return;
+    };
+    let server = server_in(
+        &pair,
+        &[
+            "--idle-timeout",
+            "0",
+            "--keepalive-idle",
+            "1s",
+            "--keepalive-interval",
+            "1s",
+            "--keepalive-count",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let (_, metrics_line) = server
+        .wait_for_log(
+            "metrics, connections and health on http://",
+            Duration::from_secs(5),
+        )
+        .expect("metrics endpoint line");
+    let metrics: std::net::SocketAddr = metrics_line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_client, last_activity) = connect_and_ping(&pair, &server);
+    pair.pull_cable();
+    let (at, line) = server_close(&server, Duration::from_secs(15));
+    let took = at - last_activity;
+    let bound = Duration::from_secs(1 + 2); // idle + interval x count
+    eprintln!(
+        "keepalive: dropped {took:?} after the last message (idle + interval x count = {bound:?})"
+    );
+    assert!(
+        line.contains("tcp_timeout") && line.contains("keepalive"),
+        "{line}"
+    );
+    assert!(
+        took >= bound - ms(100),
+        "dropped after {took:?}, before keepalive could have"
+    );
+    assert!(took <= bound + ms(1500), "dropped after {took:?}");
+    // The metrics say so too: not peer_closed, not reset.
+    let (_, text) = pair.in_server(|| util::http_get(metrics, "/metrics"));
+    assert!(
+        text.contains("wheel_connections_closed_total{reason=\"tcp_timeout\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wheel_connections_closed_total{reason=\"peer_closed\"} 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tcp_user_timeout_drops_a_pulled_cable_with_data_in_flight() {
+    let Some(pair) = Pair::create("tcp_user_timeout_drops_a_pulled_cable") else {
+        return;
+    };
+    // No application timeout, no keepalive: only unacknowledged data can
+    // tell. The server's probe PING puts data in flight after the pull.
+    let (probe, user_timeout) = (ms(300), Duration::from_secs(1));
+    let server = server_in(
+        &pair,
+        &[
+            "--idle-timeout",
+            "0",
+            "--no-keepalive",
+            "--user-timeout",
+            "1s",
+            "--probe-after",
+            "300ms",
+        ],
+    );
+    let (_client, last_activity) = connect_and_ping(&pair, &server);
+    pair.pull_cable();
+    let (at, line) = server_close(&server, Duration::from_secs(15));
+    let took = at - last_activity;
+    eprintln!(
+        "user timeout: dropped {took:?} after the last message ({:?} after the first unanswered probe at about {probe:?})",
+        took.saturating_sub(probe)
+    );
+    assert!(
+        line.contains("tcp_timeout") && line.contains("user timeout"),
+        "{line}"
+    );
+    assert!(
+        took >= probe + user_timeout - ms(100),
+        "dropped after {took:?}, before the user timeout"
+    );
+    // The kernel checks the user timeout when a retransmission timer fires
+    // (RTO 200 ms, doubling), so allow one more backoff step.
+    assert!(
+        took <= probe + ms(100) + user_timeout + ms(1000),
+        "dropped after {took:?}"
+    );
+}
+
+#[test]
+fn heartbeat_client_notices_a_pulled_cable_and_comes_back() {
+    let Some(pair) = Pair::create("heartbeat_client_notices_a_pulled_cable") else {
+        return;
+    };
+    let server = server_in(&pair, &[]);
+    let config = ClientConfig {
+        heartbeat_interval: ms(200),
+        heartbeat_timeout: ms(200),
+        heartbeat_retries: 2,
+        connect_timeout: ms(300),
+        backoff: Backoff {
+            initial: ms(100),
+            max: ms(300),
+            multiplier: 2.0,
+        },
+        keepalive: None,
+        seed: Some(3),
+        ..ClientConfig::new(server.addr)
+    };
+    // Started in the client namespace: its threads and sockets live there.
+    let client = pair.in_client(move || wheel_server::client::Client::start(config).unwrap());
+    let next = || {
+        client
+            .events()
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an event")
+    };
+    assert!(matches!(next(), Event::Connected { .. }));
+    let last_pong = loop {
+        if let Event::Pong { .. } = next() {
+            break Instant::now();
+        }
+    };
+    pair.pull_cable();
+    let dead = loop {
+        match next() {
+            Event::Dead { reason } => break reason,
+            Event::HeartbeatSent { .. } | Event::Pong { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let took = last_pong.elapsed();
+    // interval + timeout x retries after the server last spoke.
+    let bound = ms(200 + 200 * 2);
+    eprintln!(
+        "client: dead ({dead:?}) {took:?} after the last PONG (interval + timeout x retries = {bound:?})"
+    );
+    assert_eq!(dead, DeadReason::HeartbeatTimeout);
+    assert!(took >= bound - ms(50), "declared dead after {took:?}");
+    assert!(took <= bound + ms(300), "declared dead after {took:?}");
+    // Retries fail while the cable is out; once it is back, connected again.
+    assert!(matches!(next(), Event::Reconnecting { .. }));
+    pair.plug_cable();
+    let plugged = Instant::now();
+    loop {
+        match next() {
+            Event::Connected { .. } => break,
+            Event::Reconnecting { .. } | Event::ConnectFailed { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    eprintln!(
+        "client: connected again {:?} after the cable came back",
+        plugged.elapsed()
+    );
+    assert!(plugged.elapsed() < Duration::from_secs(3));
+}
