@@ -1,0 +1,312 @@
+//! Hostile and broken clients: connection floods, descriptor exhaustion,
+//! churn, slow consumers, clients that die mid-frame. None may hurt other
+//! connections or the process.
+
+mod util;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use util::{
+    Client, Msg, PATIENCE, Recv, ServerProcess, config, fds, ms, start, wait_until, worker_threads,
+};
+use wheel_server::Config;
+use wheel_server::protocol::{Message, Protocol};
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / hz
+}
+
+/// A sample from the server's `/metrics` text.
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in metrics"))
+}
+
+#[test]
+fn a_connection_flood_gets_1013_and_admitted_clients_keep_normal_latency() {
+    let server = start(Config {
+        max_connections: 20,
+        ..config()
+    });
+    let addr = server.local_addr();
+    let mut admitted: Vec<Client> = (0..20).map(|_| Client::connect(addr)).collect();
+    for c in &mut admitted {
+        assert_eq!(c.ping(b"in"), Msg::Pong(b"in".to_vec()));
+    }
+    let flood = std::thread::spawn(move || {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..300 {
+            let start = Instant::now();
+            let mut extra = Client::connect(addr);
+            assert_eq!(extra.expect_close().0, 1013);
+            slowest = slowest.max(start.elapsed());
+        }
+        slowest
+    });
+    // Meanwhile, an admitted client keeps talking.
+    let mut worst = Duration::ZERO;
+    let mut rounds = 0;
+    while !flood.is_finished() || rounds < 50 {
+        let start = Instant::now();
+        assert_eq!(admitted[0].ping(b"rtt"), Msg::Pong(b"rtt".to_vec()));
+        worst = worst.max(start.elapsed());
+        rounds += 1;
+    }
+    let slowest_rejection = flood.join().unwrap();
+    eprintln!(
+        "flood: slowest rejection {slowest_rejection:?}; admitted client's worst RTT {worst:?} over {rounds} pings"
+    );
+    assert!(
+        slowest_rejection < ms(500),
+        "a rejection took {slowest_rejection:?}"
+    );
+    assert!(worst < ms(100), "an admitted client waited {worst:?}");
+    for c in &mut admitted {
+        assert_eq!(c.ping(b"still"), Msg::Pong(b"still".to_vec()));
+    }
+}
+
+#[test]
+fn descriptor_exhaustion_does_not_spin_crash_or_stick() {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wheel-server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--idle-timeout", "0"]);
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = ServerProcess::spawn(cmd);
+    let pid = server.pid();
+    // More connections than descriptors: the kernel completes them all, the
+    // server can accept only some.
+    let clients: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    assert!(
+        server.wait_for_log("backing off", PATIENCE).is_some(),
+        "the server should report running out of descriptors"
+    );
+    assert!(wait_until(PATIENCE, || fds(pid) >= 60));
+    // Saturated: a spinning accept loop would burn a core.
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    eprintln!(
+        "descriptor exhaustion: server CPU {:.1}% of a core while saturated",
+        busy * 100.0
+    );
+    assert!(
+        busy < 0.10,
+        "server used {:.0}% of a core while out of descriptors",
+        busy * 100.0
+    );
+    assert!(
+        server.child.id() == pid && std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+        "still running"
+    );
+    // Connections close: the server recovers and serves again.
+    drop(clients);
+    assert!(
+        wait_until(PATIENCE, || fds(pid) < 20),
+        "descriptors freed: {}",
+        fds(pid)
+    );
+    let mut fresh = Client::connect(server.addr);
+    assert_eq!(fresh.ping(b"back"), Msg::Pong(b"back".to_vec()));
+    assert!(server.wait_for_log("accepting again", PATIENCE).is_some());
+}
+
+#[test]
+fn twenty_thousand_connect_ping_disconnect_cycles_leave_nothing_behind() {
+    let server = ServerProcess::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let (_, line) = server
+        .wait_for_log("metrics, connections and health on http://", PATIENCE)
+        .unwrap();
+    let metrics: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = server.pid();
+    let base_fds = fds(pid);
+    let addr = server.addr;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for i in 0..5_000u32 {
+                    let mut c = Client::connect(addr);
+                    assert_eq!(
+                        c.ping(&i.to_be_bytes()),
+                        Msg::Pong(i.to_be_bytes().to_vec())
+                    );
+                    // The CLOSE handshake: the server closes first, so the
+                    // TIME_WAIT state lands on its side, not on this
+                    // machine's ephemeral ports.
+                    c.send(Message::Close {
+                        code: 1000,
+                        reason: "",
+                    });
+                    assert_eq!(c.expect_close().0, 1000);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    eprintln!("churn: 20,000 cycles in {:?}", start.elapsed());
+    // Worker threads by name: the metrics endpoint's HTTP threads come and
+    // go on their own schedule.
+    let settled = wait_until(PATIENCE, || {
+        worker_threads(pid) == 0 && fds(pid) == base_fds
+    });
+    assert!(
+        settled,
+        "worker threads {} (expected 0), fds {} (baseline {base_fds})",
+        worker_threads(pid),
+        fds(pid)
+    );
+    // The timer thread processes the last deregister events and refreshes
+    // its gauge on its next tick.
+    let scrape = || util::http_get(metrics, "/metrics").1;
+    assert!(
+        wait_until(PATIENCE, || metric(&scrape(), "wheel_timers_armed") == 0.0),
+        "{}",
+        scrape()
+    );
+    let text = scrape();
+    assert_eq!(metric(&text, "wheel_connections_open"), 0.0);
+    assert_eq!(metric(&text, "wheel_connections_accepted_total"), 20_000.0);
+    assert_eq!(
+        metric(
+            &text,
+            "wheel_connections_closed_total{reason=\"peer_close_frame\"}"
+        ),
+        20_000.0
+    );
+    assert_eq!(
+        metric(&text, "wheel_timer_events_total{kind=\"deregister\"}"),
+        20_000.0
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_is_ended_by_the_write_timeout() {
+    let server = start(Config {
+        write_timeout: Some(ms(200)),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let metrics = server.metrics_addr().unwrap();
+    let mut hog = TcpStream::connect(server.local_addr()).unwrap();
+    hog.set_write_timeout(Some(ms(100))).unwrap();
+    let mut frame = Vec::new();
+    Protocol::Frame.encode(&Message::Data(&vec![b'x'; 256 * 1024]), &mut frame);
+    let mut bystander = Client::connect(server.local_addr());
+    let start = Instant::now();
+    // Keep sending, never read: the echoes pile up until the server's write
+    // blocks for the write timeout.
+    while start.elapsed() < PATIENCE {
+        match hog.write_all(&frame) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break, // the server closed the connection
+        }
+        let (_, text) = util::http_get(metrics, "/metrics");
+        if metric(
+            &text,
+            "wheel_connections_closed_total{reason=\"write_timeout\"}",
+        ) == 1.0
+        {
+            break;
+        }
+    }
+    assert!(wait_until(PATIENCE, || {
+        let (_, text) = util::http_get(metrics, "/metrics");
+        metric(
+            &text,
+            "wheel_connections_closed_total{reason=\"write_timeout\"}",
+        ) == 1.0
+    }));
+    eprintln!(
+        "slow consumer: closed for write_timeout after {:?}",
+        start.elapsed()
+    );
+    // Nobody else was hurt.
+    assert_eq!(bystander.ping(b"ok"), Msg::Pong(b"ok".to_vec()));
+    assert!(wait_until(PATIENCE, || server.connection_count() == 1));
+}
+
+/// Closes with RST instead of FIN (SO_LINGER 0).
+fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+}
+
+#[test]
+fn clients_dying_mid_frame_or_mid_echo_free_everything() {
+    let server = start(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let metrics = server.metrics_addr().unwrap();
+    // Dies with half a frame sent: the server is blocked reading the rest.
+    let mut half = TcpStream::connect(server.local_addr()).unwrap();
+    half.write_all(&[0, 0, 0, 100, 0x01, b'a', b'b']).unwrap();
+    std::thread::sleep(ms(20));
+    reset(half);
+    // Dies right after sending a large message, while its echo is written.
+    let mut big = TcpStream::connect(server.local_addr()).unwrap();
+    let mut frame = Vec::new();
+    Protocol::Frame.encode(&Message::Data(&vec![b'y'; 1_000_000]), &mut frame);
+    big.write_all(&frame).unwrap();
+    reset(big);
+    assert!(wait_until(PATIENCE, || server.connection_count() == 0));
+    let (_, text) = util::http_get(metrics, "/metrics");
+    assert_eq!(
+        metric(&text, "wheel_connections_closed_total{reason=\"reset\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "wheel_connections_closed_total{reason=\"handler_panic\"}"
+        ),
+        0.0
+    );
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.ping(b"fine"), Msg::Pong(b"fine".to_vec()));
+    assert!(matches!(c.try_recv(ms(50)), None | Some(Recv::Msg(_))));
+}
