@@ -141,16 +141,7 @@ fn descriptor_exhaustion_does_not_spin_crash_or_stick() {
 #[test]
 fn twenty_thousand_connect_ping_disconnect_cycles_leave_nothing_behind() {
     let server = ServerProcess::start(&["--metrics-listen", "127.0.0.1:0"]);
-    let (_, line) = server
-        .wait_for_log("metrics, connections and health on http://", PATIENCE)
-        .unwrap();
-    let metrics: std::net::SocketAddr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let metrics = server.metrics_addr();
     let pid = server.pid();
     let base_fds = fds(pid);
     let addr = server.addr;

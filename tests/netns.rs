@@ -96,19 +96,7 @@ fn tcp_keepalive_drops_a_pulled_cable_when_the_idle_timeout_is_off() {
             "127.0.0.1:0",
         ],
     );
-    let (_, metrics_line) = server
-        .wait_for_log(
-            "metrics, connections and health on http://",
-            Duration::from_secs(5),
-        )
-        .expect("metrics endpoint line");
-    let metrics: std::net::SocketAddr = metrics_line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let metrics = server.metrics_addr();
     let (_client, last_activity) = connect_and_ping(&pair, &server);
     pair.pull_cable();
     let (at, line) = server_close(&server, Duration::from_secs(15));

@@ -313,8 +313,22 @@ impl ServerProcess {
         }
     }
 
-    /// Waits for a log line containing `needle`.
-    /// Returns the line with the instant it arrived.
+    /// The metrics endpoint's address, from its log line (the server must
+    /// have been started with `--metrics-listen`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let (_, line) = self
+            .wait_for_log("metrics, connections and health on http://", PATIENCE)
+            .expect("the metrics endpoint's log line");
+        line.rsplit("http://")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("an address")
+    }
+
+    /// Waits for a log line containing `needle`; returns the line with the
+    /// instant it arrived.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
