@@ -101,6 +101,11 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     stats_interval: Duration,
 
+    /// Share the listening port with other processes (SO_REUSEPORT): run one instance per core
+    /// on the same address and the kernel spreads connections across them.
+    #[arg(long, env = "WHEEL_SERVER_REUSE_PORT")]
+    reuse_port: bool,
+
     /// Log format: human-readable text, or one JSON object per line for log shippers.
     #[arg(long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -157,6 +162,7 @@ impl Args {
             worker_stack: self.worker_stack,
             metrics_listen: self.metrics_listen,
             stats_interval: nonzero(self.stats_interval),
+            reuse_port: self.reuse_port,
         };
         config.validate()?;
         Ok(config)

@@ -169,13 +169,18 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listening socket with `SO_REUSEADDR` (so a restarted server can
 /// bind while old connections sit in TIME_WAIT) and a deep accept queue.
-pub(crate) fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+/// With `reuse_port`, `SO_REUSEPORT` lets several processes share the port,
+/// the kernel spreading new connections across them.
+pub(crate) fn listen(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())

@@ -356,3 +356,51 @@ fn example_reports_close_code_in_json() {
     assert_eq!(dead["reason"], "close");
     assert_eq!(dead["code"], 4000);
 }
+
+#[test]
+fn going_away_reconnects_promptly_to_the_next_address() {
+    // Two servers; the first shuts down (CLOSE 1001).
+    let first = start(config());
+    let second = start(config());
+    let config = ClientConfig {
+        addrs: vec![first.local_addr(), second.local_addr()],
+        backoff: Backoff {
+            initial: ms(400),
+            max: ms(2000),
+            multiplier: 2.0,
+        },
+        ..fast(first.local_addr())
+    };
+    let client = Client::start(config).unwrap();
+    assert_eq!(
+        next(&client),
+        Event::Connected {
+            addr: first.local_addr()
+        }
+    );
+    first.shutdown();
+    let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
+    assert!(
+        matches!(
+            dead,
+            Event::Dead {
+                reason: DeadReason::Close { code: 1001, .. }
+            }
+        ),
+        "{dead:?}"
+    );
+    let (event, _) = until(&client, |e| matches!(e, Event::Reconnecting { .. }));
+    let Event::Reconnecting { attempt, delay } = event else {
+        unreachable!()
+    };
+    // A fresh start, and at most a quarter of the initial backoff.
+    assert_eq!(attempt, 1);
+    assert!(delay <= ms(100), "{delay:?}");
+    let (event, _) = until(&client, |e| matches!(e, Event::Connected { .. }));
+    assert_eq!(
+        event,
+        Event::Connected {
+            addr: second.local_addr()
+        }
+    );
+}

@@ -259,3 +259,35 @@ fn json_logs_carry_the_close_reason_and_the_summary() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn reuse_port_lets_two_instances_share_a_port() {
+    let first = ServerProcess::start(&["--reuse-port"]);
+    let port = first.addr.port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let second = ServerProcess::start(&["--listen", &listen, "--reuse-port"]);
+    assert_eq!(second.addr, first.addr);
+    // Without the flag the port is taken.
+    let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .args(["--listen", &listen])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // Both serve: connections spread over the two processes.
+    let before = [first.pid(), second.pid()].map(fds);
+    let mut clients: Vec<Client> = (0..40).map(|_| Client::connect(first.addr)).collect();
+    for c in &mut clients {
+        assert_eq!(c.ping(b"x"), Msg::Pong(b"x".to_vec()));
+    }
+    let gained = [first.pid(), second.pid()].map(fds);
+    let gained = [gained[0] - before[0], gained[1] - before[1]];
+    assert_eq!(
+        gained[0] + gained[1],
+        40,
+        "one socket per connection: {gained:?}"
+    );
+    assert!(
+        gained.iter().all(|&n| n >= 5),
+        "connections per process: {gained:?}"
+    );
+}

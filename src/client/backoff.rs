@@ -67,6 +67,14 @@ impl Backoff {
         self.cap(k).mul_f64(rng.f64())
     }
 
+    /// The delay after the server said it is going away (CLOSE 1001):
+    /// uniform in `[0, initial / 4]`. Prompt, since another instance (or the
+    /// restarted one) is usually ready, and still jittered, so a whole
+    /// drained instance's clients do not arrive in one instant.
+    pub fn prompt_delay(&self, rng: &mut fastrand::Rng) -> Duration {
+        (self.initial / 4).mul_f64(rng.f64())
+    }
+
     /// A delay for retry `k` when the server asked us to come back later
     /// (CLOSE 1013): uniform in `[cap(k) / 2, cap(k)]`, still jittered but
     /// never an instant retry.

@@ -18,7 +18,10 @@
 //!   the backoff once a connection stayed up for
 //!   [`healthy_after`](ClientConfig::healthy_after), and, when the server
 //!   says it is full (CLOSE 1013), waits at least half the current window
-//!   instead of retrying at once.
+//!   instead of retrying at once. When the server says it is going away
+//!   (CLOSE 1001: shutdown, drain) the client comes back promptly, after a
+//!   jittered delay of at most a quarter of the initial backoff, trying the
+//!   next address first.
 //!
 //! Everything that happens is reported as an [`Event`] on a crossbeam
 //! channel, DATA included.

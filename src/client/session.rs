@@ -81,6 +81,7 @@ impl Manager {
             self.next_addr += 1;
             self.attempts += 1;
             let mut told_to_wait = false;
+            let mut going_away = false;
             match self.connect(addr) {
                 Ok(stream) => {
                     self.emit(Event::Connected { addr });
@@ -98,6 +99,18 @@ impl Manager {
                                     ..
                                 }
                             );
+                            going_away = matches!(
+                                reason,
+                                DeadReason::Close {
+                                    code: code::GOING_AWAY,
+                                    ..
+                                }
+                            );
+                            if going_away {
+                                // The server is leaving (shutdown, drain,
+                                // rebalancing), not failing: start over.
+                                self.attempts = 0;
+                            }
                             self.emit(Event::Dead { reason });
                         }
                     }
@@ -120,6 +133,8 @@ impl Manager {
             let k = self.attempts.max(1);
             let delay = if told_to_wait {
                 self.config.backoff.delay_at_least_half(k, &mut self.rng)
+            } else if going_away {
+                self.config.backoff.prompt_delay(&mut self.rng)
             } else {
                 self.config.backoff.delay(k, &mut self.rng)
             };

@@ -69,6 +69,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Log a one-line summary at info level this often.
     pub stats_interval: Option<Duration>,
+    /// Set `SO_REUSEPORT`, so that several server processes can listen on
+    /// the same port (one per core, say) with the kernel balancing between
+    /// them.
+    pub reuse_port: bool,
 }
 
 /// The smallest worker stack accepted: below this, ordinary library code
@@ -95,6 +99,7 @@ impl Default for Config {
             worker_stack: 64 * 1024,
             metrics_listen: None,
             stats_interval: Some(Duration::from_secs(60)),
+            reuse_port: false,
         }
     }
 }

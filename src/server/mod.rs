@@ -132,7 +132,7 @@ impl Server {
     /// As for [`start`](Server::start).
     pub fn with_handler(config: Config, handler: impl Handler) -> io::Result<Server> {
         config.validate()?;
-        let listener = sys::listen(config.listen).map_err(|e| {
+        let listener = sys::listen(config.listen, config.reuse_port).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         let local_addr = listener.local_addr()?;
