@@ -106,6 +106,12 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_REUSE_PORT")]
     reuse_port: bool,
 
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy) on every connection;
+    /// logs, metrics and /connections then show the real client address. A connection without
+    /// one is refused with CLOSE 1002.
+    #[arg(long, env = "WHEEL_SERVER_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+
     /// Log format: human-readable text, or one JSON object per line for log shippers.
     #[arg(long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -163,6 +169,8 @@ impl Args {
             metrics_listen: self.metrics_listen,
             stats_interval: nonzero(self.stats_interval),
             reuse_port: self.reuse_port,
+            proxy_protocol: self.proxy_protocol,
+            ..Config::default()
         };
         config.validate()?;
         Ok(config)

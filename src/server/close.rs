@@ -64,6 +64,9 @@ pub enum CloseReason {
     },
     /// The handler panicked; the connection is dropped without a CLOSE.
     HandlerPanic,
+    /// `--proxy-protocol` is on and the connection did not start with a
+    /// valid PROXY protocol header: CLOSE 1002.
+    BadProxyHeader(String),
     /// Any other I/O error.
     Io(io::ErrorKind),
 }
@@ -84,6 +87,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Application { .. } => "application",
             CloseReason::HandlerPanic => "handler_panic",
+            CloseReason::BadProxyHeader(_) => "bad_proxy_header",
             CloseReason::Io(_) => "io_error",
         }
     }
@@ -98,6 +102,10 @@ impl CloseReason {
             CloseReason::PingPolicy => (code::POLICY_VIOLATION, "too many pings".into()),
             CloseReason::Shutdown => (code::GOING_AWAY, "server shutting down".into()),
             CloseReason::Application { code, reason } => (*code, reason.as_str().into()),
+            CloseReason::BadProxyHeader(_) => (
+                code::PROTOCOL_ERROR,
+                "PROXY protocol header required".into(),
+            ),
             CloseReason::PeerClosed
             | CloseReason::Reset
             | CloseReason::TcpTimeout(_)
@@ -150,6 +158,7 @@ impl fmt::Display for CloseReason {
                 write!(f, "closed by handler: {code} {reason}")
             }
             CloseReason::HandlerPanic => f.write_str("handler panicked"),
+            CloseReason::BadProxyHeader(why) => write!(f, "no valid PROXY protocol header: {why}"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
     }

@@ -73,6 +73,12 @@ pub struct Config {
     /// the same port (one per core, say) with the kernel balancing between
     /// them.
     pub reuse_port: bool,
+    /// Expect a PROXY protocol header (v1 or v2) at the start of every
+    /// connection, as HAProxy sends with `send-proxy`; logs, metrics and
+    /// `/connections` then show the real client address.
+    pub proxy_protocol: bool,
+    /// How long to wait for that header.
+    pub proxy_header_timeout: Duration,
 }
 
 /// The smallest worker stack accepted: below this, ordinary library code
@@ -100,6 +106,8 @@ impl Default for Config {
             metrics_listen: None,
             stats_interval: Some(Duration::from_secs(60)),
             reuse_port: false,
+            proxy_protocol: false,
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
@@ -71,8 +72,10 @@ pub(crate) enum Probe {
 pub(crate) struct Conn {
     /// This connection's id.
     pub(crate) id: ConnId,
-    /// The peer's address.
-    pub(crate) peer: SocketAddr,
+    /// The socket's peer: the client, or a load balancer in front of it.
+    socket_peer: SocketAddr,
+    /// The real client's address from a PROXY protocol header, once read.
+    client: OnceLock<SocketAddr>,
     /// When the connection was accepted.
     pub(crate) opened: Instant,
     /// The socket. Closed when the last `Arc<Conn>` goes, which is the
@@ -93,7 +96,8 @@ impl Conn {
     pub(crate) fn new(id: ConnId, stream: TcpStream, peer: SocketAddr, now_tick: u64) -> Conn {
         Conn {
             id,
-            peer,
+            socket_peer: peer,
+            client: OnceLock::new(),
             opened: Instant::now(),
             stream,
             activity: Stamp::new(now_tick),
@@ -101,6 +105,17 @@ impl Conn {
             close_request: AtomicU8::new(0),
             write_lock: Mutex::new(()),
         }
+    }
+
+    /// The client's address: from the PROXY protocol header when there was
+    /// one, else the socket's peer.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        *self.client.get().unwrap_or(&self.socket_peer)
+    }
+
+    /// Records the client address a PROXY protocol header gave.
+    pub(crate) fn set_client(&self, client: SocketAddr) {
+        let _ = self.client.set(client);
     }
 
     /// Asks the worker to close the connection for `request` and wakes it.

@@ -135,7 +135,7 @@ fn connections(shared: &Shared, limit: usize) -> String {
             let idle_ticks = now_tick.saturating_sub(conn.activity.get());
             json!({
                 "id": conn.id.to_string(),
-                "peer": conn.peer.to_string(),
+                "peer": conn.peer().to_string(),
                 "age_ms": conn.opened.elapsed().as_millis() as u64,
                 "idle_ms": (idle_ticks as f64 * tick_ms) as u64,
                 "frames_in": received.frames.iter().sum::<u64>(),

@@ -34,7 +34,7 @@ use crate::activity::{Kind, Tally};
 pub(crate) type Label = [(&'static str, &'static str); 1];
 
 /// Close reasons reported from the start (at 0), so dashboards see them.
-const CLOSE_REASONS: [&str; 13] = [
+const CLOSE_REASONS: [&str; 14] = [
     "peer_closed",
     "peer_close_frame",
     "reset",
@@ -48,6 +48,7 @@ const CLOSE_REASONS: [&str; 13] = [
     "application",
     "handler_panic",
     "io_error",
+    "bad_proxy_header",
 ];
 
 /// Why an accepted connection was turned away.

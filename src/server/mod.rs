@@ -31,6 +31,7 @@ mod conn;
 mod http;
 mod metrics;
 mod ping;
+mod proxy;
 mod registry;
 mod timer;
 mod worker;

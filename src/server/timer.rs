@@ -319,7 +319,7 @@ impl Timer {
         let stamp = conn.activity.get();
         let base = self.jumps.superseded(stamp);
         if self.idle_ticks.is_some_and(|idle| base + idle <= now) {
-            debug!(conn = %id, peer = %conn.peer, "idle timeout");
+            debug!(conn = %id, peer = %conn.peer(), "idle timeout");
             self.shared.metrics.expirations.inc();
             conn.request_close(CloseRequest::IdleTimeout);
             return;

@@ -19,6 +19,7 @@ use super::buffer::ReadBuf;
 use super::close::{CloseReason, TcpTimeout};
 use super::conn::Conn;
 use super::ping::PingPolicy;
+use super::proxy;
 use super::timer::Event;
 use crate::activity::{Kind, Tally};
 use crate::handler::Session;
@@ -93,7 +94,7 @@ impl Drop for Deregister {
 
 impl Worker {
     fn run(mut self) {
-        let (id, peer) = (self.conn.id, self.conn.peer);
+        let id = self.conn.id;
         // Declared after `self`, so dropped before it: the registry forgets
         // the connection before the socket is closed.
         let mut deregister = Deregister {
@@ -102,30 +103,95 @@ impl Worker {
             reason: CloseReason::HandlerPanic.label(),
         };
         let handler = Arc::clone(&self.shared.handler);
+        let mut opened = false;
         let reason = catch_unwind(AssertUnwindSafe(|| {
-            handler.on_open(id, peer);
+            if self.shared.config.proxy_protocol
+                && let Err(reason) = self.read_proxy_header()
+            {
+                return reason;
+            }
+            opened = true;
+            handler.on_open(id, self.conn.peer());
             self.serve()
         }))
         .unwrap_or(CloseReason::HandlerPanic);
         self.finish(&reason);
         deregister.reason = reason.label();
         let lifetime = self.conn.opened.elapsed();
+        let peer = self.conn.peer();
         match reason {
             CloseReason::HandlerPanic => {
                 warn!(conn = %id, %peer, ?lifetime, %reason, "connection closed")
+            }
+            CloseReason::BadProxyHeader(_) => {
+                warn!(conn = %id, %peer, reason = reason.label(), "rejected connection: {reason}")
             }
             _ => {
                 debug!(conn = %id, %peer, ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
         }
-        if catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, &reason))).is_err() {
+        if opened && catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, &reason))).is_err()
+        {
             warn!(conn = %id, "handler panicked in on_close");
         }
+    }
+
+    /// Reads the PROXY protocol header that must open the connection and
+    /// records the client address it names. Bytes after it stay in the input
+    /// buffer as the first protocol data.
+    fn read_proxy_header(&mut self) -> Result<(), CloseReason> {
+        let stream = &self.conn.stream;
+        let timeout = self.shared.config.proxy_header_timeout;
+        let _ = stream.set_read_timeout(Some(timeout));
+        let outcome = loop {
+            match proxy::parse(self.input.data()) {
+                proxy::Parsed::Complete { client, len } => {
+                    self.input.consume(len);
+                    if let Some(client) = client {
+                        self.conn.set_client(client);
+                    }
+                    break Ok(());
+                }
+                proxy::Parsed::Invalid(why) => break Err(CloseReason::BadProxyHeader(why)),
+                proxy::Parsed::Incomplete if self.input.data().len() >= proxy::MAX_HEADER => {
+                    break Err(CloseReason::BadProxyHeader("header too long".into()));
+                }
+                proxy::Parsed::Incomplete => {}
+            }
+            match (&self.conn.stream).read(self.input.spare(proxy::MAX_HEADER)) {
+                Ok(0) => break Err(self.requested_or(CloseReason::PeerClosed)),
+                Ok(n) => self.input.filled(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Err(self.requested_or(CloseReason::BadProxyHeader(format!(
+                        "none within {timeout:?}"
+                    ))));
+                }
+                Err(e) => break Err(self.requested_or(self.read_error(&e))),
+            }
+        };
+        let _ = self.conn.stream.set_read_timeout(None);
+        outcome
     }
 
     /// Serves the connection until it must close, and says why.
     fn serve(&mut self) -> CloseReason {
         let limit = self.decoder.max_message_len();
+        // Bytes that came in with a PROXY header are already buffered.
+        if !self.input.data().is_empty() {
+            let outcome = self.process();
+            if let Err(e) = self.flush() {
+                return self.requested_or(CloseReason::from_write_error(&e));
+            }
+            if let Err(reason) = outcome {
+                return reason;
+            }
+        }
         loop {
             let read = (&self.conn.stream).read(self.input.spare(limit));
             match read {
@@ -272,7 +338,7 @@ fn answer(
             let mut close = None;
             let mut session = Session {
                 id: conn.id,
-                peer: conn.peer,
+                peer: conn.peer(),
                 protocol,
                 out: output,
                 close: &mut close,
