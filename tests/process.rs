@@ -39,6 +39,11 @@ fn help_lists_every_flag_and_its_environment_variable() {
         "--worker-stack",
         "--verbose",
         "--quiet",
+        "--metrics-listen",
+        "--stats-interval",
+        "--log-format",
+        "--reuse-port",
+        "--proxy-protocol",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
