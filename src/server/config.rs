@@ -137,6 +137,9 @@ impl Config {
                 self.max_frame
             ));
         }
+        if self.proxy_header_timeout.is_zero() {
+            return invalid("proxy header timeout must be longer than zero".into());
+        }
         if self.max_connections == 0 {
             return invalid("max connections must be at least 1".into());
         }
