@@ -183,14 +183,10 @@ impl Worker {
     fn serve(&mut self) -> CloseReason {
         let limit = self.decoder.max_message_len();
         // Bytes that came in with a PROXY header are already buffered.
-        if !self.input.data().is_empty() {
-            let outcome = self.process();
-            if let Err(e) = self.flush() {
-                return self.requested_or(CloseReason::from_write_error(&e));
-            }
-            if let Err(reason) = outcome {
-                return reason;
-            }
+        if !self.input.data().is_empty()
+            && let Err(reason) = self.answer_buffered()
+        {
+            return reason;
         }
         loop {
             let read = (&self.conn.stream).read(self.input.spare(limit));
@@ -200,15 +196,20 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.requested_or(self.read_error(&e)),
             }
-            let outcome = self.process();
-            // Answers to the messages before an error still go out.
-            if let Err(e) = self.flush() {
-                return self.requested_or(CloseReason::from_write_error(&e));
-            }
-            if let Err(reason) = outcome {
+            if let Err(reason) = self.answer_buffered() {
                 return reason;
             }
         }
+    }
+
+    /// Answers every complete message in the input buffer and writes the
+    /// answers, even those to messages before an error.
+    fn answer_buffered(&mut self) -> Result<(), CloseReason> {
+        let outcome = self.process();
+        if let Err(e) = self.flush() {
+            return Err(self.requested_or(CloseReason::from_write_error(&e)));
+        }
+        outcome
     }
 
     /// The close reason for a failed read, naming the TCP timeout that can
