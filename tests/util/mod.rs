@@ -124,6 +124,38 @@ impl Client {
         }
     }
 
+    /// A client over an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            protocol: Protocol::Frame,
+            buf: Vec::new(),
+            decoder: Decoder::new(Protocol::Frame, 16 << 20),
+        }
+    }
+
+    /// Sends a PING and says whether its PONG came back (any failure,
+    /// timeout included, is `false`).
+    pub fn try_ping(&mut self, payload: &[u8]) -> bool {
+        let mut wire = Vec::new();
+        self.protocol.encode(&Message::Ping(payload), &mut wire);
+        if self.stream.write_all(&wire).is_err() {
+            return false;
+        }
+        let mut chunk = [0u8; 256];
+        loop {
+            match self.decoder.decode(&self.buf) {
+                Ok(Some((Message::Pong(p), _))) => return p == payload,
+                Ok(Some(_)) | Err(_) => return false,
+                Ok(None) => {}
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return false,
+            }
+        }
+    }
+
     pub fn send(&mut self, msg: Message<'_>) {
         let mut wire = Vec::new();
         self.protocol.encode(&msg, &mut wire);
