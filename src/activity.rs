@@ -138,9 +138,9 @@ impl Tally {
         self.kinds |= 1 << kind as u8;
     }
 
-    /// Whether nothing was counted since the last [`Traffic::publish`].
-    pub fn is_unpublished_empty(&self) -> bool {
-        self.kinds == 0
+    /// Whether something was counted since the last [`Traffic::publish`].
+    pub fn has_unpublished(&self) -> bool {
+        self.kinds != 0
     }
 
     /// Adds `other` to this tally.

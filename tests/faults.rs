@@ -10,7 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use util::{
-    Client, Msg, PATIENCE, Recv, ServerProcess, config, fds, ms, start, wait_until, worker_threads,
+    Client, Msg, PATIENCE, Recv, ServerProcess, config, fds, ms, sample, start, wait_until,
+    worker_threads,
 };
 use wheel_server::Config;
 use wheel_server::protocol::{Message, Protocol};
@@ -27,13 +28,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / hz
-}
-
-/// A sample from the server's `/metrics` text.
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in metrics"))
 }
 
 #[test]
@@ -184,24 +178,24 @@ fn twenty_thousand_connect_ping_disconnect_cycles_leave_nothing_behind() {
     );
     // The timer thread processes the last deregister events and refreshes
     // its gauge on its next tick.
-    let scrape = || util::http_get(metrics, "/metrics").1;
+    let scrape = || util::scrape(metrics);
     assert!(
-        wait_until(PATIENCE, || metric(&scrape(), "wheel_timers_armed") == 0.0),
+        wait_until(PATIENCE, || sample(&scrape(), "wheel_timers_armed") == 0.0),
         "{}",
         scrape()
     );
     let text = scrape();
-    assert_eq!(metric(&text, "wheel_connections_open"), 0.0);
-    assert_eq!(metric(&text, "wheel_connections_accepted_total"), 20_000.0);
+    assert_eq!(sample(&text, "wheel_connections_open"), 0.0);
+    assert_eq!(sample(&text, "wheel_connections_accepted_total"), 20_000.0);
     assert_eq!(
-        metric(
+        sample(
             &text,
             "wheel_connections_closed_total{reason=\"peer_close_frame\"}"
         ),
         20_000.0
     );
     assert_eq!(
-        metric(&text, "wheel_timer_events_total{kind=\"deregister\"}"),
+        sample(&text, "wheel_timer_events_total{kind=\"deregister\"}"),
         20_000.0
     );
 }
@@ -232,8 +226,8 @@ fn a_client_that_never_reads_is_ended_by_the_write_timeout() {
                 ) => {}
             Err(_) => break, // the server closed the connection
         }
-        let (_, text) = util::http_get(metrics, "/metrics");
-        if metric(
+        let text = util::scrape(metrics);
+        if sample(
             &text,
             "wheel_connections_closed_total{reason=\"write_timeout\"}",
         ) == 1.0
@@ -242,8 +236,8 @@ fn a_client_that_never_reads_is_ended_by_the_write_timeout() {
         }
     }
     assert!(wait_until(PATIENCE, || {
-        let (_, text) = util::http_get(metrics, "/metrics");
-        metric(
+        let text = util::scrape(metrics);
+        sample(
             &text,
             "wheel_connections_closed_total{reason=\"write_timeout\"}",
         ) == 1.0
@@ -284,14 +278,14 @@ fn clients_dying_mid_frame_or_mid_echo_free_everything() {
     big.write_all(&frame).unwrap();
     reset(big);
     assert!(wait_until(PATIENCE, || server.connection_count() == 0));
-    let (_, text) = util::http_get(metrics, "/metrics");
+    let text = util::scrape(metrics);
     assert_eq!(
-        metric(&text, "wheel_connections_closed_total{reason=\"reset\"}"),
+        sample(&text, "wheel_connections_closed_total{reason=\"reset\"}"),
         2.0,
         "{text}"
     );
     assert_eq!(
-        metric(
+        sample(
             &text,
             "wheel_connections_closed_total{reason=\"handler_panic\"}"
         ),

@@ -89,10 +89,7 @@ fn peers(metrics: SocketAddr) -> Vec<String> {
 }
 
 fn open_connections(metrics: SocketAddr) -> usize {
-    let (_, text) = http_get(metrics, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix("wheel_connections_open ")?.parse().ok())
-        .unwrap()
+    util::sample(&util::scrape(metrics), "wheel_connections_open") as usize
 }
 
 #[test]

@@ -29,11 +29,11 @@ fn peers(server: &Server) -> Vec<String> {
 }
 
 fn closed_with(server: &Server, reason: &str) -> f64 {
-    let (_, text) = http_get(server.metrics_addr().unwrap(), "/metrics");
-    let sample = format!("wheel_connections_closed_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&sample)?.parse().ok())
-        .unwrap()
+    let text = util::scrape(server.metrics_addr().unwrap());
+    util::sample(
+        &text,
+        &format!("wheel_connections_closed_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 #[test]

@@ -22,11 +22,13 @@ pub(crate) enum CloseRequest {
     Shutdown = 2,
     /// A server PING could not be written: the peer stopped reading.
     WriteStalled = 3,
-    /// The worker itself is closing the connection (it is sending its CLOSE
-    /// or lingering): nobody else needs to act, and an idle timer that fires
-    /// now must not count as an idle timeout.
-    Closing = 4,
 }
+
+/// The close state once the worker itself is closing the connection (it is
+/// sending its CLOSE or lingering) without another thread having asked:
+/// nobody else needs to act, and an idle timer that fires now must not count
+/// as an idle timeout. Not a [`CloseRequest`]: the worker has its own reason.
+const CLOSING: u8 = u8::MAX;
 
 impl CloseRequest {
     fn from_u8(v: u8) -> Option<CloseRequest> {
@@ -34,7 +36,6 @@ impl CloseRequest {
             1 => Some(CloseRequest::IdleTimeout),
             2 => Some(CloseRequest::Shutdown),
             3 => Some(CloseRequest::WriteStalled),
-            4 => Some(CloseRequest::Closing),
             _ => None,
         }
     }
@@ -44,8 +45,6 @@ impl CloseRequest {
             CloseRequest::IdleTimeout => CloseReason::IdleTimeout,
             CloseRequest::Shutdown => CloseReason::Shutdown,
             CloseRequest::WriteStalled => CloseReason::WriteTimeout,
-            // Only set once the worker has its own reason.
-            CloseRequest::Closing => CloseReason::PeerClosed,
         }
     }
 }
@@ -134,7 +133,7 @@ impl Conn {
             Err(current) => {
                 // A worker lingering after its CLOSE is cut short by
                 // shutdown, so the drain does not wait for it.
-                if request == CloseRequest::Shutdown && current == CloseRequest::Closing as u8 {
+                if request == CloseRequest::Shutdown && current == CLOSING {
                     sys::wake_reader(&self.stream);
                 }
                 false
@@ -143,19 +142,21 @@ impl Conn {
     }
 
     /// Marks the connection as being closed by its worker (see
-    /// [`CloseRequest::Closing`]). Keeps an earlier request if there is one.
+    /// [`CLOSING`]). Keeps an earlier request if there is one.
     pub(crate) fn mark_closing(&self) {
-        let _ = self.close_request.compare_exchange(
-            0,
-            CloseRequest::Closing as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.close_request
+                .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The close another thread asked for, if any.
     pub(crate) fn close_requested(&self) -> Option<CloseRequest> {
         CloseRequest::from_u8(self.close_request.load(Ordering::Acquire))
+    }
+
+    /// Whether the connection is on its way out, asked for or not.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close_request.load(Ordering::Acquire) != 0
     }
 
     /// Shuts the socket down both ways: interrupts even a worker blocked in a

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Shared;
 
@@ -100,11 +100,8 @@ fn respond(shared: &Shared, request: Request) {
             _ => Response::from_string("not found\n").with_status_code(404),
         }
     };
-    let status = response.status_code();
     if let Err(e) = request.respond(response) {
         debug!("metrics endpoint: could not answer {path}: {e}");
-    } else if status.0 >= 500 && path != "/healthz" {
-        warn!(%path, "metrics endpoint answered {}", status.0);
     }
 }
 

@@ -314,7 +314,7 @@ impl Timer {
         let Some(conn) = self.shared.registry.get(id) else {
             return;
         };
-        if conn.close_requested().is_some() {
+        if conn.is_closing() {
             return;
         }
         let stamp = conn.activity.get();

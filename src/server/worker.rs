@@ -256,7 +256,7 @@ impl Worker {
                 break Err(reason);
             }
         };
-        if !self.received.is_unpublished_empty() {
+        if self.received.has_unpublished() {
             self.conn.activity.touch(self.shared.clock.now());
             self.conn
                 .traffic

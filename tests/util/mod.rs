@@ -435,3 +435,18 @@ pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, &format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n"))
 }
+
+/// The text of a server's `GET /metrics`.
+pub fn scrape(metrics: SocketAddr) -> String {
+    let (status, text) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200, "GET /metrics");
+    text
+}
+
+/// The value of one sample, written as in the exposition text
+/// (`wheel_connections_closed_total{reason="reset"}`).
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in the metrics"))
+}
