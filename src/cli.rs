@@ -84,9 +84,20 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
 
-    /// On SIGINT/SIGTERM, wait this long for connections to finish after CLOSE 1001.
+    /// On SIGINT/SIGTERM, send CLOSE 1001 and let connections drain this long (the server keeps
+    /// answering until each client hangs up), then force the rest closed.
     #[arg(long, env = "WHEEL_SERVER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+
+    /// Send CLOSE 1001 to connections this old (each gets its own age within +/-10%), so that
+    /// clients reconnect and spread over instances added since (0 = off).
+    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTION_AGE", default_value = "0", value_parser = parse_duration)]
+    max_connection_age: Duration,
+
+    /// How long a connection past its maximum age may drain before it is forced closed
+    /// (0 = until the client hangs up or goes idle).
+    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    max_connection_age_grace: Duration,
 
     /// Stack size of each connection's thread, in bytes.
     #[arg(long, env = "WHEEL_SERVER_WORKER_STACK", default_value_t = 65_536)]
@@ -165,6 +176,8 @@ impl Args {
             user_timeout: self.user_timeout.and_then(nonzero),
             write_timeout: nonzero(self.write_timeout),
             shutdown_grace: self.shutdown_grace,
+            max_connection_age: nonzero(self.max_connection_age),
+            max_connection_age_grace: nonzero(self.max_connection_age_grace),
             worker_stack: self.worker_stack,
             metrics_listen: self.metrics_listen,
             stats_interval: nonzero(self.stats_interval),

@@ -378,6 +378,10 @@ fn going_away_reconnects_promptly_to_the_next_address() {
             addr: first.local_addr()
         }
     );
+    // Served, so accepted: a connection still in the accept queue when the
+    // listener closes is reset rather than drained.
+    client.send(b"before");
+    assert_eq!(next(&client), Event::Data(b"before".to_vec()));
     first.shutdown();
     let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
     assert!(

@@ -19,9 +19,11 @@
 //!   [`healthy_after`](ClientConfig::healthy_after), and, when the server
 //!   says it is full (CLOSE 1013), waits at least half the current window
 //!   instead of retrying at once. When the server says it is going away
-//!   (CLOSE 1001: shutdown, drain) the client comes back promptly, after a
-//!   jittered delay of at most a quarter of the initial backoff, trying the
-//!   next address first.
+//!   (CLOSE 1001: shutdown, maximum connection age) the client drains the
+//!   connection (stops sending, half-closes, reads the answers to what it
+//!   sent until the server's end of stream) and comes back promptly, after
+//!   a jittered delay of at most a quarter of the initial backoff, trying
+//!   the next address first.
 //!
 //! Everything that happens is reported as an [`Event`] on a crossbeam
 //! channel, DATA included.
@@ -151,7 +153,10 @@ pub enum DeadReason {
     Eof,
     /// The connection was reset, or another read error.
     Reset,
-    /// The server sent CLOSE.
+    /// The server sent CLOSE. After CLOSE 1001 (going away) the client
+    /// first drains: it stops sending, half-closes, and reports the answers
+    /// still on their way as [`Event::Data`] before this; DATA sent
+    /// meanwhile waits for the next connection.
     Close {
         /// Its code (1001: shutting down, 1013: full, 4000: idle timeout...).
         code: u16,

@@ -267,6 +267,9 @@ impl Manager {
                                 self.emit(Event::Pong { seq, rtt });
                             }
                         }
+                        Incoming::Close(code::GOING_AWAY, reason) => {
+                            return self.drain(conn, incoming, reason);
+                        }
                         Incoming::Close(code, reason) => return End::Dead(DeadReason::Close { code, reason }),
                         Incoming::Eof => return End::Dead(DeadReason::Eof),
                         Incoming::Broken(error) => {
@@ -282,6 +285,37 @@ impl Manager {
                 recv(crossbeam_channel::at(wake)) -> _ => {}
             }
         }
+    }
+
+    /// The server sent CLOSE 1001 and keeps answering until we hang up:
+    /// stop sending (new DATA waits for the next connection), half-close,
+    /// and read the answers to what was already sent until the server's
+    /// end of stream, for at most the heartbeat timeout.
+    fn drain(&mut self, conn: &mut Conn, incoming: &Receiver<Incoming>, reason: String) -> End {
+        let _ = conn.stream.shutdown(Shutdown::Write);
+        let until = Instant::now() + self.config.heartbeat_timeout;
+        let timeout = crossbeam_channel::at(until);
+        loop {
+            select! {
+                recv(incoming) -> msg => match msg {
+                    Ok(Incoming::Data(payload)) => self.emit(Event::Data(payload)),
+                    Ok(Incoming::Ping(_) | Incoming::Pong(_)) => {}
+                    Ok(Incoming::Close(..) | Incoming::Eof | Incoming::Broken(_)) | Err(_) => break,
+                },
+                recv(self.commands) -> cmd => match cmd {
+                    Ok(Command::Send(payload)) => self.enqueue(payload),
+                    Ok(Command::Close) | Err(_) => return End::Closed,
+                },
+                recv(timeout) -> _ => {
+                    debug!("server did not end the drain within the heartbeat timeout");
+                    break;
+                }
+            }
+        }
+        End::Dead(DeadReason::Close {
+            code: code::GOING_AWAY,
+            reason,
+        })
     }
 }
 

@@ -53,8 +53,13 @@ pub enum CloseReason {
     Protocol(DecodeError),
     /// PINGs arrived too often: CLOSE 1008.
     PingPolicy,
-    /// The server is shutting down: CLOSE 1001.
+    /// The server is shutting down: CLOSE 1001, then the connection drains
+    /// (see `docs/PROTOCOL.md`).
     Shutdown,
+    /// The connection reached its maximum age (`--max-connection-age`):
+    /// CLOSE 1001 and a drain, so that the client reconnects, possibly to
+    /// another instance.
+    MaxAge,
     /// The [`Handler`](crate::Handler) closed the connection with this code.
     Application {
         /// The close code sent.
@@ -85,6 +90,7 @@ impl CloseReason {
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::PingPolicy => "ping_policy",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::MaxAge => "max_age",
             CloseReason::Application { .. } => "application",
             CloseReason::HandlerPanic => "handler_panic",
             CloseReason::BadProxyHeader(_) => "bad_proxy_header",
@@ -101,6 +107,7 @@ impl CloseReason {
             CloseReason::Protocol(e) => (e.close_code(), e.to_string().into()),
             CloseReason::PingPolicy => (code::POLICY_VIOLATION, "too many pings".into()),
             CloseReason::Shutdown => (code::GOING_AWAY, "server shutting down".into()),
+            CloseReason::MaxAge => (code::GOING_AWAY, "maximum connection age".into()),
             CloseReason::Application { code, reason } => (*code, reason.as_str().into()),
             CloseReason::BadProxyHeader(_) => (
                 code::PROTOCOL_ERROR,
@@ -154,6 +161,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseReason::PingPolicy => f.write_str("too many pings"),
             CloseReason::Shutdown => f.write_str("server shutting down"),
+            CloseReason::MaxAge => f.write_str("maximum connection age reached"),
             CloseReason::Application { code, reason } => {
                 write!(f, "closed by handler: {code} {reason}")
             }

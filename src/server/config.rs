@@ -60,9 +60,19 @@ pub struct Config {
     /// How long one write may block on a peer that does not read; then the
     /// connection is closed (reason `write_timeout`). `None`: forever.
     pub write_timeout: Option<Duration>,
-    /// On shutdown, how long to wait for connections to finish after CLOSE
-    /// 1001 before forcing them closed.
+    /// On shutdown, how long connections may drain after CLOSE 1001 (the
+    /// server answers until the client hangs up) before they are forced
+    /// closed.
     pub shutdown_grace: Duration,
+    /// Send CLOSE 1001 to a connection this old, so that long-lived
+    /// connections spread over instances added since they opened. Each
+    /// connection's age is drawn uniformly within +/-10% of this, so that a
+    /// fleet's clients do not all reconnect at once. `None`: no limit.
+    pub max_connection_age: Option<Duration>,
+    /// How long a connection past its maximum age may drain before it is
+    /// forced closed. `None`: until the client hangs up (the idle timeout
+    /// still applies).
+    pub max_connection_age_grace: Option<Duration>,
     /// Stack size of each connection's worker thread, in bytes.
     pub worker_stack: usize,
     /// Serve `/metrics`, `/connections` and `/healthz` over HTTP here.
@@ -102,6 +112,8 @@ impl Default for Config {
             user_timeout: None,
             write_timeout: Some(Duration::from_secs(5)),
             shutdown_grace: Duration::from_secs(5),
+            max_connection_age: None,
+            max_connection_age_grace: Some(Duration::from_secs(30)),
             worker_stack: 64 * 1024,
             metrics_listen: None,
             stats_interval: Some(Duration::from_secs(60)),
@@ -155,6 +167,8 @@ impl Config {
             ("write timeout", self.write_timeout),
             ("user timeout", self.user_timeout),
             ("stats interval", self.stats_interval),
+            ("max connection age", self.max_connection_age),
+            ("max connection age grace", self.max_connection_age_grace),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
                 return invalid(format!("{name} of zero: use None to turn it off"));

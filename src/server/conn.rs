@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering, fence};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -15,13 +15,25 @@ use crate::sys;
 
 /// A close asked for by another thread (the timer or shutdown). Stored in an
 /// `AtomicU8`; the first request wins.
+///
+/// Two kinds of request exist. An *immediate* one (idle timeout, stalled
+/// writes) wakes the worker with `shutdown(SHUT_RD)`: it answers what it
+/// has already read, writes the CLOSE and hangs up. A *draining* one
+/// (shutdown, maximum age) writes CLOSE 1001 at once and leaves the worker
+/// serving: the client is expected to stop sending, half-close, and read
+/// the answers to whatever it sent before it saw the CLOSE. The worker
+/// hangs up at the client's end of stream, or when [`Conn::force`] cuts the
+/// drain short after a grace period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum CloseRequest {
     IdleTimeout = 1,
+    /// Draining: the server is shutting down.
     Shutdown = 2,
     /// A server PING could not be written: the peer stopped reading.
     WriteStalled = 3,
+    /// Draining: the connection reached its maximum age.
+    MaxAge = 4,
 }
 
 /// The close state once the worker itself is closing the connection (it is
@@ -36,6 +48,7 @@ impl CloseRequest {
             1 => Some(CloseRequest::IdleTimeout),
             2 => Some(CloseRequest::Shutdown),
             3 => Some(CloseRequest::WriteStalled),
+            4 => Some(CloseRequest::MaxAge),
             _ => None,
         }
     }
@@ -45,8 +58,38 @@ impl CloseRequest {
             CloseRequest::IdleTimeout => CloseReason::IdleTimeout,
             CloseRequest::Shutdown => CloseReason::Shutdown,
             CloseRequest::WriteStalled => CloseReason::WriteTimeout,
+            CloseRequest::MaxAge => CloseReason::MaxAge,
         }
     }
+
+    /// Whether this request drains (CLOSE first, hang up later) rather than
+    /// closes at once.
+    pub(crate) fn drains(self) -> bool {
+        matches!(self, CloseRequest::Shutdown | CloseRequest::MaxAge)
+    }
+}
+
+/// How a draining CLOSE went out, or why it did not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Drain {
+    /// The CLOSE was written; the worker keeps serving.
+    Sent,
+    /// The worker was writing: it sends the CLOSE when its write ends.
+    Deferred,
+    /// The peer is not reading (its window is full): the connection was
+    /// woken to close at once instead.
+    Closing,
+    /// A close had already been asked for.
+    AlreadyClosing,
+}
+
+/// What the write lock guards besides the right to write.
+#[derive(Debug, Default)]
+struct WriteState {
+    /// The length of the CLOSE written on this connection, once one was.
+    close_sent: Option<usize>,
+    /// A write stopped part-way through a frame: the stream is unusable.
+    torn: bool,
 }
 
 /// What happened to a PING the timer thread tried to send.
@@ -63,10 +106,11 @@ pub(crate) enum Probe {
 /// One connection's shared state.
 ///
 /// The socket has a single owner for reading (the worker thread). Writes are
-/// serialised by `write_lock` because the timer thread writes server PINGs.
-/// Other threads end a connection only through [`Conn::request_close`],
-/// which records why and wakes the worker with `shutdown(SHUT_RD)`; the
-/// worker then writes the CLOSE itself and drops the socket. No thread ever
+/// serialised by `write_lock` because other threads write whole frames too:
+/// the timer thread's server PINGs, and the CLOSE 1001 that starts a drain.
+/// Other threads end a connection only through [`Conn::request_close`] and
+/// [`Conn::force`], which record why and wake the worker with
+/// `shutdown(SHUT_RD)`; the worker then drops the socket. No thread ever
 /// closes a descriptor it does not own.
 pub(crate) struct Conn {
     /// This connection's id.
@@ -87,8 +131,8 @@ pub(crate) struct Conn {
     pub(crate) traffic: Traffic,
     /// A [`CloseRequest`] as `u8`, 0 while none.
     close_request: AtomicU8,
-    /// Serialises whole-frame writes between the worker and the timer.
-    write_lock: Mutex<()>,
+    /// Serialises whole-frame writes between the worker and other threads.
+    write_lock: Mutex<WriteState>,
 }
 
 impl Conn {
@@ -102,7 +146,7 @@ impl Conn {
             activity: Stamp::new(now_tick),
             traffic: Traffic::default(),
             close_request: AtomicU8::new(0),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(WriteState::default()),
         }
     }
 
@@ -117,28 +161,91 @@ impl Conn {
         let _ = self.client.set(client);
     }
 
-    /// Asks the worker to close the connection for `request` and wakes it.
-    /// Returns false if a close was already requested.
+    /// Asks the worker to close the connection at once for `request` (which
+    /// must not drain) and wakes it. Returns false if a close was already
+    /// requested.
     pub(crate) fn request_close(&self, request: CloseRequest) -> bool {
-        match self.close_request.compare_exchange(
-            0,
-            request as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => {
+        debug_assert!(!request.drains(), "{request:?} drains: use Conn::drain");
+        let asked = self.ask(request).is_ok();
+        if asked {
+            sys::wake_reader(&self.stream);
+        }
+        asked
+    }
+
+    /// Starts draining for `request`, a draining request: writes `close`
+    /// (the encoded CLOSE 1001) without blocking, and leaves the worker
+    /// serving until the client hangs up or [`force`](Conn::force) is
+    /// called.
+    pub(crate) fn drain(&self, request: CloseRequest, close: &[u8]) -> Drain {
+        debug_assert!(request.drains(), "{request:?} does not drain");
+        if let Err(current) = self.ask(request) {
+            // A worker lingering after its own CLOSE is cut short by
+            // shutdown, so the drain does not wait for it.
+            if request == CloseRequest::Shutdown && current == CLOSING {
                 sys::wake_reader(&self.stream);
-                true
             }
-            Err(current) => {
-                // A worker lingering after its CLOSE is cut short by
-                // shutdown, so the drain does not wait for it.
-                if request == CloseRequest::Shutdown && current == CLOSING {
-                    sys::wake_reader(&self.stream);
-                }
-                false
+            return Drain::AlreadyClosing;
+        }
+        // If the lock is taken, the worker is writing; it calls
+        // `pending_close` once its write is done, after releasing the lock.
+        // The fences make this a Dekker pair: either this thread sees the
+        // lock free, or the worker sees the request.
+        fence(Ordering::SeqCst);
+        let Some(mut state) = self.write_lock.try_lock() else {
+            return Drain::Deferred;
+        };
+        if state.close_sent.is_some() || state.torn {
+            return Drain::Sent;
+        }
+        match sys::send_nonblocking(&self.stream, close) {
+            Ok(n) if n == close.len() => {
+                state.close_sent = Some(n);
+                Drain::Sent
+            }
+            Ok(n) => {
+                // Nothing fitted, or only part: the peer stopped reading. The
+                // worker, woken, writes the CLOSE itself with its write
+                // timeout (or gives up on a torn stream).
+                state.torn = n > 0;
+                drop(state);
+                sys::wake_reader(&self.stream);
+                Drain::Closing
+            }
+            Err(_) => {
+                drop(state);
+                sys::wake_reader(&self.stream);
+                Drain::Closing
             }
         }
+    }
+
+    /// Ends a drain: wakes the worker as an immediate request would, so it
+    /// answers what it has read and hangs up. The recorded reason stays.
+    pub(crate) fn force(&self) {
+        sys::wake_reader(&self.stream);
+    }
+
+    /// Records `request` unless a close was already asked for; the current
+    /// state if it was.
+    fn ask(&self, request: CloseRequest) -> Result<(), u8> {
+        self.close_request
+            .compare_exchange(0, request as u8, Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
+    }
+
+    /// A draining request whose CLOSE has not gone out yet, if any: the
+    /// worker sends it after its own writes.
+    pub(crate) fn pending_close(&self) -> Option<CloseRequest> {
+        fence(Ordering::SeqCst);
+        let request = self.close_requested().filter(|r| r.drains())?;
+        let state = self.write_lock.lock();
+        (state.close_sent.is_none() && !state.torn).then_some(request)
+    }
+
+    /// The length of the CLOSE written on this connection, if one was.
+    pub(crate) fn close_sent(&self) -> Option<usize> {
+        self.write_lock.lock().close_sent
     }
 
     /// Marks the connection as being closed by its worker (see
@@ -167,20 +274,47 @@ impl Conn {
 
     /// Writes all of `buf` as one unit with respect to other writers.
     pub(crate) fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        let _guard = self.write_lock.lock();
-        (&self.stream).write_all(buf)
+        let mut state = self.write_lock.lock();
+        Self::write_locked(&self.stream, &mut state, buf)
+    }
+
+    /// Writes `close`, an encoded CLOSE, unless one was written already.
+    pub(crate) fn write_close(&self, close: &[u8]) -> io::Result<()> {
+        let mut state = self.write_lock.lock();
+        if state.close_sent.is_some() {
+            return Ok(());
+        }
+        Self::write_locked(&self.stream, &mut state, close)?;
+        state.close_sent = Some(close.len());
+        Ok(())
+    }
+
+    fn write_locked(mut stream: &TcpStream, state: &mut WriteState, buf: &[u8]) -> io::Result<()> {
+        if state.torn {
+            // Writing after half a frame would only send garbage.
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        stream.write_all(buf).inspect_err(|_| {
+            // A failed write may have sent part of `buf`.
+            state.torn = true;
+        })
     }
 
     /// Sends a server PING (already encoded) without ever blocking the
     /// timer thread.
     pub(crate) fn try_send_probe(&self, ping: &[u8]) -> Probe {
-        let Some(_guard) = self.write_lock.try_lock() else {
+        let Some(mut state) = self.write_lock.try_lock() else {
             return Probe::Skipped;
         };
+        if state.torn {
+            return Probe::Stalled;
+        }
         match sys::send_nonblocking(&self.stream, ping) {
             Ok(n) if n == ping.len() => Probe::Sent,
             Ok(0) => Probe::Skipped,
             Ok(_) => {
+                state.torn = true;
+                drop(state);
                 self.request_close(CloseRequest::WriteStalled);
                 Probe::Stalled
             }

@@ -34,7 +34,7 @@ use crate::activity::{Kind, Tally};
 pub(crate) type Label = [(&'static str, &'static str); 1];
 
 /// Close reasons reported from the start (at 0), so dashboards see them.
-const CLOSE_REASONS: [&str; 14] = [
+const CLOSE_REASONS: [&str; 15] = [
     "peer_closed",
     "peer_close_frame",
     "reset",
@@ -45,6 +45,7 @@ const CLOSE_REASONS: [&str; 14] = [
     "too_big",
     "ping_policy",
     "shutdown",
+    "max_age",
     "application",
     "handler_panic",
     "io_error",
@@ -52,6 +53,9 @@ const CLOSE_REASONS: [&str; 14] = [
 ];
 
 /// Why an accepted connection was turned away.
+/// Every drain reason, so that each shows up at zero.
+pub(crate) const DRAIN_REASONS: [&str; 2] = ["shutdown", "max_age"];
+
 pub(crate) const REJECT_REASONS: [&str; 2] = ["server_full", "no_thread"];
 
 /// Everything the server counts.
@@ -68,6 +72,12 @@ pub(crate) struct Metrics {
     pub(crate) accept_errors: Family<Label, Counter>,
     pub(crate) probes_sent: Counter,
     pub(crate) expirations: Counter,
+    /// Connections asked to drain (CLOSE 1001), by reason.
+    pub(crate) drains: Family<Label, Counter>,
+    /// Drains cut short by their grace period.
+    pub(crate) drains_forced: Counter,
+    /// Bytes read after a CLOSE and discarded unanswered.
+    pub(crate) discarded_bytes: Counter,
     pub(crate) timer_events: Family<Label, Counter>,
     pub(crate) activity_rearms: Counter,
     pub(crate) timers_armed: Gauge,
@@ -152,6 +162,9 @@ impl Metrics {
             accept_errors: Family::default(),
             probes_sent: Counter::default(),
             expirations: Counter::default(),
+            drains: Family::default(),
+            drains_forced: Counter::default(),
+            discarded_bytes: Counter::default(),
             timer_events: Family::default(),
             activity_rearms: Counter::default(),
             timers_armed: Gauge::default(),
@@ -164,6 +177,9 @@ impl Metrics {
         }
         for reason in REJECT_REASONS {
             drop(metrics.rejected.get_or_create(&[("reason", reason)]));
+        }
+        for reason in DRAIN_REASONS {
+            drop(metrics.drains.get_or_create(&[("reason", reason)]));
         }
         for kind in ["register", "deregister"] {
             drop(metrics.timer_events.get_or_create(&[("kind", kind)]));
@@ -200,6 +216,21 @@ impl Metrics {
             "wheel_timer_expirations",
             "Connections closed by the idle timeout.",
             m.expirations.clone(),
+        );
+        registry.register(
+            "wheel_drains",
+            "Connections sent CLOSE 1001 and left to drain, by reason.",
+            m.drains.clone(),
+        );
+        registry.register(
+            "wheel_drains_forced",
+            "Drains cut short when their grace period ran out.",
+            m.drains_forced.clone(),
+        );
+        registry.register(
+            "wheel_discarded_bytes",
+            "Bytes read after the server's CLOSE and discarded unanswered (a peer that kept sending after a forced close).",
+            m.discarded_bytes.clone(),
         );
         registry.register(
             "wheel_timer_events",

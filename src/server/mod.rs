@@ -16,12 +16,16 @@
 //!
 //! # Closing
 //!
-//! Only a connection's worker writes its CLOSE and drops its socket. The
-//! timer thread and shutdown ask for a close by recording a reason and
-//! calling `shutdown(SHUT_RD)`, which wakes the worker's blocked `read`
-//! after the bytes already received; so everything read is answered first,
-//! and no thread ever closes a descriptor number that might by then belong
-//! to another connection.
+//! Only a connection's worker drops its socket. The timer thread asks for
+//! an immediate close (idle timeout) by recording a reason and calling
+//! `shutdown(SHUT_RD)`, which wakes the worker's blocked `read` after the
+//! bytes already received; the worker answers them, writes the CLOSE and
+//! hangs up. Shutdown and the maximum connection age *drain* instead: the
+//! asking thread writes CLOSE 1001 (under the connection's write lock, never
+//! blocking) and the worker keeps answering until the client half-closes,
+//! or until a grace period ends and the drain is forced as above. Either
+//! way everything read is answered, and no thread ever closes a descriptor
+//! number that might by then belong to another connection.
 
 mod acceptor;
 mod buffer;
@@ -55,11 +59,12 @@ use crate::handler::{Echo, Handler};
 use crate::protocol::Message;
 use crate::sys;
 use crate::time::TimeSource;
-use conn::CloseRequest;
+use conn::{CloseRequest, Drain};
 use registry::Registry;
 use timer::Event;
 
-/// After the grace period, how long to wait for force-closed workers.
+/// After the grace period, how long to wait for force-closed workers (at
+/// each of the two steps).
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// State shared by the server's threads.
@@ -75,6 +80,20 @@ pub(crate) struct Shared {
     /// The encoded server PING, built once.
     pub(crate) probe: Vec<u8>,
     pub(crate) metrics: metrics::Metrics,
+}
+
+impl Shared {
+    /// The encoded CLOSE message for `reason`, if it sends one.
+    pub(crate) fn close_frame(&self, reason: &CloseReason) -> Option<Vec<u8>> {
+        let (code, text) = reason.close_message()?;
+        let mut frame = Vec::new();
+        let msg = Message::Close {
+            code,
+            reason: &text,
+        };
+        self.config.protocol.encode(&msg, &mut frame);
+        Some(frame)
+    }
 }
 
 /// A running server. Dropping it shuts it down as [`shutdown`] does.
@@ -104,6 +123,8 @@ pub(crate) struct Shared {
 /// let mut decoder = Decoder::new(Protocol::Frame, 1024);
 /// assert_eq!(decoder.decode(&answer).unwrap().unwrap().0, Message::Pong(b"1"));
 ///
+/// // Shutdown drains each connection until its client hangs up.
+/// drop(client);
 /// assert!(server.shutdown());
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -219,11 +240,12 @@ impl Server {
         &self.shared.config
     }
 
-    /// Shuts down gracefully: stops accepting, sends CLOSE 1001 to every
-    /// connection (after answering what each has already sent), waits up to
-    /// [`Config::shutdown_grace`] for them to finish, and forces the rest
-    /// closed. Returns whether every connection finished within the grace
-    /// period.
+    /// Shuts down gracefully: stops accepting (`/healthz` answers 503 from
+    /// now on), sends CLOSE 1001 to every connection, and lets them drain:
+    /// each worker goes on answering until its client hangs up (see
+    /// `docs/PROTOCOL.md`). After [`Config::shutdown_grace`] the rest are
+    /// forced closed. Returns whether every connection finished within the
+    /// grace period.
     pub fn shutdown(mut self) -> bool {
         self.stop()
     }
@@ -242,11 +264,22 @@ impl Server {
         if !open.is_empty() {
             info!(
                 connections = open.len(),
-                "shutting down: closing connections"
+                grace = ?shared.config.shutdown_grace,
+                "shutting down: draining connections"
             );
         }
+        let close = shared
+            .close_frame(&CloseReason::Shutdown)
+            .expect("shutdown sends a CLOSE");
+        let drains = shared
+            .metrics
+            .drains
+            .get_or_create(&[("reason", "shutdown")])
+            .clone();
         for conn in &open {
-            conn.request_close(CloseRequest::Shutdown);
+            if conn.drain(CloseRequest::Shutdown, &close) != Drain::AlreadyClosing {
+                drains.inc();
+            }
         }
         drop(open);
         let clean = shared
@@ -257,15 +290,26 @@ impl Server {
             warn!(
                 connections = stuck.len(),
                 grace = ?shared.config.shutdown_grace,
-                "connections still open after the grace period: forcing them closed"
+                "connections still draining after the grace period: forcing them closed"
             );
+            // First as a timeout would: the worker answers what it has read
+            // and hangs up. Then, for workers stuck in a write, both ways.
             for conn in &stuck {
-                conn.force_close();
+                shared.metrics.drains_forced.inc();
+                conn.force();
+            }
+            if !shared
+                .registry
+                .wait_empty(Instant::now() + FORCED_CLOSE_WAIT)
+            {
+                for conn in &stuck {
+                    conn.force_close();
+                }
+                shared
+                    .registry
+                    .wait_empty(Instant::now() + FORCED_CLOSE_WAIT);
             }
             drop(stuck);
-            shared
-                .registry
-                .wait_empty(Instant::now() + FORCED_CLOSE_WAIT);
         }
         let _ = shared.events.send(Event::Stop);
         if let Some(timer) = self.timer.take() {

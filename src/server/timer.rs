@@ -26,6 +26,16 @@
 //! as they matter, so a stall of the timer thread delays expiries rather
 //! than making them early.
 //!
+//! # Maximum age
+//!
+//! With `max_connection_age` set, the same timer also carries each
+//! connection's age deadline, drawn within +/-10% of the setting when the
+//! connection registers. At that deadline the timer thread starts a drain
+//! ([`Conn::drain`]: CLOSE 1001, the worker keeps answering) and, with a
+//! grace period, re-arms for its end, when the drain is forced. A draining
+//! connection that stays silent past the idle timeout is forced as well, so
+//! a client that vanished mid-drain is not kept forever.
+//!
 //! [`Stamp::touch`]: crate::activity::Stamp::touch
 
 use std::collections::VecDeque;
@@ -37,7 +47,8 @@ use prometheus_client::metrics::counter::Counter;
 use tracing::{debug, info, trace};
 
 use super::Shared;
-use super::conn::{CloseRequest, Conn, Probe};
+use super::close::CloseReason;
+use super::conn::{CloseRequest, Conn, Drain, Probe};
 use super::registry::ConnId;
 use crate::activity::Clock;
 use crate::time::TimeSource;
@@ -65,7 +76,19 @@ struct Tracked {
     /// The activity stamp when the timer was last armed: a different stamp
     /// at the next fire means the connection was active meanwhile.
     armed_stamp: u64,
+    /// The maximum-age schedule, if there is one.
+    age: Option<AgeStage>,
 }
+
+/// Where a connection is in its maximum-age schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgeStage {
+    /// The drain begins at this tick.
+    Drain(u64),
+    /// The drain is forced at this tick.
+    Force(u64),
+}
+
 
 /// Remembers when the published clock skipped ticks, so that a stamp can be
 /// mapped to the tick at which it stopped being current.
@@ -115,7 +138,18 @@ pub(crate) fn spawn(
     let idle_ticks = config.idle_timeout.map(|d| source.ticks_ceil(d).max(1));
     let probe_ticks = config.probe_after.map(|d| source.ticks_ceil(d).max(1));
     let horizon = idle_ticks.unwrap_or(0).max(probe_ticks.unwrap_or(0)) + 1;
+    let age_close = shared
+        .close_frame(&CloseReason::MaxAge)
+        .expect("max age sends a CLOSE");
     let timer = Timer {
+        age: config.max_connection_age.map(|age| MaxAge {
+            age,
+            grace_ticks: config
+                .max_connection_age_grace
+                .map(|grace| source.ticks_ceil(grace).max(1)),
+            close: age_close,
+            rng: fastrand::Rng::new(),
+        }),
         wheel: Wheel::with_capacity(config.wheel_slots, 1024),
         tracked: Vec::new(),
         jumps: Jumps::default(),
@@ -157,7 +191,26 @@ struct Timer {
     /// When the next summary line is due.
     next_summary: Option<Instant>,
     counters: EventCounters,
+    age: Option<MaxAge>,
     shared: Arc<Shared>,
+}
+
+/// The maximum-age settings, and the jitter's random generator.
+struct MaxAge {
+    age: std::time::Duration,
+    grace_ticks: Option<u64>,
+    /// The encoded CLOSE 1001 for a connection past its age.
+    close: Vec<u8>,
+    rng: fastrand::Rng,
+}
+
+impl MaxAge {
+    /// This connection's age in ticks: the setting, scaled by a factor drawn
+    /// uniformly from [0.9, 1.1).
+    fn draw_ticks(&mut self, source: &TimeSource) -> u64 {
+        let factor = 0.9 + 0.2 * self.rng.f64();
+        source.ticks_ceil(self.age.mul_f64(factor)).max(1)
+    }
 }
 
 /// The register and deregister counters, resolved once.
@@ -258,7 +311,7 @@ impl Timer {
     }
 
     fn register(&mut self, id: ConnId, activity: u64) {
-        if self.idle_ticks.is_none() && self.probe_ticks.is_none() {
+        if self.idle_ticks.is_none() && self.probe_ticks.is_none() && self.age.is_none() {
             return;
         }
         let index = id.index();
@@ -274,14 +327,20 @@ impl Timer {
         {
             self.wheel.remove(timer);
         }
+        let source = &self.source;
+        let age = self
+            .age
+            .as_mut()
+            .map(|age| AgeStage::Drain(activity + age.draw_ticks(source)));
         let mut tracked = Tracked {
             id,
             timer: None,
             probe: None,
             armed_stamp: activity,
+            age,
         };
         self.counters.registered.inc();
-        let deadline = self.next_deadline(&tracked, activity);
+        let deadline = self.next_deadline(&tracked, activity, false);
         tracked.timer = Some(self.wheel.insert(id, deadline));
         self.tracked[index] = Some(tracked);
     }
@@ -314,25 +373,55 @@ impl Timer {
         let Some(conn) = self.shared.registry.get(id) else {
             return;
         };
-        if conn.is_closing() {
-            return;
-        }
+        let draining = match conn.close_requested() {
+            Some(request) if request.drains() => true,
+            _ if conn.is_closing() => return,
+            _ => false,
+        };
         let stamp = conn.activity.get();
         let base = self.jumps.superseded(stamp);
-        if self.idle_ticks.is_some_and(|idle| base + idle <= now) {
+        let idle_over = self.idle_ticks.is_some_and(|idle| base + idle <= now);
+        if draining {
+            let grace_over = matches!(tracked.age, Some(AgeStage::Force(at)) if at <= now);
+            if idle_over || grace_over {
+                debug!(conn = %id, peer = %conn.peer(), idle_over, "drain cut short");
+                self.shared.metrics.drains_forced.inc();
+                conn.force();
+                return;
+            }
+        } else if idle_over {
             debug!(conn = %id, peer = %conn.peer(), "idle timeout");
             self.shared.metrics.expirations.inc();
             conn.request_close(CloseRequest::IdleTimeout);
             return;
+        } else if matches!(tracked.age, Some(AgeStage::Drain(at)) if at <= now) {
+            let Some(age) = self.age.as_ref() else {
+                return;
+            };
+            let drain = conn.drain(CloseRequest::MaxAge, &age.close);
+            debug!(conn = %id, peer = %conn.peer(), ?drain, "maximum age: draining");
+            if drain == Drain::AlreadyClosing {
+                return;
+            }
+            self.shared
+                .metrics
+                .drains
+                .get_or_create(&[("reason", "max_age")])
+                .inc();
+            tracked.age = age.grace_ticks.map(|grace| AgeStage::Force(now + grace));
         }
         if stamp != tracked.armed_stamp {
             self.shared.metrics.activity_rearms.inc();
             tracked.armed_stamp = stamp;
         }
+        // Draining now, or since before: no PINGs after a CLOSE (only
+        // answers may follow it), and only the idle and grace deadlines.
+        let draining = conn.is_closing();
         let mut retry_next_tick = false;
-        if self
-            .probe_due(&tracked, stamp)
-            .is_some_and(|due| due <= now)
+        if !draining
+            && self
+                .probe_due(&tracked, stamp)
+                .is_some_and(|due| due <= now)
         {
             match self.send_probe(&conn) {
                 Probe::Sent => tracked.probe = Some((stamp, now)),
@@ -340,7 +429,12 @@ impl Timer {
                 Probe::Stalled => return,
             }
         }
-        let mut deadline = self.next_deadline(&tracked, stamp);
+        let mut deadline = self.next_deadline(&tracked, stamp, draining);
+        if deadline == u64::MAX {
+            // Nothing left to time (a shutdown drain without an idle
+            // timeout): shutdown's own grace period ends it.
+            return;
+        }
         if retry_next_tick {
             deadline = deadline.min(now + 1);
         }
@@ -369,11 +463,21 @@ impl Timer {
     }
 
     /// The earliest tick at which something must happen to this connection.
-    fn next_deadline(&self, tracked: &Tracked, stamp: u64) -> u64 {
+    fn next_deadline(&self, tracked: &Tracked, stamp: u64, draining: bool) -> u64 {
         let base = self.jumps.superseded(stamp);
         let idle = self.idle_ticks.map_or(u64::MAX, |idle| base + idle);
+        if draining {
+            return match tracked.age {
+                Some(AgeStage::Force(at)) => idle.min(at),
+                _ => idle,
+            };
+        }
         let probe = self.probe_due(tracked, stamp).unwrap_or(u64::MAX);
-        idle.min(probe)
+        let age = match tracked.age {
+            Some(AgeStage::Drain(at)) => at,
+            _ => u64::MAX,
+        };
+        idle.min(probe).min(age)
     }
 }
 
@@ -445,6 +549,7 @@ mod reuse_tests {
             horizon: 11,
             next_summary: None,
             counters: EventCounters::new(shared),
+            age: None,
             shared: Arc::clone(shared),
         }
     }

@@ -5,6 +5,11 @@
 //! answers with one `write`. A close requested by another thread arrives as
 //! end-of-stream after the bytes already received (see [`crate::sys`]), so
 //! those are still answered before the CLOSE is written.
+//!
+//! A drain (shutdown, maximum age) does not wake the worker: the CLOSE 1001
+//! is written by the thread that asked for it, or by the worker after its
+//! current write, and the worker goes on answering until the client's end
+//! of stream. Everything the server reads is answered.
 
 use std::io::{self, Read};
 use std::net::Shutdown;
@@ -265,47 +270,55 @@ impl Worker {
         outcome
     }
 
+    /// Writes the answers, then the CLOSE of a drain that began while this
+    /// worker was writing.
     fn flush(&mut self) -> io::Result<()> {
-        if self.output.is_empty() {
-            return Ok(());
+        if !self.output.is_empty() {
+            let written = self.conn.write_all(&self.output);
+            self.output.clear();
+            if self.output.capacity() > RETAIN_OUTPUT {
+                self.output = Vec::new();
+            }
+            written?;
         }
-        let written = self.conn.write_all(&self.output);
-        self.output.clear();
-        if self.output.capacity() > RETAIN_OUTPUT {
-            self.output = Vec::new();
+        match self.conn.pending_close() {
+            Some(request) => self.write_close(&request.reason()),
+            None => Ok(()),
         }
-        written
     }
 
-    /// Sends the CLOSE for `reason` (if the connection can still carry one),
-    /// then takes the socket down.
+    /// Writes the CLOSE for `reason`, unless the connection already carries
+    /// a CLOSE or cannot carry one.
+    fn write_close(&mut self, reason: &CloseReason) -> io::Result<()> {
+        match self.shared.close_frame(reason) {
+            Some(frame) => self.conn.write_close(&frame),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the CLOSE for `reason` (if the connection can still carry one
+    /// and has not carried one already), then takes the socket down.
     fn finish(&mut self, reason: &CloseReason) {
         self.conn.mark_closing();
-        let sent_close = match reason.close_message() {
-            Some((code, text)) => {
-                self.output.clear();
-                let msg = Message::Close {
-                    code,
-                    reason: &text,
-                };
-                self.shared.config.protocol.encode(&msg, &mut self.output);
-                self.sent.add(Kind::Close, self.output.len());
-                self.conn
-                    .traffic
-                    .publish(&mut self.received, &mut self.sent);
-                self.flush().is_ok()
-            }
-            None => false,
-        };
+        let _ = self.write_close(reason);
+        // Counted here whoever wrote it: the drain's CLOSE may have been
+        // written by another thread.
+        if let Some(len) = self.conn.close_sent() {
+            self.sent.add(Kind::Close, len);
+        }
+        self.conn
+            .traffic
+            .publish(&mut self.received, &mut self.sent);
         let _ = self.conn.stream.shutdown(Shutdown::Write);
-        if sent_close {
+        if self.conn.close_sent().is_some() {
             self.linger();
         }
         let _ = self.conn.stream.shutdown(Shutdown::Both);
     }
 
     /// Reads and discards until the peer's FIN, for at most [`LINGER`] and
-    /// [`LINGER_BYTES`].
+    /// [`LINGER_BYTES`]. Returns at once when the peer has already closed
+    /// its side (a drained client that half-closed).
     fn linger(&mut self) {
         let deadline = Instant::now() + LINGER;
         let mut discarded = 0;
@@ -313,12 +326,18 @@ impl Worker {
         while discarded < LINGER_BYTES {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || self.conn.stream.set_read_timeout(Some(left)).is_err() {
-                return;
+                break;
             }
             match (&self.conn.stream).read(&mut scratch) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
+        }
+        if discarded > 0 {
+            // Sent after our CLOSE by a peer that did not wait for the
+            // drain to end: unanswered, so counted.
+            self.shared.metrics.discarded_bytes.inc_by(discarded as u64);
+            debug!(conn = %self.conn.id, discarded, "discarded input after the CLOSE");
         }
     }
 }

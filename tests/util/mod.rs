@@ -145,8 +145,12 @@ impl Client {
         let mut chunk = [0u8; 256];
         loop {
             match self.decoder.decode(&self.buf) {
-                Ok(Some((Message::Pong(p), _))) => return p == payload,
-                Ok(Some(_)) | Err(_) => return false,
+                Ok(Some((msg, used))) => {
+                    let answered = msg == Message::Pong(payload);
+                    self.buf.drain(..used);
+                    return answered;
+                }
+                Err(_) => return false,
                 Ok(None) => {}
             }
             match self.stream.read(&mut chunk) {
@@ -234,8 +238,9 @@ impl Client {
         }
     }
 
-    /// Reads until the server's CLOSE and then the end of stream; returns the
-    /// close code and reason.
+    /// Reads until the server's CLOSE, half-closes as a client should (a
+    /// CLOSE 1001 drain lasts until then), and expects the end of stream
+    /// next; returns the close code and reason.
     pub fn expect_close(&mut self) -> (u16, String) {
         let closed = loop {
             match self.recv() {
@@ -244,10 +249,11 @@ impl Client {
                 other => panic!("expected CLOSE, got {other:?}"),
             }
         };
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
         assert_eq!(
             self.recv(),
             Recv::Eof,
-            "the server should close after its CLOSE"
+            "the server should hang up after its CLOSE"
         );
         closed
     }
