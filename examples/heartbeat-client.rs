@@ -169,8 +169,8 @@ fn describe(event: &Event, since_start: Duration, as_json: bool) -> String {
     let t_ms = since_start.as_millis() as u64;
     if as_json {
         let value = match event {
-            Event::Connected { addr } => {
-                json!({"event": "connected", "t_ms": t_ms, "addr": addr.to_string()})
+            Event::Connected { addr, local } => {
+                json!({"event": "connected", "t_ms": t_ms, "addr": addr.to_string(), "local": local.to_string()})
             }
             Event::ConnectFailed { addr, error } => {
                 json!({"event": "connect_failed", "t_ms": t_ms, "addr": addr.to_string(), "error": error})
@@ -203,7 +203,7 @@ fn describe(event: &Event, since_start: Duration, as_json: bool) -> String {
     }
     let t = format!("[{:>9.3}s]", since_start.as_secs_f64());
     match event {
-        Event::Connected { addr } => format!("{t} connected to {addr}"),
+        Event::Connected { addr, local } => format!("{t} connected to {addr} from {local}"),
         Event::ConnectFailed { addr, error } => format!("{t} cannot connect to {addr}: {error}"),
         Event::HeartbeatSent { seq } => format!("{t} heartbeat {seq} sent"),
         Event::Pong { seq, rtt } => format!(

@@ -28,6 +28,14 @@ fn fast(addr: SocketAddr) -> ClientConfig {
     }
 }
 
+/// The server address of a `Connected` event.
+fn connected_to(event: &Event) -> Option<SocketAddr> {
+    match event {
+        Event::Connected { addr, .. } => Some(*addr),
+        _ => None,
+    }
+}
+
 /// The next event, within `PATIENCE`.
 fn next(client: &Client) -> Event {
     client.events().recv_timeout(PATIENCE).expect("an event")
@@ -49,12 +57,7 @@ fn until(client: &Client, mut want: impl FnMut(&Event) -> bool) -> (Event, Vec<E
 fn connects_echoes_and_reports_heartbeat_rtt() {
     let server = start(config());
     let client = Client::start(fast(server.local_addr())).unwrap();
-    assert_eq!(
-        next(&client),
-        Event::Connected {
-            addr: server.local_addr()
-        }
-    );
+    assert_eq!(connected_to(&next(&client)), Some(server.local_addr()));
     client.send(b"hello");
     assert_eq!(next(&client), Event::Data(b"hello".to_vec()));
     // Silence: heartbeats go out and come back.
@@ -75,7 +78,7 @@ fn a_killed_server_is_noticed_at_once_and_a_restarted_one_reconnected() {
     let mut server = ServerProcess::start(&[]);
     let addr = server.addr;
     let client = Client::start(fast(addr)).unwrap();
-    assert_eq!(next(&client), Event::Connected { addr });
+    assert_eq!(connected_to(&next(&client)), Some(addr));
     let killed = Instant::now();
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -111,7 +114,7 @@ fn a_killed_server_is_noticed_at_once_and_a_restarted_one_reconnected() {
     let restarted = Instant::now();
     let _again = ServerProcess::start(&["--listen", &addr.to_string()]);
     let (event, _) = until(&client, |e| matches!(e, Event::Connected { .. }));
-    assert_eq!(event, Event::Connected { addr });
+    assert_eq!(connected_to(&event), Some(addr));
     assert!(
         restarted.elapsed() < backoff.max + ms(500),
         "took {:?}",
@@ -132,7 +135,7 @@ fn a_mute_server_is_declared_dead_by_heartbeat_timeout() {
     });
     let config = fast(addr);
     let client = Client::start(config.clone()).unwrap();
-    assert_eq!(next(&client), Event::Connected { addr });
+    assert_eq!(connected_to(&next(&client)), Some(addr));
     let connected = Instant::now();
     let (dead, before) = until(&client, |e| matches!(e, Event::Dead { .. }));
     let took = connected.elapsed();
@@ -372,12 +375,7 @@ fn going_away_reconnects_promptly_to_the_next_address() {
         ..fast(first.local_addr())
     };
     let client = Client::start(config).unwrap();
-    assert_eq!(
-        next(&client),
-        Event::Connected {
-            addr: first.local_addr()
-        }
-    );
+    assert_eq!(connected_to(&next(&client)), Some(first.local_addr()));
     // Served, so accepted: a connection still in the accept queue when the
     // listener closes is reset rather than drained.
     client.send(b"before");
@@ -401,10 +399,5 @@ fn going_away_reconnects_promptly_to_the_next_address() {
     assert_eq!(attempt, 1);
     assert!(delay <= ms(100), "{delay:?}");
     let (event, _) = until(&client, |e| matches!(e, Event::Connected { .. }));
-    assert_eq!(
-        event,
-        Event::Connected {
-            addr: second.local_addr()
-        }
-    );
+    assert_eq!(connected_to(&event), Some(second.local_addr()));
 }

@@ -168,7 +168,10 @@ fn max_age_grace_forces_a_connection_that_keeps_talking() {
         assert!(opened.elapsed() < PATIENCE, "never forced");
         std::thread::sleep(ms(10));
     };
-    assert!(answered > 5, "only {answered} PINGs answered while draining");
+    assert!(
+        answered > 5,
+        "only {answered} PINGs answered while draining"
+    );
     let drained_for = eof_at - drained_at;
     assert!(
         drained_for >= grace - ms(20) && drained_for < grace + ms(300),

@@ -195,6 +195,9 @@ pub enum Event {
     Connected {
         /// The server's address.
         addr: SocketAddr,
+        /// The connection's local address: what the server (told by the
+        /// PROXY protocol, behind a balancer) logs as the peer.
+        local: SocketAddr,
     },
     /// A connection attempt failed.
     ConnectFailed {

@@ -84,7 +84,8 @@ impl Manager {
             let mut going_away = false;
             match self.connect(addr) {
                 Ok(stream) => {
-                    self.emit(Event::Connected { addr });
+                    let local = stream.local_addr().unwrap_or(addr);
+                    self.emit(Event::Connected { addr, local });
                     let opened = Instant::now();
                     match self.serve(stream) {
                         End::Closed => return,

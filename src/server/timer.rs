@@ -89,7 +89,6 @@ enum AgeStage {
     Force(u64),
 }
 
-
 /// Remembers when the published clock skipped ticks, so that a stamp can be
 /// mapped to the tick at which it stopped being current.
 #[derive(Default)]
