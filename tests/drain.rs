@@ -106,14 +106,22 @@ fn max_age_sends_1001_to_each_connection_within_ten_percent_of_its_age() {
             (Client::connect(server.local_addr()), opened)
         })
         .collect();
-    let mut ages = Vec::new();
-    for (c, opened) in &mut clients {
-        let (code, reason, at, _) = read_until_close(c);
-        assert_eq!((code, reason.as_str()), (1001, "maximum connection age"));
-        ages.push(at - *opened);
-        c.stream.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_to_eof(c), []);
-    }
+    // One reader each, so that each CLOSE is timed when it arrives.
+    let ages: Vec<Duration> = std::thread::scope(|scope| {
+        let readers: Vec<_> = clients
+            .iter_mut()
+            .map(|(c, opened)| {
+                scope.spawn(move || {
+                    let (code, reason, at, _) = read_until_close(c);
+                    assert_eq!((code, reason.as_str()), (1001, "maximum connection age"));
+                    c.stream.shutdown(Shutdown::Write).unwrap();
+                    assert_eq!(read_to_eof(c), []);
+                    at - *opened
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
     let tick = server.config().tick;
     let (min, max) = (ages.iter().min().unwrap(), ages.iter().max().unwrap());
     eprintln!("max age {age:?}: closed after {min:?} to {max:?}");
@@ -151,12 +159,19 @@ fn max_age_grace_forces_a_connection_that_keeps_talking() {
     let server = start(Config {
         max_connection_age: Some(age),
         max_connection_age_grace: Some(grace),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..config()
     });
     let opened = Instant::now();
     let mut c = Client::connect(server.local_addr());
     let (code, _, drained_at, _) = read_until_close(&mut c);
     assert_eq!(code, 1001);
+    let state = || {
+        let (_, body) = util::http_get(server.metrics_addr().unwrap(), "/connections");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        list[0]["state"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(state(), "draining");
     // The client ignores the CLOSE and keeps pinging: answered until the
     // grace period ends, then the server hangs up.
     let mut answered = 0;

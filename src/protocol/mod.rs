@@ -33,7 +33,9 @@ use std::fmt;
 pub mod code {
     /// Normal closure; also the answer to a peer's CLOSE.
     pub const NORMAL: u16 = 1000;
-    /// The server is shutting down.
+    /// The server is going away (shutting down, or the connection reached
+    /// its maximum age). The connection then drains: the server keeps
+    /// answering until the client half-closes (see `docs/PROTOCOL.md`).
     pub const GOING_AWAY: u16 = 1001;
     /// Malformed input: zero length, unknown type, PING payload over 125 bytes.
     pub const PROTOCOL_ERROR: u16 = 1002;

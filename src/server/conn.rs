@@ -261,6 +261,16 @@ impl Conn {
         CloseRequest::from_u8(self.close_request.load(Ordering::Acquire))
     }
 
+    /// `open`, `draining` (CLOSE 1001 sent, still answering) or `closing`,
+    /// for `/connections`.
+    pub(crate) fn state(&self) -> &'static str {
+        match self.close_requested() {
+            Some(request) if request.drains() => "draining",
+            _ if self.is_closing() => "closing",
+            _ => "open",
+        }
+    }
+
     /// Whether the connection is on its way out, asked for or not.
     pub(crate) fn is_closing(&self) -> bool {
         self.close_request.load(Ordering::Acquire) != 0

@@ -133,6 +133,7 @@ fn connections(shared: &Shared, limit: usize) -> String {
             json!({
                 "id": conn.id.to_string(),
                 "peer": conn.peer().to_string(),
+                "state": conn.state(),
                 "age_ms": conn.opened.elapsed().as_millis() as u64,
                 "idle_ms": (idle_ticks as f64 * tick_ms) as u64,
                 "frames_in": received.frames.iter().sum::<u64>(),

@@ -482,7 +482,32 @@ impl Timer {
 
 #[cfg(test)]
 mod tests {
-    use super::Jumps;
+    use super::{Jumps, MaxAge};
+    use crate::time::TimeSource;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn max_ages_spread_evenly_over_ten_percent_either_side() {
+        let source = TimeSource::new(Instant::now(), Duration::from_millis(10));
+        let mut age = MaxAge {
+            age: Duration::from_secs(10),
+            grace_ticks: None,
+            close: Vec::new(),
+            rng: fastrand::Rng::with_seed(1),
+        };
+        // 10 s is 1,000 ticks: every draw in [900, 1100], and each tenth of
+        // that range holds about a tenth of the draws.
+        let mut buckets = [0u32; 10];
+        for _ in 0..10_000 {
+            let ticks = age.draw_ticks(&source);
+            assert!((900..=1100).contains(&ticks), "{ticks}");
+            buckets[((ticks - 900) / 20).min(9) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| (800..1200).contains(&n)),
+            "{buckets:?}"
+        );
+    }
 
     #[test]
     fn stamps_are_superseded_by_the_next_published_tick() {
