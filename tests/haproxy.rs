@@ -515,6 +515,22 @@ fn three_instances_behind_haproxy_with_drain_failover_and_rebalancing() {
         "no fair share within one age period: {shares:?} after {:?}",
         added.elapsed()
     );
+    // Where things stand once a whole age period (+10%) has passed: every
+    // connection older than the newcomer has been moved once.
+    let period_end = added + AGE.mul_f64(1.1) + ms(200);
+    fleet.run_until(period_end.saturating_duration_since(Instant::now()), |_| {
+        false
+    });
+    assert!(fleet.run_until(PATIENCE, Fleet::all_connected));
+    let shares: Vec<usize> = live.iter().map(|&i| instances[i].open()).collect();
+    eprintln!(
+        "haproxy: one age period after adding the fourth instance: clients per instance {shares:?}"
+    );
+    assert!(
+        shares[1] >= CLIENTS * 2 / 5,
+        "the newcomer holds {} of {CLIENTS}",
+        shares[1]
+    );
 
     // No DATA lost: stop sending, let the echoes arrive, and count. Only
     // messages written into the killed instance's connections may be gone.
