@@ -2,8 +2,12 @@
 //! when the server is gone, and reconnects with jittered backoff.
 //!
 //! ```text
-//! cargo run --release --example heartbeat-client -- [ADDR] [--json] ...
+//! cargo run --release --example heartbeat-client -- [ADDR...] [--json] ...
 //! ```
+//!
+//! With several addresses, each connection attempt takes the next one in
+//! turn. On CLOSE 1001 (the server is going away) the client drains the
+//! connection, then reconnects promptly, to the next address first.
 //!
 //! Each line read from stdin is sent as DATA and the echo is printed. When
 //! stdin ends the client keeps heartbeating. Events go to stdout, one per
@@ -30,9 +34,9 @@ use wheel_server::protocol::Protocol;
 #[derive(Parser, Debug)]
 #[command(name = "heartbeat-client", version)]
 struct Args {
-    /// Server address.
-    #[arg(default_value = "127.0.0.1:5005")]
-    addr: SocketAddr,
+    /// Server addresses: each connection attempt takes the next one in turn.
+    #[arg(default_value = "127.0.0.1:5005", num_args = 1..)]
+    addrs: Vec<SocketAddr>,
 
     /// Wire protocol, as the server speaks it.
     #[arg(long, value_enum, default_value_t = Protocol::Frame)]
@@ -104,7 +108,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     });
     let client = Client::start(ClientConfig {
-        addrs: vec![args.addr],
+        addrs: args.addrs.clone(),
         protocol: args.protocol,
         connect_timeout: args.connect_timeout,
         heartbeat_interval: args.heartbeat_interval,
@@ -117,7 +121,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         max_attempts: args.max_attempts,
         healthy_after: args.healthy_after,
-        ..ClientConfig::new(args.addr)
+        ..ClientConfig::new(args.addrs[0])
     })?;
     let (lines_tx, lines) = crossbeam_channel::unbounded::<Vec<u8>>();
     std::thread::spawn(move || {

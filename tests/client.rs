@@ -401,3 +401,51 @@ fn going_away_reconnects_promptly_to_the_next_address() {
     let (event, _) = until(&client, |e| matches!(e, Event::Connected { .. }));
     assert_eq!(connected_to(&event), Some(second.local_addr()));
 }
+
+#[test]
+fn example_takes_several_addresses_and_moves_on_after_a_drain() {
+    // The first server drains every connection after about 200 ms.
+    let first = start(Config {
+        max_connection_age: Some(ms(200)),
+        ..config()
+    });
+    let second = start(config());
+    let (first_addr, second_addr) = (
+        first.local_addr().to_string(),
+        second.local_addr().to_string(),
+    );
+    let (status, events) = run_example(&[
+        &first_addr,
+        &second_addr,
+        "--json",
+        "--heartbeat-interval",
+        "10s",
+        "--duration",
+        "600ms",
+    ]);
+    assert!(status.success(), "{status}");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["connected", "dead", "reconnecting", "connected"],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["addr"], first_addr);
+    assert!(
+        events[0]["local"]
+            .as_str()
+            .is_some_and(|l| l.parse::<SocketAddr>().is_ok()),
+        "{}",
+        events[0]
+    );
+    assert_eq!(
+        (&events[1]["code"], &events[1]["close_reason"]),
+        (&1001.into(), &"maximum connection age".into())
+    );
+    // Prompt: at most a quarter of the default 1 s initial backoff.
+    assert!(events[2]["delay_ms"].as_u64().unwrap() <= 250, "{}", events[2]);
+    assert_eq!(events[3]["addr"], second_addr);
+}
