@@ -446,6 +446,10 @@ fn example_takes_several_addresses_and_moves_on_after_a_drain() {
         (&1001.into(), &"maximum connection age".into())
     );
     // Prompt: at most a quarter of the default 1 s initial backoff.
-    assert!(events[2]["delay_ms"].as_u64().unwrap() <= 250, "{}", events[2]);
+    assert!(
+        events[2]["delay_ms"].as_u64().unwrap() <= 250,
+        "{}",
+        events[2]
+    );
     assert_eq!(events[3]["addr"], second_addr);
 }
