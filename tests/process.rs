@@ -296,3 +296,21 @@ fn reuse_port_lets_two_instances_share_a_port() {
         "connections per process: {gained:?}"
     );
 }
+
+#[test]
+fn sigterm_drains_connections_still_in_the_accept_queue() {
+    let mut server = ServerProcess::start(&["--shutdown-grace", "5s"]);
+    // Frozen, the server accepts nothing: the kernel completes the
+    // handshakes and queues the connections.
+    server.signal(libc::SIGSTOP);
+    let mut clients: Vec<Client> = (0..300).map(|_| Client::connect(server.addr)).collect();
+    server.signal(libc::SIGTERM);
+    server.signal(libc::SIGCONT);
+    // Whether the accept thread or the shutdown took each one from the
+    // queue, every connection is drained with CLOSE 1001, none reset.
+    for c in &mut clients {
+        assert_eq!(c.expect_close().0, 1001);
+    }
+    let status = server.wait_exit(PATIENCE).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}

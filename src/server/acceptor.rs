@@ -31,6 +31,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
     loop {
         let accepted = shared.listener.accept();
         if shared.stopping.load(Ordering::Acquire) {
+            // Taken from the queue while shutdown drained it: admitted like
+            // the others, so that it is drained rather than dropped.
+            if let Ok((stream, peer)) = accepted {
+                admit(&shared, stream, peer);
+            }
             return;
         }
         match accepted {
@@ -77,6 +82,25 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// At shutdown, before the listener is shut: admits every connection
+/// already waiting in the accept queue, so that they are drained with CLOSE
+/// 1001 like the rest instead of being reset when the listener goes.
+/// Returns how many there were.
+pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
+    // The accept thread, blocked in `accept`, stays blocking; only these
+    // calls return at once on an empty queue.
+    if shared.listener.set_nonblocking(true).is_err() {
+        return 0;
+    }
+    let mut admitted = 0;
+    while let Ok((stream, peer)) = shared.listener.accept() {
+        // Accepted sockets do not inherit O_NONBLOCK on Linux.
+        admit(shared, stream, peer);
+        admitted += 1;
+    }
+    admitted
 }
 
 /// Registers the connection and starts its worker. Returns false if it was

@@ -52,7 +52,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::activity::{Clock, Kind};
 use crate::handler::{Echo, Handler};
@@ -256,6 +256,13 @@ impl Server {
         };
         let shared = &self.shared;
         shared.stopping.store(true, Ordering::Release);
+        let queued = acceptor::admit_queued(shared);
+        if queued > 0 {
+            debug!(
+                queued,
+                "admitted the accept queue before closing the listener"
+            );
+        }
         sys::wake_acceptor(&shared.listener);
         acceptor.thread().unpark();
         let _ = acceptor.join();
