@@ -124,7 +124,7 @@ pub struct Tally {
     pub frames: [u64; 4],
     /// Bytes on the wire (framing included), indexed by [`Kind`].
     pub bytes: [u64; 4],
-    /// Bit `k` set: kind `k` was counted, so [`Traffic::record`] touches
+    /// Bit `k` set: kind `k` was counted, so [`Traffic::publish`] touches
     /// only those counters.
     kinds: u8,
 }

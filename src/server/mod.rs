@@ -11,7 +11,7 @@
 //!
 //! Workers and the acceptor reach the timer thread over a `crossbeam-channel`
 //! (register and deregister only; activity goes through an atomic stamp per
-//! connection). The [registry](registry) of live connections is a slab behind
+//! connection). The registry of live connections (`registry.rs`) is a slab behind
 //! a `parking_lot` mutex.
 //!
 //! # Closing
