@@ -334,3 +334,82 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::registry::Registry;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    /// A registered connection and the client end of its socket.
+    fn pair() -> (Arc<Conn>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let registry = Registry::default();
+        let conn = registry
+            .insert(1, |id| Conn::new(id, server_side, peer, 0))
+            .unwrap();
+        (conn, client)
+    }
+
+    const CLOSE: &[u8] = b"close-1001";
+
+    #[test]
+    fn a_drain_of_an_idle_connection_writes_the_close_at_once() {
+        let (conn, mut client) = pair();
+        assert_eq!(conn.drain(CloseRequest::Shutdown, CLOSE), Drain::Sent);
+        let mut got = [0u8; CLOSE.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, CLOSE);
+        assert_eq!(conn.close_sent(), Some(CLOSE.len()));
+        assert_eq!(conn.pending_close(), None, "nothing left for the worker");
+        assert_eq!(conn.state(), "draining");
+        // The worker's own CLOSE (in `finish`) is not written a second time.
+        conn.write_close(b"another").unwrap();
+        assert_eq!(conn.close_sent(), Some(CLOSE.len()));
+        assert_eq!(
+            conn.drain(CloseRequest::MaxAge, CLOSE),
+            Drain::AlreadyClosing
+        );
+    }
+
+    #[test]
+    fn a_drain_while_the_worker_writes_is_left_to_the_worker() {
+        let (conn, mut client) = pair();
+        let writing = conn.write_lock.lock();
+        assert_eq!(conn.drain(CloseRequest::MaxAge, CLOSE), Drain::Deferred);
+        drop(writing);
+        // What the worker does after each write.
+        assert_eq!(conn.pending_close(), Some(CloseRequest::MaxAge));
+        conn.write_all(b"answer").unwrap();
+        conn.write_close(CLOSE).unwrap();
+        assert_eq!(conn.pending_close(), None);
+        let mut got = [0u8; 6 + CLOSE.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..6], b"answer");
+        assert_eq!(&got[6..], CLOSE);
+    }
+
+    #[test]
+    fn a_drain_of_a_peer_that_stopped_reading_closes_at_once() {
+        let (conn, _client) = pair();
+        // Fill the send buffer and the client's receive buffer.
+        let chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < 64 << 20 {
+            match sys::send_nonblocking(&conn.stream, &chunk) {
+                Ok(n) if n > 0 => sent += n,
+                _ => break,
+            }
+        }
+        assert!(sent < 64 << 20, "the send buffer never filled");
+        assert_eq!(conn.drain(CloseRequest::Shutdown, CLOSE), Drain::Closing);
+        assert_eq!(conn.close_sent(), None);
+        // The worker was woken: its read sees end of stream.
+        let mut buf = [0u8; 16];
+        assert_eq!((&conn.stream).read(&mut buf).unwrap(), 0);
+    }
+}
