@@ -6,7 +6,7 @@ mod util;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use util::{PATIENCE, ServerProcess, config, ms, start};
 use wheel_server::Config;
@@ -33,6 +33,22 @@ fn connected_to(event: &Event) -> Option<SocketAddr> {
     match event {
         Event::Connected { addr, .. } => Some(*addr),
         _ => None,
+    }
+}
+
+/// Why the connection ended, from the next `Dead` event.
+fn dead_reason(client: &Client) -> DeadReason {
+    match until(client, |e| matches!(e, Event::Dead { .. })).0 {
+        Event::Dead { reason } => reason,
+        _ => unreachable!(),
+    }
+}
+
+/// The attempt and delay of the next `Reconnecting` event.
+fn reconnecting(client: &Client) -> (u32, Duration) {
+    match until(client, |e| matches!(e, Event::Reconnecting { .. })).0 {
+        Event::Reconnecting { attempt, delay } => (attempt, delay),
+        _ => unreachable!(),
     }
 }
 
@@ -82,15 +98,10 @@ fn a_killed_server_is_noticed_at_once_and_a_restarted_one_reconnected() {
     let killed = Instant::now();
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
+    let dead = dead_reason(&client);
     let noticed = killed.elapsed();
     assert!(
-        matches!(
-            dead,
-            Event::Dead {
-                reason: DeadReason::Eof | DeadReason::Reset
-            }
-        ),
+        matches!(dead, DeadReason::Eof | DeadReason::Reset),
         "{dead:?}"
     );
     // A read sees the kernel's FIN/RST: no heartbeat round is needed.
@@ -100,10 +111,7 @@ fn a_killed_server_is_noticed_at_once_and_a_restarted_one_reconnected() {
     // window, never above the max.
     let backoff = fast(addr).backoff;
     for _ in 0..4 {
-        let (event, _) = until(&client, |e| matches!(e, Event::Reconnecting { .. }));
-        let Event::Reconnecting { attempt, delay } = event else {
-            unreachable!()
-        };
+        let (attempt, delay) = reconnecting(&client);
         // Attempt `a` follows retry `a - 1` (the first attempt was 1).
         assert!(
             delay <= backoff.cap(attempt - 1),
@@ -205,20 +213,12 @@ fn a_full_server_is_not_hammered() {
     let config = fast(server.local_addr());
     let client = Client::start(config.clone()).unwrap();
     for _ in 0..3 {
-        let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
+        let dead = dead_reason(&client);
         assert!(
-            matches!(
-                dead,
-                Event::Dead {
-                    reason: DeadReason::Close { code: 1013, .. }
-                }
-            ),
+            matches!(dead, DeadReason::Close { code: 1013, .. }),
             "{dead:?}"
         );
-        let (event, _) = until(&client, |e| matches!(e, Event::Reconnecting { .. }));
-        let Event::Reconnecting { attempt, delay } = event else {
-            unreachable!()
-        };
+        let (attempt, delay) = reconnecting(&client);
         let cap = config.backoff.cap(attempt - 1);
         assert!(
             delay >= cap / 2 && delay <= cap,
@@ -241,14 +241,11 @@ fn server_close_ends_the_connection_with_its_code() {
         ..fast(server.local_addr())
     })
     .unwrap();
-    let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
     assert_eq!(
-        dead,
-        Event::Dead {
-            reason: DeadReason::Close {
-                code: 4000,
-                reason: "idle timeout".into()
-            }
+        dead_reason(&client),
+        DeadReason::Close {
+            code: 4000,
+            reason: "idle timeout".into()
         }
     );
 }
@@ -386,20 +383,12 @@ fn going_away_reconnects_promptly_to_the_next_address() {
     // Connected but perhaps not yet accepted: shutdown admits the accept
     // queue too, so the connection is drained either way.
     first.shutdown();
-    let (dead, _) = until(&client, |e| matches!(e, Event::Dead { .. }));
+    let dead = dead_reason(&client);
     assert!(
-        matches!(
-            dead,
-            Event::Dead {
-                reason: DeadReason::Close { code: 1001, .. }
-            }
-        ),
+        matches!(dead, DeadReason::Close { code: 1001, .. }),
         "{dead:?}"
     );
-    let (event, _) = until(&client, |e| matches!(e, Event::Reconnecting { .. }));
-    let Event::Reconnecting { attempt, delay } = event else {
-        unreachable!()
-    };
+    let (attempt, delay) = reconnecting(&client);
     // A fresh start, and at most a quarter of the initial backoff.
     assert_eq!(attempt, 1);
     assert!(delay <= ms(100), "{delay:?}");

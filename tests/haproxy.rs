@@ -202,6 +202,16 @@ struct Member {
     connects: Vec<Instant>,
 }
 
+impl Member {
+    /// When its connection first ended at or after `since`.
+    fn death_after(&self, since: Instant) -> Option<Instant> {
+        self.deaths
+            .iter()
+            .map(|&(at, _)| at)
+            .find(|&at| at >= since)
+    }
+}
+
 /// The 300 clients, driven from one thread: every round sends what is due
 /// and collects every event.
 struct Fleet {
@@ -316,21 +326,23 @@ impl Fleet {
             .collect()
     }
 
-    /// Whether each of `who` is connected again after its death since
-    /// `since`; the slowest time from `since` to that reconnection.
-    fn back(&self, who: &[usize], since: Instant) -> Option<Duration> {
+    /// For each of `who`, the time from `since` to its reconnection after
+    /// its first death since then; `None` until every one is connected
+    /// again.
+    fn back(&self, who: &[usize], since: Instant) -> Option<Vec<Duration>> {
         who.iter()
             .map(|&i| {
                 let m = &self.members[i];
-                let died = m.deaths.iter().find(|(at, _)| *at >= since)?.0;
+                let died = m.death_after(since)?;
                 let again = m.connects.iter().find(|&&at| at >= died)?;
                 m.local.map(|_| *again - since)
             })
-            .try_fold(Duration::ZERO, |slowest, t| t.map(|t| slowest.max(t)))
+            .collect()
     }
 }
 
-fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
@@ -411,23 +423,22 @@ fn three_instances_behind_haproxy_with_drain_failover_and_rebalancing() {
     let terminated = Instant::now();
     instances[0].process.signal(libc::SIGTERM);
     let mut victims = Vec::new();
+    let mut back = None;
     let moved = fleet.run_until(PATIENCE, |fleet| {
         victims = fleet.died_after(terminated, is_shutdown);
-        !victims.is_empty() && fleet.back(&victims, terminated).is_some()
+        back = fleet.back(&victims, terminated);
+        !victims.is_empty() && back.is_some()
     });
     assert!(
         moved,
         "the terminated instance's clients did not all come back"
     );
-    let back: Vec<Duration> = victims
-        .iter()
-        .map(|&i| fleet.back(&[i], terminated).unwrap())
-        .collect();
+    let back = back.unwrap();
     let slowest = *back.iter().max().unwrap();
     eprintln!(
         "haproxy: SIGTERM: {} clients reconnected elsewhere, p50 {:?}, max {slowest:?} after the signal",
         victims.len(),
-        percentile(back.clone(), 0.5)
+        percentile(&back, 0.5)
     );
     assert!(slowest < ms(2000), "slowest reconnection {slowest:?}");
     let status = instances[0]
@@ -462,7 +473,11 @@ fn three_instances_behind_haproxy_with_drain_failover_and_rebalancing() {
         })
         .collect();
     assert!(!lost.is_empty(), "no client on the instance to kill");
-    let back_again = fleet.run_until(PATIENCE, |fleet| fleet.back(&lost, killed).is_some());
+    let mut back = None;
+    let back_again = fleet.run_until(PATIENCE, |fleet| {
+        back = fleet.back(&lost, killed);
+        back.is_some()
+    });
     assert!(
         back_again,
         "the {} clients of the killed instance did not all notice and come back",
@@ -473,22 +488,16 @@ fn three_instances_behind_haproxy_with_drain_failover_and_rebalancing() {
     let noticed = fleet.died_after(killed, |r| !matches!(r, DeadReason::Close { .. }));
     let detected: Vec<Duration> = lost
         .iter()
-        .map(|&i| {
-            let m = &fleet.members[i];
-            m.deaths.iter().find(|(at, _)| *at >= killed).unwrap().0 - killed
-        })
+        .map(|&i| fleet.members[i].death_after(killed).unwrap() - killed)
         .collect();
-    let back: Vec<Duration> = lost
-        .iter()
-        .map(|&i| fleet.back(&[i], killed).unwrap())
-        .collect();
+    let back = back.unwrap();
     let slowest = *back.iter().max().unwrap();
     eprintln!(
         "haproxy: SIGKILL: {} clients noticed within {:?} (p50 {:?}) and reconnected within {slowest:?} (p50 {:?})",
         lost.len(),
         detected.iter().max().unwrap(),
-        percentile(detected.clone(), 0.5),
-        percentile(back.clone(), 0.5)
+        percentile(&detected, 0.5),
+        percentile(&back, 0.5)
     );
     assert!(slowest < ms(3000), "slowest reconnection {slowest:?}");
 

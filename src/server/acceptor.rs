@@ -118,12 +118,8 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
-        shared
-            .metrics
-            .rejected
-            .get_or_create(&[("reason", "server_full")])
-            .inc();
-        reject(shared, &stream.expect("not taken when full"), "server full");
+        let stream = stream.expect("not taken when full");
+        reject(shared, &stream, "server_full", "server full");
         return false;
     };
     let id = conn.id;
@@ -133,21 +129,22 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
     let _ = shared.events.send(Event::Register { id, activity: tick });
     if let Err(e) = worker::spawn(shared, Arc::clone(&conn)) {
         warn!(%peer, "rejected: cannot start a worker thread: {e}");
-        shared
-            .metrics
-            .rejected
-            .get_or_create(&[("reason", "no_thread")])
-            .inc();
         shared.registry.remove(id);
         let _ = shared.events.send(Event::Deregister(id));
-        reject(shared, &conn.stream, "server out of threads");
+        reject(shared, &conn.stream, "no_thread", "server out of threads");
     }
     true
 }
 
-/// Tells a connection the server cannot take it (CLOSE 1013) and closes it,
-/// without ever blocking the accept thread.
-fn reject(shared: &Shared, stream: &TcpStream, reason: &str) {
+/// Tells a connection the server cannot take it (CLOSE 1013 with `reason`)
+/// and closes it, without ever blocking the accept thread; counts it under
+/// `label` (one of `metrics::REJECT_REASONS`).
+fn reject(shared: &Shared, stream: &TcpStream, label: &'static str, reason: &str) {
+    shared
+        .metrics
+        .rejected
+        .get_or_create(&[("reason", label)])
+        .inc();
     let mut close = Vec::new();
     let msg = Message::Close {
         code: code::TRY_AGAIN_LATER,

@@ -372,7 +372,7 @@ impl Timer {
         let Some(conn) = self.shared.registry.get(id) else {
             return;
         };
-        let draining = match conn.close_requested() {
+        let mut draining = match conn.close_requested() {
             Some(request) if request.drains() => true,
             _ if conn.is_closing() => return,
             _ => false,
@@ -408,14 +408,14 @@ impl Timer {
                 .get_or_create(&[("reason", "max_age")])
                 .inc();
             tracked.age = age.grace_ticks.map(|grace| AgeStage::Force(now + grace));
+            draining = true;
         }
         if stamp != tracked.armed_stamp {
             self.shared.metrics.activity_rearms.inc();
             tracked.armed_stamp = stamp;
         }
-        // Draining now, or since before: no PINGs after a CLOSE (only
+        // Draining (since before, or from now): no PINGs after a CLOSE (only
         // answers may follow it), and only the idle and grace deadlines.
-        let draining = conn.is_closing();
         let mut retry_next_tick = false;
         if !draining
             && self
