@@ -5,7 +5,7 @@
 //!   very types the server uses ([`wheel_server::activity`]), with a timer
 //!   thread publishing the clock every 100 ms as the server's does.
 //! * `stamp_and_traffic` adds what the metrics cost: the per-connection
-//!   traffic counters ([`wheel_server::activity::Traffic`]) updated as the
+//!   traffic counters ([`wheel_server::traffic::Traffic`]) updated as the
 //!   worker does, in the worst case of one message per read.
 //! * `channel_per_frame` is the naive design: one `crossbeam-channel` send
 //!   per frame to a timer thread that reschedules the connection's timer in
@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use wheel_server::activity::{Clock, Kind, Stamp, Tally, Traffic};
+use wheel_server::activity::{Clock, Stamp};
+use wheel_server::traffic::{Kind, Tally, Traffic};
 use wheel_server::wheel::Wheel;
 
 const THREADS: [usize; 3] = [1, 2, 8];

@@ -39,7 +39,7 @@ struct Args {
     addrs: Vec<SocketAddr>,
 
     /// Wire protocol, as the server speaks it.
-    #[arg(long, value_enum, default_value_t = Protocol::Frame)]
+    #[arg(long, default_value = "frame")]
     protocol: Protocol,
 
     /// Send PING after this long without hearing from the server.
@@ -155,7 +155,9 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             recv(line_rx) -> line => match line {
                 Ok(line) => {
-                    client.send(&line);
+                    if let Err(e) = client.send(&line) {
+                        eprintln!("heartbeat-client: line not sent: {e}");
+                    }
                 }
                 // stdin ended: stop sending, keep heartbeating.
                 Err(_) => lines = None,

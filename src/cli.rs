@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{ArgAction, Parser};
 use tracing_subscriber::EnvFilter;
 use wheel_server::protocol::Protocol;
@@ -23,7 +24,7 @@ pub struct Args {
     listen: SocketAddr,
 
     /// Wire protocol: length-prefixed frames, or text lines (for nc).
-    #[arg(long, env = "WHEEL_SERVER_PROTOCOL", value_enum, default_value_t = Protocol::Frame)]
+    #[arg(long, env = "WHEEL_SERVER_PROTOCOL", default_value = "frame", value_parser = protocol_parser())]
     protocol: Protocol,
 
     /// Close connections silent for this long with CLOSE 4000 (0 = off).
@@ -83,6 +84,12 @@ pub struct Args {
     /// Close a connection whose peer does not read for this long while the server writes (0 = off).
     #[arg(long, env = "WHEEL_SERVER_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
+
+    /// Most bytes that may wait to be written to one connection (probes and CLOSEs queued
+    /// while its socket buffer is full); a connection that would need more is closed as a slow
+    /// consumer with CLOSE 4003.
+    #[arg(long, env = "WHEEL_SERVER_MAX_OUTBOX", default_value_t = 1_048_576)]
+    max_outbox: usize,
 
     /// On SIGINT/SIGTERM, send CLOSE 1001 and let connections drain this long (the server keeps
     /// answering until each client hangs up), then force the rest closed.
@@ -145,6 +152,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// Parses `--protocol`, listing the names in `--help`.
+fn protocol_parser() -> impl clap::builder::TypedValueParser<Value = Protocol> {
+    clap::builder::PossibleValuesParser::new(Protocol::ALL.map(Protocol::as_str))
+        .map(|name| name.parse::<Protocol>().expect("one of the listed names"))
+}
+
 /// Zero means "off" for optional durations.
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
@@ -175,6 +188,7 @@ impl Args {
             }),
             user_timeout: self.user_timeout.and_then(nonzero),
             write_timeout: nonzero(self.write_timeout),
+            max_outbox: self.max_outbox,
             shutdown_grace: self.shutdown_grace,
             max_connection_age: nonzero(self.max_connection_age),
             max_connection_age_grace: nonzero(self.max_connection_age_grace),

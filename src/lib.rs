@@ -21,26 +21,31 @@
 //!
 //! # Modules
 //!
-//! * [`server`]: the server, its [`Config`] and close reasons.
+//! * [`server`]: the server, its [`Config`], close reasons, and the
+//!   [`Handler`] API.
 //! * [`protocol`]: the wire format (frames and lines) and close codes.
 //! * [`wheel`]: the hashed timing wheel behind the idle timeout.
 //! * [`time`]: mapping `Instant`s to wheel ticks.
+//! * [`activity`] and [`traffic`]: the per-message liveness stamp and
+//!   counters, public so that the benchmarks measure the server's own code.
+//! * [`client`]: a heartbeat client that detects a dead server and
+//!   reconnects.
 //!
 //! Put your own logic behind the same machinery with a [`Handler`].
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod activity;
 pub mod client;
 mod duration;
-mod handler;
 pub mod protocol;
 pub mod server;
 mod sys;
 pub mod time;
+pub mod traffic;
 pub mod wheel;
 
 pub use duration::parse_duration;
-pub use handler::{Echo, Handler, Session};
-pub use server::{CloseReason, Config, ConnId, Server};
+pub use server::{CloseReason, Config, ConnId, Echo, Handler, Server, Session};
 pub use sys::Keepalive;

@@ -74,7 +74,7 @@ fn connects_echoes_and_reports_heartbeat_rtt() {
     let server = start(config());
     let client = Client::start(fast(server.local_addr())).unwrap();
     assert_eq!(connected_to(&next(&client)), Some(server.local_addr()));
-    client.send(b"hello");
+    client.send(b"hello").unwrap();
     assert_eq!(next(&client), Event::Data(b"hello".to_vec()));
     // Silence: heartbeats go out and come back.
     for expected in 1..=3 {

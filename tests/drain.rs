@@ -223,7 +223,7 @@ fn the_client_drains_on_1001_so_no_data_is_lost() {
             let mut shutdown = None;
             let mut first = Some(first);
             for n in 0..total {
-                client.send(n.to_string().as_bytes());
+                client.send(n.to_string().as_bytes()).unwrap();
                 if n == total / 4 {
                     let server = first.take().unwrap();
                     shutdown = Some(std::thread::spawn(move || server.shutdown()));

@@ -260,7 +260,7 @@ impl Fleet {
         self.just_sent = self.sending && now >= self.next_send;
         if self.just_sent {
             for m in &mut self.members {
-                m.client.send(m.sent.to_string().as_bytes());
+                m.client.send(m.sent.to_string().as_bytes()).unwrap();
                 m.sent += 1;
                 m.echoed.push(0);
             }

@@ -80,11 +80,11 @@ impl Handler for Picky {
     fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
         match payload {
             b"close" => {
-                session.send(b"closing");
+                session.send(b"closing").unwrap();
                 session.close(4100, "asked to");
             }
             b"panic" => panic!("handler panics on purpose (expected in this test)"),
-            _ => session.send(payload),
+            _ => session.send(payload).unwrap(),
         }
     }
 
@@ -173,8 +173,8 @@ fn shutdown_answers_what_was_already_sent_before_closing() {
     let mut c = Client::connect(server.local_addr());
     assert_eq!(c.ping(b"up"), Msg::Pong(b"up".to_vec()));
     let mut wire = Vec::new();
-    wheel_server::protocol::Protocol::Frame.encode(&Message::Data(b"one"), &mut wire);
-    wheel_server::protocol::Protocol::Frame.encode(&Message::Data(b"two"), &mut wire);
+    wheel_server::protocol::Protocol::Frame.encode(&Message::Data(b"one"), &mut wire).unwrap();
+    wheel_server::protocol::Protocol::Frame.encode(&Message::Data(b"two"), &mut wire).unwrap();
     c.send_raw(&wire);
     // Whether the worker reads these before or during the drain, both are
     // answered (before or after the CLOSE).

@@ -41,8 +41,8 @@ fn frames_delivered_one_byte_at_a_time() {
     let server = server();
     let mut c = Client::connect(server.local_addr());
     let mut wire = Vec::new();
-    Protocol::Frame.encode(&Message::Data(b"slowly"), &mut wire);
-    Protocol::Frame.encode(&Message::Ping(b"p"), &mut wire);
+    Protocol::Frame.encode(&Message::Data(b"slowly"), &mut wire).unwrap();
+    Protocol::Frame.encode(&Message::Ping(b"p"), &mut wire).unwrap();
     for byte in &wire {
         c.send_raw(std::slice::from_ref(byte));
         // Let each byte arrive in a read of its own.
@@ -58,7 +58,7 @@ fn many_frames_in_one_write_are_answered_in_order() {
     let mut c = Client::connect(server.local_addr());
     let mut wire = Vec::new();
     for i in 0..500u32 {
-        Protocol::Frame.encode(&Message::Data(&i.to_be_bytes()), &mut wire);
+        Protocol::Frame.encode(&Message::Data(&i.to_be_bytes()), &mut wire).unwrap();
     }
     c.send_raw(&wire);
     for i in 0..500u32 {
@@ -131,7 +131,7 @@ fn oversized_frame_is_refused_without_its_body() {
 fn messages_before_an_error_are_answered_first() {
     let server = server();
     let mut wire = Vec::new();
-    Protocol::Frame.encode(&Message::Data(b"first"), &mut wire);
+    Protocol::Frame.encode(&Message::Data(b"first"), &mut wire).unwrap();
     wire.extend_from_slice(&[0, 0, 0, 0]);
     let mut c = Client::connect(server.local_addr());
     c.send_raw(&wire);

@@ -25,8 +25,12 @@
 //!   a jittered delay of at most a quarter of the initial backoff, trying
 //!   the next address first.
 //!
-//! Everything that happens is reported as an [`Event`] on a crossbeam
-//! channel, DATA included.
+//! Everything that happens is reported as an [`Event`] on a bounded
+//! crossbeam channel, DATA included. A client used only for sending need
+//! not read it: when [`event_capacity`](ClientConfig::event_capacity)
+//! events are waiting, the oldest is dropped for each new one and counted
+//! ([`Client::dropped_events`]), so memory stays flat however long the
+//! client runs.
 //!
 //! # Examples
 //!
@@ -37,7 +41,7 @@
 //!
 //! let server = Server::start(Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() })?;
 //! let client = Client::start(ClientConfig::new(server.local_addr()))?;
-//! client.send(b"hello");
+//! client.send(b"hello").unwrap();
 //! let echoed = client.events().iter().find_map(|event| match event {
 //!     Event::Data(payload) => Some(payload),
 //!     _ => None,
@@ -56,12 +60,14 @@ pub use backoff::Backoff;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::protocol::Protocol;
+use crate::protocol::{EncodeError, Message, Protocol};
 use crate::sys::Keepalive;
 
 /// How a [`Client`] connects, heartbeats and reconnects.
@@ -93,6 +99,9 @@ pub struct ClientConfig {
     /// Seed of the jitter's random generator; `None` seeds from the OS.
     /// Set it to make a test's delays reproducible.
     pub seed: Option<u64>,
+    /// Events kept waiting for the application at most; past that the
+    /// oldest is dropped (and counted) for each new one.
+    pub event_capacity: usize,
 }
 
 impl ClientConfig {
@@ -112,6 +121,7 @@ impl ClientConfig {
             keepalive: Some(Keepalive::default()),
             max_frame: 1 << 20,
             seed: None,
+            event_capacity: 1024,
         }
     }
 
@@ -139,6 +149,9 @@ impl ClientConfig {
         }
         if self.max_attempts == Some(0) {
             return invalid("max attempts must be at least 1");
+        }
+        if self.event_capacity == 0 {
+            return invalid("event capacity must be at least 1");
         }
         Ok(())
     }
@@ -242,14 +255,66 @@ pub enum Event {
 
 /// What the application asks of the background thread.
 enum Command {
+    /// An encoded DATA message to send.
     Send(Vec<u8>),
     Close,
+}
+
+/// Why [`Client::send`] did not take a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The client has stopped (closed, or gave up).
+    Stopped,
+    /// The payload cannot be sent in the client's protocol (see
+    /// [`Protocol::encode`]).
+    Encode(EncodeError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Stopped => f.write_str("the client has stopped"),
+            SendError::Encode(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// The sending half of the event queue: drops the oldest event when full.
+pub(crate) struct Events {
+    tx: Sender<Event>,
+    /// A receiver of the same channel, to take the oldest event out.
+    oldest: Receiver<Event>,
+    /// Events dropped so far.
+    dropped: Arc<AtomicU64>,
+}
+
+impl Events {
+    /// Queues `event`, dropping the oldest waiting one if the queue is full.
+    pub(crate) fn emit(&self, mut event: Event) {
+        loop {
+            match self.tx.try_send(event) {
+                Ok(()) => return,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    if self.oldest.try_recv().is_ok() {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    event = back;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
 }
 
 /// A running client. Dropping it closes it as [`close`](Client::close) does.
 pub struct Client {
     commands: Sender<Command>,
     events: Receiver<Event>,
+    dropped: Arc<AtomicU64>,
+    protocol: Protocol,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -264,13 +329,22 @@ impl Client {
     pub fn start(config: ClientConfig) -> io::Result<Client> {
         config.validate()?;
         let (commands, commands_rx) = crossbeam_channel::unbounded();
-        let (events_tx, events) = crossbeam_channel::unbounded();
+        let (events_tx, events) = crossbeam_channel::bounded(config.event_capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let sink = Events {
+            tx: events_tx,
+            oldest: events.clone(),
+            dropped: Arc::clone(&dropped),
+        };
+        let protocol = config.protocol;
         let thread = std::thread::Builder::new()
             .name("wheel-client".into())
-            .spawn(move || session::run(config, commands_rx, events_tx))?;
+            .spawn(move || session::run(config, commands_rx, sink))?;
         Ok(Client {
             commands,
             events,
+            dropped,
+            protocol,
             thread: Some(thread),
         })
     }
@@ -278,13 +352,33 @@ impl Client {
     /// Queues DATA for the server. Sent at once when connected; while the
     /// client is reconnecting, queued and sent after it reconnects. Data
     /// already written into a connection that then dies may be lost (the
-    /// protocol has no acknowledgements). Returns false if the client has
-    /// stopped.
-    pub fn send(&self, payload: &[u8]) -> bool {
-        self.commands.send(Command::Send(payload.to_vec())).is_ok()
+    /// protocol has no acknowledgements).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Stopped`] if the client has stopped;
+    /// [`SendError::Encode`] if the payload cannot be sent in the client's
+    /// protocol (in line mode: a line break, or a payload that would read as
+    /// a command).
+    pub fn send(&self, payload: &[u8]) -> Result<(), SendError> {
+        let mut wire = Vec::new();
+        self.protocol
+            .encode(&Message::Data(payload), &mut wire)
+            .map_err(SendError::Encode)?;
+        self.commands
+            .send(Command::Send(wire))
+            .map_err(|_| SendError::Stopped)
     }
 
-    /// The stream of events. It disconnects when the client stops (after
+    /// How many events were dropped because the application did not take
+    /// them (see [`ClientConfig::event_capacity`]).
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The stream of events, at most
+    /// [`event_capacity`](ClientConfig::event_capacity) waiting (the oldest
+    /// are dropped first). It disconnects when the client stops (after
     /// [`Event::GaveUp`] or [`close`](Client::close)).
     pub fn events(&self) -> &Receiver<Event> {
         &self.events

@@ -2,7 +2,7 @@
 //! one connection's life with its reader thread.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,8 @@ use crossbeam_channel::{Receiver, Sender, select};
 use tracing::debug;
 
 use super::heartbeat::{Action, Heartbeat};
-use super::{ClientConfig, Command, DeadReason, Event};
-use crate::protocol::{Decoder, Message, code};
+use super::{ClientConfig, Command, DeadReason, Event, Events};
+use crate::protocol::{Message, OwnedMessage, Reader, code};
 use crate::sys::{self, SocketOptions};
 
 /// How long a closing client waits for the server's answering CLOSE.
@@ -21,12 +21,13 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// first, and the drop is logged.
 const MAX_QUEUED: usize = 10_000;
 
+/// Messages the reader thread may decode ahead of the connection's thread;
+/// past that it stops reading, and TCP pushes back on the server.
+const INCOMING_CAPACITY: usize = 256;
+
 /// What the reader thread hands over.
 enum Incoming {
-    Data(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(u16, String),
+    Msg(OwnedMessage),
     /// End of stream.
     Eof,
     /// A read error, or bytes that do not decode.
@@ -40,7 +41,7 @@ enum End {
     Closed,
 }
 
-pub(super) fn run(config: ClientConfig, commands: Receiver<Command>, events: Sender<Event>) {
+pub(super) fn run(config: ClientConfig, commands: Receiver<Command>, events: Events) {
     let rng = config
         .seed
         .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
@@ -59,9 +60,9 @@ pub(super) fn run(config: ClientConfig, commands: Receiver<Command>, events: Sen
 struct Manager {
     config: ClientConfig,
     commands: Receiver<Command>,
-    events: Sender<Event>,
+    events: Events,
     rng: fastrand::Rng,
-    /// DATA waiting for a connection.
+    /// Encoded DATA waiting for a connection.
     queue: VecDeque<Vec<u8>>,
     /// Connection attempts since the last healthy connection.
     attempts: u32,
@@ -72,7 +73,7 @@ struct Manager {
 impl Manager {
     fn emit(&self, event: Event) {
         // Nobody listening is fine: the client may be used for sending only.
-        let _ = self.events.send(event);
+        self.events.emit(event);
     }
 
     fn run(&mut self) {
@@ -189,8 +190,8 @@ impl Manager {
             Ok(clone) => clone,
             Err(_) => return End::Dead(DeadReason::Reset),
         };
-        let (incoming_tx, incoming) = crossbeam_channel::unbounded();
-        let decoder = Decoder::new(self.config.protocol, self.config.max_frame);
+        let (incoming_tx, incoming) = crossbeam_channel::bounded(INCOMING_CAPACITY);
+        let decoder = Reader::new(self.config.protocol, self.config.max_frame);
         let reader = std::thread::Builder::new()
             .name("wheel-client-reader".into())
             .spawn(move || read_loop(reader, decoder, incoming_tx));
@@ -212,21 +213,23 @@ impl Manager {
             while let Ok(msg) = incoming.recv_deadline(until) {
                 if matches!(
                     msg,
-                    Incoming::Close(..) | Incoming::Eof | Incoming::Broken(_)
+                    Incoming::Msg(OwnedMessage::Close(..)) | Incoming::Eof | Incoming::Broken(_)
                 ) {
                     break;
                 }
             }
         }
-        // Wakes the reader thread, which then ends.
+        // Wakes the reader thread, which then ends; dropping the channel
+        // frees it if it waits for room there.
         let _ = conn.stream.shutdown(Shutdown::Both);
+        drop(incoming);
         let _ = reader.join();
         end
     }
 
     fn converse(&mut self, conn: &mut Conn, incoming: &Receiver<Incoming>) -> End {
-        while let Some(payload) = self.queue.pop_front() {
-            conn.send(Message::Data(&payload));
+        while let Some(wire) = self.queue.pop_front() {
+            conn.send_wire(&wire);
         }
         let mut heartbeat = Heartbeat::new(
             self.config.heartbeat_interval,
@@ -251,15 +254,15 @@ impl Manager {
                     };
                     let now = Instant::now();
                     match msg {
-                        Incoming::Data(payload) => {
+                        Incoming::Msg(OwnedMessage::Data(payload)) => {
                             heartbeat.received(now);
                             self.emit(Event::Data(payload));
                         }
-                        Incoming::Ping(payload) => {
+                        Incoming::Msg(OwnedMessage::Ping(payload)) => {
                             heartbeat.received(now);
                             conn.send(Message::Pong(&payload));
                         }
-                        Incoming::Pong(payload) => {
+                        Incoming::Msg(OwnedMessage::Pong(payload)) => {
                             heartbeat.received(now);
                             let seq = std::str::from_utf8(&payload).ok().and_then(|s| s.parse().ok());
                             if let Some(seq) = seq
@@ -268,10 +271,12 @@ impl Manager {
                                 self.emit(Event::Pong { seq, rtt });
                             }
                         }
-                        Incoming::Close(code::GOING_AWAY, reason) => {
+                        Incoming::Msg(OwnedMessage::Close(code::GOING_AWAY, reason)) => {
                             return self.drain(conn, incoming, reason);
                         }
-                        Incoming::Close(code, reason) => return End::Dead(DeadReason::Close { code, reason }),
+                        Incoming::Msg(OwnedMessage::Close(code, reason)) => {
+                            return End::Dead(DeadReason::Close { code, reason });
+                        }
                         Incoming::Eof => return End::Dead(DeadReason::Eof),
                         Incoming::Broken(error) => {
                             debug!("connection broken: {error}");
@@ -280,7 +285,7 @@ impl Manager {
                     }
                 }
                 recv(self.commands) -> cmd => match cmd {
-                    Ok(Command::Send(payload)) => conn.send(Message::Data(&payload)),
+                    Ok(Command::Send(wire)) => conn.send_wire(&wire),
                     Ok(Command::Close) | Err(_) => return End::Closed,
                 },
                 recv(crossbeam_channel::at(wake)) -> _ => {}
@@ -299,9 +304,10 @@ impl Manager {
         loop {
             select! {
                 recv(incoming) -> msg => match msg {
-                    Ok(Incoming::Data(payload)) => self.emit(Event::Data(payload)),
-                    Ok(Incoming::Ping(_) | Incoming::Pong(_)) => {}
-                    Ok(Incoming::Close(..) | Incoming::Eof | Incoming::Broken(_)) | Err(_) => break,
+                    Ok(Incoming::Msg(OwnedMessage::Data(payload))) => self.emit(Event::Data(payload)),
+                    Ok(Incoming::Msg(OwnedMessage::Ping(_) | OwnedMessage::Pong(_))) => {}
+                    Ok(Incoming::Msg(OwnedMessage::Close(..)) | Incoming::Eof | Incoming::Broken(_))
+                    | Err(_) => break,
                 },
                 recv(self.commands) -> cmd => match cmd {
                     Ok(Command::Send(payload)) => self.enqueue(payload),
@@ -327,58 +333,43 @@ struct Conn {
 }
 
 impl Conn {
-    /// Writes a message. A failed write is only logged: the connection's
-    /// fate is decided by what reads return (and by the heartbeat), because
-    /// a write can fail for a connection that still delivers, and succeed
-    /// into one that is long dead.
+    /// Encodes and writes a control message (PING, PONG, CLOSE) whose
+    /// content the client made or took from a message of the same protocol.
     fn send(&mut self, msg: Message<'_>) {
         let mut wire = Vec::new();
-        self.protocol.encode(&msg, &mut wire);
-        if let Err(e) = self.stream.write_all(&wire) {
+        match self.protocol.encode(&msg, &mut wire) {
+            Ok(()) => self.send_wire(&wire),
+            Err(e) => debug!("not sent: {e}"),
+        }
+    }
+
+    /// Writes an encoded message. A failed write is only logged: the
+    /// connection's fate is decided by what reads return (and by the
+    /// heartbeat), because a write can fail for a connection that still
+    /// delivers, and succeed into one that is long dead.
+    fn send_wire(&mut self, wire: &[u8]) {
+        if let Err(e) = self.stream.write_all(wire) {
             debug!("write failed: {e}");
         }
     }
 }
 
 /// The reader thread: decodes until end of stream or error.
-fn read_loop(mut stream: TcpStream, mut decoder: Decoder, out: Sender<Incoming>) {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
+fn read_loop(mut stream: TcpStream, mut reader: Reader, out: Sender<Incoming>) {
     loop {
-        let mut used = 0;
-        loop {
-            let msg = match decoder.decode(&buf[used..]) {
-                Ok(Some((msg, n))) => {
-                    used += n;
-                    match msg {
-                        Message::Data(p) => Incoming::Data(p.to_vec()),
-                        Message::Ping(p) => Incoming::Ping(p.to_vec()),
-                        Message::Pong(p) => Incoming::Pong(p.to_vec()),
-                        Message::Close { code, reason } => Incoming::Close(code, reason.to_owned()),
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = out.send(Incoming::Broken(format!("server sent invalid data: {e}")));
-                    return;
-                }
-            };
-            if out.send(msg).is_err() {
-                return;
+        let incoming = match reader.read_message(&mut stream) {
+            Ok(Some(msg)) => Incoming::Msg(msg),
+            // A stream ending inside a message ended all the same.
+            Ok(None) => Incoming::Eof,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Incoming::Eof,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Incoming::Broken(format!("server sent invalid data: {e}"))
             }
-        }
-        buf.drain(..used);
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                let _ = out.send(Incoming::Eof);
-                return;
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = out.send(Incoming::Broken(e.to_string()));
-                return;
-            }
+            Err(e) => Incoming::Broken(e.to_string()),
+        };
+        let last = !matches!(incoming, Incoming::Msg(_));
+        if out.send(incoming).is_err() || last {
+            return;
         }
     }
 }

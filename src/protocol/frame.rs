@@ -1,7 +1,7 @@
 //! Frame mode: `u32` big-endian length (type byte + payload), type byte,
 //! payload.
 
-use super::{DecodeError, MAX_PING_PAYLOAD, Message};
+use super::{DecodeError, EncodeError, MAX_PING_PAYLOAD, Message};
 
 /// Bytes of the length field.
 pub const HEADER_LEN: usize = 4;
@@ -71,26 +71,21 @@ pub(super) fn decode(
     Ok(Some((msg, total)))
 }
 
-pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
-    let (kind, parts): (u8, [&[u8]; 2]) = match *msg {
-        Message::Data(p) => (DATA, [p, &[]]),
-        Message::Ping(p) => (PING, [p, &[]]),
-        Message::Pong(p) => (PONG, [p, &[]]),
-        Message::Close { code, reason } => {
-            let len = 3 + reason.len();
-            put_header(out, len, CLOSE);
-            out.extend_from_slice(&code.to_be_bytes());
-            out.extend_from_slice(reason.as_bytes());
-            return;
-        }
+pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let (kind, code, payload) = match *msg {
+        Message::Data(p) => (DATA, None, p),
+        Message::Ping(p) => (PING, None, p),
+        Message::Pong(p) => (PONG, None, p),
+        Message::Close { code, reason } => (CLOSE, Some(code), reason.as_bytes()),
     };
-    put_header(out, 1 + parts[0].len(), kind);
-    out.extend_from_slice(parts[0]);
-}
-
-fn put_header(out: &mut Vec<u8>, len: usize, kind: u8) {
-    let len = u32::try_from(len).expect("frame longer than u32::MAX bytes");
-    out.reserve(HEADER_LEN + len as usize);
+    let body = 1 + code.map_or(0, |_| 2) + payload.len();
+    let len = u32::try_from(body).map_err(|_| EncodeError::TooLong(payload.len()))?;
+    out.reserve(HEADER_LEN + body);
     out.extend_from_slice(&len.to_be_bytes());
     out.push(kind);
+    if let Some(code) = code {
+        out.extend_from_slice(&code.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    Ok(())
 }

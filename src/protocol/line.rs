@@ -2,7 +2,7 @@
 //! stripped). `PING [text]`, `PONG [text]`, `QUIT`, `CLOSE <code> [reason]`;
 //! any other line is data.
 
-use super::{DecodeError, MAX_PING_PAYLOAD, Message, code};
+use super::{DecodeError, EncodeError, MAX_PING_PAYLOAD, Message, code};
 
 /// The reason sent with the CLOSE that a `QUIT` line stands for.
 pub const QUIT_REASON: &str = "quit";
@@ -94,13 +94,29 @@ fn command<'a>(line: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
     }
 }
 
-pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
+/// Appends `msg` as one line, or refuses it (see
+/// [`Protocol::encode`](super::Protocol::encode)): nothing a payload holds
+/// can end its line early or make data read as a command.
+pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let text = match *msg {
+        Message::Data(p) | Message::Ping(p) | Message::Pong(p) => p,
+        Message::Close { reason, .. } => reason.as_bytes(),
+    };
+    if text.contains(&b'\n') {
+        return Err(EncodeError::LineBreak);
+    }
     match *msg {
-        Message::Data(p) => out.extend_from_slice(p),
+        Message::Data(p) => {
+            if !matches!(parse(p), Ok(Message::Data(_))) {
+                return Err(EncodeError::ReadsAsCommand);
+            }
+            out.extend_from_slice(p);
+        }
         Message::Ping(p) => put_command(out, b"PING", p),
         Message::Pong(p) => put_command(out, b"PONG", p),
         Message::Close { code, reason } => {
-            out.extend_from_slice(format!("CLOSE {code}").as_bytes());
+            out.extend_from_slice(b"CLOSE ");
+            out.extend_from_slice(code.to_string().as_bytes());
             if !reason.is_empty() {
                 out.push(b' ');
                 out.extend_from_slice(reason.as_bytes());
@@ -108,6 +124,7 @@ pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
         }
     }
     out.push(b'\n');
+    Ok(())
 }
 
 fn put_command(out: &mut Vec<u8>, word: &[u8], text: &[u8]) {

@@ -26,6 +26,9 @@
 
 pub mod frame;
 pub mod line;
+mod reader;
+
+pub use reader::{OwnedMessage, Reader};
 
 use std::fmt;
 
@@ -47,13 +50,16 @@ pub mod code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The connection was idle for longer than the idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The peer read too slowly: more than the server's per-connection
+    /// outbox (`--max-outbox`) was waiting for it.
+    pub const SLOW_CONSUMER: u16 = 4003;
 }
 
 /// The largest PING payload, in bytes.
 pub const MAX_PING_PAYLOAD: usize = 125;
 
 /// Which codec a connection speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Protocol {
     /// Binary frames: `u32` big-endian length, a type byte, the payload.
     #[default]
@@ -64,12 +70,24 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// Appends the encoding of `msg` to `out`.
+    /// Every protocol, in the order of [`as_str`](Protocol::as_str) names
+    /// shown on the command line.
+    pub const ALL: [Protocol; 2] = [Protocol::Frame, Protocol::Line];
+
+    /// Appends the encoding of `msg` to `out`, or leaves `out` untouched and
+    /// says why `msg` cannot be sent in this protocol.
     ///
-    /// # Panics
+    /// A message is refused rather than sent in a form the peer would read
+    /// differently: in line mode a payload containing `\n` (it would end the
+    /// line and start another, so a handler's data could inject commands), a
+    /// DATA payload that would read as a command (`PING ...`, `QUIT` ...),
+    /// and in frame mode a payload whose length does not fit the length
+    /// field.
     ///
-    /// In frame mode, if the payload is longer than `u32::MAX - 1` bytes.
-    pub fn encode(self, msg: &Message<'_>, out: &mut Vec<u8>) {
+    /// # Errors
+    ///
+    /// An [`EncodeError`] naming the problem.
+    pub fn encode(self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
             Protocol::Frame => frame::encode(msg, out),
             Protocol::Line => line::encode(msg, out),
@@ -90,6 +108,46 @@ impl fmt::Display for Protocol {
         f.write_str(self.as_str())
     }
 }
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    /// `frame` or `line`.
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown protocol {s:?}: expected frame or line"))
+    }
+}
+
+/// Why a message cannot be encoded in a protocol (see [`Protocol::encode`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// Line mode: the payload or reason contains `\n`, which would end the
+    /// line early and make the rest a line of its own.
+    LineBreak,
+    /// Line mode: the DATA payload would be read as a command (`PING`,
+    /// `PONG`, `QUIT` or a well-formed `CLOSE`), not as data.
+    ReadsAsCommand,
+    /// Frame mode: the payload does not fit a frame's `u32` length field.
+    TooLong(usize),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::LineBreak => f.write_str("line mode cannot carry a line break in a message"),
+            EncodeError::ReadsAsCommand => {
+                f.write_str("line mode DATA would read as a command (PING, PONG, QUIT or CLOSE)")
+            }
+            EncodeError::TooLong(n) => write!(f, "payload of {n} bytes does not fit a frame"),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
 
 /// One protocol message, borrowing its payload from the receive buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

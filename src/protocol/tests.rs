@@ -83,7 +83,7 @@ fn frame_round_trip() {
     ];
     let mut wire = Vec::new();
     for m in &msgs {
-        Protocol::Frame.encode(m, &mut wire);
+        Protocol::Frame.encode(m, &mut wire).unwrap();
     }
     let got = decode_in_chunks(Protocol::Frame, 1024, &wire, &[]);
     assert_eq!(got, msgs.iter().map(own).collect::<Vec<_>>());
@@ -92,7 +92,7 @@ fn frame_round_trip() {
 #[test]
 fn frame_layout_matches_the_spec() {
     let mut wire = Vec::new();
-    Protocol::Frame.encode(&Message::Ping(b"ab"), &mut wire);
+    Protocol::Frame.encode(&Message::Ping(b"ab"), &mut wire).unwrap();
     assert_eq!(wire, [0, 0, 0, 3, 0x02, b'a', b'b']);
     wire.clear();
     Protocol::Frame.encode(
@@ -101,7 +101,7 @@ fn frame_layout_matches_the_spec() {
             reason: "x",
         },
         &mut wire,
-    );
+    ).unwrap();
     assert_eq!(wire, [0, 0, 0, 4, 0x04, 0x03, 0xe8, b'x']);
 }
 
@@ -180,16 +180,16 @@ fn line_commands() {
 #[test]
 fn line_encoding() {
     let mut out = Vec::new();
-    Protocol::Line.encode(&Message::Pong(b""), &mut out);
-    Protocol::Line.encode(&Message::Pong(b"abc"), &mut out);
+    Protocol::Line.encode(&Message::Pong(b""), &mut out).unwrap();
+    Protocol::Line.encode(&Message::Pong(b"abc"), &mut out).unwrap();
     Protocol::Line.encode(
         &Message::Close {
             code: 1000,
             reason: "bye",
         },
         &mut out,
-    );
-    Protocol::Line.encode(&Message::Data(b"echo"), &mut out);
+    ).unwrap();
+    Protocol::Line.encode(&Message::Data(b"echo"), &mut out).unwrap();
     assert_eq!(out, b"PONG\nPONG abc\nCLOSE 1000 bye\necho\n");
 }
 
@@ -222,7 +222,7 @@ fn encode_owned(protocol: Protocol, (kind, payload, code): &(u8, Vec<u8>, u16), 
             reason: std::str::from_utf8(payload).unwrap(),
         },
     };
-    protocol.encode(&msg, out);
+    protocol.encode(&msg, out).unwrap();
 }
 
 proptest! {

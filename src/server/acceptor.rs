@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::Shared;
 use super::conn::Conn;
+use super::shared::Shared;
 use super::timer::Event;
 use super::worker;
 use crate::protocol::{Message, code};
@@ -112,9 +112,11 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
         return true;
     }
     let tick = shared.clock.now();
+    let config = &shared.config;
     let mut stream = Some(stream);
-    let conn = shared.registry.insert(shared.config.max_connections, |id| {
-        Conn::new(id, stream.take().expect("called once"), peer, tick)
+    let conn = shared.registry.insert(config.max_connections, |id| {
+        let stream = stream.take().expect("called once");
+        Conn::new(id, stream, peer, config.protocol, tick, config.max_outbox)
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
@@ -129,9 +131,9 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
     let _ = shared.events.send(Event::Register { id, activity: tick });
     if let Err(e) = worker::spawn(shared, Arc::clone(&conn)) {
         warn!(%peer, "rejected: cannot start a worker thread: {e}");
-        shared.registry.remove(id);
+        shared.registry.remove(id, Default::default());
         let _ = shared.events.send(Event::Deregister(id));
-        reject(shared, &conn.stream, "no_thread", "server out of threads");
+        reject(shared, conn.stream(), "no_thread", "server out of threads");
     }
     true
 }
@@ -150,7 +152,9 @@ fn reject(shared: &Shared, stream: &TcpStream, label: &'static str, reason: &str
         code: code::TRY_AGAIN_LATER,
         reason,
     };
-    shared.config.protocol.encode(&msg, &mut close);
+    if shared.config.protocol.encode(&msg, &mut close).is_err() {
+        return;
+    }
     if stream.set_nonblocking(true).is_err() {
         return;
     }

@@ -28,6 +28,97 @@ impl TcpTimeout {
     }
 }
 
+/// A close asked for by a thread other than the connection's worker.
+///
+/// Two kinds exist. An *immediate* one (idle timeout, stalled writes, slow
+/// consumer) wakes the worker with `shutdown(SHUT_RD)`: it answers what it
+/// has already read, writes the CLOSE and hangs up. A *draining* one
+/// (shutdown, maximum age) queues CLOSE 1001 on the outbound path at once
+/// and leaves the worker serving until the client hangs up, or until the
+/// drain is forced after a grace period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseRequest {
+    /// No complete message within the idle timeout.
+    IdleTimeout,
+    /// Queued output made no progress within the write timeout.
+    WriteStalled,
+    /// The outbox would have exceeded its bound.
+    SlowConsumer,
+    /// Draining: the server is shutting down.
+    Shutdown,
+    /// Draining: the connection reached its maximum age.
+    MaxAge,
+}
+
+impl CloseRequest {
+    /// The reason the connection closes with.
+    pub(crate) fn reason(self) -> CloseReason {
+        match self {
+            CloseRequest::IdleTimeout => CloseReason::IdleTimeout,
+            CloseRequest::WriteStalled => CloseReason::WriteTimeout,
+            CloseRequest::SlowConsumer => CloseReason::SlowConsumer,
+            CloseRequest::Shutdown => CloseReason::Shutdown,
+            CloseRequest::MaxAge => CloseReason::MaxAge,
+        }
+    }
+
+    /// Whether this request drains (CLOSE first, hang up later) rather than
+    /// closes at once.
+    pub(crate) fn drains(self) -> bool {
+        matches!(self, CloseRequest::Shutdown | CloseRequest::MaxAge)
+    }
+}
+
+/// Where a connection is on its way out. Kept with the outbound path's
+/// queue, under its lock, since what may still be sent depends on it.
+///
+/// ```text
+///            drain (shutdown, max age)            worker ends
+///   Open ------------------------------> Requested(drains) ----+
+///     |                                                      |
+///     | idle timeout, write stalled, slow consumer           v
+///     +-------------------------------> Requested(at once) -> Finishing
+///     |                                                      ^
+///     +------------------------------------------------------+
+///                 worker ends on its own (EOF, CLOSE, error)
+/// ```
+///
+/// The first request wins; later ones are refused. Only [`Open`] accepts
+/// probes and pushes; a draining connection still carries its worker's
+/// answers after the CLOSE 1001.
+///
+/// [`Open`]: CloseState::Open
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseState {
+    /// Serving.
+    Open,
+    /// Another thread asked for a close.
+    Requested(CloseRequest),
+    /// The worker is closing for its own reason: nobody else needs to act,
+    /// and an idle timer that fires now does not count as an idle timeout.
+    Finishing,
+}
+
+impl CloseState {
+    /// The request another thread made, if any.
+    pub(crate) fn request(self) -> Option<CloseRequest> {
+        match self {
+            CloseState::Requested(request) => Some(request),
+            _ => None,
+        }
+    }
+
+    /// `open`, `draining` (CLOSE 1001 sent, still answering) or `closing`,
+    /// for `/connections`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CloseState::Open => "open",
+            CloseState::Requested(request) if request.drains() => "draining",
+            _ => "closing",
+        }
+    }
+}
+
 /// Why a connection was closed: logged with every close, and what the server
 /// sends as its CLOSE message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,9 +137,13 @@ pub enum CloseReason {
     /// `TCP_USER_TIMEOUT`. Both count as `tcp_timeout`; the kind says which
     /// mechanism was armed.
     TcpTimeout(TcpTimeout),
-    /// The peer stopped reading: a write could not complete within the write
-    /// timeout (or a server PING found the send buffer full).
+    /// The peer stopped reading: a write made no progress within the write
+    /// timeout.
     WriteTimeout,
+    /// The peer read too slowly: queueing a message for it would have
+    /// taken its outbox past `--max-outbox`. CLOSE 4003 after the message
+    /// being written, if any; what was queued behind it is dropped.
+    SlowConsumer,
     /// Malformed or oversized input: CLOSE 1002 or 1009.
     Protocol(DecodeError),
     /// PINGs arrived too often: CLOSE 1008.
@@ -77,6 +172,27 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every [`label`](CloseReason::label), in the order metrics list them
+    /// (each is reported from the start, at 0).
+    pub const LABELS: [&'static str; 16] = [
+        "peer_closed",
+        "peer_close_frame",
+        "reset",
+        "idle_timeout",
+        "tcp_timeout",
+        "write_timeout",
+        "slow_consumer",
+        "protocol_error",
+        "too_big",
+        "ping_policy",
+        "shutdown",
+        "max_age",
+        "application",
+        "handler_panic",
+        "io_error",
+        "bad_proxy_header",
+    ];
+
     /// A short stable name, for logs and metric labels.
     pub fn label(&self) -> &'static str {
         match self {
@@ -86,6 +202,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::TcpTimeout(_) => "tcp_timeout",
             CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Protocol(e) if e.is_too_big() => "too_big",
             CloseReason::Protocol(_) => "protocol_error",
             CloseReason::PingPolicy => "ping_policy",
@@ -104,6 +221,7 @@ impl CloseReason {
         Some(match self {
             CloseReason::PeerClose(_) => (code::NORMAL, "bye".into()),
             CloseReason::IdleTimeout => (code::IDLE_TIMEOUT, "idle timeout".into()),
+            CloseReason::SlowConsumer => (code::SLOW_CONSUMER, "slow consumer".into()),
             CloseReason::Protocol(e) => (e.close_code(), e.to_string().into()),
             CloseReason::PingPolicy => (code::POLICY_VIOLATION, "too many pings".into()),
             CloseReason::Shutdown => (code::GOING_AWAY, "server shutting down".into()),
@@ -158,6 +276,7 @@ impl fmt::Display for CloseReason {
                 f.write_str("tcp keepalive or user timeout (peer unreachable)")
             }
             CloseReason::WriteTimeout => f.write_str("write timed out (peer not reading)"),
+            CloseReason::SlowConsumer => f.write_str("slow consumer: outbox full"),
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseReason::PingPolicy => f.write_str("too many pings"),
             CloseReason::Shutdown => f.write_str("server shutting down"),
@@ -169,5 +288,86 @@ impl fmt::Display for CloseReason {
             CloseReason::BadProxyHeader(why) => write!(f, "no valid PROXY protocol header: {why}"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::DecodeError;
+
+    /// One value of every variant: a new variant fails to compile here until
+    /// it is added, and then must have its label in [`CloseReason::LABELS`].
+    fn every_reason() -> Vec<CloseReason> {
+        let all = vec![
+            CloseReason::PeerClosed,
+            CloseReason::PeerClose(1000),
+            CloseReason::Reset,
+            CloseReason::IdleTimeout,
+            CloseReason::TcpTimeout(TcpTimeout::Keepalive),
+            CloseReason::WriteTimeout,
+            CloseReason::SlowConsumer,
+            CloseReason::Protocol(DecodeError::EmptyFrame),
+            CloseReason::Protocol(DecodeError::TooBig { len: 2, max: 1 }),
+            CloseReason::PingPolicy,
+            CloseReason::Shutdown,
+            CloseReason::MaxAge,
+            CloseReason::Application {
+                code: 4100,
+                reason: "x".into(),
+            },
+            CloseReason::HandlerPanic,
+            CloseReason::BadProxyHeader("x".into()),
+            CloseReason::Io(io::ErrorKind::Other),
+        ];
+        for reason in &all {
+            // Exhaustive on purpose: no wildcard arm.
+            match reason {
+                CloseReason::PeerClosed
+                | CloseReason::PeerClose(_)
+                | CloseReason::Reset
+                | CloseReason::IdleTimeout
+                | CloseReason::TcpTimeout(_)
+                | CloseReason::WriteTimeout
+                | CloseReason::SlowConsumer
+                | CloseReason::Protocol(_)
+                | CloseReason::PingPolicy
+                | CloseReason::Shutdown
+                | CloseReason::MaxAge
+                | CloseReason::Application { .. }
+                | CloseReason::HandlerPanic
+                | CloseReason::BadProxyHeader(_)
+                | CloseReason::Io(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn the_metric_label_list_is_exactly_the_labels_of_every_reason() {
+        let mut labels: Vec<_> = every_reason().iter().map(CloseReason::label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let mut listed = CloseReason::LABELS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(labels, listed);
+    }
+
+    #[test]
+    fn every_request_maps_to_its_reason_and_drain_kind() {
+        for (request, reason, drains) in [
+            (CloseRequest::IdleTimeout, CloseReason::IdleTimeout, false),
+            (CloseRequest::WriteStalled, CloseReason::WriteTimeout, false),
+            (CloseRequest::SlowConsumer, CloseReason::SlowConsumer, false),
+            (CloseRequest::Shutdown, CloseReason::Shutdown, true),
+            (CloseRequest::MaxAge, CloseReason::MaxAge, true),
+        ] {
+            assert_eq!(request.reason(), reason);
+            assert_eq!(request.drains(), drains);
+            let state = CloseState::Requested(request);
+            assert_eq!(state.label(), if drains { "draining" } else { "closing" });
+        }
+        assert_eq!(CloseState::Open.label(), "open");
+        assert_eq!(CloseState::Finishing.label(), "closing");
     }
 }

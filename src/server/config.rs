@@ -57,9 +57,16 @@ pub struct Config {
     /// `TCP_USER_TIMEOUT`: drop a connection whose sent data stays
     /// unacknowledged this long.
     pub user_timeout: Option<Duration>,
-    /// How long one write may block on a peer that does not read; then the
-    /// connection is closed (reason `write_timeout`). `None`: forever.
+    /// How long a write may make no progress on a peer that does not read
+    /// (the worker's blocking write, or output queued by other threads);
+    /// then the connection is closed (reason `write_timeout`). `None`:
+    /// forever.
     pub write_timeout: Option<Duration>,
+    /// Most bytes that may wait to be written on one connection (probes,
+    /// CLOSEs and pushes queued by threads other than its worker). A message
+    /// that would pass it closes the connection as a slow consumer (CLOSE
+    /// 4003) instead of growing memory.
+    pub max_outbox: usize,
     /// On shutdown, how long connections may drain after CLOSE 1001 (the
     /// server answers until the client hangs up) before they are forced
     /// closed.
@@ -91,6 +98,33 @@ pub struct Config {
     pub proxy_header_timeout: Duration,
 }
 
+/// A setting [`Config::validate`] refused: which one, and why.
+///
+/// [`Server::start`](super::Server::start) returns it inside an
+/// [`io::Error`] of kind [`io::ErrorKind::InvalidInput`]; get it back with
+/// [`io::Error::get_ref`] and `downcast_ref`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The [`Config`] field, e.g. `idle_timeout`.
+    pub setting: &'static str,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid {}: {}", self.setting.replace('_', " "), self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for io::Error {
+    fn from(e: ConfigError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, e)
+    }
+}
+
 /// The smallest worker stack accepted: below this, ordinary library code
 /// (formatting, logging) risks overflowing it.
 pub const MIN_WORKER_STACK: usize = 32 * 1024;
@@ -111,6 +145,7 @@ impl Default for Config {
             keepalive: Some(Keepalive::default()),
             user_timeout: None,
             write_timeout: Some(Duration::from_secs(5)),
+            max_outbox: 1 << 20,
             shutdown_grace: Duration::from_secs(5),
             max_connection_age: None,
             max_connection_age_grace: Some(Duration::from_secs(30)),
@@ -129,59 +164,66 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// An error of kind [`io::ErrorKind::InvalidInput`] naming the first
-    /// offending setting.
-    pub fn validate(&self) -> io::Result<()> {
-        let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    /// A [`ConfigError`] naming the first offending setting and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: String| Err(ConfigError { setting, reason });
         if self.tick.is_zero() {
-            return invalid("tick must be longer than zero".into());
+            return invalid("tick", "must be longer than zero".into());
         }
         if !self.wheel_slots.is_power_of_two() || self.wheel_slots > 1 << 30 {
-            return invalid(format!(
-                "wheel slots must be a power of two up to 2^30, got {}",
-                self.wheel_slots
-            ));
+            return invalid(
+                "wheel_slots",
+                format!("must be a power of two up to 2^30, got {}", self.wheel_slots),
+            );
         }
-        if self.max_frame == 0 || self.max_frame > u32::MAX as usize {
-            return invalid(format!(
-                "max frame must be 1..={}, got {}",
-                u32::MAX,
-                self.max_frame
-            ));
+        if self.max_frame == 0 || self.max_frame > u32::MAX as usize - 1 {
+            return invalid(
+                "max_frame",
+                format!("must be 1..={}, got {}", u32::MAX - 1, self.max_frame),
+            );
+        }
+        if self.max_outbox == 0 {
+            return invalid("max_outbox", "must be at least 1 byte".into());
         }
         if self.proxy_header_timeout.is_zero() {
-            return invalid("proxy header timeout must be longer than zero".into());
+            return invalid("proxy_header_timeout", "must be longer than zero".into());
         }
         if self.max_connections == 0 {
-            return invalid("max connections must be at least 1".into());
+            return invalid("max_connections", "must be at least 1".into());
         }
         if self.worker_stack < MIN_WORKER_STACK {
-            return invalid(format!(
-                "worker stack must be at least {MIN_WORKER_STACK} bytes, got {}",
-                self.worker_stack
-            ));
+            return invalid(
+                "worker_stack",
+                format!(
+                    "must be at least {MIN_WORKER_STACK} bytes, got {}",
+                    self.worker_stack
+                ),
+            );
         }
-        for (name, d) in [
-            ("idle timeout", self.idle_timeout),
-            ("probe interval", self.probe_after),
-            ("write timeout", self.write_timeout),
-            ("user timeout", self.user_timeout),
-            ("stats interval", self.stats_interval),
-            ("max connection age", self.max_connection_age),
-            ("max connection age grace", self.max_connection_age_grace),
+        for (setting, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("probe_after", self.probe_after),
+            ("write_timeout", self.write_timeout),
+            ("user_timeout", self.user_timeout),
+            ("stats_interval", self.stats_interval),
+            ("max_connection_age", self.max_connection_age),
+            ("max_connection_age_grace", self.max_connection_age_grace),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
-                return invalid(format!("{name} of zero: use None to turn it off"));
+                return invalid(setting, "of zero: use None to turn it off".into());
             }
         }
         if let Some(k) = self.keepalive {
             let whole_seconds = |d: Duration| d.subsec_nanos() == 0 && d.as_secs() >= 1;
             if !whole_seconds(k.idle) || !whole_seconds(k.interval) || k.count == 0 {
-                return invalid(format!(
-                    "keepalive idle and interval must be whole seconds >= 1s and the count >= 1 \
-                     (the kernel counts in seconds), got {:?}/{:?}/{}",
-                    k.idle, k.interval, k.count
-                ));
+                return invalid(
+                    "keepalive",
+                    format!(
+                        "idle and interval must be whole seconds >= 1s and the count >= 1 \
+                         (the kernel counts in seconds), got {:?}/{:?}/{}",
+                        k.idle, k.interval, k.count
+                    ),
+                );
             }
         }
         Ok(())
@@ -210,6 +252,13 @@ mod tests {
         let cases: Vec<(Config, &str)> = vec![
             (
                 Config {
+                    max_outbox: 0,
+                    ..Config::default()
+                },
+                "max_outbox",
+            ),
+            (
+                Config {
                     tick: Duration::ZERO,
                     ..Config::default()
                 },
@@ -220,28 +269,28 @@ mod tests {
                     wheel_slots: 500,
                     ..Config::default()
                 },
-                "power of two",
+                "wheel_slots",
             ),
             (
                 Config {
                     max_frame: 0,
                     ..Config::default()
                 },
-                "max frame",
+                "max_frame",
             ),
             (
                 Config {
                     worker_stack: 4096,
                     ..Config::default()
                 },
-                "worker stack",
+                "worker_stack",
             ),
             (
                 Config {
                     idle_timeout: Some(Duration::ZERO),
                     ..Config::default()
                 },
-                "idle timeout",
+                "idle_timeout",
             ),
             (
                 Config {
@@ -251,16 +300,20 @@ mod tests {
                     }),
                     ..Config::default()
                 },
-                "whole seconds",
+                "keepalive",
             ),
         ];
-        for (config, needle) in cases {
+        for (config, setting) in cases {
             let err = config.validate().unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(err.setting, setting);
             assert!(
-                err.to_string().contains(needle),
-                "{err} should mention {needle}"
+                err.to_string().starts_with(&format!("invalid {}:", setting.replace('_', " "))),
+                "{err}"
             );
+            let io = io::Error::from(err.clone());
+            assert_eq!(io.kind(), io::ErrorKind::InvalidInput);
+            let inner = io.get_ref().and_then(|e| e.downcast_ref::<ConfigError>());
+            assert_eq!(inner, Some(&err));
         }
     }
 }

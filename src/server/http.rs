@@ -12,7 +12,7 @@ use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 use tracing::debug;
 
-use super::Shared;
+use super::shared::Shared;
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
@@ -133,7 +133,9 @@ fn connections(shared: &Shared, limit: usize) -> String {
             json!({
                 "id": conn.id.to_string(),
                 "peer": conn.peer().to_string(),
-                "state": conn.state(),
+                "state": conn.out.close_state().label(),
+                "protocol": conn.protocol.as_str(),
+                "outbox_bytes": conn.out.queued_bytes(),
                 "age_ms": conn.opened.elapsed().as_millis() as u64,
                 "idle_ms": (idle_ticks as f64 * tick_ms) as u64,
                 "frames_in": received.frames.iter().sum::<u64>(),

@@ -27,50 +27,38 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::registry::{ConnId, Registry as ConnRegistry};
-use crate::activity::{Kind, Tally};
+use super::close::CloseReason;
+use super::registry::Registry as ConnRegistry;
+use crate::traffic::Kind;
 
 /// One label, `name="value"`.
 pub(crate) type Label = [(&'static str, &'static str); 1];
 
-/// Close reasons reported from the start (at 0), so dashboards see them.
-const CLOSE_REASONS: [&str; 15] = [
-    "peer_closed",
-    "peer_close_frame",
-    "reset",
-    "idle_timeout",
-    "tcp_timeout",
-    "write_timeout",
-    "protocol_error",
-    "too_big",
-    "ping_policy",
-    "shutdown",
-    "max_age",
-    "application",
-    "handler_panic",
-    "io_error",
-    "bad_proxy_header",
-];
-
-/// Why an accepted connection was turned away.
 /// Every drain reason, so that each shows up at zero.
 pub(crate) const DRAIN_REASONS: [&str; 2] = ["shutdown", "max_age"];
 
+/// Why an accepted connection was turned away.
 pub(crate) const REJECT_REASONS: [&str; 2] = ["server_full", "no_thread"];
 
 /// Everything the server counts.
 pub(crate) struct Metrics {
+    /// The metrics, for encoding.
     registry: Registry,
     /// Serialises scrapes (they share `live`).
     scrape: Mutex<()>,
+    /// Values computed at scrape time.
     live: Arc<Live>,
-    /// Traffic of connections that have closed, folded in by their workers.
-    closed_traffic: Mutex<(Tally, Tally)>,
+    /// Connections accepted and admitted.
     pub(crate) accepted: Counter,
+    /// Connections turned away, by reason.
     pub(crate) rejected: Family<Label, Counter>,
+    /// Connections closed, by reason.
     pub(crate) closed: Family<Label, Counter>,
+    /// `accept()` failures, by errno.
     pub(crate) accept_errors: Family<Label, Counter>,
+    /// Server PINGs sent (or queued) to silent connections.
     pub(crate) probes_sent: Counter,
+    /// Connections closed by the idle timeout.
     pub(crate) expirations: Counter,
     /// Connections asked to drain (CLOSE 1001), by reason.
     pub(crate) drains: Family<Label, Counter>,
@@ -78,9 +66,13 @@ pub(crate) struct Metrics {
     pub(crate) drains_forced: Counter,
     /// Bytes read after a CLOSE and discarded unanswered.
     pub(crate) discarded_bytes: Counter,
+    /// Register and deregister events the timer thread processed.
     pub(crate) timer_events: Family<Label, Counter>,
+    /// Timers that fired on an active connection and were re-armed.
     pub(crate) activity_rearms: Counter,
+    /// Timers in the wheel.
     pub(crate) timers_armed: Gauge,
+    /// How late each tick ran after its instant.
     pub(crate) tick_lag: Histogram,
     /// Connections closed, all reasons (for the summary log line).
     pub(crate) closed_total: AtomicU64,
@@ -89,6 +81,7 @@ pub(crate) struct Metrics {
 /// Values computed at scrape time, read by [`LiveCollector`].
 #[derive(Debug, Default)]
 struct Live {
+    /// Connections open.
     open: AtomicI64,
     /// `[frames in, bytes in, frames out, bytes out]` by [`Kind`].
     traffic: [[AtomicU64; 4]; 4],
@@ -155,7 +148,6 @@ impl Metrics {
             registry: Registry::default(),
             live: Arc::clone(&live),
             scrape: Mutex::new(()),
-            closed_traffic: Mutex::new((Tally::default(), Tally::default())),
             accepted: Counter::default(),
             rejected: Family::default(),
             closed: Family::default(),
@@ -172,7 +164,7 @@ impl Metrics {
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             closed_total: AtomicU64::new(0),
         };
-        for reason in CLOSE_REASONS {
+        for reason in CloseReason::LABELS {
             drop(metrics.closed.get_or_create(&[("reason", reason)]));
         }
         for reason in REJECT_REASONS {
@@ -258,44 +250,16 @@ impl Metrics {
         }
     }
 
-    /// Takes a closed connection out of the registry, counting its close
-    /// reason and folding its traffic into the totals. The fold and the
-    /// removal happen under one lock, which scrapes take too, so a scrape
-    /// sees the connection's traffic exactly once and counters never go
-    /// backwards.
-    pub(crate) fn retire(
-        &self,
-        registry: &ConnRegistry,
-        id: ConnId,
-        reason: &'static str,
-        traffic: (Tally, Tally),
-    ) {
+    /// Counts a closed connection under its reason's label.
+    pub(crate) fn count_close(&self, reason: &'static str) {
         self.closed.get_or_create(&[("reason", reason)]).inc();
         self.closed_total.fetch_add(1, Ordering::Relaxed);
-        let mut totals = self.closed_traffic.lock();
-        totals.0.merge(&traffic.0);
-        totals.1.merge(&traffic.1);
-        registry.remove(id);
-    }
-
-    /// Traffic of all connections, open and closed: (received, sent).
-    pub(crate) fn traffic(&self, registry: &ConnRegistry) -> (Tally, Tally) {
-        let totals = self.closed_traffic.lock();
-        let conns = registry.snapshot();
-        let (mut received, mut sent) = *totals;
-        drop(totals);
-        for conn in &conns {
-            let (r, s) = conn.traffic.snapshot();
-            received.merge(&r);
-            sent.merge(&s);
-        }
-        (received, sent)
     }
 
     /// The exposition text for `GET /metrics`.
     pub(crate) fn encode(&self, registry: &ConnRegistry) -> String {
         let _one_at_a_time = self.scrape.lock();
-        let (received, sent) = self.traffic(registry);
+        let (received, sent) = registry.traffic();
         self.live
             .open
             .store(registry.len() as i64, Ordering::Relaxed);

@@ -3,98 +3,90 @@
 //! # Threads
 //!
 //! * `wheel-accept` accepts connections, applies socket options, registers
-//!   them and starts a worker for each (see `acceptor.rs`).
+//!   them and starts a worker for each (`acceptor.rs`).
 //! * `conn-<id>`, one per connection, blocks in `read`, decodes and answers
-//!   messages, and stamps activity (see `worker.rs`).
+//!   messages, and stamps activity (`worker.rs`).
 //! * `wheel-timer` owns the hashed timing wheel, publishes the coarse clock,
-//!   and probes or closes idle connections (see `timer.rs`).
+//!   probes, drains or closes idle connections, and flushes output other
+//!   threads left queued (`timer/`).
 //!
 //! Workers and the acceptor reach the timer thread over a `crossbeam-channel`
 //! (register and deregister only; activity goes through an atomic stamp per
-//! connection). The registry of live connections (`registry.rs`) is a slab behind
-//! a `parking_lot` mutex.
+//! connection). The registry of live connections (`registry.rs`) is a slab
+//! behind a `parking_lot` mutex; what the threads share is in `shared.rs`.
+//!
+//! # The outbound path
+//!
+//! Every byte sent on a connection (its worker's answers, the timer's
+//! probes, drain and idle CLOSEs) goes through the connection's one
+//! [`Outbound`](outbound::Outbound) (`outbound.rs`): a byte-bounded queue of
+//! whole encoded messages behind the lock that is the right to write.
+//! Under the lock nothing blocks (`MSG_DONTWAIT`), so no thread but the
+//! worker ever waits on a peer; what the socket does not take waits in the
+//! queue for the next lock holder or the timer's next tick. The worker
+//! alone blocks, outside the lock, when its answers do not fit. A
+//! connection whose queue would pass `max_outbox` is closed as a slow
+//! consumer (CLOSE 4003); one whose queue makes no progress for the write
+//! timeout, as a stalled writer.
 //!
 //! # Closing
 //!
-//! Only a connection's worker drops its socket. The timer thread asks for
-//! an immediate close (idle timeout) by recording a reason and calling
-//! `shutdown(SHUT_RD)`, which wakes the worker's blocked `read` after the
-//! bytes already received; the worker answers them, writes the CLOSE and
-//! hangs up. Shutdown and the maximum connection age *drain* instead: the
-//! asking thread writes CLOSE 1001 (under the connection's write lock, never
-//! blocking) and the worker keeps answering until the client half-closes,
-//! or until a grace period ends and the drain is forced as above. Either
-//! way everything read is answered, and no thread ever closes a descriptor
-//! number that might by then belong to another connection.
+//! The close state lives with the queue (`close.rs` has the diagram):
+//!
+//! ```text
+//! Open --drain (shutdown, max age)--> Requested(drains) --worker ends--> Finishing
+//! Open --idle, stalled, slow--------> Requested(at once) --worker ends--> Finishing
+//! Open --worker ends on its own (EOF, CLOSE, error, handler)-----------> Finishing
+//! ```
+//!
+//! An immediate request records its reason and calls `shutdown(SHUT_RD)`,
+//! which wakes the worker's blocked `read` after the bytes already
+//! received; the worker answers them, writes the CLOSE and hangs up. A
+//! drain queues CLOSE 1001 and leaves the worker answering until the client
+//! half-closes, or until a grace period ends and the drain is forced as
+//! above (`shutdown.rs` for the server's shutdown). Either way everything
+//! read is answered. The socket is owned by its connection and closed when
+//! the last reference goes, never by descriptor number, so no thread can
+//! close a number that by then belongs to another connection.
 
 mod acceptor;
 mod buffer;
 mod close;
 mod config;
 mod conn;
+mod handler;
 mod http;
+mod id;
 mod metrics;
+mod outbound;
 mod ping;
 mod proxy;
 mod registry;
+mod shared;
+mod shutdown;
 mod timer;
 mod worker;
 
 pub use close::{CloseReason, TcpTimeout};
-pub use config::{Config, MIN_WORKER_STACK};
-pub use registry::ConnId;
+pub use config::{Config, ConfigError, MIN_WORKER_STACK};
+pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
+pub use id::ConnId;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use crate::activity::{Clock, Kind};
-use crate::handler::{Echo, Handler};
-use crate::protocol::Message;
+use crate::activity::Clock;
 use crate::sys;
 use crate::time::TimeSource;
-use conn::{CloseRequest, Drain};
+use outbound::Flushes;
 use registry::Registry;
+use shared::{Frames, Shared};
 use timer::Event;
-
-/// After the grace period, how long to wait for force-closed workers (at
-/// each of the two steps).
-const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// State shared by the server's threads.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) registry: Registry,
-    pub(crate) clock: Clock,
-    pub(crate) events: Sender<Event>,
-    pub(crate) handler: Arc<dyn Handler>,
-    /// Set once shutdown has begun.
-    pub(crate) stopping: AtomicBool,
-    pub(crate) listener: TcpListener,
-    /// The encoded server PING, built once.
-    pub(crate) probe: Vec<u8>,
-    pub(crate) metrics: metrics::Metrics,
-}
-
-impl Shared {
-    /// The encoded CLOSE message for `reason`, if it sends one.
-    pub(crate) fn close_frame(&self, reason: &CloseReason) -> Option<Vec<u8>> {
-        let (code, text) = reason.close_message()?;
-        let mut frame = Vec::new();
-        let msg = Message::Close {
-            code,
-            reason: &text,
-        };
-        self.config.protocol.encode(&msg, &mut frame);
-        Some(frame)
-    }
-}
 
 /// A running server. Dropping it shuts it down as [`shutdown`] does.
 ///
@@ -115,7 +107,7 @@ impl Shared {
 ///
 /// let mut client = TcpStream::connect(server.local_addr())?;
 /// let mut wire = Vec::new();
-/// Protocol::Frame.encode(&Message::Ping(b"1"), &mut wire);
+/// Protocol::Frame.encode(&Message::Ping(b"1"), &mut wire).unwrap();
 /// client.write_all(&wire)?;
 ///
 /// let mut answer = [0u8; 6];
@@ -131,9 +123,8 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    acceptor: Option<JoinHandle<()>>,
-    timer: Option<JoinHandle<()>>,
-    endpoint: Option<http::Endpoint>,
+    /// The server's own threads; taken by the first stop.
+    threads: Option<shutdown::Threads>,
 }
 
 impl Server {
@@ -159,8 +150,6 @@ impl Server {
         })?;
         let local_addr = listener.local_addr()?;
         let (events, events_rx) = crossbeam_channel::unbounded();
-        let mut probe = Vec::new();
-        config.protocol.encode(&Message::Ping(b""), &mut probe);
         let source = TimeSource::new(Instant::now(), config.tick);
         let shared = Arc::new(Shared {
             config,
@@ -170,7 +159,8 @@ impl Server {
             handler: Arc::new(handler),
             stopping: AtomicBool::new(false),
             listener,
-            probe,
+            frames: Frames::new(),
+            flushes: Flushes::default(),
             metrics: metrics::Metrics::new(),
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
@@ -213,9 +203,11 @@ impl Server {
         Ok(Server {
             shared,
             local_addr,
-            acceptor: Some(acceptor),
-            timer: Some(timer),
-            endpoint,
+            threads: Some(shutdown::Threads {
+                acceptor,
+                timer,
+                endpoint,
+            }),
         })
     }
 
@@ -232,7 +224,10 @@ impl Server {
 
     /// The address of the metrics endpoint, if one was configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.endpoint.as_ref().map(http::Endpoint::addr)
+        self.threads
+            .as_ref()
+            .and_then(|t| t.endpoint.as_ref())
+            .map(http::Endpoint::addr)
     }
 
     /// The configuration the server runs with.
@@ -251,94 +246,10 @@ impl Server {
     }
 
     fn stop(&mut self) -> bool {
-        let Some(acceptor) = self.acceptor.take() else {
-            return true;
-        };
-        let shared = &self.shared;
-        shared.stopping.store(true, Ordering::Release);
-        let queued = acceptor::admit_queued(shared);
-        if queued > 0 {
-            debug!(
-                queued,
-                "admitted the accept queue before closing the listener"
-            );
+        match self.threads.take() {
+            Some(threads) => shutdown::run(&self.shared, threads),
+            None => true,
         }
-        sys::wake_acceptor(&shared.listener);
-        acceptor.thread().unpark();
-        let _ = acceptor.join();
-
-        let open = shared.registry.snapshot();
-        if !open.is_empty() {
-            info!(
-                connections = open.len(),
-                grace = ?shared.config.shutdown_grace,
-                "shutting down: draining connections"
-            );
-        }
-        let close = shared
-            .close_frame(&CloseReason::Shutdown)
-            .expect("shutdown sends a CLOSE");
-        let drains = shared
-            .metrics
-            .drains
-            .get_or_create(&[("reason", "shutdown")])
-            .clone();
-        for conn in &open {
-            if conn.drain(CloseRequest::Shutdown, &close) != Drain::AlreadyClosing {
-                drains.inc();
-            }
-        }
-        drop(open);
-        let clean = shared
-            .registry
-            .wait_empty(Instant::now() + shared.config.shutdown_grace);
-        if !clean {
-            let stuck = shared.registry.snapshot();
-            warn!(
-                connections = stuck.len(),
-                grace = ?shared.config.shutdown_grace,
-                "connections still draining after the grace period: forcing them closed"
-            );
-            // First as a timeout would: the worker answers what it has read
-            // and hangs up. Then, for workers stuck in a write, both ways.
-            for conn in &stuck {
-                shared.metrics.drains_forced.inc();
-                conn.force();
-            }
-            if !shared
-                .registry
-                .wait_empty(Instant::now() + FORCED_CLOSE_WAIT)
-            {
-                for conn in &stuck {
-                    conn.force_close();
-                }
-                shared
-                    .registry
-                    .wait_empty(Instant::now() + FORCED_CLOSE_WAIT);
-            }
-            drop(stuck);
-        }
-        let _ = shared.events.send(Event::Stop);
-        if let Some(timer) = self.timer.take() {
-            let _ = timer.join();
-        }
-        // Last, so that /healthz answers 503 for the whole drain.
-        if let Some(mut endpoint) = self.endpoint.take() {
-            endpoint.stop();
-        }
-        // The totals that say whether the drain lost anything: with a clean
-        // drain and an answering handler, every DATA read was answered and
-        // nothing was discarded.
-        let (received, sent) = shared.metrics.traffic(&shared.registry);
-        let data = Kind::Data as usize;
-        info!(
-            data_received = received.frames[data],
-            data_sent = sent.frames[data],
-            discarded_bytes = shared.metrics.discarded_bytes.get(),
-            drains_forced = shared.metrics.drains_forced.get(),
-            "shut down"
-        );
-        clean
     }
 }
 
@@ -362,5 +273,50 @@ impl std::fmt::Debug for Server {
             .field("local_addr", &self.local_addr)
             .field("connections", &self.connection_count())
             .finish()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Building blocks for unit tests: a server's shared state without its
+    //! threads, and registered connections with their client ends.
+
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+
+    use super::conn::Conn;
+    use super::*;
+
+    /// Shared state for `config`, and the listener it holds (a clone).
+    pub(crate) fn shared(config: Config) -> (Arc<Shared>, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (events, _) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            config,
+            registry: Registry::default(),
+            clock: Clock::default(),
+            events,
+            handler: Arc::new(Echo),
+            stopping: AtomicBool::new(false),
+            listener: listener.try_clone().unwrap(),
+            frames: Frames::new(),
+            flushes: Flushes::default(),
+            metrics: metrics::Metrics::new(),
+        });
+        (shared, listener)
+    }
+
+    /// A registered connection (no worker) and the client end of its socket.
+    pub(crate) fn pair(shared: &Shared, listener: &TcpListener) -> (Arc<Conn>, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let config = &shared.config;
+        let conn = shared
+            .registry
+            .insert(usize::MAX, |id| {
+                Conn::new(id, server_side, peer, config.protocol, 0, config.max_outbox)
+            })
+            .unwrap();
+        (conn, client)
     }
 }

@@ -1,48 +1,25 @@
 //! The registry of live connections: a slab of [`Conn`]s behind one
 //! `parking_lot` mutex, addressed by generation-tagged [`ConnId`]s.
 //!
-//! It replaces the C design's `std::list` + `unordered_map` under a pthread
-//! mutex. Here the lock is only taken when a connection opens or closes, when
-//! a timer fires, and by shutdown and inspection; the per-frame path never
-//! touches it (activity goes through an atomic, see the
-//! [timer module](super::timer)).
+//! The lock is taken when a connection opens or closes, when a timer fires,
+//! by pushes addressed to a connection, and by shutdown and inspection; the
+//! per-message path never touches it (activity goes through an atomic stamp,
+//! see [`crate::activity`]).
+//!
+//! The registry also keeps the traffic totals of connections that have
+//! closed: a connection's counters are folded in under the same lock that
+//! removes it, and [`Registry::traffic`] sums under that lock too, so a
+//! scrape counts every connection's traffic exactly once and totals never go
+//! backwards.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
 use super::conn::Conn;
-
-/// Identifies one connection for the server's lifetime.
-///
-/// An id is a slot index plus that slot's generation, bumped every time the
-/// slot is freed: an id held after its connection closed never matches the
-/// next connection in the same slot (no ABA).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    generation: u32,
-    index: u32,
-}
-
-impl ConnId {
-    /// The id as one number (generation in the high 32 bits).
-    pub fn as_u64(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.index)
-    }
-
-    /// The slot index: dense, reused after a connection closes.
-    pub(crate) fn index(self) -> usize {
-        self.index as usize
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.index, self.generation)
-    }
-}
+use super::id::ConnId;
+use crate::traffic::Tally;
 
 /// The set of live connections.
 #[derive(Default)]
@@ -59,10 +36,13 @@ struct Slots {
     free: Vec<u32>,
     /// Occupied entries.
     live: usize,
+    /// Traffic of the connections removed so far: (received, sent).
+    retired: (Tally, Tally),
 }
 
 #[derive(Default)]
 struct Slot {
+    /// Bumped each time the slot is freed, so stale ids never match.
     generation: u32,
     conn: Option<Arc<Conn>>,
 }
@@ -89,27 +69,27 @@ impl Registry {
             }
         };
         let slot = &mut slots.entries[index as usize];
-        let id = ConnId {
-            index,
-            generation: slot.generation,
-        };
+        let id = ConnId::new(index, slot.generation);
         let conn = Arc::new(make(id));
         slot.conn = Some(Arc::clone(&conn));
         slots.live += 1;
         Some(conn)
     }
 
-    /// Removes a connection; `None` if `id` is not live.
-    pub(crate) fn remove(&self, id: ConnId) -> Option<Arc<Conn>> {
+    /// Removes a connection, folding its final traffic (received, sent)
+    /// into the totals; `None` if `id` is not live.
+    pub(crate) fn remove(&self, id: ConnId, traffic: (Tally, Tally)) -> Option<Arc<Conn>> {
         let mut slots = self.slots.lock();
         let slot = slots.entries.get_mut(id.index())?;
-        if slot.generation != id.generation {
+        if slot.generation != id.generation() {
             return None;
         }
         let conn = slot.conn.take()?;
         slot.generation = slot.generation.wrapping_add(1);
-        slots.free.push(id.index);
+        slots.free.push(id.index() as u32);
         slots.live -= 1;
+        slots.retired.0.merge(&traffic.0);
+        slots.retired.1.merge(&traffic.1);
         if slots.live == 0 {
             self.emptied.notify_all();
         }
@@ -120,7 +100,7 @@ impl Registry {
     pub(crate) fn get(&self, id: ConnId) -> Option<Arc<Conn>> {
         let slots = self.slots.lock();
         let slot = slots.entries.get(id.index())?;
-        (slot.generation == id.generation)
+        (slot.generation == id.generation())
             .then(|| slot.conn.clone())
             .flatten()
     }
@@ -138,6 +118,18 @@ impl Registry {
             .iter()
             .filter_map(|s| s.conn.clone())
             .collect()
+    }
+
+    /// Traffic of all connections, open and closed: (received, sent).
+    pub(crate) fn traffic(&self) -> (Tally, Tally) {
+        let slots = self.slots.lock();
+        let (mut received, mut sent) = slots.retired;
+        for conn in slots.entries.iter().filter_map(|s| s.conn.as_ref()) {
+            let (r, s) = conn.traffic.snapshot();
+            received.merge(&r);
+            sent.merge(&s);
+        }
+        (received, sent)
     }
 
     /// Waits until no connection is live or `deadline` passes; returns

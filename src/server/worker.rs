@@ -7,9 +7,9 @@
 //! those are still answered before the CLOSE is written.
 //!
 //! A drain (shutdown, maximum age) does not wake the worker: the CLOSE 1001
-//! is written by the thread that asked for it, or by the worker after its
-//! current write, and the worker goes on answering until the client's end
-//! of stream. Everything the server reads is answered.
+//! goes out on the connection's outbound path, and the worker goes on
+//! answering until the client's end of stream. Everything the server reads
+//! is answered.
 
 use std::io::{self, Read};
 use std::net::Shutdown;
@@ -17,18 +17,18 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::Shared;
 use super::buffer::ReadBuf;
 use super::close::{CloseReason, TcpTimeout};
 use super::conn::Conn;
+use super::handler::Session;
 use super::ping::PingPolicy;
 use super::proxy;
+use super::shared::{Shared, close_frame};
 use super::timer::Event;
-use crate::activity::{Kind, Tally};
-use crate::handler::Session;
 use crate::protocol::{Decoder, Message};
+use crate::traffic::{Kind, Tally};
 
 /// How long a closing worker keeps reading (and discarding) after its CLOSE,
 /// waiting for the peer's FIN. Closing a socket with unread input makes the
@@ -45,7 +45,7 @@ const RETAIN_OUTPUT: usize = 64 * 1024;
 /// Starts the worker thread for `conn`.
 pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
     let worker = Worker {
-        decoder: Decoder::new(shared.config.protocol, shared.config.max_frame),
+        decoder: Decoder::new(conn.protocol, shared.config.max_frame),
         input: ReadBuf::new(),
         output: Vec::new(),
         received: Tally::default(),
@@ -61,17 +61,22 @@ pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
         .map(drop)
 }
 
+/// One connection's worker: its buffers, counts and policies.
 struct Worker {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
+    /// Splits the input into messages, in the connection's protocol.
     decoder: Decoder,
+    /// Bytes read and not yet decoded.
     input: ReadBuf,
     /// Encoded answers waiting to be written.
     output: Vec<u8>,
-    /// Running totals of what was received and sent, published to the
-    /// connection's `Traffic` after each read.
+    /// Running total of what was received, published to the connection's
+    /// `Traffic` after each read.
     received: Tally,
+    /// Running total of what was sent, published with `received`.
     sent: Tally,
+    /// The peer's PING rate.
     pings: PingPolicy,
 }
 
@@ -88,10 +93,10 @@ struct Deregister {
 impl Drop for Deregister {
     fn drop(&mut self) {
         let id = self.conn.id;
-        let traffic = self.conn.traffic.snapshot();
+        self.shared.metrics.count_close(self.reason);
         self.shared
-            .metrics
-            .retire(&self.shared.registry, id, self.reason, traffic);
+            .registry
+            .remove(id, self.conn.traffic.snapshot());
         // Fails only when the timer thread is gone, at the end of shutdown.
         let _ = self.shared.events.send(Event::Deregister(id));
     }
@@ -131,6 +136,9 @@ impl Worker {
             CloseReason::BadProxyHeader(_) => {
                 warn!(conn = %id, %peer, reason = reason.label(), "rejected connection: {reason}")
             }
+            CloseReason::SlowConsumer => {
+                info!(conn = %id, %peer, ?lifetime, reason = reason.label(), "connection closed: {reason}")
+            }
             _ => {
                 debug!(conn = %id, %peer, ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
@@ -145,7 +153,7 @@ impl Worker {
     /// records the client address it names. Bytes after it stay in the input
     /// buffer as the first protocol data.
     fn read_proxy_header(&mut self) -> Result<(), CloseReason> {
-        let stream = &self.conn.stream;
+        let stream = self.conn.stream();
         let timeout = self.shared.config.proxy_header_timeout;
         let _ = stream.set_read_timeout(Some(timeout));
         let outcome = loop {
@@ -163,7 +171,7 @@ impl Worker {
                 }
                 proxy::Parsed::Incomplete => {}
             }
-            match (&self.conn.stream).read(self.input.spare(proxy::MAX_HEADER)) {
+            match self.conn.stream().read(self.input.spare(proxy::MAX_HEADER)) {
                 Ok(0) => break Err(self.requested_or(CloseReason::PeerClosed)),
                 Ok(n) => self.input.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -180,7 +188,7 @@ impl Worker {
                 Err(e) => break Err(self.requested_or(self.read_error(&e))),
             }
         };
-        let _ = self.conn.stream.set_read_timeout(None);
+        let _ = self.conn.stream().set_read_timeout(None);
         outcome
     }
 
@@ -194,7 +202,7 @@ impl Worker {
             return reason;
         }
         loop {
-            let read = (&self.conn.stream).read(self.input.spare(limit));
+            let read = self.conn.stream().read(self.input.spare(limit));
             match read {
                 Ok(0) => return self.requested_or(CloseReason::PeerClosed),
                 Ok(n) => self.input.filled(n),
@@ -235,7 +243,9 @@ impl Worker {
     /// The reason another thread gave for closing, or else `otherwise`.
     fn requested_or(&self, otherwise: CloseReason) -> CloseReason {
         self.conn
-            .close_requested()
+            .out
+            .close_state()
+            .request()
             .map_or(otherwise, |request| request.reason())
     }
 
@@ -270,50 +280,44 @@ impl Worker {
         outcome
     }
 
-    /// Writes the answers, then the CLOSE of a drain that began while this
-    /// worker was writing.
+    /// Writes the answers (after anything other threads queued).
     fn flush(&mut self) -> io::Result<()> {
-        if !self.output.is_empty() {
-            let written = self.conn.write_all(&self.output);
-            self.output.clear();
-            if self.output.capacity() > RETAIN_OUTPUT {
-                self.output = Vec::new();
-            }
-            written?;
+        if self.output.is_empty() {
+            return Ok(());
         }
-        match self.conn.pending_close() {
-            Some(request) => self.write_close(&request.reason()),
-            None => Ok(()),
+        let conn = &self.conn;
+        let written = conn
+            .out
+            .write_batch(conn.id, &self.shared.flushes, &self.output);
+        self.output.clear();
+        if self.output.capacity() > RETAIN_OUTPUT {
+            self.output = Vec::new();
         }
+        written
     }
 
-    /// Writes the CLOSE for `reason`, unless the connection already carries
-    /// a CLOSE or cannot carry one.
-    fn write_close(&mut self, reason: &CloseReason) -> io::Result<()> {
-        match self.shared.close_frame(reason) {
-            Some(frame) => self.conn.write_close(&frame),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends the CLOSE for `reason` (if the connection can still carry one
-    /// and has not carried one already), then takes the socket down.
+    /// Sends the CLOSE for `reason` (unless the connection already carries
+    /// a CLOSE or cannot carry one) after everything queued, then takes the
+    /// socket down.
     fn finish(&mut self, reason: &CloseReason) {
-        self.conn.mark_closing();
-        let _ = self.write_close(reason);
-        // Counted here whoever wrote it: the drain's CLOSE may have been
-        // written by another thread.
-        if let Some(len) = self.conn.close_sent() {
+        let conn = Arc::clone(&self.conn);
+        let close = close_frame(conn.protocol, reason);
+        // A write failure here changes nothing: the socket goes down next.
+        let _ = conn
+            .out
+            .finish(conn.id, &self.shared.flushes, close.as_deref());
+        // Counted here whoever wrote it: a drain's CLOSE is written by the
+        // thread that started the drain.
+        let close_sent = conn.out.close_sent();
+        if let Some(len) = close_sent {
             self.sent.add(Kind::Close, len);
         }
-        self.conn
-            .traffic
-            .publish(&mut self.received, &mut self.sent);
-        let _ = self.conn.stream.shutdown(Shutdown::Write);
-        if self.conn.close_sent().is_some() {
+        conn.traffic.publish(&mut self.received, &mut self.sent);
+        let _ = conn.stream().shutdown(Shutdown::Write);
+        if close_sent.is_some() {
             self.linger();
         }
-        let _ = self.conn.stream.shutdown(Shutdown::Both);
+        let _ = conn.stream().shutdown(Shutdown::Both);
     }
 
     /// Reads and discards until the peer's FIN, for at most [`LINGER`] and
@@ -325,10 +329,10 @@ impl Worker {
         let mut scratch = [0u8; 1024];
         while discarded < LINGER_BYTES {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.conn.stream.set_read_timeout(Some(left)).is_err() {
+            if left.is_zero() || self.conn.stream().set_read_timeout(Some(left)).is_err() {
                 break;
             }
-            match (&self.conn.stream).read(&mut scratch) {
+            match self.conn.stream().read(&mut scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
@@ -352,7 +356,7 @@ fn answer(
     sent: &mut Tally,
     msg: Message<'_>,
 ) -> Result<(), CloseReason> {
-    let protocol = shared.config.protocol;
+    let protocol = conn.protocol;
     match msg {
         Message::Data(payload) => {
             let mut close = None;
@@ -375,8 +379,10 @@ fn answer(
                 return Err(CloseReason::PingPolicy);
             }
             let before = output.len();
-            protocol.encode(&Message::Pong(payload), output);
-            sent.add(Kind::Pong, output.len() - before);
+            // A PING payload decoded in this protocol encodes in it.
+            if protocol.encode(&Message::Pong(payload), output).is_ok() {
+                sent.add(Kind::Pong, output.len() - before);
+            }
             Ok(())
         }
         Message::Pong(_) => Ok(()),

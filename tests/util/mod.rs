@@ -138,7 +138,7 @@ impl Client {
     /// timeout included, is `false`).
     pub fn try_ping(&mut self, payload: &[u8]) -> bool {
         let mut wire = Vec::new();
-        self.protocol.encode(&Message::Ping(payload), &mut wire);
+        self.protocol.encode(&Message::Ping(payload), &mut wire).unwrap();
         if self.stream.write_all(&wire).is_err() {
             return false;
         }
@@ -162,7 +162,7 @@ impl Client {
 
     pub fn send(&mut self, msg: Message<'_>) {
         let mut wire = Vec::new();
-        self.protocol.encode(&msg, &mut wire);
+        self.protocol.encode(&msg, &mut wire).unwrap();
         self.send_raw(&wire);
     }
 

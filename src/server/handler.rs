@@ -2,9 +2,14 @@
 
 use std::net::SocketAddr;
 
-use crate::activity::{Kind, Tally};
-use crate::protocol::{Message, Protocol};
-use crate::server::{CloseReason, ConnId};
+use super::close::CloseReason;
+use super::id::ConnId;
+use crate::protocol::{EncodeError, Message, Protocol};
+use crate::traffic::{Kind, Tally};
+
+/// The longest close reason sent, in bytes: what a WebSocket close frame
+/// can carry (125 bytes of payload less the 2-byte code).
+pub const MAX_CLOSE_REASON: usize = 123;
 
 /// What a server does with the DATA messages it receives.
 ///
@@ -26,7 +31,8 @@ use crate::server::{CloseReason, ConnId};
 ///
 /// impl Handler for Length {
 ///     fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
-///         session.send(payload.len().to_string().as_bytes());
+///         // A decimal number encodes in every protocol.
+///         let _ = session.send(payload.len().to_string().as_bytes());
 ///     }
 /// }
 /// ```
@@ -49,17 +55,24 @@ pub struct Echo;
 
 impl Handler for Echo {
     fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
-        session.send(payload);
+        // What was decoded as DATA encodes as DATA in the same protocol.
+        let _ = session.send(payload);
     }
 }
 
 /// A handler's view of the connection a message came from.
 pub struct Session<'a> {
+    /// The connection.
     pub(crate) id: ConnId,
+    /// Its client's address.
     pub(crate) peer: SocketAddr,
+    /// The protocol it speaks, which encodes replies.
     pub(crate) protocol: Protocol,
+    /// The worker's batch of encoded answers.
     pub(crate) out: &'a mut Vec<u8>,
+    /// A close the handler asked for: code and reason.
     pub(crate) close: &'a mut Option<(u16, String)>,
+    /// The worker's count of what it sent.
     pub(crate) sent: &'a mut Tally,
 }
 
@@ -74,16 +87,37 @@ impl Session<'_> {
         self.peer
     }
 
+    /// The protocol the connection speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// Queues a DATA message to the peer.
-    pub fn send(&mut self, payload: &[u8]) {
+    ///
+    /// # Errors
+    ///
+    /// The payload cannot be sent in this connection's protocol (see
+    /// [`Protocol::encode`]: in line mode, a payload with a line break or
+    /// one that would read as a command); nothing was queued.
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), EncodeError> {
         let before = self.out.len();
-        self.protocol.encode(&Message::Data(payload), self.out);
+        self.protocol.encode(&Message::Data(payload), self.out)?;
         self.sent.add(Kind::Data, self.out.len() - before);
+        Ok(())
     }
 
     /// Closes the connection with `code` and `reason` once the current
     /// messages have been answered; later messages are not handled.
+    ///
+    /// The reason is cut to [`MAX_CLOSE_REASON`] bytes (at a character
+    /// boundary), and line breaks in it become spaces, so that every
+    /// protocol can carry it.
     pub fn close(&mut self, code: u16, reason: &str) {
-        *self.close = Some((code, reason.to_owned()));
+        let mut end = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = reason[..end].replace(['\r', '\n'], " ");
+        *self.close = Some((code, reason));
     }
 }

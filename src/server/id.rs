@@ -1,0 +1,44 @@
+//! Connection ids.
+
+use std::fmt;
+
+/// Identifies one connection for the server's lifetime.
+///
+/// An id is a slot index plus that slot's generation, bumped every time the
+/// slot is freed: an id held after its connection closed never matches the
+/// next connection in the same slot (no ABA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    generation: u32,
+    index: u32,
+}
+
+impl ConnId {
+    /// The id as one number (generation in the high 32 bits).
+    pub fn as_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    /// The slot index: dense, reused after a connection closes.
+    pub(crate) fn index(self) -> usize {
+        self.index as usize
+    }
+
+    /// The slot's generation when this connection took it.
+    pub(crate) fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.index, self.generation)
+    }
+}
+
+impl ConnId {
+    /// Builds an id from its parts (the registry's job).
+    pub(crate) fn new(index: u32, generation: u32) -> ConnId {
+        ConnId { generation, index }
+    }
+}

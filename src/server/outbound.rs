@@ -1,0 +1,485 @@
+//! One connection's outbound path: every byte the server sends on a
+//! connection goes through its [`Outbound`].
+//!
+//! # The write right
+//!
+//! The state mutex *is* the right to write, and it is never held across a
+//! call that can block: under it, bytes go to the socket only with
+//! `MSG_DONTWAIT`. So any thread (the timer's probes and drains, shutdown,
+//! pushes) can write a whole encoded message at once when the socket takes
+//! it, or queue it when not, and never waits on the peer. Queued bytes are
+//! flushed by whoever next holds the lock: the next producer, the worker
+//! after its own writes, or the timer thread on its next tick (connections
+//! with queued bytes are put on a [`Flushes`] list for it), so a queued
+//! CLOSE 1001 goes out within one tick even while the worker sits in `read`.
+//!
+//! Only the worker blocks, and only outside the lock: when its answers do
+//! not fit, it takes the queued bytes (which come first on the wire), marks
+//! the stream as its own (`worker_mid_batch`: others then only queue), and
+//! writes them and its answers with ordinary blocking writes bounded by the
+//! socket's send timeout.
+//!
+//! Producers append whole encoded messages under the lock, and bytes leave
+//! only from the front, so messages are never interleaved mid-frame and each
+//! producer's messages keep their order.
+//!
+//! # Bounds
+//!
+//! Bytes queued for a connection (including those its worker took to write)
+//! never exceed the outbox bound. A message that would take them past it
+//! closes the connection as a slow consumer: the queued messages not yet
+//! begun are dropped, and the worker, woken, sends CLOSE 4003 after the
+//! message on the wire. A queue that makes no progress for the write timeout
+//! is closed as a stalled writer by the timer thread.
+//!
+//! # TLS
+//!
+//! This is where a TLS session will live: every outgoing byte already passes
+//! through this lock in order, so the session's encryption (and its own
+//! records: alerts, tickets) goes under it too.
+
+use std::io::{self, Write};
+use std::mem;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::close::{CloseRequest, CloseState};
+use super::id::ConnId;
+use crate::sys;
+
+/// Queue capacity kept once a queue empties; more is given back, so a
+/// connection that once queued a burst does not hold its memory while idle.
+const RETAIN_QUEUE: usize = 16 * 1024;
+
+/// What happened to a message handed to [`Outbound::push`] or
+/// [`Outbound::drain`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// The socket took all of it.
+    Written,
+    /// Some or all of it waits in the queue.
+    Queued,
+}
+
+/// Why a message was not accepted for sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The connection is closing (or draining, or its stream broke): it
+    /// takes no more messages from other threads.
+    Closed,
+    /// The message would take the outbox past its bound: the connection is
+    /// now being closed as a slow consumer.
+    Full,
+}
+
+/// Why a drain did not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DrainRefused {
+    /// Another close was asked for first.
+    Requested,
+    /// The worker is already closing on its own.
+    Finishing,
+}
+
+/// Connections with queued bytes that no producer has flushed yet: the
+/// timer thread flushes them on its tick.
+#[derive(Default)]
+pub(crate) struct Flushes {
+    ids: Mutex<Vec<ConnId>>,
+}
+
+impl Flushes {
+    fn add(&self, id: ConnId) {
+        self.ids.lock().push(id);
+    }
+
+    /// Takes the listed ids, leaving the list empty.
+    pub(crate) fn take(&self) -> Vec<ConnId> {
+        mem::take(&mut *self.ids.lock())
+    }
+
+    /// Puts back ids still to flush.
+    pub(crate) fn extend(&self, ids: impl IntoIterator<Item = ConnId>) {
+        self.ids.lock().extend(ids);
+    }
+}
+
+/// What a timer-thread flush found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Nothing is queued any more.
+    Empty,
+    /// Bytes remain; try again next tick.
+    Pending,
+    /// Bytes remain and made no progress for the stall limit: the
+    /// connection was asked to close ([`CloseRequest::WriteStalled`]).
+    Stalled,
+}
+
+/// One connection's outbound path (see the module docs).
+pub(crate) struct Outbound {
+    /// The connection's socket. Its worker reads it without any lock;
+    /// writes happen only through this type.
+    stream: TcpStream,
+    /// The write right, the queue and the close state.
+    state: Mutex<State>,
+    /// The queue's length, readable without the lock (`/connections`).
+    queued: AtomicUsize,
+    /// The outbox bound, in bytes.
+    max_queued: usize,
+}
+
+/// What the write lock guards.
+struct State {
+    /// Where the connection is on its way out.
+    close: CloseState,
+    /// Encoded messages not yet written, from `head` on.
+    queue: Vec<u8>,
+    /// Start of the unwritten bytes in `queue`.
+    head: usize,
+    /// How many bytes at the front of the unwritten ones finish a message
+    /// whose beginning is already on the wire (never dropped).
+    partial: usize,
+    /// The worker is writing outside the lock: the next bytes on the wire
+    /// are its, so others only queue.
+    worker_mid_batch: bool,
+    /// Bytes the worker took from the queue and is writing.
+    taken: usize,
+    /// The length of the CLOSE queued or written on this connection, once
+    /// one was: after it only the worker's answers (of a drain) follow.
+    close_sent: Option<usize>,
+    /// A write failed or stopped part-way: nothing more can go out.
+    broken: bool,
+    /// On the [`Flushes`] list.
+    listed: bool,
+    /// When the queue last made progress, or first held bytes.
+    progress_at: Instant,
+}
+
+impl State {
+    fn unwritten(&self) -> usize {
+        self.queue.len() - self.head
+    }
+}
+
+impl Outbound {
+    pub(crate) fn new(stream: TcpStream, max_queued: usize) -> Outbound {
+        Outbound {
+            stream,
+            state: Mutex::new(State {
+                close: CloseState::Open,
+                queue: Vec::new(),
+                head: 0,
+                partial: 0,
+                worker_mid_batch: false,
+                taken: 0,
+                close_sent: None,
+                broken: false,
+                listed: false,
+                progress_at: Instant::now(),
+            }),
+            queued: AtomicUsize::new(0),
+            max_queued,
+        }
+    }
+
+    /// The socket, for the worker's reads and for socket options.
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Where the connection is on its way out.
+    pub(crate) fn close_state(&self) -> CloseState {
+        self.state.lock().close
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The length of the CLOSE written or queued, if one was.
+    pub(crate) fn close_sent(&self) -> Option<usize> {
+        self.state.lock().close_sent
+    }
+
+    /// Sends `msg`, one whole encoded message, from any thread without
+    /// blocking: written at once if the socket takes it, else queued.
+    pub(crate) fn push(&self, id: ConnId, flushes: &Flushes, msg: &[u8]) -> Result<Delivery, PushError> {
+        let mut st = self.state.lock();
+        if st.close != CloseState::Open || st.close_sent.is_some() || st.broken {
+            return Err(PushError::Closed);
+        }
+        if st.unwritten() + st.taken + msg.len() > self.max_queued {
+            self.slow_consumer(&mut st);
+            drop(st);
+            sys::wake_reader(&self.stream);
+            return Err(PushError::Full);
+        }
+        let delivery = self.enqueue(&mut st, msg);
+        self.list_if_pending(id, flushes, &mut st);
+        delivery.ok_or(PushError::Closed)
+    }
+
+    /// Starts a drain for `request` (a draining one): sends `close`, the
+    /// encoded CLOSE 1001, as [`push`](Outbound::push) would (it may go past
+    /// the bound by its own size), and leaves the worker serving.
+    pub(crate) fn drain(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        request: CloseRequest,
+        close: &[u8],
+    ) -> Result<Delivery, DrainRefused> {
+        debug_assert!(request.drains(), "{request:?} does not drain");
+        let mut st = self.state.lock();
+        match st.close {
+            CloseState::Open => {}
+            CloseState::Requested(_) => return Err(DrainRefused::Requested),
+            CloseState::Finishing => return Err(DrainRefused::Finishing),
+        }
+        st.close = CloseState::Requested(request);
+        if st.broken || st.close_sent.is_some() {
+            return Ok(Delivery::Queued);
+        }
+        st.close_sent = Some(close.len());
+        let delivery = self.enqueue(&mut st, close);
+        self.list_if_pending(id, flushes, &mut st);
+        Ok(delivery.unwrap_or(Delivery::Queued))
+    }
+
+    /// Asks for an immediate close (a request that does not drain) and
+    /// wakes the worker. False if a close was already under way.
+    pub(crate) fn request_close(&self, request: CloseRequest) -> bool {
+        debug_assert!(!request.drains(), "{request:?} drains: use Outbound::drain");
+        let mut st = self.state.lock();
+        if st.close != CloseState::Open {
+            return false;
+        }
+        if request == CloseRequest::SlowConsumer {
+            self.slow_consumer(&mut st);
+        } else {
+            st.close = CloseState::Requested(request);
+        }
+        drop(st);
+        sys::wake_reader(&self.stream);
+        true
+    }
+
+    /// Wakes a worker blocked in `read` without recording a request: it
+    /// sees end of stream after the bytes already received. Ends a drain,
+    /// or a worker lingering after its own CLOSE.
+    pub(crate) fn wake(&self) {
+        sys::wake_reader(&self.stream);
+    }
+
+    /// Records a slow-consumer close and drops the queued messages not yet
+    /// begun.
+    fn slow_consumer(&self, st: &mut State) {
+        st.close = CloseState::Requested(CloseRequest::SlowConsumer);
+        let keep = st.head + st.partial;
+        st.queue.truncate(keep);
+        self.publish_len(st);
+    }
+
+    /// Writes what is queued, then `msg`, without blocking; queues what the
+    /// socket does not take. `None` if the stream is broken.
+    fn enqueue(&self, st: &mut State, msg: &[u8]) -> Option<Delivery> {
+        self.flush_nonblocking(st);
+        if st.broken {
+            return None;
+        }
+        let mut written = 0;
+        if st.unwritten() == 0 && !st.worker_mid_batch {
+            match sys::send_nonblocking(&self.stream, msg) {
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    st.broken = true;
+                    return None;
+                }
+            }
+            if written == msg.len() {
+                return Some(Delivery::Written);
+            }
+            st.partial = msg.len() - written;
+            st.progress_at = Instant::now();
+        } else if st.unwritten() == 0 {
+            st.progress_at = Instant::now();
+        }
+        st.queue.extend_from_slice(&msg[written..]);
+        self.publish_len(st);
+        Some(Delivery::Queued)
+    }
+
+    /// Writes queued bytes while the socket takes them, unless the worker
+    /// owns the stream's next bytes.
+    fn flush_nonblocking(&self, st: &mut State) {
+        if st.worker_mid_batch || st.broken {
+            return;
+        }
+        while st.unwritten() > 0 {
+            match sys::send_nonblocking(&self.stream, &st.queue[st.head..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    st.head += n;
+                    st.partial = st.partial.saturating_sub(n);
+                    st.progress_at = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    st.broken = true;
+                    break;
+                }
+            }
+        }
+        if st.unwritten() == 0 {
+            reset_queue(st);
+        }
+        self.publish_len(st);
+    }
+
+    fn list_if_pending(&self, id: ConnId, flushes: &Flushes, st: &mut State) {
+        if st.unwritten() > 0 && !st.listed {
+            st.listed = true;
+            flushes.add(id);
+        }
+    }
+
+    fn publish_len(&self, st: &State) {
+        self.queued
+            .store(st.unwritten() + st.taken, Ordering::Relaxed);
+    }
+
+    /// The timer thread's flush of a listed connection: writes what the
+    /// socket takes, and asks for a close if the queue has made no progress
+    /// for `stall` (the write timeout).
+    pub(crate) fn flush_listed(&self, stall: Option<Duration>) -> Flushed {
+        let mut st = self.state.lock();
+        self.flush_nonblocking(&mut st);
+        if st.unwritten() == 0 || st.broken {
+            st.listed = false;
+            return Flushed::Empty;
+        }
+        // The worker flushes after its own batch; its write has its timeout.
+        if st.worker_mid_batch {
+            return Flushed::Pending;
+        }
+        if stall.is_some_and(|stall| st.progress_at.elapsed() >= stall) {
+            st.listed = false;
+            if st.close == CloseState::Open || st.close.request().is_some_and(CloseRequest::drains)
+            {
+                // A drain whose CLOSE cannot go out is a stalled peer too.
+                st.close = CloseState::Requested(CloseRequest::WriteStalled);
+            }
+            drop(st);
+            sys::wake_reader(&self.stream);
+            return Flushed::Stalled;
+        }
+        Flushed::Pending
+    }
+
+    /// The worker's write of a batch of answers: queued bytes first, then
+    /// `batch`, blocking (outside the lock) as long as the socket's send
+    /// timeout allows. Fails when the stream broke or a write timed out.
+    pub(crate) fn write_batch(&self, id: ConnId, flushes: &Flushes, batch: &[u8]) -> io::Result<()> {
+        let mut st = self.state.lock();
+        if st.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.flush_nonblocking(&mut st);
+        if st.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut rest = batch;
+        if st.unwritten() == 0 {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match sys::send_nonblocking(&self.stream, batch) {
+                Ok(n) => rest = &batch[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    st.broken = true;
+                    return Err(e);
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+        // Blocking from here: take what is queued (it goes first) and own
+        // the stream until done.
+        let mut backlog = mem::take(&mut st.queue);
+        backlog.drain(..st.head);
+        st.head = 0;
+        st.partial = 0;
+        st.taken = backlog.len() + rest.len();
+        st.worker_mid_batch = true;
+        self.publish_len(&st);
+        drop(st);
+        let mut stream = &self.stream;
+        let written = stream.write_all(&backlog).and_then(|()| stream.write_all(rest));
+        let mut st = self.state.lock();
+        st.worker_mid_batch = false;
+        st.taken = 0;
+        if backlog.capacity() <= RETAIN_QUEUE && st.queue.is_empty() {
+            backlog.clear();
+            st.queue = backlog;
+        }
+        if let Err(e) = written {
+            // Part of a message may have gone out: nothing more can follow.
+            st.broken = true;
+            self.publish_len(&st);
+            return Err(e);
+        }
+        st.progress_at = Instant::now();
+        self.flush_nonblocking(&mut st);
+        self.list_if_pending(id, flushes, &mut st);
+        Ok(())
+    }
+
+    /// The worker is ending the connection: records that (keeping an
+    /// earlier request), queues `close` unless a CLOSE was already sent or
+    /// the stream is broken, and writes everything queued, blocking as
+    /// [`write_batch`](Outbound::write_batch) does.
+    pub(crate) fn finish(&self, id: ConnId, flushes: &Flushes, close: Option<&[u8]>) -> io::Result<()> {
+        let mut st = self.state.lock();
+        if st.close == CloseState::Open {
+            st.close = CloseState::Finishing;
+        }
+        if st.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if let Some(close) = close
+            && st.close_sent.is_none()
+        {
+            st.close_sent = Some(close.len());
+            st.queue.extend_from_slice(close);
+        }
+        drop(st);
+        self.write_batch(id, flushes, &[])
+    }
+
+    /// Holds the write right, as a producer writing does, for tests that
+    /// need another thread to meet a held lock.
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
+        self.state.lock()
+    }
+}
+
+/// Empties a fully written queue, giving back a large allocation.
+fn reset_queue(st: &mut State) {
+    st.head = 0;
+    st.partial = 0;
+    if st.queue.capacity() > RETAIN_QUEUE {
+        st.queue = Vec::new();
+    } else {
+        st.queue.clear();
+    }
+}

@@ -1,0 +1,159 @@
+//! What the server's threads share: configuration, the registry, the
+//! clock, the timer's channel, the handler, metrics, and the encoded
+//! messages the server sends most.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crossbeam_channel::Sender;
+
+use super::close::{CloseReason, CloseRequest};
+use super::config::Config;
+use super::handler::Handler;
+use super::metrics::Metrics;
+use super::outbound::Flushes;
+use super::registry::Registry;
+use super::timer::Event;
+use crate::activity::Clock;
+use crate::protocol::{Message, Protocol};
+
+/// State shared by the server's threads.
+pub(crate) struct Shared {
+    /// The validated configuration.
+    pub(crate) config: Config,
+    /// Live connections.
+    pub(crate) registry: Registry,
+    /// The coarse clock the timer thread publishes and workers stamp.
+    pub(crate) clock: Clock,
+    /// Register and deregister events for the timer thread.
+    pub(crate) events: Sender<Event>,
+    /// The application.
+    pub(crate) handler: Arc<dyn Handler>,
+    /// Set once shutdown has begun.
+    pub(crate) stopping: AtomicBool,
+    /// The listening socket.
+    pub(crate) listener: TcpListener,
+    /// Encoded probes and CLOSEs, per protocol.
+    pub(crate) frames: Frames,
+    /// Connections with queued output for the timer thread to flush.
+    pub(crate) flushes: Flushes,
+    /// Everything counted.
+    pub(crate) metrics: Metrics,
+}
+
+/// The messages the server sends most, encoded once for each protocol: the
+/// probe PING and the two drain CLOSEs (1001).
+pub(crate) struct Frames {
+    /// Indexed by [`Frames::index`].
+    by_protocol: [Encoded; Protocol::ALL.len()],
+}
+
+/// One protocol's encoded messages.
+struct Encoded {
+    probe: Vec<u8>,
+    shutdown: Vec<u8>,
+    max_age: Vec<u8>,
+}
+
+impl Frames {
+    pub(crate) fn new() -> Frames {
+        Frames {
+            by_protocol: Protocol::ALL.map(|protocol| Encoded {
+                probe: encode(protocol, &Message::Ping(b"")),
+                shutdown: close_frame(protocol, &CloseReason::Shutdown).expect("sends a CLOSE"),
+                max_age: close_frame(protocol, &CloseReason::MaxAge).expect("sends a CLOSE"),
+            }),
+        }
+    }
+
+    fn index(protocol: Protocol) -> usize {
+        match protocol {
+            Protocol::Frame => 0,
+            Protocol::Line => 1,
+        }
+    }
+
+    /// The server's probe PING.
+    pub(crate) fn probe(&self, protocol: Protocol) -> &[u8] {
+        &self.by_protocol[Frames::index(protocol)].probe
+    }
+
+    /// The CLOSE 1001 that starts a drain for `request`.
+    pub(crate) fn drain(&self, protocol: Protocol, request: CloseRequest) -> &[u8] {
+        let encoded = &self.by_protocol[Frames::index(protocol)];
+        match request {
+            CloseRequest::MaxAge => &encoded.max_age,
+            _ => &encoded.shutdown,
+        }
+    }
+}
+
+/// Encodes a message the server builds itself, whose content every
+/// protocol can carry.
+fn encode(protocol: Protocol, msg: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    protocol
+        .encode(msg, &mut out)
+        .expect("the server's own messages encode in every protocol");
+    out
+}
+
+/// The encoded CLOSE for `reason`, if it sends one. A reason text the
+/// protocol cannot carry (an application's, with a line break, in line
+/// mode) is left out rather than the CLOSE.
+pub(crate) fn close_frame(protocol: Protocol, reason: &CloseReason) -> Option<Vec<u8>> {
+    let (code, text) = reason.close_message()?;
+    let mut out = Vec::new();
+    if protocol
+        .encode(&Message::Close { code, reason: &text }, &mut out)
+        .is_err()
+    {
+        out.clear();
+        let bare = Message::Close { code, reason: "" };
+        protocol.encode(&bare, &mut out).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{OwnedMessage, Reader, code};
+
+    fn decode(protocol: Protocol, wire: &[u8]) -> OwnedMessage {
+        let mut reader = Reader::new(protocol, 1024);
+        reader.extend(wire);
+        reader.next_message().unwrap().unwrap()
+    }
+
+    #[test]
+    fn cached_frames_decode_as_what_they_stand_for_in_every_protocol() {
+        let frames = Frames::new();
+        for protocol in Protocol::ALL {
+            assert_eq!(
+                decode(protocol, frames.probe(protocol)),
+                OwnedMessage::Ping(Vec::new())
+            );
+            for (request, text) in [
+                (CloseRequest::Shutdown, "server shutting down"),
+                (CloseRequest::MaxAge, "maximum connection age"),
+            ] {
+                assert_eq!(
+                    decode(protocol, frames.drain(protocol, request)),
+                    OwnedMessage::Close(code::GOING_AWAY, text.into())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_close_reason_line_mode_cannot_carry_is_left_out() {
+        let reason = CloseReason::Application {
+            code: 4100,
+            reason: "two\nlines".into(),
+        };
+        let wire = close_frame(Protocol::Line, &reason).unwrap();
+        assert_eq!(wire, b"CLOSE 4100\n");
+    }
+}

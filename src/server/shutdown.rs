@@ -1,0 +1,140 @@
+//! Graceful shutdown: stop accepting, drain every connection, force what
+//! is left after the grace period, then stop the timer and the endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::acceptor;
+use super::close::CloseRequest;
+use super::http;
+use super::outbound::DrainRefused;
+use super::shared::Shared;
+use super::timer::Event;
+use crate::sys;
+use crate::traffic::Kind;
+
+/// After the grace period, how long to wait for force-closed workers (at
+/// each of the two steps).
+const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The threads a running server owns besides its workers.
+pub(crate) struct Threads {
+    pub(crate) acceptor: JoinHandle<()>,
+    pub(crate) timer: JoinHandle<()>,
+    pub(crate) endpoint: Option<http::Endpoint>,
+}
+
+/// Shuts the server down (see [`Server::shutdown`](super::Server::shutdown));
+/// returns whether every connection finished within the grace period.
+pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
+    let Threads {
+        acceptor,
+        timer,
+        endpoint,
+    } = threads;
+    stop_accepting(shared, acceptor);
+    let clean = drain(shared);
+    let _ = shared.events.send(Event::Stop);
+    let _ = timer.join();
+    // Last, so that /healthz answers 503 for the whole drain.
+    if let Some(mut endpoint) = endpoint {
+        endpoint.stop();
+    }
+    // The totals that say whether the drain lost anything: with a clean
+    // drain and an answering handler, every DATA read was answered and
+    // nothing was discarded.
+    let (received, sent) = shared.registry.traffic();
+    let data = Kind::Data as usize;
+    info!(
+        data_received = received.frames[data],
+        data_sent = sent.frames[data],
+        discarded_bytes = shared.metrics.discarded_bytes.get(),
+        drains_forced = shared.metrics.drains_forced.get(),
+        "shut down"
+    );
+    clean
+}
+
+/// Marks the server as stopping (`/healthz` answers 503 from now on),
+/// admits what waits in the accept queue, and stops the accept thread.
+fn stop_accepting(shared: &Arc<Shared>, acceptor: JoinHandle<()>) {
+    shared.stopping.store(true, Ordering::Release);
+    let queued = acceptor::admit_queued(shared);
+    if queued > 0 {
+        debug!(
+            queued,
+            "admitted the accept queue before closing the listener"
+        );
+    }
+    sys::wake_acceptor(&shared.listener);
+    acceptor.thread().unpark();
+    let _ = acceptor.join();
+}
+
+/// Sends CLOSE 1001 to every connection and waits for them to drain, then
+/// forces the rest: first as an idle timeout would (the worker answers
+/// what it has read and hangs up), then, for workers stuck in a write, both
+/// ways.
+fn drain(shared: &Shared) -> bool {
+    let open = shared.registry.snapshot();
+    if !open.is_empty() {
+        info!(
+            connections = open.len(),
+            grace = ?shared.config.shutdown_grace,
+            "shutting down: draining connections"
+        );
+    }
+    let drains = shared
+        .metrics
+        .drains
+        .get_or_create(&[("reason", "shutdown")])
+        .clone();
+    for conn in &open {
+        let close = shared.frames.drain(conn.protocol, CloseRequest::Shutdown);
+        match conn
+            .out
+            .drain(conn.id, &shared.flushes, CloseRequest::Shutdown, close)
+        {
+            Ok(_) => {
+                drains.inc();
+            }
+            // A worker lingering after its own CLOSE is cut short, so the
+            // drain does not wait for it.
+            Err(DrainRefused::Finishing) => conn.out.wake(),
+            Err(DrainRefused::Requested) => {}
+        }
+    }
+    drop(open);
+    let clean = shared
+        .registry
+        .wait_empty(Instant::now() + shared.config.shutdown_grace);
+    if clean {
+        return true;
+    }
+    let stuck = shared.registry.snapshot();
+    warn!(
+        connections = stuck.len(),
+        grace = ?shared.config.shutdown_grace,
+        "connections still draining after the grace period: forcing them closed"
+    );
+    for conn in &stuck {
+        shared.metrics.drains_forced.inc();
+        conn.out.wake();
+    }
+    if !shared
+        .registry
+        .wait_empty(Instant::now() + FORCED_CLOSE_WAIT)
+    {
+        for conn in &stuck {
+            conn.force_close();
+        }
+        shared
+            .registry
+            .wait_empty(Instant::now() + FORCED_CLOSE_WAIT);
+    }
+    false
+}
