@@ -375,7 +375,9 @@ async fn ping(common: Common, rate: f64, duration: Duration) -> io::Result<serde
             }
             while k < total && scheduled(k) <= Instant::now() {
                 wire.clear();
-                Protocol::Frame.encode(&Message::Ping(&k.to_be_bytes()), &mut wire).unwrap();
+                Protocol::Frame
+                    .encode(&Message::Ping(&k.to_be_bytes()), &mut wire)
+                    .unwrap();
                 let w = &mut writers[(k % n as u64) as usize];
                 // Non-blocking (shared with the tokio reader): retry if full.
                 let mut sent = 0;

@@ -447,3 +447,40 @@ fn example_takes_several_addresses_and_moves_on_after_a_drain() {
     );
     assert_eq!(events[3]["addr"], second_addr);
 }
+
+/// A client used only for sending never reads its events: the queue stays
+/// at its capacity and the rest are dropped and counted, so memory stays
+/// flat however many events there are.
+#[test]
+fn a_send_only_client_keeps_at_most_its_event_capacity() {
+    const SENT: u64 = 100_000;
+    const CAPACITY: usize = 64;
+    let server = start(config());
+    let client = Client::start(ClientConfig {
+        event_capacity: CAPACITY,
+        // No heartbeat events while the echoes stream in.
+        heartbeat_interval: Duration::from_secs(60),
+        ..fast(server.local_addr())
+    })
+    .unwrap();
+    for n in 0..SENT {
+        client.send(n.to_string().as_bytes()).unwrap();
+    }
+    // Every echo becomes an event (plus one Connected); wait until all
+    // have arrived.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.dropped_events() + (client.events().len() as u64) < SENT + 1 {
+        assert!(client.events().len() <= CAPACITY);
+        assert!(Instant::now() < deadline, "echoes never all arrived");
+        std::thread::sleep(ms(10));
+    }
+    assert_eq!(client.dropped_events(), SENT + 1 - CAPACITY as u64);
+    assert_eq!(client.events().len(), CAPACITY);
+    // The newest are kept: the last echo is the last event waiting.
+    let kept: Vec<Event> = client.events().try_iter().collect();
+    let last_data = kept.iter().rev().find_map(|e| match e {
+        Event::Data(p) => Some(p.clone()),
+        _ => None,
+    });
+    assert_eq!(last_data, Some((SENT - 1).to_string().into_bytes()));
+}

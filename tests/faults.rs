@@ -211,7 +211,9 @@ fn a_client_that_never_reads_is_ended_by_the_write_timeout() {
     let mut hog = TcpStream::connect(server.local_addr()).unwrap();
     hog.set_write_timeout(Some(ms(100))).unwrap();
     let mut frame = Vec::new();
-    Protocol::Frame.encode(&Message::Data(&vec![b'x'; 256 * 1024]), &mut frame).unwrap();
+    Protocol::Frame
+        .encode(&Message::Data(&vec![b'x'; 256 * 1024]), &mut frame)
+        .unwrap();
     let mut bystander = Client::connect(server.local_addr());
     let start = Instant::now();
     // Keep sending, never read: the echoes pile up until the server's write
@@ -274,7 +276,9 @@ fn clients_dying_mid_frame_or_mid_echo_free_everything() {
     // Dies right after sending a large message, while its echo is written.
     let mut big = TcpStream::connect(server.local_addr()).unwrap();
     let mut frame = Vec::new();
-    Protocol::Frame.encode(&Message::Data(&vec![b'y'; 1_000_000]), &mut frame).unwrap();
+    Protocol::Frame
+        .encode(&Message::Data(&vec![b'y'; 1_000_000]), &mut frame)
+        .unwrap();
     big.write_all(&frame).unwrap();
     reset(big);
     assert!(wait_until(PATIENCE, || server.connection_count() == 0));

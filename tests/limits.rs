@@ -173,8 +173,12 @@ fn shutdown_answers_what_was_already_sent_before_closing() {
     let mut c = Client::connect(server.local_addr());
     assert_eq!(c.ping(b"up"), Msg::Pong(b"up".to_vec()));
     let mut wire = Vec::new();
-    wheel_server::protocol::Protocol::Frame.encode(&Message::Data(b"one"), &mut wire).unwrap();
-    wheel_server::protocol::Protocol::Frame.encode(&Message::Data(b"two"), &mut wire).unwrap();
+    wheel_server::protocol::Protocol::Frame
+        .encode(&Message::Data(b"one"), &mut wire)
+        .unwrap();
+    wheel_server::protocol::Protocol::Frame
+        .encode(&Message::Data(b"two"), &mut wire)
+        .unwrap();
     c.send_raw(&wire);
     // Whether the worker reads these before or during the drain, both are
     // answered (before or after the CLOSE).

@@ -124,7 +124,9 @@ fn a_second_signal_exits_at_once() {
     let mut hog = std::net::TcpStream::connect(server.addr).unwrap();
     hog.set_write_timeout(Some(ms(300))).unwrap();
     let mut frame = Vec::new();
-    Protocol::Frame.encode(&Message::Data(&vec![b'x'; 512 * 1024]), &mut frame).unwrap();
+    Protocol::Frame
+        .encode(&Message::Data(&vec![b'x'; 512 * 1024]), &mut frame)
+        .unwrap();
     // Send until the server stops reading (its echo write is blocked).
     let mut sent = 0;
     while sent < 512 && hog.write_all(&frame).is_ok() {

@@ -41,8 +41,12 @@ fn frames_delivered_one_byte_at_a_time() {
     let server = server();
     let mut c = Client::connect(server.local_addr());
     let mut wire = Vec::new();
-    Protocol::Frame.encode(&Message::Data(b"slowly"), &mut wire).unwrap();
-    Protocol::Frame.encode(&Message::Ping(b"p"), &mut wire).unwrap();
+    Protocol::Frame
+        .encode(&Message::Data(b"slowly"), &mut wire)
+        .unwrap();
+    Protocol::Frame
+        .encode(&Message::Ping(b"p"), &mut wire)
+        .unwrap();
     for byte in &wire {
         c.send_raw(std::slice::from_ref(byte));
         // Let each byte arrive in a read of its own.
@@ -58,7 +62,9 @@ fn many_frames_in_one_write_are_answered_in_order() {
     let mut c = Client::connect(server.local_addr());
     let mut wire = Vec::new();
     for i in 0..500u32 {
-        Protocol::Frame.encode(&Message::Data(&i.to_be_bytes()), &mut wire).unwrap();
+        Protocol::Frame
+            .encode(&Message::Data(&i.to_be_bytes()), &mut wire)
+            .unwrap();
     }
     c.send_raw(&wire);
     for i in 0..500u32 {
@@ -131,7 +137,9 @@ fn oversized_frame_is_refused_without_its_body() {
 fn messages_before_an_error_are_answered_first() {
     let server = server();
     let mut wire = Vec::new();
-    Protocol::Frame.encode(&Message::Data(b"first"), &mut wire).unwrap();
+    Protocol::Frame
+        .encode(&Message::Data(b"first"), &mut wire)
+        .unwrap();
     wire.extend_from_slice(&[0, 0, 0, 0]);
     let mut c = Client::connect(server.local_addr());
     c.send_raw(&wire);
@@ -218,4 +226,86 @@ fn line_mode_ping_too_long() {
     c.send_raw(format!("PING {}\n", "y".repeat(126)).as_bytes());
     let line = read_lines(&mut c, 1).remove(0);
     assert!(line.starts_with("CLOSE 1002 "), "{line:?}");
+}
+
+/// A handler that tries to inject lines: its payloads come from the
+/// client's DATA, with `|` turned into line breaks, and it reports whether
+/// the send was refused.
+struct Injector;
+
+impl wheel_server::Handler for Injector {
+    fn on_data(&self, session: &mut wheel_server::Session<'_>, payload: &[u8]) {
+        let crafted: Vec<u8> = payload
+            .iter()
+            .map(|&b| if b == b'|' { b'\n' } else { b })
+            .collect();
+        match session.send(&crafted) {
+            Ok(()) => {}
+            Err(e) => session.send(format!("refused: {e}").as_bytes()).unwrap(),
+        }
+        if payload == b"bye" {
+            session.close(4100, "see you\nPING injected");
+        }
+    }
+}
+
+#[test]
+fn line_mode_never_lets_a_payload_inject_a_line() {
+    let server = Server::with_handler(
+        Config {
+            protocol: Protocol::Line,
+            ..config()
+        },
+        Injector,
+    )
+    .unwrap();
+    let mut c = Client::connect_with(server.local_addr(), Protocol::Line);
+    // A payload with a line break, and one that is data to the handler
+    // (the client sent it as data) but would read as a command.
+    c.send_raw(b"a|PING x|CLOSE 1000\nPING alone\nCLOSE abc\nbye\n");
+    let lines = read_lines(&mut c, 5);
+    assert_eq!(
+        lines[0],
+        "refused: line mode cannot carry a line break in a message\n"
+    );
+    // "PING alone" was a PING from the client: answered, not handed over.
+    assert_eq!(lines[1], "PONG alone\n");
+    // "CLOSE abc" is not a well-formed CLOSE, so it is data both ways.
+    assert_eq!(lines[2], "CLOSE abc\n");
+    assert_eq!(lines[3], "bye\n");
+    // The close reason's line break became a space.
+    assert_eq!(lines[4], "CLOSE 4100 see you PING injected\n");
+    assert_eq!(c.recv(), Recv::Eof);
+}
+
+#[test]
+fn line_mode_data_that_reads_as_a_command_is_refused_by_the_encoder() {
+    use wheel_server::protocol::EncodeError;
+    let mut out = Vec::new();
+    for (payload, refused) in [
+        (&b"PING x"[..], Some(EncodeError::ReadsAsCommand)),
+        (b"PONG", Some(EncodeError::ReadsAsCommand)),
+        (b"QUIT", Some(EncodeError::ReadsAsCommand)),
+        (b"CLOSE 1000 bye", Some(EncodeError::ReadsAsCommand)),
+        (b"one\ntwo", Some(EncodeError::LineBreak)),
+        (b"PINGS are fine", None),
+        (b"CLOSE later", None),
+        (b"", None),
+    ] {
+        out.clear();
+        let encoded = Protocol::Line.encode(&Message::Data(payload), &mut out);
+        assert_eq!(
+            encoded.err(),
+            refused,
+            "{:?}",
+            String::from_utf8_lossy(payload)
+        );
+        if refused.is_some() {
+            assert!(out.is_empty(), "nothing written for a refused message");
+        }
+    }
+    // Frame mode carries any bytes.
+    Protocol::Frame
+        .encode(&Message::Data(b"PING\nCLOSE 1000"), &mut out)
+        .unwrap();
 }

@@ -92,16 +92,20 @@ fn frame_round_trip() {
 #[test]
 fn frame_layout_matches_the_spec() {
     let mut wire = Vec::new();
-    Protocol::Frame.encode(&Message::Ping(b"ab"), &mut wire).unwrap();
+    Protocol::Frame
+        .encode(&Message::Ping(b"ab"), &mut wire)
+        .unwrap();
     assert_eq!(wire, [0, 0, 0, 3, 0x02, b'a', b'b']);
     wire.clear();
-    Protocol::Frame.encode(
-        &Message::Close {
-            code: 1000,
-            reason: "x",
-        },
-        &mut wire,
-    ).unwrap();
+    Protocol::Frame
+        .encode(
+            &Message::Close {
+                code: 1000,
+                reason: "x",
+            },
+            &mut wire,
+        )
+        .unwrap();
     assert_eq!(wire, [0, 0, 0, 4, 0x04, 0x03, 0xe8, b'x']);
 }
 
@@ -180,16 +184,24 @@ fn line_commands() {
 #[test]
 fn line_encoding() {
     let mut out = Vec::new();
-    Protocol::Line.encode(&Message::Pong(b""), &mut out).unwrap();
-    Protocol::Line.encode(&Message::Pong(b"abc"), &mut out).unwrap();
-    Protocol::Line.encode(
-        &Message::Close {
-            code: 1000,
-            reason: "bye",
-        },
-        &mut out,
-    ).unwrap();
-    Protocol::Line.encode(&Message::Data(b"echo"), &mut out).unwrap();
+    Protocol::Line
+        .encode(&Message::Pong(b""), &mut out)
+        .unwrap();
+    Protocol::Line
+        .encode(&Message::Pong(b"abc"), &mut out)
+        .unwrap();
+    Protocol::Line
+        .encode(
+            &Message::Close {
+                code: 1000,
+                reason: "bye",
+            },
+            &mut out,
+        )
+        .unwrap();
+    Protocol::Line
+        .encode(&Message::Data(b"echo"), &mut out)
+        .unwrap();
     assert_eq!(out, b"PONG\nPONG abc\nCLOSE 1000 bye\necho\n");
 }
 

@@ -113,7 +113,12 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid {}: {}", self.setting.replace('_', " "), self.reason)
+        write!(
+            f,
+            "invalid {}: {}",
+            self.setting.replace('_', " "),
+            self.reason
+        )
     }
 }
 
@@ -173,7 +178,10 @@ impl Config {
         if !self.wheel_slots.is_power_of_two() || self.wheel_slots > 1 << 30 {
             return invalid(
                 "wheel_slots",
-                format!("must be a power of two up to 2^30, got {}", self.wheel_slots),
+                format!(
+                    "must be a power of two up to 2^30, got {}",
+                    self.wheel_slots
+                ),
             );
         }
         if self.max_frame == 0 || self.max_frame > u32::MAX as usize - 1 {
@@ -307,7 +315,8 @@ mod tests {
             let err = config.validate().unwrap_err();
             assert_eq!(err.setting, setting);
             assert!(
-                err.to_string().starts_with(&format!("invalid {}:", setting.replace('_', " "))),
+                err.to_string()
+                    .starts_with(&format!("invalid {}:", setting.replace('_', " "))),
                 "{err}"
             );
             let io = io::Error::from(err.clone());

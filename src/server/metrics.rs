@@ -3,7 +3,7 @@
 //! # Cost on the data path
 //!
 //! Per message a worker touches only its own connection's counters (see
-//! [`crate::activity::Traffic`]): plain integers while a read's messages are
+//! [`crate::traffic::Traffic`]): plain integers while a read's messages are
 //! handled, then one relaxed store per changed counter. Nothing shared is
 //! written per message, and no lock is taken. Events that happen once per
 //! connection (accept, reject, close) or on the timer thread use

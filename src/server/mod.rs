@@ -19,7 +19,7 @@
 //!
 //! Every byte sent on a connection (its worker's answers, the timer's
 //! probes, drain and idle CLOSEs) goes through the connection's one
-//! [`Outbound`](outbound::Outbound) (`outbound.rs`): a byte-bounded queue of
+//! `Outbound` (`outbound.rs`): a byte-bounded queue of
 //! whole encoded messages behind the lock that is the right to write.
 //! Under the lock nothing blocks (`MSG_DONTWAIT`), so no thread but the
 //! worker ever waits on a peer; what the socket does not take waits in the

@@ -208,7 +208,12 @@ impl Outbound {
 
     /// Sends `msg`, one whole encoded message, from any thread without
     /// blocking: written at once if the socket takes it, else queued.
-    pub(crate) fn push(&self, id: ConnId, flushes: &Flushes, msg: &[u8]) -> Result<Delivery, PushError> {
+    pub(crate) fn push(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        msg: &[u8],
+    ) -> Result<Delivery, PushError> {
         let mut st = self.state.lock();
         if st.close != CloseState::Open || st.close_sent.is_some() || st.broken {
             return Err(PushError::Closed);
@@ -386,7 +391,12 @@ impl Outbound {
     /// The worker's write of a batch of answers: queued bytes first, then
     /// `batch`, blocking (outside the lock) as long as the socket's send
     /// timeout allows. Fails when the stream broke or a write timed out.
-    pub(crate) fn write_batch(&self, id: ConnId, flushes: &Flushes, batch: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_batch(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        batch: &[u8],
+    ) -> io::Result<()> {
         let mut st = self.state.lock();
         if st.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
@@ -423,7 +433,9 @@ impl Outbound {
         self.publish_len(&st);
         drop(st);
         let mut stream = &self.stream;
-        let written = stream.write_all(&backlog).and_then(|()| stream.write_all(rest));
+        let written = stream
+            .write_all(&backlog)
+            .and_then(|()| stream.write_all(rest));
         let mut st = self.state.lock();
         st.worker_mid_batch = false;
         st.taken = 0;
@@ -447,7 +459,12 @@ impl Outbound {
     /// earlier request), queues `close` unless a CLOSE was already sent or
     /// the stream is broken, and writes everything queued, blocking as
     /// [`write_batch`](Outbound::write_batch) does.
-    pub(crate) fn finish(&self, id: ConnId, flushes: &Flushes, close: Option<&[u8]>) -> io::Result<()> {
+    pub(crate) fn finish(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        close: Option<&[u8]>,
+    ) -> io::Result<()> {
         let mut st = self.state.lock();
         if st.close == CloseState::Open {
             st.close = CloseState::Finishing;
@@ -481,5 +498,239 @@ fn reset_queue(st: &mut State) {
         st.queue = Vec::new();
     } else {
         st.queue.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Message, OwnedMessage, Protocol, Reader, code};
+    use crate::server::Config;
+    use crate::server::conn::Conn;
+    use crate::server::test_support::{pair, shared};
+    use std::net::TcpStream;
+    use std::sync::{Arc, Barrier};
+
+    fn encode(msg: Message<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        Protocol::Frame.encode(&msg, &mut out).unwrap();
+        out
+    }
+
+    fn close_1001() -> Vec<u8> {
+        encode(Message::Close {
+            code: code::GOING_AWAY,
+            reason: "server shutting down",
+        })
+    }
+
+    /// Reads messages from the client end until a CLOSE (included) or the
+    /// end of stream.
+    fn read_until_close(client: &mut TcpStream) -> Vec<OwnedMessage> {
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reader = Reader::new(Protocol::Frame, 1 << 24);
+        let mut got = Vec::new();
+        while let Some(msg) = reader.read_message(client).unwrap() {
+            let last = msg.close_code().is_some();
+            got.push(msg);
+            if last {
+                break;
+            }
+        }
+        got
+    }
+
+    /// Pushes `msg` until the socket stops taking it (the peer does not
+    /// read); returns how many were pushed, the last one queued.
+    fn fill(conn: &Conn, flushes: &Flushes, msg: &[u8]) -> usize {
+        for n in 1..100_000 {
+            if conn.out.push(conn.id, flushes, msg) == Ok(Delivery::Queued) {
+                return n;
+            }
+        }
+        panic!("the socket never filled");
+    }
+
+    /// The race of the old design: a drain that met the write lock held by
+    /// a probe left its CLOSE to a worker blocked in `read`. Now the drain
+    /// waits for the lock (held only across non-blocking sends) and sends.
+    #[test]
+    fn a_drain_meeting_a_probe_that_holds_the_write_right_still_sends_its_close() {
+        let (shared, listener) = shared(Config::default());
+        let (conn, mut client) = pair(&shared, &listener);
+        let holding = Arc::new(Barrier::new(2));
+        let prober = {
+            let conn = Arc::clone(&conn);
+            let holding = Arc::clone(&holding);
+            std::thread::spawn(move || {
+                let guard = conn.out.hold();
+                holding.wait();
+                std::thread::sleep(Duration::from_millis(50));
+                drop(guard);
+            })
+        };
+        holding.wait();
+        let drained = conn.out.drain(
+            conn.id,
+            &shared.flushes,
+            CloseRequest::Shutdown,
+            &close_1001(),
+        );
+        assert_eq!(drained, Ok(Delivery::Written));
+        prober.join().unwrap();
+        // No worker exists here: the CLOSE went out from this thread.
+        assert_eq!(
+            read_until_close(&mut client),
+            [OwnedMessage::Close(
+                code::GOING_AWAY,
+                "server shutting down".into()
+            )]
+        );
+        assert_eq!(
+            conn.out.close_state(),
+            CloseState::Requested(CloseRequest::Shutdown)
+        );
+        assert_eq!(
+            conn.out.push(conn.id, &shared.flushes, b"x"),
+            Err(PushError::Closed),
+            "nothing from other threads after a CLOSE"
+        );
+        assert_eq!(
+            conn.out
+                .drain(conn.id, &shared.flushes, CloseRequest::MaxAge, b"c"),
+            Err(DrainRefused::Requested)
+        );
+    }
+
+    #[test]
+    fn a_close_queued_behind_a_full_socket_goes_out_whole_on_the_next_flush() {
+        let (shared, listener) = shared(Config::default());
+        let (conn, mut client) = pair(&shared, &listener);
+        let ping = encode(Message::Ping(&[7; 100]));
+        let pushed = fill(&conn, &shared.flushes, &ping);
+        let close = close_1001();
+        assert_eq!(
+            conn.out
+                .drain(conn.id, &shared.flushes, CloseRequest::MaxAge, &close),
+            Ok(Delivery::Queued)
+        );
+        assert_eq!(
+            shared.flushes.take(),
+            [conn.id],
+            "listed once for the timer"
+        );
+        // The client reads while the timer thread flushes, tick by tick.
+        let reader = std::thread::spawn(move || read_until_close(&mut client));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while conn.out.flush_listed(None) == Flushed::Pending {
+            assert!(Instant::now() < deadline, "the queue never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), pushed + 1, "every PING whole, then the CLOSE");
+        assert!(
+            got[..pushed]
+                .iter()
+                .all(|m| *m == OwnedMessage::Ping(vec![7; 100]))
+        );
+        assert_eq!(got[pushed].close_code(), Some(code::GOING_AWAY));
+        assert_eq!(conn.out.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn the_workers_answers_follow_what_other_threads_queued() {
+        let (shared, listener) = shared(Config::default());
+        let (conn, mut client) = pair(&shared, &listener);
+        let ping = encode(Message::Ping(&[b'p'; 100]));
+        let pushed = fill(&conn, &shared.flushes, &ping);
+        let mut batch = encode(Message::Data(b"answer"));
+        batch.extend(close_1001());
+        let reader = std::thread::spawn(move || read_until_close(&mut client));
+        // Blocks (outside the lock) until the client has read enough.
+        conn.out
+            .write_batch(conn.id, &shared.flushes, &batch)
+            .unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), pushed + 2);
+        assert!(
+            got[..pushed]
+                .iter()
+                .all(|m| *m == OwnedMessage::Ping(vec![b'p'; 100]))
+        );
+        assert_eq!(got[pushed], OwnedMessage::Data(b"answer".to_vec()));
+    }
+
+    #[test]
+    fn a_message_past_the_bound_closes_a_slow_consumer_and_frees_its_queue() {
+        let (shared, listener) = shared(Config {
+            max_outbox: 64 * 1024,
+            ..Config::default()
+        });
+        let (conn, _client) = pair(&shared, &listener);
+        let data = encode(Message::Data(&[1; 1000]));
+        fill(&conn, &shared.flushes, &data);
+        let mut outcome = Ok(Delivery::Queued);
+        for _ in 0..100 {
+            outcome = conn.out.push(conn.id, &shared.flushes, &data);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert_eq!(outcome, Err(PushError::Full));
+        assert_eq!(
+            conn.out.close_state(),
+            CloseState::Requested(CloseRequest::SlowConsumer)
+        );
+        // Only the rest of the message already begun on the wire is kept.
+        assert!(
+            conn.out.queued_bytes() < data.len(),
+            "{}",
+            conn.out.queued_bytes()
+        );
+        assert_eq!(
+            conn.out.push(conn.id, &shared.flushes, &data),
+            Err(PushError::Closed)
+        );
+    }
+
+    #[test]
+    fn a_queue_that_makes_no_progress_for_the_stall_limit_asks_for_a_close() {
+        let (shared, listener) = shared(Config::default());
+        let (conn, _client) = pair(&shared, &listener);
+        let data = encode(Message::Data(&[1; 1000]));
+        fill(&conn, &shared.flushes, &data);
+        assert_eq!(
+            conn.out.flush_listed(Some(Duration::from_secs(60))),
+            Flushed::Pending
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            conn.out.flush_listed(Some(Duration::from_millis(10))),
+            Flushed::Stalled
+        );
+        assert_eq!(
+            conn.out.close_state(),
+            CloseState::Requested(CloseRequest::WriteStalled)
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_holds_no_queue_memory_after_a_burst() {
+        let (shared, listener) = shared(Config::default());
+        let (conn, mut client) = pair(&shared, &listener);
+        let data = encode(Message::Data(&[1; 60_000]));
+        fill(&conn, &shared.flushes, &data);
+        conn.out.push(conn.id, &shared.flushes, &data).unwrap();
+        conn.out
+            .push(conn.id, &shared.flushes, &close_1001())
+            .unwrap();
+        let reader = std::thread::spawn(move || read_until_close(&mut client));
+        while conn.out.flush_listed(None) == Flushed::Pending {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        reader.join().unwrap();
+        assert_eq!(conn.out.state.lock().queue.capacity(), 0);
     }
 }

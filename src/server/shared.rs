@@ -106,7 +106,13 @@ pub(crate) fn close_frame(protocol: Protocol, reason: &CloseReason) -> Option<Ve
     let (code, text) = reason.close_message()?;
     let mut out = Vec::new();
     if protocol
-        .encode(&Message::Close { code, reason: &text }, &mut out)
+        .encode(
+            &Message::Close {
+                code,
+                reason: &text,
+            },
+            &mut out,
+        )
         .is_err()
     {
         out.clear();

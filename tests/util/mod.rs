@@ -138,7 +138,9 @@ impl Client {
     /// timeout included, is `false`).
     pub fn try_ping(&mut self, payload: &[u8]) -> bool {
         let mut wire = Vec::new();
-        self.protocol.encode(&Message::Ping(payload), &mut wire).unwrap();
+        self.protocol
+            .encode(&Message::Ping(payload), &mut wire)
+            .unwrap();
         if self.stream.write_all(&wire).is_err() {
             return false;
         }

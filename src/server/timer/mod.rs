@@ -422,8 +422,8 @@ impl Timer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::test_support::{pair, shared};
     use crate::server::close::CloseState;
+    use crate::server::test_support::{pair, shared};
 
     #[test]
     fn max_ages_spread_evenly_over_ten_percent_either_side() {
@@ -487,5 +487,56 @@ mod tests {
             new.out.close_state(),
             CloseState::Requested(CloseRequest::IdleTimeout)
         );
+    }
+
+    /// A drain's CLOSE that found the socket full waits in the queue; with
+    /// no worker to write it (a worker sits in `read`), the next tick does.
+    #[test]
+    fn the_tick_after_a_queued_close_flushes_it() {
+        use crate::protocol::{Message, Protocol, Reader, code};
+        use std::io::Read;
+
+        let (shared, listener) = shared(crate::server::Config {
+            idle_timeout: None,
+            tick: Duration::from_millis(10),
+            ..Default::default()
+        });
+        let mut timer = timer(&shared);
+        let (conn, mut client) = pair(&shared, &listener);
+        let mut data = Vec::new();
+        Protocol::Frame
+            .encode(&Message::Data(&[0; 4096]), &mut data)
+            .unwrap();
+        while conn.out.push(conn.id, &shared.flushes, &data)
+            == Ok(crate::server::outbound::Delivery::Written)
+        {}
+        let close = shared.frames.drain(conn.protocol, CloseRequest::Shutdown);
+        conn.out
+            .drain(conn.id, &shared.flushes, CloseRequest::Shutdown, close)
+            .unwrap();
+        // The client reads everything the socket holds, then waits.
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut received = Vec::new();
+        let mut chunk = vec![0; 1 << 16];
+        while let Ok(n) = client.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..n]);
+            // One tick: what the socket now has room for goes out.
+            let next = timer.published + 1;
+            run_ticks(&mut timer, next, next);
+        }
+        let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+        reader.extend(&received);
+        let mut last = None;
+        while let Some(msg) = reader.next_message().unwrap() {
+            last = Some(msg);
+        }
+        assert_eq!(last.and_then(|m| m.close_code()), Some(code::GOING_AWAY));
+        assert!(!reader.has_partial());
+        assert_eq!(conn.out.queued_bytes(), 0);
     }
 }

@@ -153,7 +153,13 @@ impl Schedule {
 
     /// The earliest tick at which something must happen to this
     /// connection; `u64::MAX` if nothing is timed.
-    pub(crate) fn next_deadline(&self, entry: &Entry, base: u64, stamp: u64, draining: bool) -> u64 {
+    pub(crate) fn next_deadline(
+        &self,
+        entry: &Entry,
+        base: u64,
+        stamp: u64,
+        draining: bool,
+    ) -> u64 {
         let idle = self.idle.map_or(u64::MAX, |idle| base + idle);
         if draining {
             return match entry.age {
@@ -227,7 +233,13 @@ mod tests {
     /// Steps a connection that stays silent after stamp `stamp` from tick
     /// `from` on, following each step's next tick, until it expires, is
     /// forced or needs nothing more; returns the steps with their ticks.
-    fn silent(schedule: Schedule, mut entry: Entry, stamp: u64, mut now: u64, draining: bool) -> Vec<(u64, Step)> {
+    fn silent(
+        schedule: Schedule,
+        mut entry: Entry,
+        stamp: u64,
+        mut now: u64,
+        draining: bool,
+    ) -> Vec<(u64, Step)> {
         let mut steps = Vec::new();
         let mut draining = draining;
         for _ in 0..100 {
