@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use wheel_server::parse_duration;
-use wheel_server::protocol::{Decoder, Message, Protocol};
+use wheel_server::protocol::{Message, OwnedMessage as Msg, Protocol, Reader};
 
 #[derive(Parser)]
 #[command(about = "Load generator for wheel-server (frame protocol)")]
@@ -135,28 +135,17 @@ fn main() -> io::Result<()> {
     Ok(())
 }
 
-/// An owned decoded message.
-#[derive(Debug)]
-enum Msg {
-    /// Payload length.
-    Data(usize),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(u16),
-}
-
-struct Reader {
+/// The read half of a connection and the crate's framed [`Reader`].
+struct Conn {
     half: OwnedReadHalf,
-    buf: Vec<u8>,
-    decoder: Decoder,
+    reader: Reader,
 }
 
-impl Reader {
-    fn new(half: OwnedReadHalf) -> Reader {
-        Reader {
+impl Conn {
+    fn new(half: OwnedReadHalf) -> Conn {
+        Conn {
             half,
-            buf: Vec::with_capacity(4096),
-            decoder: Decoder::new(Protocol::Frame, 16 << 20),
+            reader: Reader::new(Protocol::Frame, 16 << 20),
         }
     }
 
@@ -164,25 +153,18 @@ impl Reader {
     async fn next(&mut self) -> io::Result<Option<Msg>> {
         loop {
             let decoded = self
-                .decoder
-                .decode(&self.buf)
+                .reader
+                .next_message()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            if let Some((msg, used)) = decoded {
-                let owned = match msg {
-                    Message::Data(p) => Msg::Data(p.len()),
-                    Message::Ping(p) => Msg::Ping(p.to_vec()),
-                    Message::Pong(p) => Msg::Pong(p.to_vec()),
-                    Message::Close { code, .. } => Msg::Close(code),
-                };
-                self.buf.drain(..used);
-                return Ok(Some(owned));
+            if decoded.is_some() {
+                return Ok(decoded);
             }
             let mut chunk = [0u8; 8192];
             let n = self.half.read(&mut chunk).await?;
             if n == 0 {
                 return Ok(None);
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.reader.extend(&chunk[..n]);
         }
     }
 }
@@ -295,7 +277,7 @@ async fn idle(
         let offset = ping_every.mul_f64(i as f64 / common.connections.max(1) as f64);
         tokio::task::spawn_local(async move {
             let (r, mut w) = stream.into_split();
-            let mut reader = Reader::new(r);
+            let mut reader = Conn::new(r);
             let mut next = tokio::time::Instant::now() + offset;
             loop {
                 tokio::select! {
@@ -305,7 +287,7 @@ async fn idle(
                     }
                     msg = reader.next() => match msg {
                         Ok(Some(Msg::Ping(p))) => { let _ = send(&mut w, Message::Pong(&p)).await; }
-                        Ok(Some(Msg::Close(_))) | Ok(None) | Err(_) => break,
+                        Ok(Some(Msg::Close(..))) | Ok(None) | Err(_) => break,
                         Ok(Some(_)) => {}
                     }
                 }
@@ -356,7 +338,7 @@ async fn ping(common: Common, rate: f64, duration: Duration) -> io::Result<serde
         // The write half must live: dropping it would shut the socket's
         // write side down (the PINGs go through the std clone).
         let (r, w) = TcpStream::from_std(std_stream)?.into_split();
-        readers.push((Reader::new(r), w));
+        readers.push((Conn::new(r), w));
     }
     let total = (rate * duration.as_secs_f64()) as u64;
     let start = Instant::now() + Duration::from_millis(200);
@@ -448,7 +430,7 @@ async fn echo(
         let latencies = Rc::clone(&latencies);
         tasks.push(tokio::task::spawn_local(async move {
             let (r, mut w) = stream.into_split();
-            let mut reader = Reader::new(r);
+            let mut reader = Conn::new(r);
             let payload = vec![b'e'; size];
             let mut sent_at = std::collections::VecDeque::new();
             for _ in 0..in_flight {
@@ -459,7 +441,8 @@ async fn echo(
             }
             let mut local = Vec::new();
             while let Ok(Some(msg)) = reader.next().await {
-                if let Msg::Data(len) = msg {
+                if let Msg::Data(payload) = msg {
+                    let len = payload.len();
                     assert_eq!(len, size, "echo of a different size");
                     if let Some(t) = sent_at.pop_front() {
                         local.push(t.elapsed().as_secs_f64() * 1e3);
@@ -516,7 +499,7 @@ async fn expiry(
         let offset = spread.mul_f64((rng >> 11) as f64 / (1u64 << 53) as f64);
         tasks.push(tokio::task::spawn_local(async move {
             let (r, mut w) = stream.into_split();
-            let mut reader = Reader::new(r);
+            let mut reader = Conn::new(r);
             // Alive until the offset: a PING now (answered), silence after
             // the measured PING at the offset.
             send(&mut w, Message::Ping(b"first"))
@@ -536,7 +519,7 @@ async fn expiry(
             loop {
                 match tokio::time::timeout(deadline, reader.next()).await {
                     Ok(Ok(Some(Msg::Pong(_)))) => rtt = Some(sent.elapsed()),
-                    Ok(Ok(Some(Msg::Close(code)))) => return Ok((code, sent.elapsed(), rtt)),
+                    Ok(Ok(Some(Msg::Close(code, _)))) => return Ok((code, sent.elapsed(), rtt)),
                     Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
                     Ok(Err(e)) => return Err(e.to_string()),
                     Err(_) => return Err("no close within 3x the timeout".into()),

@@ -22,3 +22,34 @@ pub fn decode_all(protocol: Protocol, data: &[u8]) {
         }
     }
 }
+
+/// Encodes `data` as each kind of message in each protocol: an encoding
+/// that succeeds must decode back to exactly that message, as one message
+/// using every byte written (so no payload can inject another message).
+pub fn encode_round_trip(data: &[u8]) {
+    use wheel_server::protocol::{Message, OwnedMessage, Reader};
+    let reason = String::from_utf8_lossy(data);
+    let ping = &data[..data.len().min(wheel_server::protocol::MAX_PING_PAYLOAD)];
+    let msgs = [
+        Message::Data(data),
+        Message::Ping(ping),
+        Message::Pong(data),
+        Message::Close {
+            code: 1000,
+            reason: &reason,
+        },
+    ];
+    for protocol in Protocol::ALL {
+        for msg in msgs {
+            let mut wire = Vec::new();
+            if protocol.encode(&msg, &mut wire).is_err() {
+                assert!(wire.is_empty(), "a refused message writes nothing");
+                continue;
+            }
+            let mut reader = Reader::new(protocol, 1 << 20);
+            reader.extend(&wire);
+            assert_eq!(reader.next_message(), Ok(Some(OwnedMessage::from(msg))));
+            assert!(!reader.has_partial());
+        }
+    }
+}

@@ -123,6 +123,11 @@ pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeE
             }
         }
     }
+    // The decoder strips one '\r' before the '\n': a text that ends in
+    // '\r' gets one more, so that it reads back whole.
+    if text.last() == Some(&b'\r') {
+        out.push(b'\r');
+    }
     out.push(b'\n');
     Ok(())
 }

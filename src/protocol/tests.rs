@@ -4,17 +4,12 @@ use proptest::prelude::*;
 /// An owned copy of a decoded message (or the error that ended the stream).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Owned {
-    Msg(u8, Vec<u8>, u16),
+    Msg(OwnedMessage),
     Err(DecodeError),
 }
 
 fn own(msg: &Message<'_>) -> Owned {
-    match *msg {
-        Message::Data(p) => Owned::Msg(1, p.to_vec(), 0),
-        Message::Ping(p) => Owned::Msg(2, p.to_vec(), 0),
-        Message::Pong(p) => Owned::Msg(3, p.to_vec(), 0),
-        Message::Close { code, reason } => Owned::Msg(4, reason.as_bytes().to_vec(), code),
-    }
+    Owned::Msg(OwnedMessage::from(*msg))
 }
 
 /// Feeds `input` to a decoder in chunks ending at `cuts`, the way a
@@ -169,14 +164,14 @@ fn line_commands() {
     assert_eq!(
         got,
         vec![
-            Owned::Msg(2, b"".to_vec(), 0),
-            Owned::Msg(2, b"hi there".to_vec(), 0),
-            Owned::Msg(3, b"".to_vec(), 0),
-            Owned::Msg(4, b"quit".to_vec(), 1000),
-            Owned::Msg(4, b"idle timeout".to_vec(), 4000),
-            Owned::Msg(1, b"PINGS".to_vec(), 0),
-            Owned::Msg(1, b"hello".to_vec(), 0),
-            Owned::Msg(1, b"".to_vec(), 0),
+            Owned::Msg(OwnedMessage::Ping(b"".to_vec())),
+            Owned::Msg(OwnedMessage::Ping(b"hi there".to_vec())),
+            Owned::Msg(OwnedMessage::Pong(b"".to_vec())),
+            Owned::Msg(OwnedMessage::Close(1000, "quit".into())),
+            Owned::Msg(OwnedMessage::Close(4000, "idle timeout".into())),
+            Owned::Msg(OwnedMessage::Data(b"PINGS".to_vec())),
+            Owned::Msg(OwnedMessage::Data(b"hello".to_vec())),
+            Owned::Msg(OwnedMessage::Data(b"".to_vec())),
         ]
     );
 }
@@ -215,26 +210,17 @@ fn line_length_limit() {
     assert!(one(Protocol::Line, 4, b"abcdef").unwrap_err().is_too_big());
 }
 
-fn message() -> impl Strategy<Value = (u8, Vec<u8>, u16)> {
+fn message() -> impl Strategy<Value = OwnedMessage> {
     prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..300).prop_map(|p| (1, p, 0)),
-        proptest::collection::vec(any::<u8>(), 0..=MAX_PING_PAYLOAD).prop_map(|p| (2, p, 0)),
-        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|p| (3, p, 0)),
-        ("[a-z ]{0,20}", any::<u16>()).prop_map(|(r, c)| (4, r.into_bytes(), c)),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(OwnedMessage::Data),
+        proptest::collection::vec(any::<u8>(), 0..=MAX_PING_PAYLOAD).prop_map(OwnedMessage::Ping),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(OwnedMessage::Pong),
+        ("[a-z ]{0,20}", any::<u16>()).prop_map(|(r, c)| OwnedMessage::Close(c, r)),
     ]
 }
 
-fn encode_owned(protocol: Protocol, (kind, payload, code): &(u8, Vec<u8>, u16), out: &mut Vec<u8>) {
-    let msg = match kind {
-        1 => Message::Data(payload),
-        2 => Message::Ping(payload),
-        3 => Message::Pong(payload),
-        _ => Message::Close {
-            code: *code,
-            reason: std::str::from_utf8(payload).unwrap(),
-        },
-    };
-    protocol.encode(&msg, out).unwrap();
+fn encode_owned(protocol: Protocol, msg: &OwnedMessage, out: &mut Vec<u8>) {
+    protocol.encode(&msg.as_message(), out).unwrap();
 }
 
 proptest! {
@@ -248,7 +234,7 @@ proptest! {
         for m in &msgs {
             encode_owned(Protocol::Frame, m, &mut wire);
         }
-        let expected: Vec<Owned> = msgs.iter().map(|(k, p, c)| Owned::Msg(*k, p.clone(), if *k == 4 { *c } else { 0 })).collect();
+        let expected: Vec<Owned> = msgs.iter().cloned().map(Owned::Msg).collect();
         prop_assert_eq!(decode_in_chunks(Protocol::Frame, 1 << 16, &wire, &cuts), expected);
     }
 
@@ -281,5 +267,48 @@ proptest! {
         let whole = decode_in_chunks(Protocol::Line, 32, &input, &[]);
         let split = decode_in_chunks(Protocol::Line, 32, &input, &cuts);
         prop_assert_eq!(whole, split);
+    }
+
+    /// Line mode either refuses a message or writes one line that reads
+    /// back as exactly that message: no payload can inject a line or pass
+    /// for a command.
+    #[test]
+    fn line_mode_encodes_only_what_reads_back_the_same(
+        msg in prop_oneof![
+            proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b' '), any::<u8>()], 0..40)
+                .prop_map(OwnedMessage::Data),
+            prop_oneof![
+                Just(b"PING".to_vec()), Just(b"PING x".to_vec()), Just(b"QUIT".to_vec()),
+                Just(b"CLOSE 1000 bye".to_vec()), Just(b"CLOSE x".to_vec()), Just(b"PONG\r".to_vec()),
+            ].prop_map(OwnedMessage::Data),
+            proptest::collection::vec(any::<u8>(), 0..=MAX_PING_PAYLOAD).prop_map(OwnedMessage::Ping),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(OwnedMessage::Pong),
+            ("[a-z \r\n]{0,20}", any::<u16>()).prop_map(|(r, c)| OwnedMessage::Close(c, r)),
+        ],
+    ) {
+        let mut wire = Vec::new();
+        match Protocol::Line.encode(&msg.as_message(), &mut wire) {
+            Ok(()) => {
+                let mut reader = Reader::new(Protocol::Line, 1 << 16);
+                reader.extend(&wire);
+                prop_assert_eq!(reader.next_message(), Ok(Some(msg)));
+                prop_assert!(!reader.has_partial(), "one line, wholly consumed");
+            }
+            Err(e) => {
+                prop_assert!(wire.is_empty());
+                let text = match &msg {
+                    OwnedMessage::Data(p) | OwnedMessage::Ping(p) | OwnedMessage::Pong(p) => p.clone(),
+                    OwnedMessage::Close(_, r) => r.clone().into_bytes(),
+                };
+                match e {
+                    EncodeError::LineBreak => prop_assert!(text.contains(&b'\n')),
+                    EncodeError::ReadsAsCommand => {
+                        let OwnedMessage::Data(p) = &msg else { panic!("only DATA can read as a command") };
+                        prop_assert!(!matches!(line::decode(&[p.as_slice(), b"\n"].concat(), 1 << 16, &mut 0), Ok(Some((Message::Data(_), _)))));
+                    }
+                    other => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use wheel_server::protocol::{Decoder, Message, Protocol};
+use wheel_server::protocol::{Message, Protocol, Reader};
 use wheel_server::{Config, Server};
 
 pub fn ms(n: u64) -> Duration {
@@ -63,31 +63,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// An owned message, for comparing in assertions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Msg {
-    Data(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(u16, String),
-}
-
-impl Msg {
-    fn from(msg: &Message<'_>) -> Msg {
-        match *msg {
-            Message::Data(p) => Msg::Data(p.to_vec()),
-            Message::Ping(p) => Msg::Ping(p.to_vec()),
-            Message::Pong(p) => Msg::Pong(p.to_vec()),
-            Message::Close { code, reason } => Msg::Close(code, reason.to_owned()),
-        }
-    }
-
-    pub fn close_code(&self) -> Option<u16> {
-        match self {
-            Msg::Close(code, _) => Some(*code),
-            _ => None,
-        }
-    }
-}
+pub use wheel_server::protocol::OwnedMessage as Msg;
 
 /// What a read from the server produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,8 +79,7 @@ pub enum Recv {
 pub struct Client {
     pub stream: TcpStream,
     protocol: Protocol,
-    buf: Vec<u8>,
-    decoder: Decoder,
+    reader: Reader,
 }
 
 impl Client {
@@ -119,8 +94,7 @@ impl Client {
         Client {
             stream,
             protocol,
-            buf: Vec::new(),
-            decoder: Decoder::new(protocol, 16 << 20),
+            reader: Reader::new(protocol, 16 << 20),
         }
     }
 
@@ -129,8 +103,7 @@ impl Client {
         Client {
             stream,
             protocol: Protocol::Frame,
-            buf: Vec::new(),
-            decoder: Decoder::new(Protocol::Frame, 16 << 20),
+            reader: Reader::new(Protocol::Frame, 16 << 20),
         }
     }
 
@@ -144,22 +117,10 @@ impl Client {
         if self.stream.write_all(&wire).is_err() {
             return false;
         }
-        let mut chunk = [0u8; 256];
-        loop {
-            match self.decoder.decode(&self.buf) {
-                Ok(Some((msg, used))) => {
-                    let answered = msg == Message::Pong(payload);
-                    self.buf.drain(..used);
-                    return answered;
-                }
-                Err(_) => return false,
-                Ok(None) => {}
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                _ => return false,
-            }
-        }
+        matches!(
+            self.reader.read_message(&mut self.stream),
+            Ok(Some(Msg::Pong(p))) if p == payload
+        )
     }
 
     pub fn send(&mut self, msg: Message<'_>) {
@@ -174,49 +135,36 @@ impl Client {
 
     /// The next message, end of stream, or error (panics on a timeout).
     pub fn recv(&mut self) -> Recv {
-        loop {
-            match self.decoder.decode(&self.buf) {
-                Ok(Some((msg, used))) => {
-                    let msg = Msg::from(&msg);
-                    self.buf.drain(..used);
-                    return Recv::Msg(msg);
-                }
-                Ok(None) => {}
-                Err(e) => panic!("server sent undecodable bytes: {e}"),
+        match self.reader.read_message(&mut self.stream) {
+            Ok(Some(msg)) => Recv::Msg(msg),
+            // As the old reader did: an end inside a message is an end.
+            Ok(None) => Recv::Eof,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Recv::Eof,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                panic!("server sent undecodable bytes: {e}")
             }
-            let mut chunk = [0u8; 64 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Recv::Eof,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    panic!("no answer from the server within {PATIENCE:?}")
-                }
-                Err(e) => return Recv::Error(e.kind()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("no answer from the server within {PATIENCE:?}")
             }
+            Err(e) => Recv::Error(e.kind()),
         }
     }
 
     /// Like [`recv`](Self::recv), but `None` if nothing arrives within
     /// `timeout`.
     pub fn try_recv(&mut self, timeout: Duration) -> Option<Recv> {
-        if let Ok(Some((msg, used))) = self.decoder.decode(&self.buf) {
-            let msg = Msg::from(&msg);
-            self.buf.drain(..used);
+        if let Ok(Some(msg)) = self.reader.next_message() {
             return Some(Recv::Msg(msg));
         }
         self.stream.set_read_timeout(Some(timeout)).unwrap();
-        let mut chunk = [0u8; 64 * 1024];
-        let got = match self.stream.read(&mut chunk) {
+        let got = match self.reader.read_from(&mut self.stream) {
             Ok(0) => Some(Recv::Eof),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                None
-            }
+            Ok(_) => None,
             Err(e)
                 if matches!(
                     e.kind(),
