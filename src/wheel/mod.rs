@@ -21,11 +21,15 @@
 //!
 //! Two choices keep the common operations to one touched entry:
 //!
-//! * **Lazy reschedule.** Moving a deadline *later* (what activity does to an
-//!   idle timeout) only rewrites the entry's deadline. The entry stays on its
+//! * **Lazy reschedule.** Moving a deadline *later* with [`Wheel::reset`]
+//!   only rewrites the entry's deadline. The entry stays on its
 //!   old slot, which comes up no later than the old deadline, itself no
 //!   later than the new one; when it does, the walk files the entry under
-//!   its new slot. Moving a deadline earlier relinks at once.
+//!   its new slot. Moving a deadline earlier relinks at once. (The server
+//!   itself does not reset on activity: its workers only stamp an atomic,
+//!   and a timer that fires on an active connection is re-inserted for the
+//!   time left; see the server's `timer` module. `reset` serves callers that
+//!   do know each new deadline, and the benchmarks compare both.)
 //! * **In-place walk.** Advancing walks each slot's list where it lies, with
 //!   a cursor, instead of detaching it: entries due in a later rotation are
 //!   stepped over, not re-linked.
@@ -53,7 +57,7 @@
 //! let _b = wheel.insert("b", 20); // more than one rotation ahead
 //!
 //! assert_eq!(wheel.advance(2).count(), 0);
-//! wheel.reset(a, 5); // activity: push the deadline back
+//! wheel.reset(a, 5); // push the deadline back
 //! assert_eq!(wheel.advance(4).collect::<Vec<_>>(), Vec::<&str>::new());
 //! assert_eq!(wheel.advance(5).collect::<Vec<_>>(), vec!["a"]);
 //! assert_eq!(wheel.advance(100).collect::<Vec<_>>(), vec!["b"]);
