@@ -4,10 +4,8 @@ mod cli;
 
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-use tracing::info;
 use wheel_server::Server;
+use wheel_server::server::ShutdownSignals;
 
 fn main() -> ExitCode {
     match try_main() {
@@ -24,22 +22,8 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
     cli::init_logging(&args).map_err(|e| e.to_string())?;
     let config = args.config()?;
     // Registered before the server starts, so an early signal is not lost.
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let signals = ShutdownSignals::register()?;
     let server = Server::start(config)?;
-    if let Some(signal) = signals.forever().next() {
-        info!(
-            signal,
-            "signal received: shutting down (send another to exit at once)"
-        );
-    }
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                eprintln!("wheel-server: second signal ({signal}): exiting now");
-                std::process::exit(128 + signal);
-            }
-        })?;
-    server.shutdown();
+    server.run_until(signals)?;
     Ok(())
 }

@@ -112,9 +112,9 @@ fn a_killed_server_is_noticed_at_once_and_a_restarted_one_reconnected() {
     let backoff = fast(addr).backoff;
     for _ in 0..4 {
         let (attempt, delay) = reconnecting(&client);
-        // Attempt `a` follows retry `a - 1` (the first attempt was 1).
+        // Retry `a` (the first is 1) waits at most `cap(a)`.
         assert!(
-            delay <= backoff.cap(attempt - 1),
+            delay <= backoff.cap(attempt),
             "attempt {attempt}: {delay:?}"
         );
         assert!(delay <= backoff.max);
@@ -219,7 +219,7 @@ fn a_full_server_is_not_hammered() {
             "{dead:?}"
         );
         let (attempt, delay) = reconnecting(&client);
-        let cap = config.backoff.cap(attempt - 1);
+        let cap = config.backoff.cap(attempt);
         assert!(
             delay >= cap / 2 && delay <= cap,
             "attempt {attempt}: {delay:?} outside [{:?}, {cap:?}]",
@@ -336,7 +336,7 @@ fn example_gives_up_with_a_non_zero_exit() {
             "gave_up"
         ]
     );
-    assert_eq!(events[1]["attempt"], 2);
+    assert_eq!(events[1]["attempt"], 1, "the first retry is 1");
     assert!(events[1]["delay_ms"].as_u64().unwrap() <= 10);
     assert_eq!(events[3]["attempts"], 2);
 }
@@ -483,4 +483,66 @@ fn a_send_only_client_keeps_at_most_its_event_capacity() {
         _ => None,
     });
     assert_eq!(last_data, Some((SENT - 1).to_string().into_bytes()));
+}
+
+/// A server that answers every connection with CLOSE 1001 is failing, not
+/// leaving: after three prompt reconnects the client backs off as usual,
+/// its retries counting up.
+#[test]
+fn a_server_that_sends_1001_on_every_connection_gets_the_normal_backoff_after_three() {
+    use std::io::{Read, Write};
+    use wheel_server::protocol::{Message, Protocol};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = std::thread::spawn(move || {
+        let mut close = Vec::new();
+        Protocol::Frame
+            .encode(
+                &Message::Close {
+                    code: 1001,
+                    reason: "going away",
+                },
+                &mut close,
+            )
+            .unwrap();
+        for stream in listener.incoming().take(6) {
+            let mut stream = stream.unwrap();
+            let _ = stream.write_all(&close);
+            // Drain as a server does: until the client half-closes.
+            let _ = stream.set_read_timeout(Some(ms(500)));
+            let mut sink = [0u8; 256];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    });
+    let config = ClientConfig {
+        healthy_after: Duration::from_secs(60),
+        ..fast(addr)
+    };
+    let client = Client::start(config.clone()).unwrap();
+    let mut retries = Vec::new();
+    for _ in 0..6 {
+        let dead = dead_reason(&client);
+        assert!(
+            matches!(dead, DeadReason::Close { code: 1001, .. }),
+            "{dead:?}"
+        );
+        retries.push(reconnecting(&client));
+    }
+    let attempts: Vec<u32> = retries.iter().map(|r| r.0).collect();
+    assert_eq!(attempts, [1, 1, 1, 1, 2, 3]);
+    for (attempt, delay) in &retries[..3] {
+        assert!(
+            *delay <= config.backoff.initial / 4,
+            "prompt {attempt}: {delay:?}"
+        );
+    }
+    for (attempt, delay) in &retries[3..] {
+        assert!(
+            *delay <= config.backoff.cap(*attempt),
+            "{attempt}: {delay:?}"
+        );
+    }
+    client.close();
+    fake.join().unwrap();
 }

@@ -23,7 +23,9 @@
 //!   connection (stops sending, half-closes, reads the answers to what it
 //!   sent until the server's end of stream) and comes back promptly, after
 //!   a jittered delay of at most a quarter of the initial backoff, trying
-//!   the next address first.
+//!   the next address first. Only three times in a row, though, unless a
+//!   connection in between was healthy: a server that sends CLOSE 1001 on
+//!   every connection gets the normal backoff after that.
 //!
 //! Everything that happens is reported as an [`Event`] on a bounded
 //! crossbeam channel, DATA included. A client used only for sending need
@@ -238,10 +240,12 @@ pub enum Event {
         /// Why.
         reason: DeadReason,
     },
-    /// Waiting `delay` before connection attempt number `attempt` (counted
-    /// since the last healthy connection, the first attempt being 1).
+    /// Waiting `delay` before retry number `attempt`, counted since the
+    /// last healthy connection (or the last prompt reconnect after CLOSE
+    /// 1001): the first retry is 1. Its delay is drawn within
+    /// [`Backoff::cap`]`(attempt)`.
     Reconnecting {
-        /// The attempt about to be made.
+        /// The retry about to be made.
         attempt: u32,
         /// How long until then.
         delay: Duration,

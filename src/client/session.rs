@@ -14,6 +14,10 @@ use super::{ClientConfig, Command, DeadReason, Event, Events};
 use crate::protocol::{Message, OwnedMessage, Reader, code};
 use crate::sys::{self, SocketOptions};
 
+/// Prompt reconnects after CLOSE 1001 in a row, without a healthy
+/// connection in between, before the client backs off as after a failure.
+const MAX_PROMPT_RECONNECTS: u32 = 3;
+
 /// How long a closing client waits for the server's answering CLOSE.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -52,6 +56,7 @@ pub(super) fn run(config: ClientConfig, commands: Receiver<Command>, events: Eve
         rng,
         queue: VecDeque::new(),
         attempts: 0,
+        prompt_streak: 0,
         next_addr: 0,
     }
     .run();
@@ -66,6 +71,9 @@ struct Manager {
     queue: VecDeque<Vec<u8>>,
     /// Connection attempts since the last healthy connection.
     attempts: u32,
+    /// Prompt reconnects after CLOSE 1001 since the last healthy
+    /// connection.
+    prompt_streak: u32,
     /// Index into `config.addrs` of the next address to try.
     next_addr: usize,
 }
@@ -93,6 +101,7 @@ impl Manager {
                         End::Dead(reason) => {
                             if opened.elapsed() >= self.config.healthy_after {
                                 self.attempts = 0;
+                                self.prompt_streak = 0;
                             }
                             told_to_wait = matches!(
                                 reason,
@@ -108,9 +117,15 @@ impl Manager {
                                     ..
                                 }
                             );
+                            // The server is leaving (shutdown, drain,
+                            // rebalancing), not failing: start over, at
+                            // once. But a server that says so on every
+                            // connection is failing after all: after a few
+                            // prompt reconnects in a row without a healthy
+                            // connection, back off as usual.
+                            going_away &= self.prompt_streak < MAX_PROMPT_RECONNECTS;
                             if going_away {
-                                // The server is leaving (shutdown, drain,
-                                // rebalancing), not failing: start over.
+                                self.prompt_streak += 1;
                                 self.attempts = 0;
                             }
                             self.emit(Event::Dead { reason });
@@ -140,10 +155,7 @@ impl Manager {
             } else {
                 self.config.backoff.delay(k, &mut self.rng)
             };
-            self.emit(Event::Reconnecting {
-                attempt: self.attempts + 1,
-                delay,
-            });
+            self.emit(Event::Reconnecting { attempt: k, delay });
             if !self.pause(delay) {
                 return;
             }

@@ -62,10 +62,11 @@ pub(super) fn decode(
                 .split_first_chunk::<2>()
                 .ok_or(DecodeError::MalformedClose)?;
             let reason = std::str::from_utf8(reason).map_err(|_| DecodeError::MalformedClose)?;
-            Message::Close {
-                code: u16::from_be_bytes(*code),
-                reason,
+            let code = u16::from_be_bytes(*code);
+            if !super::close_code_allowed(code) {
+                return Err(DecodeError::ForbiddenCloseCode(code));
             }
+            Message::Close { code, reason }
         }
     };
     Ok(Some((msg, total)))

@@ -62,6 +62,11 @@ fn parse(line: &[u8]) -> Result<Message<'_>, DecodeError> {
     if let Some(rest) = command(line, b"CLOSE")
         && let Some(close) = parse_close(rest)
     {
+        if let Message::Close { code, .. } = close
+            && !super::close_code_allowed(code)
+        {
+            return Err(DecodeError::ForbiddenCloseCode(code));
+        }
         return Ok(close);
     }
     Ok(Message::Data(line))

@@ -55,6 +55,12 @@ pub mod code {
     pub const SLOW_CONSUMER: u16 = 4003;
 }
 
+/// Whether a CLOSE may carry `code` on the wire (see
+/// [`DecodeError::ForbiddenCloseCode`]).
+pub fn close_code_allowed(code: u16) -> bool {
+    !matches!(code, 0..=999 | 1004 | 1005 | 1006 | 1015)
+}
+
 /// The largest PING payload, in bytes.
 pub const MAX_PING_PAYLOAD: usize = 125;
 
@@ -81,13 +87,18 @@ impl Protocol {
     /// differently: in line mode a payload containing `\n` (it would end the
     /// line and start another, so a handler's data could inject commands), a
     /// DATA payload that would read as a command (`PING ...`, `QUIT` ...),
-    /// and in frame mode a payload whose length does not fit the length
-    /// field.
+    /// in frame mode a payload whose length does not fit the length field,
+    /// and in both a CLOSE code that must never be sent.
     ///
     /// # Errors
     ///
     /// An [`EncodeError`] naming the problem.
     pub fn encode(self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if let Message::Close { code, .. } = *msg
+            && !close_code_allowed(code)
+        {
+            return Err(EncodeError::ForbiddenCloseCode(code));
+        }
         match self {
             Protocol::Frame => frame::encode(msg, out),
             Protocol::Line => line::encode(msg, out),
@@ -133,6 +144,9 @@ pub enum EncodeError {
     ReadsAsCommand,
     /// Frame mode: the payload does not fit a frame's `u32` length field.
     TooLong(usize),
+    /// A CLOSE code that must never be sent (see
+    /// [`DecodeError::ForbiddenCloseCode`]).
+    ForbiddenCloseCode(u16),
 }
 
 impl fmt::Display for EncodeError {
@@ -145,6 +159,7 @@ impl fmt::Display for EncodeError {
                 f.write_str("line mode DATA would read as a command (PING, PONG, QUIT or CLOSE)")
             }
             EncodeError::TooLong(n) => write!(f, "payload of {n} bytes does not fit a frame"),
+            EncodeError::ForbiddenCloseCode(c) => write!(f, "close code {c} must not be sent"),
         }
     }
 }
@@ -182,6 +197,10 @@ pub enum DecodeError {
     /// A CLOSE frame with fewer than two payload bytes or a reason that is not
     /// UTF-8.
     MalformedClose,
+    /// A CLOSE with a code that must never be sent: below 1000, or 1004,
+    /// 1005, 1006 or 1015 (reserved, or meaning "no code" and "abnormal
+    /// closure" locally, RFC 6455 section 7.4.1).
+    ForbiddenCloseCode(u16),
     /// A frame or line longer than the configured maximum.
     TooBig {
         /// The announced frame length; for a line, `max + 1` (a lower bound,
@@ -217,6 +236,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "ping payload of {n} bytes exceeds {MAX_PING_PAYLOAD}")
             }
             DecodeError::MalformedClose => f.write_str("malformed close frame"),
+            DecodeError::ForbiddenCloseCode(c) => write!(f, "close code {c} must not be sent"),
             DecodeError::TooBig { len, max } => {
                 write!(f, "message of {len} bytes exceeds the maximum of {max}")
             }

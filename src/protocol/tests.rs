@@ -201,6 +201,33 @@ fn line_encoding() {
 }
 
 #[test]
+fn close_codes_that_must_never_be_sent_are_refused_both_ways() {
+    for code in [0, 999, 1004, 1005, 1006, 1015] {
+        let close = Message::Close { code, reason: "" };
+        for protocol in Protocol::ALL {
+            let mut out = Vec::new();
+            assert_eq!(
+                protocol.encode(&close, &mut out),
+                Err(EncodeError::ForbiddenCloseCode(code))
+            );
+        }
+        let mut frame = vec![0, 0, 0, 3, frame::CLOSE];
+        frame.extend_from_slice(&code.to_be_bytes());
+        assert_eq!(
+            one(Protocol::Frame, 100, &frame),
+            Err(DecodeError::ForbiddenCloseCode(code))
+        );
+        assert_eq!(
+            one(Protocol::Line, 100, format!("CLOSE {code}\n").as_bytes()),
+            Err(DecodeError::ForbiddenCloseCode(code))
+        );
+    }
+    for code in [1000, 1001, 1003, 1007, 1011, 3000, 4000, 4999] {
+        assert!(close_code_allowed(code), "{code}");
+    }
+}
+
+#[test]
 fn line_length_limit() {
     // max_frame bytes, with or without "\r", is fine.
     assert!(matches!(one(Protocol::Line, 4, b"abcd\r\n"), Ok(Some(_))));
@@ -215,8 +242,12 @@ fn message() -> impl Strategy<Value = OwnedMessage> {
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(OwnedMessage::Data),
         proptest::collection::vec(any::<u8>(), 0..=MAX_PING_PAYLOAD).prop_map(OwnedMessage::Ping),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(OwnedMessage::Pong),
-        ("[a-z ]{0,20}", any::<u16>()).prop_map(|(r, c)| OwnedMessage::Close(c, r)),
+        ("[a-z ]{0,20}", sendable_code()).prop_map(|(r, c)| OwnedMessage::Close(c, r)),
     ]
+}
+
+fn sendable_code() -> impl Strategy<Value = u16> {
+    any::<u16>().prop_filter("a code that may be sent", |&c| close_code_allowed(c))
 }
 
 fn encode_owned(protocol: Protocol, msg: &OwnedMessage, out: &mut Vec<u8>) {
@@ -283,7 +314,7 @@ proptest! {
             ].prop_map(OwnedMessage::Data),
             proptest::collection::vec(any::<u8>(), 0..=MAX_PING_PAYLOAD).prop_map(OwnedMessage::Ping),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(OwnedMessage::Pong),
-            ("[a-z \r\n]{0,20}", any::<u16>()).prop_map(|(r, c)| OwnedMessage::Close(c, r)),
+            ("[a-z \r\n]{0,20}", sendable_code()).prop_map(|(r, c)| OwnedMessage::Close(c, r)),
         ],
     ) {
         let mut wire = Vec::new();

@@ -20,21 +20,63 @@ use crate::sys::{self, AcceptError};
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause: how late, at worst, the server notices freed descriptors.
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
-/// At most one "server full" warning per this interval (each rejection is
-/// also logged at debug level).
-const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one warning per this interval for each kind of rejection (each
+/// rejection is also logged at debug level).
+const REJECT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rejected {
+    /// `max_connections` are open.
+    Full,
+    /// No worker thread could be started.
+    NoThread,
+}
+
+/// When each kind of rejection was last warned about.
+#[derive(Default)]
+struct RejectWarnings {
+    full: Option<Instant>,
+    no_thread: Option<Instant>,
+}
+
+impl RejectWarnings {
+    /// Warns about `rejected` unless a warning of its kind went out within
+    /// the interval.
+    fn warn(&mut self, shared: &Shared, rejected: Rejected) {
+        let last = match rejected {
+            Rejected::Full => &mut self.full,
+            Rejected::NoThread => &mut self.no_thread,
+        };
+        if last.is_some_and(|t| t.elapsed() < REJECT_WARNING_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match rejected {
+            Rejected::Full => warn!(
+                max = shared.config.max_connections,
+                "server full: rejecting new connections with close 1013"
+            ),
+            Rejected::NoThread => warn!(
+                open = shared.registry.len(),
+                "out of threads: rejecting new connections with close 1013 \
+                 (see --worker-stack and the process's limits)"
+            ),
+        }
+    }
+}
 
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u64;
-    let mut last_full_warning: Option<Instant> = None;
+    let mut warnings = RejectWarnings::default();
     loop {
         let accepted = shared.listener.accept();
         if shared.stopping.load(Ordering::Acquire) {
             // Taken from the queue while shutdown drained it: admitted like
             // the others, so that it is drained rather than dropped.
             if let Ok((stream, peer)) = accepted {
-                admit(&shared, stream, peer);
+                let _ = admit(&shared, stream, peer);
             }
             return;
         }
@@ -48,16 +90,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     failures = 0;
                     backoff = BACKOFF_MIN;
                 }
-                if !admit(&shared, stream, peer) {
-                    let warn_now =
-                        last_full_warning.is_none_or(|t| t.elapsed() >= FULL_WARNING_INTERVAL);
-                    if warn_now {
-                        warn!(
-                            max = shared.config.max_connections,
-                            "server full: rejecting new connections with close 1013"
-                        );
-                        last_full_warning = Some(Instant::now());
-                    }
+                if let Err(rejected) = admit(&shared, stream, peer) {
+                    warnings.warn(&shared, rejected);
                 }
             }
             Err(e) => {
@@ -97,19 +131,20 @@ pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
     let mut admitted = 0;
     while let Ok((stream, peer)) = shared.listener.accept() {
         // Accepted sockets do not inherit O_NONBLOCK on Linux.
-        admit(shared, stream, peer);
+        let _ = admit(shared, stream, peer);
         admitted += 1;
     }
     admitted
 }
 
-/// Registers the connection and starts its worker. Returns false if it was
-/// rejected because the server is full.
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
+/// Registers the connection and starts its worker, or says why it was
+/// turned away (with CLOSE 1013, counted). Only an admitted connection
+/// counts as accepted, so that accepted - closed = open.
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<(), Rejected> {
     if let Err(e) = sys::configure(&stream, &shared.config.socket_options()) {
         // Typically the peer already reset the connection.
         debug!(%peer, "dropping connection: cannot set socket options: {e}");
-        return true;
+        return Ok(());
     }
     let tick = shared.clock.now();
     let config = &shared.config;
@@ -122,20 +157,21 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> bool {
         debug!(%peer, "rejected: server full");
         let stream = stream.expect("not taken when full");
         reject(shared, &stream, "server_full", "server full");
-        return false;
+        return Err(Rejected::Full);
     };
     let id = conn.id;
-    shared.metrics.accepted.inc();
     // Sent before the worker exists, so it reaches the timer thread before
     // the worker's Deregister.
     let _ = shared.events.send(Event::Register { id, activity: tick });
     if let Err(e) = worker::spawn(shared, Arc::clone(&conn)) {
-        warn!(%peer, "rejected: cannot start a worker thread: {e}");
+        debug!(%peer, "rejected: cannot start a worker thread: {e}");
         shared.registry.remove(id, Default::default());
         let _ = shared.events.send(Event::Deregister(id));
         reject(shared, conn.stream(), "no_thread", "server out of threads");
+        return Err(Rejected::NoThread);
     }
-    true
+    shared.metrics.accepted.inc();
+    Ok(())
 }
 
 /// Tells a connection the server cannot take it (CLOSE 1013 with `reason`)

@@ -64,6 +64,7 @@ mod proxy;
 mod registry;
 mod shared;
 mod shutdown;
+mod signals;
 mod timer;
 mod worker;
 
@@ -71,6 +72,7 @@ pub use close::{CloseReason, TcpTimeout};
 pub use config::{Config, ConfigError, MIN_WORKER_STACK};
 pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use id::ConnId;
+pub use signals::ShutdownSignals;
 
 use std::io;
 use std::net::SocketAddr;

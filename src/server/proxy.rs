@@ -6,9 +6,15 @@ use std::net::SocketAddr;
 
 use ppp::{HeaderResult, PartialResult, v1, v2};
 
-/// The most bytes read while waiting for a header. A v1 header is at most
-/// 107 bytes; v2 allows extensions (TLVs), and HAProxy's fit easily.
-pub(crate) const MAX_HEADER: usize = 4096;
+/// The longest version 1 header, `\r\n` included (the specification's
+/// bound).
+const MAX_V1: usize = 107;
+
+/// The most bytes read while waiting for a header: the longest version 2
+/// header the format can describe (16 fixed bytes, then a 16-bit length of
+/// addresses and TLVs). Held only during the header phase, which its
+/// timeout bounds.
+pub(crate) const MAX_HEADER: usize = 16 + u16::MAX as usize;
 
 /// What the front of a connection's input holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +34,16 @@ pub(crate) enum Parsed {
 
 /// Parses a header from the front of `input`.
 pub(crate) fn parse(input: &[u8]) -> Parsed {
+    // A version 1 header ends at its CRLF; before that it is incomplete
+    // (within its bound), whatever the parser makes of the prefix: `ppp`
+    // reports an error for input cut right after a field's space.
+    if input.starts_with(b"PROXY ") && !input[..input.len().min(MAX_V1)].contains(&b'\n') {
+        return if input.len() < MAX_V1 {
+            Parsed::Incomplete
+        } else {
+            Parsed::Invalid(format!("version 1 header longer than {MAX_V1} bytes"))
+        };
+    }
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
         return Parsed::Incomplete;
@@ -41,6 +57,9 @@ pub(crate) fn parse(input: &[u8]) -> Parsed {
             },
             len: header.header.len(),
         },
+        HeaderResult::V2(Ok(header)) if header.protocol == v2::Protocol::Datagram => {
+            Parsed::Invalid("version 2 header for a datagram (UDP) connection".into())
+        }
         HeaderResult::V2(Ok(header)) => Parsed::Complete {
             client: match header.addresses {
                 v2::Addresses::IPv4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
@@ -98,6 +117,59 @@ mod tests {
                 len: local.len()
             }
         );
+    }
+
+    /// Every prefix of a valid header is incomplete, never invalid.
+    fn assert_every_split_is_incomplete(header: &[u8]) {
+        for cut in 0..header.len() {
+            assert_eq!(
+                parse(&header[..cut]),
+                Parsed::Incomplete,
+                "cut at {cut} of {:?}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert!(matches!(parse(header), Parsed::Complete { .. }));
+    }
+
+    #[test]
+    fn a_header_split_anywhere_is_incomplete_until_its_end() {
+        for v1 in [
+            &b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 5005\r\n"[..],
+            b"PROXY TCP6 2001:db8::9 2001:db8::1 4000 5005\r\n",
+            b"PROXY UNKNOWN\r\n",
+        ] {
+            assert_every_split_is_incomplete(v1);
+        }
+        let addrs: (SocketAddr, SocketAddr) = (
+            "203.0.113.7:51234".parse().unwrap(),
+            "10.0.0.1:5005".parse().unwrap(),
+        );
+        let mut builder = v2::Builder::with_addresses(0x21, v2::Protocol::Stream, addrs);
+        // TLVs past the old 4,096-byte bound: the format allows 64 KiB.
+        builder = builder.write_tlv(0xE0, &[7u8; 5000][..]).unwrap();
+        let v2 = builder.build().unwrap();
+        assert!(v2.len() > 5000);
+        assert_every_split_is_incomplete(&v2);
+        assert!(v2.len() <= MAX_HEADER);
+    }
+
+    #[test]
+    fn a_version_2_datagram_header_is_refused() {
+        let addrs: (SocketAddr, SocketAddr) = (
+            "203.0.113.7:51234".parse().unwrap(),
+            "10.0.0.1:5005".parse().unwrap(),
+        );
+        let header = v2::Builder::with_addresses(0x21, v2::Protocol::Datagram, addrs)
+            .build()
+            .unwrap();
+        assert!(matches!(parse(&header), Parsed::Invalid(why) if why.contains("datagram")));
+    }
+
+    #[test]
+    fn a_version_1_header_without_its_end_within_107_bytes_is_refused() {
+        let long = format!("PROXY TCP4 {}", "1".repeat(120));
+        assert!(matches!(parse(long.as_bytes()), Parsed::Invalid(_)));
     }
 
     #[test]
