@@ -76,8 +76,10 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_NO_KEEPALIVE")]
     no_keepalive: bool,
 
-    /// TCP_USER_TIMEOUT: drop a connection whose sent data stays unacknowledged this long.
-    /// Off unless set.
+    /// TCP_USER_TIMEOUT: drop a connection whose sent data stays unacknowledged this long
+    /// (0 = off). Unset: keepalive idle + interval x count while keepalive is on (keepalive
+    /// sends no probes while data is in flight; without this a dead peer would then take
+    /// ~15 minutes of retransmissions to find), off otherwise.
     #[arg(long, env = "WHEEL_SERVER_USER_TIMEOUT", value_parser = parse_duration)]
     user_timeout: Option<Duration>,
 
@@ -186,7 +188,7 @@ impl Args {
                 interval: self.keepalive_interval,
                 count: self.keepalive_count,
             }),
-            user_timeout: self.user_timeout.and_then(nonzero),
+            user_timeout: self.user_timeout,
             write_timeout: nonzero(self.write_timeout),
             max_outbox: self.max_outbox,
             shutdown_grace: self.shutdown_grace,

@@ -546,3 +546,26 @@ fn a_server_that_sends_1001_on_every_connection_gets_the_normal_backoff_after_th
     client.close();
     fake.join().unwrap();
 }
+
+/// Garbage from the server is a protocol error, not a reset.
+#[test]
+fn garbage_from_the_server_is_reported_as_protocol() {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        // A frame of an unknown type.
+        stream.write_all(&[0, 0, 0, 1, 0x09]).unwrap();
+        stream
+    });
+    let client = Client::start(fast(addr)).unwrap();
+    let dead = dead_reason(&client);
+    assert!(
+        matches!(&dead, DeadReason::Protocol(why) if why.contains("unknown frame type 0x09")),
+        "{dead:?}"
+    );
+    assert_eq!(dead.label(), "protocol");
+    client.close();
+    drop(fake.join().unwrap());
+}

@@ -4,7 +4,7 @@
 
 mod util;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
@@ -298,4 +298,151 @@ fn clients_dying_mid_frame_or_mid_echo_free_everything() {
     let mut c = Client::connect(server.local_addr());
     assert_eq!(c.ping(b"fine"), Msg::Pong(b"fine".to_vec()));
     assert!(matches!(c.try_recv(ms(50)), None | Some(Recv::Msg(_))));
+}
+
+/// The scenario end to end: a reader with a 16 KiB buffer taking
+/// 16 KiB every 400 ms while 12 MiB of echoes wait. The connection ends for
+/// `write_timeout` within a bound. (On this loopback the kernel does not
+/// wake the blocked writer for such small reads, so the old per-call send
+/// timeout fired here too; the unit test in `outbound.rs` reads enough to
+/// wake it and shows the old code writing on until the reader stopped.)
+#[test]
+fn a_trickling_reader_is_ended_by_the_write_timeout_for_the_whole_batch() {
+    let server = start(Config {
+        write_timeout: Some(ms(1000)),
+        idle_timeout: Some(ms(2000)),
+        max_frame: 2 << 20,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let metrics = server.metrics_addr().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(&server.local_addr().into()).unwrap();
+    let trickler: TcpStream = socket.into();
+    let mut frame = Vec::new();
+    Protocol::Frame
+        .encode(&Message::Data(&vec![b'x'; 1 << 20]), &mut frame)
+        .unwrap();
+    let started = Instant::now();
+    let reader = {
+        let mut stream = trickler.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // The reader: 16 KiB every 400 ms, far too slow for
+            // 12 MiB of echoes (more than the socket buffers hold), but
+            // never silent for a whole write timeout.
+            let mut chunk = vec![0u8; 16 * 1024];
+            stream.set_read_timeout(Some(ms(20))).unwrap();
+            while started.elapsed() < Duration::from_secs(20) {
+                match stream.read(&mut chunk) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return,
+                }
+                std::thread::sleep(ms(400));
+            }
+        })
+    };
+    // Sends all 12 MiB, blocking as long as the server reads.
+    let writer = {
+        let mut stream = trickler.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..12 {
+                if stream.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let closed = |text: &str| {
+        sample(
+            text,
+            "wheel_connections_closed_total{reason=\"write_timeout\"}",
+        ) == 1.0
+    };
+    let ended = wait_until(Duration::from_secs(30), || closed(&util::scrape(metrics)));
+    assert!(ended, "{}", util::scrape(metrics));
+    let took = started.elapsed();
+    eprintln!("trickling reader: closed for write_timeout after {took:?}");
+    // Filling the socket buffers, then one batch of at most 300 ms.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let _ = trickler.shutdown(std::net::Shutdown::Both);
+    reader.join().unwrap();
+    writer.join().unwrap();
+}
+
+/// Out of threads (address space capped, large worker stacks): refusals are
+/// CLOSE 1013 `server out of threads`, counted as rejected and not as
+/// accepted, so accepted - closed = open; and warned about once, not once
+/// per refusal.
+#[test]
+fn running_out_of_threads_keeps_the_counters_adding_up_and_warns_once() {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wheel-server"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--worker-stack",
+        "268435456",
+    ]);
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = ServerProcess::spawn(cmd);
+    let metrics = server.metrics_addr();
+    let mut clients: Vec<Client> = (0..12).map(|_| Client::connect(server.addr)).collect();
+    let mut served = 0;
+    let mut refused = 0;
+    for c in &mut clients {
+        c.send(Message::Ping(b"?"));
+        match c.recv_msg() {
+            Msg::Pong(_) => served += 1,
+            Msg::Close(1013, reason) => {
+                assert_eq!(reason, "server out of threads");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    eprintln!("out of threads: {served} served, {refused} refused");
+    assert!(
+        refused > 0 && served > 0,
+        "{served} served, {refused} refused"
+    );
+    let text = util::scrape(metrics);
+    let accepted = sample(&text, "wheel_connections_accepted_total");
+    let open = sample(&text, "wheel_connections_open");
+    let no_thread = sample(
+        &text,
+        "wheel_connections_rejected_total{reason=\"no_thread\"}",
+    );
+    let closed: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("wheel_connections_closed_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(accepted, served as f64);
+    assert_eq!(no_thread, refused as f64);
+    assert_eq!(accepted - closed, open);
+    drop(clients);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).is_some());
+    let warnings = server.log_lines_containing("out of threads: rejecting");
+    assert_eq!(warnings, 1, "one warning for {refused} refusals");
 }

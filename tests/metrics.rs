@@ -257,3 +257,97 @@ fn a_metrics_address_in_use_fails_startup_with_its_name() {
         "{err}"
     );
 }
+
+/// The attack of the issue: thousands of pipelined requests from a client
+/// that never reads. Its worker gives up after the write deadline; the
+/// others keep answering `/healthz`, and shutdown is not held up.
+#[test]
+fn a_client_that_pipelines_and_never_reads_blocks_neither_health_nor_shutdown() {
+    let server = start(metrics_config());
+    let metrics = server.metrics_addr().unwrap();
+    let hog = TcpStream::connect(metrics).unwrap();
+    hog.set_write_timeout(Some(ms(500))).unwrap();
+    let flood = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    // Until the server stops reading: what it has read it answers into a
+    // socket nobody reads.
+    let _ = (&hog).write_all(flood.as_bytes());
+    for _ in 0..5 {
+        let asked = std::time::Instant::now();
+        assert_eq!(get(metrics, "/healthz").0, 200);
+        assert!(
+            asked.elapsed() < ms(1000),
+            "healthz took {:?}",
+            asked.elapsed()
+        );
+    }
+    let stopping = std::time::Instant::now();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(server.shutdown()).unwrap());
+    // The endpoint stops last, after the (empty) drain: bounded by the
+    // write deadline at worst.
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .is_ok(),
+        "shutdown still waiting after 5 s"
+    );
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(5));
+    drop(hog);
+}
+
+/// Idle HTTP connections cost no threads: a few are held (each for at most
+/// the head deadline), a few more wait, and the rest get 503 at once and
+/// are counted.
+#[test]
+fn idle_http_connections_are_bounded_refused_and_timed_out() {
+    let server = util::ServerProcess::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let before = util::threads(server.pid());
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(metrics).unwrap())
+        .collect();
+    // Refused ones read a 503 and the end of stream.
+    let mut refused = 0;
+    for mut stream in idle {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        if answer.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        } else {
+            // Held or queued, then closed at the head deadline, unanswered.
+            assert_eq!(answer, "");
+        }
+    }
+    assert!(refused >= 200 - 4 - 16, "only {refused} refused");
+    assert!(
+        util::threads(server.pid()) <= before,
+        "threads grew from {before} to {}",
+        util::threads(server.pid())
+    );
+    assert!(wait_until(PATIENCE, || get(metrics, "/healthz").0 == 200));
+    let text = util::scrape(metrics);
+    assert!(util::sample(&text, "wheel_http_refused_total") >= refused as f64);
+    assert!(util::sample(&text, "wheel_http_timeouts_total") >= 1.0);
+}
+
+#[test]
+fn bad_http_heads_get_400_or_431_and_keep_alive_works() {
+    let server = start(metrics_config());
+    let metrics = server.metrics_addr().unwrap();
+    assert_eq!(http(metrics, "GET / HTTP/1.1\r\nBad Header\r\n\r\n").0, 400);
+    let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+    assert_eq!(http(metrics, &huge).0, 431);
+    // Two requests on one HTTP/1.1 connection, the second closing it.
+    let mut s = TcpStream::connect(metrics).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut both = String::new();
+    s.read_to_string(&mut both).unwrap();
+    assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
+    assert!(
+        both.ends_with("Connection: close\r\n\r\n"),
+        "HEAD has no body: {both}"
+    );
+}

@@ -170,6 +170,52 @@ fn tcp_user_timeout_drops_a_pulled_cable_with_data_in_flight() {
     );
 }
 
+/// Keepalive alone cannot see a dead peer while data is in flight (Linux
+/// sends no probes then), and `--probe-after` guarantees data in flight:
+/// before the default user timeout, this took 939 s (the retransmission
+/// limit). Now `TCP_USER_TIMEOUT` defaults to idle + interval x count.
+#[test]
+fn keepalive_with_a_probe_in_flight_drops_a_pulled_cable_in_keepalive_time() {
+    let Some(pair) = Pair::create("keepalive_with_a_probe_in_flight") else {
+        return;
+    };
+    let probe = ms(500);
+    let server = server_in(
+        &pair,
+        &[
+            "--idle-timeout",
+            "0",
+            "--keepalive-idle",
+            "1s",
+            "--keepalive-interval",
+            "1s",
+            "--keepalive-count",
+            "2",
+            "--probe-after",
+            "500ms",
+        ],
+    );
+    let (_client, last_activity) = connect_and_ping(&pair, &server);
+    pair.pull_cable();
+    let (at, line) = server_close(&server, Duration::from_secs(20));
+    let took = at - last_activity;
+    let detection = Duration::from_secs(1 + 2);
+    eprintln!(
+        "keepalive + probe in flight: dropped {took:?} after the last message (default user timeout {detection:?})"
+    );
+    assert!(line.contains("tcp_timeout"), "{line}");
+    assert!(
+        took >= detection - ms(100),
+        "dropped after {took:?}, before the user timeout could have"
+    );
+    // The probe goes out about 500 ms after the last message; the kernel
+    // checks at retransmission timeouts.
+    assert!(
+        took <= probe + detection + ms(1500),
+        "dropped after {took:?}"
+    );
+}
+
 #[test]
 fn heartbeat_client_notices_a_pulled_cable_and_comes_back() {
     let Some(pair) = Pair::create("heartbeat_client_notices_a_pulled_cable") else {

@@ -316,3 +316,23 @@ fn sigterm_drains_connections_still_in_the_accept_queue() {
     let status = server.wait_exit(PATIENCE).expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "exit status {status}");
 }
+
+/// SIGHUP used to kill the server with no drain (a bare EOF for every
+/// client). It is logged and ignored until there is something to reload.
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let mut server = ServerProcess::start(&[]);
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.ping(b"before"), Msg::Pong(b"before".to_vec()));
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.wait_for_log("SIGHUP received", PATIENCE).is_some(),
+        "SIGHUP should be logged"
+    );
+    assert_eq!(c.ping(b"after"), Msg::Pong(b"after".to_vec()));
+    assert!(server.child.try_wait().unwrap().is_none(), "still running");
+    server.signal(libc::SIGTERM);
+    assert_eq!(c.expect_close().0, 1001);
+    let status = server.wait_exit(PATIENCE).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}

@@ -158,6 +158,21 @@ fn client_close_is_answered_with_1000() {
     assert_eq!(c.expect_close().0, 1000);
 }
 
+/// 0, 1005 and 1006 must never be sent; a client that does gets 1002, not
+/// the normal 1000.
+#[test]
+fn a_client_close_with_a_code_that_must_not_be_sent_gets_1002() {
+    let server = server();
+    for code in [0u16, 1005, 1006] {
+        let mut c = Client::connect(server.local_addr());
+        let mut frame = vec![0, 0, 0, 3, 0x04];
+        frame.extend_from_slice(&code.to_be_bytes());
+        c.send_raw(&frame);
+        let (answer, reason) = c.expect_close();
+        assert_eq!(answer, 1002, "code {code}: {reason}");
+    }
+}
+
 #[test]
 fn server_closes_when_the_client_half_closes() {
     let server = server();

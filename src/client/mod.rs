@@ -168,6 +168,8 @@ pub enum DeadReason {
     Eof,
     /// The connection was reset, or another read error.
     Reset,
+    /// The server sent bytes that do not decode (what was wrong).
+    Protocol(String),
     /// The server sent CLOSE. After CLOSE 1001 (going away) the client
     /// first drains: it stops sending, half-closes, and reports the answers
     /// still on their way as [`Event::Data`] before this; DATA sent
@@ -181,12 +183,13 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
-    /// `heartbeat_timeout`, `eof`, `reset` or `close`.
+    /// `heartbeat_timeout`, `eof`, `reset`, `protocol` or `close`.
     pub fn label(&self) -> &'static str {
         match self {
             DeadReason::HeartbeatTimeout => "heartbeat_timeout",
             DeadReason::Eof => "eof",
             DeadReason::Reset => "reset",
+            DeadReason::Protocol(_) => "protocol",
             DeadReason::Close { .. } => "close",
         }
     }
@@ -198,6 +201,7 @@ impl fmt::Display for DeadReason {
             DeadReason::HeartbeatTimeout => f.write_str("no answer to heartbeats"),
             DeadReason::Eof => f.write_str("server closed the connection"),
             DeadReason::Reset => f.write_str("connection reset"),
+            DeadReason::Protocol(why) => write!(f, "server sent invalid data: {why}"),
             DeadReason::Close { code, reason } => write!(f, "server sent close {code} {reason}"),
         }
     }

@@ -34,8 +34,10 @@ enum Incoming {
     Msg(OwnedMessage),
     /// End of stream.
     Eof,
-    /// A read error, or bytes that do not decode.
+    /// A read error.
     Broken(String),
+    /// Bytes that do not decode.
+    Invalid(String),
 }
 
 /// How one connection ended.
@@ -225,7 +227,10 @@ impl Manager {
             while let Ok(msg) = incoming.recv_deadline(until) {
                 if matches!(
                     msg,
-                    Incoming::Msg(OwnedMessage::Close(..)) | Incoming::Eof | Incoming::Broken(_)
+                    Incoming::Msg(OwnedMessage::Close(..))
+                        | Incoming::Eof
+                        | Incoming::Broken(_)
+                        | Incoming::Invalid(_)
                 ) {
                     break;
                 }
@@ -294,6 +299,7 @@ impl Manager {
                             debug!("connection broken: {error}");
                             return End::Dead(DeadReason::Reset);
                         }
+                        Incoming::Invalid(error) => return End::Dead(DeadReason::Protocol(error)),
                     }
                 }
                 recv(self.commands) -> cmd => match cmd {
@@ -318,7 +324,10 @@ impl Manager {
                 recv(incoming) -> msg => match msg {
                     Ok(Incoming::Msg(OwnedMessage::Data(payload))) => self.emit(Event::Data(payload)),
                     Ok(Incoming::Msg(OwnedMessage::Ping(_) | OwnedMessage::Pong(_))) => {}
-                    Ok(Incoming::Msg(OwnedMessage::Close(..)) | Incoming::Eof | Incoming::Broken(_))
+                    Ok(Incoming::Msg(OwnedMessage::Close(..))
+                        | Incoming::Eof
+                        | Incoming::Broken(_)
+                        | Incoming::Invalid(_))
                     | Err(_) => break,
                 },
                 recv(self.commands) -> cmd => match cmd {
@@ -374,9 +383,7 @@ fn read_loop(mut stream: TcpStream, mut reader: Reader, out: Sender<Incoming>) {
             // A stream ending inside a message ended all the same.
             Ok(None) => Incoming::Eof,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Incoming::Eof,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Incoming::Broken(format!("server sent invalid data: {e}"))
-            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Incoming::Invalid(e.to_string()),
             Err(e) => Incoming::Broken(e.to_string()),
         };
         let last = !matches!(incoming, Incoming::Msg(_));

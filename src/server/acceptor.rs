@@ -151,7 +151,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
     let mut stream = Some(stream);
     let conn = shared.registry.insert(config.max_connections, |id| {
         let stream = stream.take().expect("called once");
-        Conn::new(id, stream, peer, config.protocol, tick, config.max_outbox)
+        Conn::new(id, stream, peer, config.protocol, tick, config)
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");

@@ -272,9 +272,9 @@ impl fmt::Display for CloseReason {
             CloseReason::TcpTimeout(TcpTimeout::UserTimeout) => {
                 f.write_str("tcp user timeout: sent data unacknowledged (peer unreachable)")
             }
-            CloseReason::TcpTimeout(TcpTimeout::Unknown) => {
-                f.write_str("tcp keepalive or user timeout (peer unreachable)")
-            }
+            CloseReason::TcpTimeout(TcpTimeout::Unknown) => f.write_str(
+                "tcp keepalive or user timeout: probes or sent data unacknowledged (peer unreachable)",
+            ),
             CloseReason::WriteTimeout => f.write_str("write timed out (peer not reading)"),
             CloseReason::SlowConsumer => f.write_str("slow consumer: outbox full"),
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),

@@ -55,12 +55,17 @@ pub struct Config {
     /// TCP keepalive on every accepted socket; `None` turns it off.
     pub keepalive: Option<Keepalive>,
     /// `TCP_USER_TIMEOUT`: drop a connection whose sent data stays
-    /// unacknowledged this long.
+    /// unacknowledged this long. `None`: with keepalive on,
+    /// `idle + interval * count` (TCP keepalive sends no probes while data
+    /// is unacknowledged, so without it a dead peer with data in flight is
+    /// found only by retransmission, after about 15 minutes); with keepalive
+    /// off, not set. `Some(Duration::ZERO)`: not set (the kernel's
+    /// retransmission limit applies).
     pub user_timeout: Option<Duration>,
-    /// How long a write may make no progress on a peer that does not read
-    /// (the worker's blocking write, or output queued by other threads);
-    /// then the connection is closed (reason `write_timeout`). `None`:
-    /// forever.
+    /// How long the worker may spend writing one batch of answers to a peer
+    /// that does not take them (however it trickles), and how long output
+    /// queued by other threads may make no progress; then the connection is
+    /// closed (reason `write_timeout`). `None`: forever.
     pub write_timeout: Option<Duration>,
     /// Most bytes that may wait to be written on one connection (probes,
     /// CLOSEs and pushes queued by threads other than its worker). A message
@@ -212,7 +217,6 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("probe_after", self.probe_after),
             ("write_timeout", self.write_timeout),
-            ("user_timeout", self.user_timeout),
             ("stats_interval", self.stats_interval),
             ("max_connection_age", self.max_connection_age),
             ("max_connection_age_grace", self.max_connection_age_grace),
@@ -237,10 +241,20 @@ impl Config {
         Ok(())
     }
 
+    /// The `TCP_USER_TIMEOUT` set on connections, after the defaults of
+    /// [`user_timeout`](Config::user_timeout).
+    pub fn effective_user_timeout(&self) -> Option<Duration> {
+        match self.user_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self.keepalive.map(|k| k.detection_time()),
+        }
+    }
+
     pub(crate) fn socket_options(&self) -> SocketOptions {
         SocketOptions {
             keepalive: self.keepalive,
-            user_timeout: self.user_timeout,
+            user_timeout: self.effective_user_timeout(),
             write_timeout: self.write_timeout,
         }
     }
@@ -249,6 +263,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_user_timeout_defaults_to_the_keepalive_detection_time() {
+        let keepalive = Keepalive {
+            idle: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+            count: 2,
+        };
+        let with = |keepalive, user_timeout| {
+            Config {
+                keepalive,
+                user_timeout,
+                ..Config::default()
+            }
+            .effective_user_timeout()
+        };
+        assert_eq!(with(Some(keepalive), None), Some(Duration::from_secs(3)));
+        assert_eq!(with(None, None), None);
+        assert_eq!(with(Some(keepalive), Some(Duration::ZERO)), None);
+        assert_eq!(
+            with(None, Some(Duration::from_secs(7))),
+            Some(Duration::from_secs(7))
+        );
+    }
 
     #[test]
     fn default_is_valid() {

@@ -5,6 +5,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use super::config::Config;
 use super::id::ConnId;
 use super::outbound::Outbound;
 use crate::activity::Stamp;
@@ -47,7 +48,7 @@ impl Conn {
         peer: SocketAddr,
         protocol: Protocol,
         now_tick: u64,
-        max_outbox: usize,
+        config: &Config,
     ) -> Conn {
         Conn {
             id,
@@ -57,7 +58,7 @@ impl Conn {
             opened: Instant::now(),
             activity: Stamp::new(now_tick),
             traffic: Traffic::default(),
-            out: Outbound::new(stream, max_outbox),
+            out: Outbound::new(stream, config.max_outbox, config.write_timeout),
         }
     }
 

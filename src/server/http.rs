@@ -1,52 +1,138 @@
 //! The operations endpoint (`--metrics-listen`): `GET /metrics`,
-//! `GET /connections`, `GET /healthz`, served by `tiny_http` on a thread of
-//! its own.
+//! `GET /connections`, `GET /healthz`.
+//!
+//! A small HTTP/1.1 server of its own (requests are parsed by `httparse`),
+//! built so that no client can hold it up:
+//!
+//! * a fixed pool of [`WORKERS`] threads serves connections, one at a time
+//!   each; at most [`QUEUED`] more wait for a worker, and further ones are
+//!   answered `503` at once and counted (`wheel_http_refused_total`), so
+//!   idle or hostile HTTP clients cost no threads and never take a
+//!   connection worker's thread budget;
+//! * a request head must arrive whole within [`HEAD_TIMEOUT`] (from accept,
+//!   or from the previous response) and within [`MAX_HEAD`] bytes; a
+//!   response must be written whole within [`WRITE_TIMEOUT`]; a connection
+//!   that misses a deadline is closed and counted
+//!   (`wheel_http_timeouts_total`);
+//! * stopping shuts every connection down and joins the threads, each of
+//!   which is then at most one deadline from done.
+//!
+//! Connections are kept alive (HTTP/1.1) for at most
+//! [`MAX_REQUESTS_PER_CONNECTION`] requests, and not at all while other
+//! connections wait for a worker.
 
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, TrySendError};
+use parking_lot::Mutex;
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response};
 use tracing::debug;
 
 use super::shared::Shared;
+use crate::sys;
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
 
+/// Threads serving HTTP connections.
+pub(crate) const WORKERS: usize = 4;
+
+/// Accepted connections waiting for a worker, at most; more are refused.
+pub(crate) const QUEUED: usize = 16;
+
+/// How long a request head may take to arrive.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long writing one response may take.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest request head (request line and headers).
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
+
+/// Requests served on one connection before it is closed.
+const MAX_REQUESTS_PER_CONNECTION: usize = 100;
+
+/// Headers parsed at most.
+const MAX_HEADERS: usize = 32;
+
 /// The running endpoint.
 pub(crate) struct Endpoint {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    inner: Arc<Inner>,
     addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What the endpoint's threads share.
+struct Inner {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    /// Set when the endpoint stops.
+    stopping: AtomicBool,
+    /// The connection each worker serves, so that stopping can shut it down.
+    serving: [Mutex<Option<TcpStream>>; WORKERS],
+    /// Connections waiting for a worker (a clone of the workers' receiver,
+    /// to see its length).
+    waiting: Receiver<TcpStream>,
 }
 
 impl Endpoint {
     /// Binds `addr` and starts serving.
     pub(crate) fn start(shared: Arc<Shared>, addr: SocketAddr) -> io::Result<Endpoint> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| io::Error::other(format!("cannot listen for metrics on {addr}: {e}")))?;
-        let server = Arc::new(server);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("metrics endpoint is not on an IP address"))?;
-        let serving = Arc::clone(&server);
-        let thread = std::thread::Builder::new()
-            .name("wheel-metrics".into())
-            .spawn(move || {
-                for request in serving.incoming_requests() {
-                    respond(&shared, request);
-                }
-            })?;
-        Ok(Endpoint {
-            server,
-            thread: Some(thread),
+        let listener = sys::listen(addr, false).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen for metrics on {addr}: {e}"),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let (queue, waiting) = crossbeam_channel::bounded(QUEUED);
+        let inner = Arc::new(Inner {
+            shared,
+            listener,
+            stopping: AtomicBool::new(false),
+            serving: std::array::from_fn(|_| Mutex::new(None)),
+            waiting,
+        });
+        let mut endpoint = Endpoint {
+            inner: Arc::clone(&inner),
             addr,
-        })
+            threads: Vec::new(),
+        };
+        for slot in 0..WORKERS {
+            let inner = Arc::clone(&inner);
+            let connections = inner.waiting.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("wheel-http-{slot}"))
+                .spawn(move || {
+                    for stream in connections {
+                        inner.serve(slot, stream);
+                    }
+                });
+            match thread {
+                Ok(thread) => endpoint.threads.push(thread),
+                Err(e) => {
+                    endpoint.stop();
+                    return Err(e);
+                }
+            }
+        }
+        let accepting = Arc::clone(&inner);
+        match std::thread::Builder::new()
+            .name("wheel-http".into())
+            .spawn(move || accepting.accept(&queue))
+        {
+            Ok(thread) => endpoint.threads.push(thread),
+            Err(e) => {
+                endpoint.stop();
+                return Err(e);
+            }
+        }
+        Ok(endpoint)
     }
 
     /// The bound address.
@@ -54,10 +140,17 @@ impl Endpoint {
         self.addr
     }
 
-    /// Stops serving and waits for the thread.
+    /// Stops serving: no more connections, the current ones shut down, and
+    /// the threads joined.
     pub(crate) fn stop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
+        self.inner.stopping.store(true, Ordering::Release);
+        sys::wake_acceptor(&self.inner.listener);
+        for slot in &self.inner.serving {
+            if let Some(stream) = &*slot.lock() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -69,40 +162,305 @@ impl Drop for Endpoint {
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+/// An answer.
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    /// `Allow`, for a 405.
+    allow: Option<&'static str>,
 }
 
-fn respond(shared: &Shared, request: Request) {
-    let (path, query) = request.url().split_once('?').unwrap_or((request.url(), ""));
-    let path = path.to_owned();
-    let query = query.to_owned();
-    let response = if !matches!(request.method(), Method::Get | Method::Head) {
-        Response::from_string("method not allowed\n")
-            .with_status_code(405)
-            .with_header(header("Allow", "GET, HEAD"))
-    } else {
-        match path.as_str() {
-            "/metrics" => Response::from_string(shared.metrics.encode(&shared.registry))
-                .with_header(header(
-                    "Content-Type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )),
-            "/connections" => match limit(&query) {
-                Ok(limit) => Response::from_string(connections(shared, limit))
-                    .with_header(header("Content-Type", "application/json")),
-                Err(e) => Response::from_string(format!("{e}\n")).with_status_code(400),
+impl Response {
+    fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.to_owned(),
+            allow: None,
+        }
+    }
+}
+
+/// The parts of a request head the endpoint uses.
+struct Head {
+    method: String,
+    target: String,
+    /// HTTP/1.1 (keep-alive by default) rather than 1.0.
+    http11: bool,
+    /// `Connection: close` (or, for 1.0, no `Connection: keep-alive`).
+    close: bool,
+    /// The request has a body (which the endpoint never reads).
+    body: bool,
+    /// Its length in bytes.
+    len: usize,
+}
+
+/// What reading a request head came to.
+enum HeadRead {
+    Head(Head),
+    /// The peer closed, or the endpoint is stopping.
+    Gone,
+    /// No whole head within the deadline.
+    TimedOut,
+    /// A response to send before closing (400, 431).
+    Refuse(Response),
+}
+
+impl Inner {
+    /// The accept loop: hands connections to the workers, refuses those
+    /// that would wait too long.
+    fn accept(&self, queue: &crossbeam_channel::Sender<TcpStream>) {
+        loop {
+            let accepted = self.listener.accept();
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let Ok((stream, _)) = accepted else {
+                // Out of descriptors, typically: do not spin.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            match queue.try_send(stream) {
+                Ok(()) => {}
+                Err(TrySendError::Full(stream)) => self.refuse(&stream),
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// Answers `503` without waiting and closes.
+    fn refuse(&self, stream: &TcpStream) {
+        self.shared.metrics.http_refused.inc();
+        let response = encode(&Response::text(503, "busy\n"), false, true);
+        if stream.set_nonblocking(true).is_ok() {
+            let _ = (&*stream).write(&response);
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+
+    /// Serves one connection on worker `slot` until it closes, misses a
+    /// deadline, or has had its share of requests.
+    fn serve(&self, slot: usize, stream: TcpStream) {
+        if let Ok(clone) = stream.try_clone() {
+            *self.serving[slot].lock() = Some(clone);
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let _ = stream.set_nodelay(true);
+        let mut buf = Vec::new();
+        for served in 1..=MAX_REQUESTS_PER_CONNECTION {
+            let head = match read_head(&stream, &mut buf) {
+                HeadRead::Head(head) => head,
+                HeadRead::Gone => break,
+                HeadRead::TimedOut => {
+                    self.shared.metrics.http_timeouts.inc();
+                    break;
+                }
+                HeadRead::Refuse(response) => {
+                    if write_all(&stream, &encode(&response, false, true)).is_ok() {
+                        linger(&stream);
+                    }
+                    break;
+                }
+            };
+            let keep_alive = head.http11
+                && !head.close
+                && !head.body
+                && served < MAX_REQUESTS_PER_CONNECTION
+                && self.waiting.is_empty()
+                && !self.stopping.load(Ordering::Acquire);
+            let response = self.respond(&head);
+            buf.drain(..head.len);
+            let wire = encode(&response, head.method == "HEAD", !keep_alive);
+            if let Err(e) = write_all(&stream, &wire) {
+                debug!("metrics endpoint: could not answer {}: {e}", head.target);
+                if e.kind() == io::ErrorKind::TimedOut {
+                    self.shared.metrics.http_timeouts.inc();
+                }
+                break;
+            }
+            if !keep_alive {
+                break;
+            }
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+        *self.serving[slot].lock() = None;
+    }
+
+    /// The answer to a request.
+    fn respond(&self, head: &Head) -> Response {
+        let shared = &self.shared;
+        if head.method != "GET" && head.method != "HEAD" {
+            return Response {
+                allow: Some("GET, HEAD"),
+                ..Response::text(405, "method not allowed\n")
+            };
+        }
+        let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+        match path {
+            "/metrics" => Response {
+                status: 200,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: shared.metrics.encode(&shared.registry),
+                allow: None,
+            },
+            "/connections" => match limit(query) {
+                Ok(limit) => Response {
+                    status: 200,
+                    content_type: "application/json",
+                    body: connections(shared, limit),
+                    allow: None,
+                },
+                Err(e) => Response::text(400, &format!("{e}\n")),
             },
             "/healthz" if shared.stopping.load(Ordering::Acquire) => {
-                Response::from_string("draining\n").with_status_code(503)
+                Response::text(503, "draining\n")
             }
-            "/healthz" => Response::from_string("ok\n"),
-            _ => Response::from_string("not found\n").with_status_code(404),
+            "/healthz" => Response::text(200, "ok\n"),
+            _ => Response::text(404, "not found\n"),
         }
-    };
-    if let Err(e) = request.respond(response) {
-        debug!("metrics endpoint: could not answer {path}: {e}");
     }
+}
+
+/// Reads until `buf` holds a whole request head, within [`HEAD_TIMEOUT`]
+/// and [`MAX_HEAD`].
+fn read_head(stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut chunk = [0u8; 2048];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => return HeadRead::Head(head(&request, len)),
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return HeadRead::Refuse(Response::text(431, "request head too large\n"));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return HeadRead::Refuse(Response::text(400, &format!("bad request: {e}\n"))),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return HeadRead::TimedOut;
+        }
+        let room = chunk.len().min(MAX_HEAD - buf.len());
+        match (&*stream).read(&mut chunk[..room]) {
+            Ok(0) => return HeadRead::Gone,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return HeadRead::TimedOut;
+            }
+            Err(_) => return HeadRead::Gone,
+        }
+    }
+}
+
+/// After a refusal, reads and discards what the client still sends, for a
+/// moment: closing with unread input sends RST, which can destroy the
+/// response before the client reads it.
+fn linger(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut sink = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < 64 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match (&*stream).read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
+        }
+    }
+}
+
+/// The parts of a parsed request the endpoint uses.
+fn head(request: &httparse::Request<'_, '_>, len: usize) -> Head {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    let http11 = request.version == Some(1);
+    let connection = header("connection");
+    let close = match connection.as_deref() {
+        Some("close") => true,
+        Some("keep-alive") => false,
+        _ => !http11,
+    };
+    let body =
+        header("content-length").is_some_and(|l| l != "0") || header("transfer-encoding").is_some();
+    Head {
+        method: request.method.unwrap_or("").to_owned(),
+        target: request.path.unwrap_or("").to_owned(),
+        http11,
+        close,
+        body,
+        len,
+    }
+}
+
+/// The bytes of a response.
+fn encode(response: &Response, head_only: bool, close: bool) -> Vec<u8> {
+    let reason = match response.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        response.status,
+        response.content_type,
+        response.body.len(),
+        if close { "close" } else { "keep-alive" },
+    );
+    if let Some(allow) = response.allow {
+        out.push_str(&format!("Allow: {allow}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    if !head_only {
+        out.extend_from_slice(response.body.as_bytes());
+    }
+    out
+}
+
+/// Writes all of `bytes` within [`WRITE_TIMEOUT`]; `TimedOut` if the peer
+/// does not take them in time.
+fn write_all(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `limit=N` from a query string.

@@ -74,6 +74,12 @@ pub(crate) struct Metrics {
     pub(crate) timers_armed: Gauge,
     /// How late each tick ran after its instant.
     pub(crate) tick_lag: Histogram,
+    /// HTTP connections to the operations endpoint refused with 503
+    /// because every worker was busy and the queue full.
+    pub(crate) http_refused: Counter,
+    /// HTTP connections closed because a request head or a response missed
+    /// its deadline.
+    pub(crate) http_timeouts: Counter,
     /// Connections closed, all reasons (for the summary log line).
     pub(crate) closed_total: AtomicU64,
 }
@@ -162,6 +168,8 @@ impl Metrics {
             timers_armed: Gauge::default(),
             // 0.1 ms to about 3.3 s: how late the timer thread ran a tick.
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            http_refused: Counter::default(),
+            http_timeouts: Counter::default(),
             closed_total: AtomicU64::new(0),
         };
         for reason in CloseReason::LABELS {
@@ -238,6 +246,16 @@ impl Metrics {
             "wheel_timers_armed",
             "Timers in the wheel.",
             m.timers_armed.clone(),
+        );
+        registry.register(
+            "wheel_http_refused",
+            "HTTP connections to this endpoint refused with 503: every worker busy and the queue full",
+            m.http_refused.clone(),
+        );
+        registry.register(
+            "wheel_http_timeouts",
+            "HTTP connections closed because a request head or a response missed its deadline",
+            m.http_timeouts.clone(),
         );
         registry.register(
             "wheel_timer_tick_lag_seconds",

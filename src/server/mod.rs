@@ -316,7 +316,7 @@ pub(crate) mod test_support {
         let conn = shared
             .registry
             .insert(usize::MAX, |id| {
-                Conn::new(id, server_side, peer, config.protocol, 0, config.max_outbox)
+                Conn::new(id, server_side, peer, config.protocol, 0, config)
             })
             .unwrap();
         (conn, client)

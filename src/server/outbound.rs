@@ -130,6 +130,9 @@ pub(crate) struct Outbound {
     queued: AtomicUsize,
     /// The outbox bound, in bytes.
     max_queued: usize,
+    /// The longest the worker may block writing one batch (the write
+    /// timeout), however the peer trickles; `None`: no limit.
+    write_limit: Option<Duration>,
 }
 
 /// What the write lock guards.
@@ -166,7 +169,11 @@ impl State {
 }
 
 impl Outbound {
-    pub(crate) fn new(stream: TcpStream, max_queued: usize) -> Outbound {
+    pub(crate) fn new(
+        stream: TcpStream,
+        max_queued: usize,
+        write_limit: Option<Duration>,
+    ) -> Outbound {
         Outbound {
             stream,
             state: Mutex::new(State {
@@ -183,6 +190,7 @@ impl Outbound {
             }),
             queued: AtomicUsize::new(0),
             max_queued,
+            write_limit,
         }
     }
 
@@ -432,10 +440,7 @@ impl Outbound {
         st.worker_mid_batch = true;
         self.publish_len(&st);
         drop(st);
-        let mut stream = &self.stream;
-        let written = stream
-            .write_all(&backlog)
-            .and_then(|()| stream.write_all(rest));
+        let written = self.write_blocking([&backlog, rest]);
         let mut st = self.state.lock();
         st.worker_mid_batch = false;
         st.taken = 0;
@@ -452,6 +457,33 @@ impl Outbound {
         st.progress_at = Instant::now();
         self.flush_nonblocking(&mut st);
         self.list_if_pending(id, flushes, &mut st);
+        Ok(())
+    }
+
+    /// Writes `parts` with blocking writes, all within the write limit: a
+    /// peer that reads a little now and then does not keep the worker
+    /// writing (and the connection open) past it. Fails with `WouldBlock`
+    /// (a write timeout) when the limit is reached.
+    fn write_blocking(&self, parts: [&[u8]; 2]) -> io::Result<()> {
+        let deadline = self.write_limit.map(|limit| Instant::now() + limit);
+        let mut stream = &self.stream;
+        for mut rest in parts {
+            while !rest.is_empty() {
+                if let Some(deadline) = deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    stream.set_write_timeout(Some(left))?;
+                }
+                match stream.write(rest) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -732,5 +764,45 @@ mod tests {
         }
         reader.join().unwrap();
         assert_eq!(conn.out.state.lock().queue.capacity(), 0);
+    }
+
+    /// A peer that reads a little every so often never lets one write call
+    /// time out; the limit bounds the whole batch instead.
+    #[test]
+    fn a_trickling_reader_cannot_stretch_a_batch_past_the_write_limit() {
+        let (shared, listener) = shared(Config {
+            write_timeout: Some(Duration::from_millis(300)),
+            ..Config::default()
+        });
+        let (conn, client) = pair(&shared, &listener);
+        let socket = socket2::SockRef::from(conn.stream());
+        socket.set_send_buffer_size(64 * 1024).unwrap();
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+        conn.stream()
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || {
+            // 64 KiB every 100 ms: progress well within every 300 ms.
+            let mut client = client;
+            let mut chunk = vec![0u8; 64 * 1024];
+            while started.elapsed() < Duration::from_secs(10) {
+                use std::io::Read;
+                match client.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        let batch = vec![0u8; 8 << 20];
+        let written = conn.out.write_batch(conn.id, &shared.flushes, &batch);
+        let took = started.elapsed();
+        assert_eq!(written.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        conn.force_close();
+        reader.join().unwrap();
     }
 }

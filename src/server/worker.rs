@@ -220,7 +220,14 @@ impl Worker {
     fn answer_buffered(&mut self) -> Result<(), CloseReason> {
         let outcome = self.process();
         if let Err(e) = self.flush() {
-            return Err(self.requested_or(CloseReason::from_write_error(&e)));
+            // A failed write leaves the stream unable to carry the CLOSE an
+            // idle timeout asked for: the write's own reason is the true
+            // one. A drain keeps its reason (shutdown forces stuck writes).
+            let failed = CloseReason::from_write_error(&e);
+            return Err(match self.conn.out.close_state().request() {
+                Some(request) if request.drains() => request.reason(),
+                _ => failed,
+            });
         }
         outcome
     }
@@ -233,7 +240,7 @@ impl Worker {
                 let config = &self.shared.config;
                 CloseReason::TcpTimeout(TcpTimeout::armed(
                     config.keepalive.is_some(),
-                    config.user_timeout.is_some(),
+                    config.effective_user_timeout().is_some(),
                 ))
             }
             other => other,

@@ -328,6 +328,15 @@ impl ServerProcess {
             }
         }
     }
+
+    /// How many of the log lines not read yet contain `needle`. Call it
+    /// once the process has exited: it reads to the end of its output.
+    pub fn log_lines_containing(&self, needle: &str) -> usize {
+        self.log
+            .iter()
+            .filter(|(_, line)| line.contains(needle))
+            .count()
+    }
 }
 
 impl Drop for ServerProcess {
