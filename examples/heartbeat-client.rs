@@ -18,7 +18,6 @@
 //! connection attempts failed (`gave_up`), 2 for bad flags.
 
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use clap::Parser;
 use crossbeam_channel::select;
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use wheel_server::client::{Backoff, Client, ClientConfig, Event};
+use wheel_server::client::{Backoff, Client, ClientConfig, Event, ServerAddr};
 use wheel_server::parse_duration;
 use wheel_server::protocol::Protocol;
 
@@ -34,9 +33,10 @@ use wheel_server::protocol::Protocol;
 #[derive(Parser, Debug)]
 #[command(name = "heartbeat-client", version)]
 struct Args {
-    /// Server addresses: each connection attempt takes the next one in turn.
+    /// Server addresses (IP:PORT or HOST:PORT, resolved again at every attempt): each
+    /// connection attempt takes the next one in turn.
     #[arg(default_value = "127.0.0.1:5005", num_args = 1..)]
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<ServerAddr>,
 
     /// Wire protocol, as the server speaks it.
     #[arg(long, default_value = "frame")]
@@ -121,7 +121,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         max_attempts: args.max_attempts,
         healthy_after: args.healthy_after,
-        ..ClientConfig::new(args.addrs[0])
+        ..ClientConfig::new(args.addrs[0].clone())
     })?;
     let (lines_tx, lines) = crossbeam_channel::unbounded::<Vec<u8>>();
     std::thread::spawn(move || {

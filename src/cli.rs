@@ -1,13 +1,15 @@
 //! Command-line flags of `wheel-server`.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
-use clap::{ArgAction, Parser};
+use clap::builder::{BoolishValueParser, TypedValueParser};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use tracing_subscriber::EnvFilter;
 use wheel_server::protocol::Protocol;
+use wheel_server::server::ConfigError;
 use wheel_server::{Config, Keepalive, parse_duration};
 
 /// Long-connection TCP server: echo service with application heartbeats
@@ -15,12 +17,15 @@ use wheel_server::{Config, Keepalive, parse_duration};
 /// keepalive / TCP_USER_TIMEOUT tuning.
 ///
 /// Every flag can also be set through the environment variable shown, e.g.
-/// WHEEL_SERVER_IDLE_TIMEOUT=30s. Durations are written like 250ms, 5s, 2m.
+/// WHEEL_SERVER_IDLE_TIMEOUT=30s. Durations are written like 250ms, 5s, 2m;
+/// on/off flags take 1/0, true/false, yes/no or on/off from the environment.
+/// Invalid settings exit with status 2, runtime failures (a port in use)
+/// with 1.
 #[derive(Parser, Debug)]
 #[command(name = "wheel-server", version, about, long_about = None)]
 pub struct Args {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005")]
+    /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port).
+    #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005", value_parser = resolve)]
     listen: SocketAddr,
 
     /// Wire protocol: length-prefixed frames, or text lines (for nc).
@@ -73,7 +78,7 @@ pub struct Args {
     keepalive_count: u32,
 
     /// Turn TCP keepalive off.
-    #[arg(long, env = "WHEEL_SERVER_NO_KEEPALIVE")]
+    #[arg(long, env = "WHEEL_SERVER_NO_KEEPALIVE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     no_keepalive: bool,
 
     /// TCP_USER_TIMEOUT: drop a connection whose sent data stays unacknowledged this long
@@ -114,7 +119,7 @@ pub struct Args {
 
     /// Serve Prometheus metrics (GET /metrics), live connections (GET /connections) and
     /// health (GET /healthz) over HTTP on this address. Off unless set.
-    #[arg(long, env = "WHEEL_SERVER_METRICS_LISTEN")]
+    #[arg(long, env = "WHEEL_SERVER_METRICS_LISTEN", value_parser = resolve)]
     metrics_listen: Option<SocketAddr>,
 
     /// Log a one-line summary (connections, closes, frames) at info level this often (0 = off).
@@ -123,13 +128,13 @@ pub struct Args {
 
     /// Share the listening port with other processes (SO_REUSEPORT): run one instance per core
     /// on the same address and the kernel spreads connections across them.
-    #[arg(long, env = "WHEEL_SERVER_REUSE_PORT")]
+    #[arg(long, env = "WHEEL_SERVER_REUSE_PORT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     reuse_port: bool,
 
     /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy) on every connection;
     /// logs, metrics and /connections then show the real client address. A connection without
     /// one is refused with CLOSE 1002.
-    #[arg(long, env = "WHEEL_SERVER_PROXY_PROTOCOL")]
+    #[arg(long, env = "WHEEL_SERVER_PROXY_PROTOCOL", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     proxy_protocol: bool,
 
     /// Log format: human-readable text, or one JSON object per line for log shippers.
@@ -154,6 +159,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` resolved with the
+/// system resolver (the first address it gives).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e} (expected IP:PORT or HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 /// Parses `--protocol`, listing the names in `--help`.
 fn protocol_parser() -> impl clap::builder::TypedValueParser<Value = Protocol> {
     clap::builder::PossibleValuesParser::new(Protocol::ALL.map(Protocol::as_str))
@@ -166,12 +183,21 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 impl Args {
-    pub fn parse_args() -> Args {
-        Args::parse()
+    /// Parses the command line and the environment; on an invalid value,
+    /// prints one line naming the flag (and the environment variable, when
+    /// that is where the value came from) and exits with status 2.
+    pub fn parse_args() -> (Args, ArgMatches) {
+        let matches = Args::command()
+            .try_get_matches()
+            .unwrap_or_else(|e| exit_for(&e));
+        match Args::from_arg_matches(&matches) {
+            Ok(args) => (args, matches),
+            Err(e) => exit_for(&e),
+        }
     }
 
     /// The server configuration these flags describe.
-    pub fn config(&self) -> std::io::Result<Config> {
+    pub fn config(&self) -> Result<Config, ConfigError> {
         let config = Config {
             listen: self.listen,
             protocol: self.protocol,
@@ -204,6 +230,53 @@ impl Args {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The message for a setting the server refused: names the flag, and the
+/// environment variable when the value came from there.
+pub fn describe(error: &ConfigError, matches: &ArgMatches) -> String {
+    let flag = format!("--{}", error.setting.replace('_', "-"));
+    let from_env = matches.try_get_raw(error.setting).is_ok()
+        && matches.value_source(error.setting) == Some(ValueSource::EnvVariable);
+    let source = if from_env {
+        format!(" (from {})", env_name(error.setting))
+    } else {
+        String::new()
+    };
+    format!("invalid value for {flag}{source}: {}", error.reason)
+}
+
+/// `WHEEL_SERVER_<SETTING>`.
+fn env_name(setting: &str) -> String {
+    format!("WHEEL_SERVER_{}", setting.to_ascii_uppercase())
+}
+
+/// Exits for a command-line error: clap's own report (status 2), or, when
+/// the bad value came from an environment variable, one line naming it.
+fn exit_for(error: &clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
+        let long = arg
+            .trim_start_matches('-')
+            .split([' ', '='])
+            .next()
+            .unwrap_or_default();
+        let on_command_line = std::env::args()
+            .any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+        let env = env_name(&long.replace('-', "_"));
+        if !on_command_line && let Ok(value) = std::env::var(&env) {
+            let why = error
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
+            eprintln!("wheel-server: error: {env}={value:?} (for --{long}): {why}");
+            std::process::exit(2);
+        }
+    }
+    error.exit()
 }
 
 /// Logs go to stderr. -v/-q pick the level; without them RUST_LOG does,

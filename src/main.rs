@@ -7,8 +7,20 @@ use std::process::ExitCode;
 use wheel_server::Server;
 use wheel_server::server::ShutdownSignals;
 
+/// Exit status for an invalid setting (as clap uses for bad flags); 1 is
+/// for runtime failures such as a port in use.
+const INVALID_SETTING: u8 = 2;
+
 fn main() -> ExitCode {
-    match try_main() {
+    let (args, matches) = cli::Args::parse_args();
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wheel-server: error: {}", cli::describe(&e, &matches));
+            return ExitCode::from(INVALID_SETTING);
+        }
+    };
+    match run(&args, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wheel-server: error: {e}");
@@ -17,10 +29,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = cli::Args::parse_args();
-    cli::init_logging(&args).map_err(|e| e.to_string())?;
-    let config = args.config()?;
+fn run(args: &cli::Args, config: wheel_server::Config) -> Result<(), Box<dyn std::error::Error>> {
+    cli::init_logging(args).map_err(|e| e.to_string())?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     // Registered before the server starts, so an early signal is not lost.
     let signals = ShutdownSignals::register()?;
     let server = Server::start(config)?;

@@ -13,6 +13,10 @@ use wheel_server::Config;
 use wheel_server::client::{Backoff, Client, ClientConfig, DeadReason, Event};
 
 fn fast(addr: SocketAddr) -> ClientConfig {
+    fast_to(addr.into())
+}
+
+fn fast_to(addr: wheel_server::client::ServerAddr) -> ClientConfig {
     ClientConfig {
         heartbeat_interval: ms(100),
         heartbeat_timeout: ms(100),
@@ -370,7 +374,7 @@ fn going_away_reconnects_promptly_to_the_next_address() {
     let first = start(config());
     let second = start(config());
     let config = ClientConfig {
-        addrs: vec![first.local_addr(), second.local_addr()],
+        addrs: vec![first.local_addr().into(), second.local_addr().into()],
         backoff: Backoff {
             initial: ms(400),
             max: ms(2000),
@@ -568,4 +572,69 @@ fn garbage_from_the_server_is_reported_as_protocol() {
     assert_eq!(dead.label(), "protocol");
     client.close();
     drop(fake.join().unwrap());
+}
+
+#[test]
+fn a_host_name_is_resolved_by_the_system_resolver() {
+    let server = start(config());
+    let port = server.local_addr().port();
+    let name: wheel_server::client::ServerAddr = format!("localhost:{port}").parse().unwrap();
+    let client = Client::start(fast_to(name)).unwrap();
+    // localhost may resolve to ::1 first, where nothing listens: the next
+    // address is tried within the same attempt.
+    let (event, before) = until(&client, |e| matches!(e, Event::Connected { .. }));
+    assert_eq!(connected_to(&event), Some(server.local_addr()));
+    assert!(before.is_empty(), "{before:?}");
+}
+
+/// A device fleet must follow a DNS change after a server move: the name is
+/// resolved again at every attempt.
+#[test]
+fn a_name_is_resolved_again_on_every_attempt_and_failures_back_off() {
+    use std::sync::{Arc, Mutex};
+    use wheel_server::client::{Resolver, ServerAddr};
+
+    let first = start(config());
+    let second = start(config());
+    let answer: Arc<Mutex<Result<SocketAddr, String>>> =
+        Arc::new(Mutex::new(Ok(first.local_addr())));
+    let resolver = {
+        let answer = Arc::clone(&answer);
+        Resolver::new(move |host, _port| {
+            assert_eq!(host, "wheel.test");
+            match &*answer.lock().unwrap() {
+                Ok(addr) => Ok(vec![*addr]),
+                Err(e) => Err(std::io::Error::other(e.clone())),
+            }
+        })
+    };
+    let client = Client::start(ClientConfig {
+        resolver,
+        ..fast_to(ServerAddr::Name {
+            host: "wheel.test".into(),
+            port: 5005,
+        })
+    })
+    .unwrap();
+    let (event, _) = until(&client, |e| matches!(e, Event::Connected { .. }));
+    assert_eq!(connected_to(&event), Some(first.local_addr()));
+    // The name stops resolving, and the server goes away.
+    *answer.lock().unwrap() = Err("no such host (test)".into());
+    first.shutdown();
+    let (failed, _) = until(&client, |e| matches!(e, Event::ConnectFailed { .. }));
+    match failed {
+        Event::ConnectFailed { addr, error } => {
+            assert_eq!(addr.to_string(), "wheel.test:5005");
+            assert!(
+                error.contains("cannot resolve wheel.test: no such host (test)"),
+                "{error}"
+            );
+        }
+        _ => unreachable!(),
+    }
+    assert!(matches!(next(&client), Event::Reconnecting { .. }));
+    // The name now points at the second server: the next attempt goes there.
+    *answer.lock().unwrap() = Ok(second.local_addr());
+    let (event, _) = until(&client, |e| matches!(e, Event::Connected { .. }));
+    assert_eq!(connected_to(&event), Some(second.local_addr()));
 }

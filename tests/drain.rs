@@ -201,7 +201,7 @@ fn the_client_drains_on_1001_so_no_data_is_lost() {
     let first = start(config());
     let second = start(config());
     let config = ClientConfig {
-        addrs: vec![first.local_addr(), second.local_addr()],
+        addrs: vec![first.local_addr().into(), second.local_addr().into()],
         heartbeat_interval: ms(200),
         heartbeat_timeout: ms(500),
         backoff: Backoff {

@@ -336,3 +336,97 @@ fn sighup_is_logged_and_ignored() {
     let status = server.wait_exit(PATIENCE).expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
 }
+
+/// Runs the binary with `args` (and `env`), expecting it to refuse them:
+/// returns its exit code and stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    (out.status.code(), stderr)
+}
+
+#[test]
+fn every_invalid_setting_exits_2_with_one_line_naming_the_flag() {
+    for (args, flag) in [
+        (&["--tick", "0"][..], "--tick"),
+        (&["--wheel-slots", "3"], "--wheel-slots"),
+        (&["--max-connections", "0"], "--max-connections"),
+        (&["--max-frame", "0"], "--max-frame"),
+        (&["--max-outbox", "0"], "--max-outbox"),
+        (&["--keepalive-idle", "1500ms"], "--keepalive-idle"),
+        (&["--keepalive-count", "0"], "--keepalive-count"),
+        (&["--worker-stack", "100"], "--worker-stack"),
+        (&["--idle-timeout", "soon"], "--idle-timeout"),
+        (&["--protocol", "carrier-pigeon"], "--protocol"),
+        (&["--listen", "no-such-host.invalid:5005"], "--listen"),
+    ] {
+        let (code, stderr) = refused(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(flag), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_invalid_value_from_the_environment_names_the_variable() {
+    let (code, stderr) = refused(&[], &[("WHEEL_SERVER_TICK", "0")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--tick") && stderr.contains("WHEEL_SERVER_TICK"),
+        "{stderr}"
+    );
+    let (code, stderr) = refused(&[], &[("WHEEL_SERVER_IDLE_TIMEOUT", "soon")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("WHEEL_SERVER_IDLE_TIMEOUT"), "{stderr}");
+}
+
+#[test]
+fn boolean_variables_take_the_usual_spellings() {
+    for value in ["1", "true", "yes", "on", "0", "false", "no", "off"] {
+        let server = ServerProcess::start_with(&["-v"], |cmd| {
+            cmd.env("WHEEL_SERVER_NO_KEEPALIVE", value);
+        });
+        let off = matches!(value, "1" | "true" | "yes" | "on");
+        let keepalive = if off {
+            "keepalive=off"
+        } else {
+            "keepalive=30s/10s/3"
+        };
+        let listening = server.startup.last().unwrap();
+        assert!(listening.contains(keepalive), "{value}: {listening}");
+    }
+    let (code, stderr) = refused(&[], &[("WHEEL_SERVER_NO_KEEPALIVE", "maybe")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("WHEEL_SERVER_NO_KEEPALIVE"), "{stderr}");
+}
+
+#[test]
+fn host_names_are_accepted_for_listening() {
+    let server = ServerProcess::start_with(
+        &["--listen", "localhost:0", "--metrics-listen", "localhost:0"],
+        |_| {},
+    );
+    assert!(server.addr.ip().is_loopback(), "{}", server.addr);
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.ping(b"named"), Msg::Pong(b"named".to_vec()));
+    assert_eq!(util::http_get(server.metrics_addr(), "/healthz").0, 200);
+}
+
+#[test]
+fn settings_that_cannot_be_honoured_are_warned_about_at_start() {
+    let server = ServerProcess::start_with(&["--idle-timeout", "50ms", "--tick", "100ms"], |_| {});
+    assert!(
+        server.startup.iter().any(|l| l.contains("WARN")
+            && l.contains("--idle-timeout 50ms is shorter than --tick 100ms")),
+        "{:?}",
+        server.startup
+    );
+}

@@ -53,10 +53,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod addr;
 mod backoff;
 mod heartbeat;
 mod session;
 
+pub use addr::{Resolver, ServerAddr};
 pub use backoff::Backoff;
 
 use std::fmt;
@@ -75,8 +77,11 @@ use crate::sys::Keepalive;
 /// How a [`Client`] connects, heartbeats and reconnects.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientConfig {
-    /// Server addresses; each connection attempt takes the next one in turn.
-    pub addrs: Vec<SocketAddr>,
+    /// Servers; each connection attempt takes the next one in turn. Host
+    /// names are resolved again at every attempt.
+    pub addrs: Vec<ServerAddr>,
+    /// Resolves host names: the system resolver by default.
+    pub resolver: Resolver,
     /// Wire protocol, as the server speaks it.
     pub protocol: Protocol,
     /// Give up a connection attempt after this long.
@@ -109,9 +114,10 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// The defaults for one server address: heartbeat after 25 s of silence,
     /// 5 s per PING, 3 tries; backoff 1 s doubling to 30 s; never give up.
-    pub fn new(addr: SocketAddr) -> ClientConfig {
+    pub fn new(addr: impl Into<ServerAddr>) -> ClientConfig {
         ClientConfig {
-            addrs: vec![addr],
+            addrs: vec![addr.into()],
+            resolver: Resolver::system(),
             protocol: Protocol::Frame,
             connect_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(25),
@@ -218,10 +224,10 @@ pub enum Event {
         /// PROXY protocol, behind a balancer) logs as the peer.
         local: SocketAddr,
     },
-    /// A connection attempt failed.
+    /// A connection attempt failed (or its host name did not resolve).
     ConnectFailed {
-        /// The address tried.
-        addr: SocketAddr,
+        /// The server tried, as configured.
+        addr: ServerAddr,
         /// What went wrong.
         error: String,
     },

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use tracing::debug;
 
 use super::heartbeat::{Action, Heartbeat};
-use super::{ClientConfig, Command, DeadReason, Event, Events};
+use super::{ClientConfig, Command, DeadReason, Event, Events, ServerAddr};
 use crate::protocol::{Message, OwnedMessage, Reader, code};
 use crate::sys::{self, SocketOptions};
 
@@ -88,13 +88,13 @@ impl Manager {
 
     fn run(&mut self) {
         loop {
-            let addr = self.config.addrs[self.next_addr % self.config.addrs.len()];
+            let target = self.config.addrs[self.next_addr % self.config.addrs.len()].clone();
             self.next_addr += 1;
             self.attempts += 1;
             let mut told_to_wait = false;
             let mut going_away = false;
-            match self.connect(addr) {
-                Ok(stream) => {
+            match self.connect(&target) {
+                Ok((stream, addr)) => {
                     let local = stream.local_addr().unwrap_or(addr);
                     self.emit(Event::Connected { addr, local });
                     let opened = Instant::now();
@@ -135,7 +135,7 @@ impl Manager {
                     }
                 }
                 Err(e) => self.emit(Event::ConnectFailed {
-                    addr,
+                    addr: target,
                     error: e.to_string(),
                 }),
             }
@@ -164,7 +164,23 @@ impl Manager {
         }
     }
 
-    fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+    /// Connects to `target`: resolves it (again, if it is a name) and tries
+    /// its addresses in turn; returns the stream and the address it reached.
+    fn connect(&self, target: &ServerAddr) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut failed = None;
+        for addr in self.config.resolver.resolve(target)? {
+            match self.connect_to(addr) {
+                Ok(stream) => return Ok((stream, addr)),
+                Err(e) => {
+                    debug!("cannot connect to {addr} ({target}): {e}");
+                    failed = Some(e);
+                }
+            }
+        }
+        Err(failed.expect("resolve returns at least one address"))
+    }
+
+    fn connect_to(&self, addr: SocketAddr) -> io::Result<TcpStream> {
         let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)?;
         let options = SocketOptions {
             keepalive: self.config.keepalive,

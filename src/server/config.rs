@@ -227,18 +227,55 @@ impl Config {
         }
         if let Some(k) = self.keepalive {
             let whole_seconds = |d: Duration| d.subsec_nanos() == 0 && d.as_secs() >= 1;
-            if !whole_seconds(k.idle) || !whole_seconds(k.interval) || k.count == 0 {
-                return invalid(
-                    "keepalive",
-                    format!(
-                        "idle and interval must be whole seconds >= 1s and the count >= 1 \
-                         (the kernel counts in seconds), got {:?}/{:?}/{}",
-                        k.idle, k.interval, k.count
-                    ),
-                );
+            for (setting, d) in [
+                ("keepalive_idle", k.idle),
+                ("keepalive_interval", k.interval),
+            ] {
+                if !whole_seconds(d) {
+                    return invalid(
+                        setting,
+                        format!(
+                            "must be whole seconds, at least 1s (the kernel counts in seconds), got {d:?}"
+                        ),
+                    );
+                }
+            }
+            if k.count == 0 {
+                return invalid("keepalive_count", "must be at least 1".into());
             }
         }
         Ok(())
+    }
+
+    /// Settings that are valid but cannot be honoured as written, each as a
+    /// sentence for a warning: the server starts, and says so.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(idle) = self.idle_timeout {
+            if idle < self.tick {
+                warnings.push(format!(
+                    "--idle-timeout {idle:?} is shorter than --tick {:?}: idle connections close up to a tick late, so after {:?} at worst",
+                    self.tick,
+                    idle + self.tick
+                ));
+            }
+            if let Some(probe) = self.probe_after
+                && probe >= idle
+            {
+                warnings.push(format!(
+                    "--probe-after {probe:?} is not shorter than --idle-timeout {idle:?}: silent connections close before they are probed"
+                ));
+            }
+        }
+        if let Some(probe) = self.probe_after
+            && probe < self.tick
+        {
+            warnings.push(format!(
+                "--probe-after {probe:?} is shorter than --tick {:?}: probes go out once per tick at most",
+                self.tick
+            ));
+        }
+        warnings
     }
 
     /// The `TCP_USER_TIMEOUT` set on connections, after the defaults of
@@ -291,6 +328,36 @@ mod tests {
     #[test]
     fn default_is_valid() {
         Config::default().validate().unwrap();
+        assert_eq!(Config::default().warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn settings_that_cannot_be_honoured_are_warned_about() {
+        let config = Config {
+            idle_timeout: Some(Duration::from_millis(50)),
+            tick: Duration::from_millis(100),
+            probe_after: Some(Duration::from_millis(60)),
+            ..Config::default()
+        };
+        let warnings = config.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("--idle-timeout") && w.contains("--tick")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("--probe-after 60ms is not shorter")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("--probe-after 60ms is shorter than --tick")),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -346,7 +413,7 @@ mod tests {
                     }),
                     ..Config::default()
                 },
-                "keepalive",
+                "keepalive_idle",
             ),
         ];
         for (config, setting) in cases {

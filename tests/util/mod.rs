@@ -221,6 +221,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// Log lines from stderr, with the instant each arrived.
     pub log: mpsc::Receiver<(Instant, String)>,
+    /// The lines logged up to and including "listening on".
+    pub startup: Vec<String>,
 }
 
 impl ServerProcess {
@@ -263,18 +265,28 @@ impl ServerProcess {
             }
         });
         let deadline = Instant::now() + PATIENCE;
+        let mut startup = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (_, line) = log
                 .recv_timeout(left)
                 .expect("server printed 'listening on'");
             // The server's own line (libraries may log "listening on" too).
-            if let Some(rest) = line.split("wheel_server::server: listening on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap();
+            let addr = line
+                .split("wheel_server::server: listening on ")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap().to_owned());
+            startup.push(line);
+            if let Some(addr) = addr {
                 break addr.parse().expect("a socket address after 'listening on'");
             }
         };
-        ServerProcess { child, addr, log }
+        ServerProcess {
+            child,
+            addr,
+            log,
+            startup,
+        }
     }
 
     pub fn pid(&self) -> u32 {
