@@ -12,14 +12,19 @@ use util::{Client, Msg, PATIENCE, config, http, http_get as get, ms, start, wait
 use wheel_server::Config;
 use wheel_server::protocol::Message;
 
-/// Samples by `name{label=value,...}`, parsed by prometheus-parse.
+/// Samples by `name{label=value,...}`, parsed by prometheus-parse, from
+/// the OpenMetrics text Prometheus asks for.
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let (status, body) = get(addr, "/metrics");
+    let (status, body) = http(
+        addr,
+        "GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    );
     assert_eq!(status, 200);
     assert!(
         body.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"
     );
+    assert!(!body.contains(".."), "a doubled period in a help text");
     let lines = body.lines().map(|l| Ok(l.to_owned()));
     let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
     parsed
@@ -350,4 +355,70 @@ fn bad_http_heads_get_400_or_431_and_keep_alive_works() {
         both.ends_with("Connection: close\r\n\r\n"),
         "HEAD has no body: {both}"
     );
+}
+
+/// `curl .../metrics | promtool check metrics` (Debian's `prometheus`
+/// package, which CI installs) must find nothing: without an `Accept`
+/// header the endpoint answers the classic text format promtool reads.
+/// Prometheus's own `Accept` gets OpenMetrics, which `scrape` above parses
+/// (promtool does not read OpenMetrics).
+#[test]
+fn promtool_finds_nothing_in_the_default_format() {
+    let promtool = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    if promtool.is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing under CI"
+        );
+        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+        return;
+    }
+    let server = start(metrics_config());
+    let metrics = server.metrics_addr().unwrap();
+    // Some traffic, so that labelled samples are there too.
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.ping(b"x"), Msg::Pong(b"x".to_vec()));
+    for (request, content_type) in [
+        ("GET /metrics HTTP/1.0\r\n\r\n", "text/plain; version=0.0.4"),
+        (
+            "GET /metrics HTTP/1.0\r\nAccept: */*\r\n\r\n",
+            "text/plain; version=0.0.4",
+        ),
+    ] {
+        let mut s = TcpStream::connect(metrics).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Type: {content_type}")),
+            "{head}"
+        );
+        assert!(!body.contains(".."), "doubled period in {body}");
+        assert!(!body.contains("# EOF"), "{body}");
+        let mut check = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        let findings = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{content_type}: {findings}");
+        assert_eq!(findings.trim(), "", "{content_type}");
+    }
 }

@@ -1,5 +1,6 @@
-//! The operations endpoint (`--metrics-listen`): `GET /metrics`,
-//! `GET /connections`, `GET /healthz`.
+//! The operations endpoint (`--metrics-listen`): `GET /metrics` (OpenMetrics
+//! when the `Accept` header asks for it, as Prometheus does, else the
+//! classic text format 0.0.4), `GET /connections`, `GET /healthz`.
 //!
 //! A small HTTP/1.1 server of its own (requests are parsed by `httparse`),
 //! built so that no client can hold it up:
@@ -33,6 +34,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tracing::debug;
 
+use super::metrics::Format;
 use super::shared::Shared;
 use crate::sys;
 
@@ -192,6 +194,8 @@ struct Head {
     close: bool,
     /// The request has a body (which the endpoint never reads).
     body: bool,
+    /// The `Accept` header.
+    accept: Option<String>,
     /// Its length in bytes.
     len: usize,
 }
@@ -300,12 +304,15 @@ impl Inner {
         }
         let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
         match path {
-            "/metrics" => Response {
-                status: 200,
-                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body: shared.metrics.encode(&shared.registry),
-                allow: None,
-            },
+            "/metrics" => {
+                let format = Format::negotiate(head.accept.as_deref());
+                Response {
+                    status: 200,
+                    content_type: format.content_type(),
+                    body: shared.metrics.encode_as(&shared.registry, format),
+                    allow: None,
+                }
+            }
             "/connections" => match limit(query) {
                 Ok(limit) => Response {
                     status: 200,
@@ -406,6 +413,11 @@ fn head(request: &httparse::Request<'_, '_>, len: usize) -> Head {
         http11,
         close,
         body,
+        accept: request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("accept"))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned()),
         len,
     }
 }

@@ -84,6 +84,75 @@ pub(crate) struct Metrics {
     pub(crate) closed_total: AtomicU64,
 }
 
+/// The two exposition formats Prometheus reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// OpenMetrics 1.0 (`application/openmetrics-text`), what Prometheus asks
+    /// for first.
+    OpenMetrics,
+    /// The classic text format 0.0.4 (`text/plain; version=0.0.4`), for
+    /// everything else (`curl`, `promtool check metrics`).
+    Text,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics if it names it,
+    /// else the classic text format (also with no header at all).
+    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    /// The `Content-Type` of a response in this format.
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Rewrites OpenMetrics text as the classic text format: a counter family
+/// `x` has samples `x_total`, and the classic format wants its `HELP` and
+/// `TYPE` lines under that sample name; `# UNIT` and `# EOF` do not exist
+/// there.
+fn openmetrics_to_text(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, after) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                out.push_str(prefix);
+                out.push_str(&name);
+                if !after.is_empty() {
+                    out.push(' ');
+                    out.push_str(after);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Values computed at scrape time, read by [`LiveCollector`].
 #[derive(Debug, Default)]
 struct Live {
@@ -185,66 +254,68 @@ impl Metrics {
             drop(metrics.timer_events.get_or_create(&[("kind", kind)]));
         }
         let mut registry = Registry::default();
+        // `register` ends each help text with a period of its own; the
+        // collector's descriptors are written whole.
         registry.register_collector(Box::new(LiveCollector(live)));
         let m = &metrics;
         registry.register(
             "wheel_connections_accepted",
-            "Connections accepted and admitted.",
+            "Connections accepted and admitted",
             m.accepted.clone(),
         );
         registry.register(
             "wheel_connections_rejected",
-            "Connections turned away with CLOSE 1013, by reason.",
+            "Connections turned away with CLOSE 1013, by reason",
             m.rejected.clone(),
         );
         registry.register(
             "wheel_connections_closed",
-            "Connections closed, by reason.",
+            "Connections closed, by reason",
             m.closed.clone(),
         );
         registry.register(
             "wheel_accept_errors",
-            "accept() failures, by errno.",
+            "accept() failures, by errno",
             m.accept_errors.clone(),
         );
         registry.register(
             "wheel_probes_sent",
-            "Server PINGs sent to silent connections (--probe-after).",
+            "Server PINGs sent to silent connections (--probe-after)",
             m.probes_sent.clone(),
         );
         registry.register(
             "wheel_timer_expirations",
-            "Connections closed by the idle timeout.",
+            "Connections closed by the idle timeout",
             m.expirations.clone(),
         );
         registry.register(
             "wheel_drains",
-            "Connections sent CLOSE 1001 and left to drain, by reason.",
+            "Connections sent CLOSE 1001 and left to drain, by reason",
             m.drains.clone(),
         );
         registry.register(
             "wheel_drains_forced",
-            "Drains cut short when their grace period ran out.",
+            "Drains cut short when their grace period ran out",
             m.drains_forced.clone(),
         );
         registry.register(
             "wheel_discarded_bytes",
-            "Bytes read after the server's CLOSE and discarded unanswered (a peer that kept sending after a forced close).",
+            "Bytes read after the server's CLOSE and discarded unanswered (a peer that kept sending after a forced close)",
             m.discarded_bytes.clone(),
         );
         registry.register(
             "wheel_timer_events",
-            "Register and deregister events processed by the timer thread.",
+            "Register and deregister events processed by the timer thread",
             m.timer_events.clone(),
         );
         registry.register(
             "wheel_timer_activity_rearms",
-            "Timers that fired on an active connection and were re-armed for the time left.",
+            "Timers that fired on an active connection and were re-armed for the time left",
             m.activity_rearms.clone(),
         );
         registry.register(
             "wheel_timers_armed",
-            "Timers in the wheel.",
+            "Timers in the wheel",
             m.timers_armed.clone(),
         );
         registry.register(
@@ -259,7 +330,7 @@ impl Metrics {
         );
         registry.register(
             "wheel_timer_tick_lag_seconds",
-            "How late each tick ran after its instant.",
+            "How late each tick ran after its instant",
             m.tick_lag.clone(),
         );
         Metrics {
@@ -272,6 +343,15 @@ impl Metrics {
     pub(crate) fn count_close(&self, reason: &'static str) {
         self.closed.get_or_create(&[("reason", reason)]).inc();
         self.closed_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text for `GET /metrics` in `format`.
+    pub(crate) fn encode_as(&self, registry: &ConnRegistry, format: Format) -> String {
+        let text = self.encode(registry);
+        match format {
+            Format::OpenMetrics => text,
+            Format::Text => openmetrics_to_text(&text),
+        }
     }
 
     /// The exposition text for `GET /metrics`.
@@ -293,5 +373,28 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_header_picks_the_format() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        // What Prometheus sends.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+    }
+
+    #[test]
+    fn counters_are_named_by_their_samples_in_the_classic_format() {
+        let om = "# HELP x Things.\n# TYPE x counter\nx_total{a=\"b\"} 1\n# HELP g Level.\n# TYPE g gauge\ng 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"b\"} 1\n# HELP g Level.\n# TYPE g gauge\ng 2\n"
+        );
     }
 }
