@@ -1,7 +1,8 @@
 //! End-to-end load generator for any server speaking the frame protocol.
 //!
 //! ```text
-//! cargo run --release --example loadgen -- idle   -n 15000 --pid $(pgrep wheel-server)
+//! ./target/release/wheel-server -q --max-connections 20000 & server=$!
+//! cargo run --release --example loadgen -- idle   -n 15000 --pid "$server"
 //! cargo run --release --example loadgen -- ping   -n 1000 --rate 20000 --duration 20s
 //! cargo run --release --example loadgen -- echo   -n 100 --in-flight 4 --duration 10s
 //! cargo run --release --example loadgen -- expiry -n 10000 --idle-timeout 5s

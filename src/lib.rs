@@ -14,8 +14,8 @@
 //!     ..Config::default()
 //! })?;
 //! println!("serving on {}", server.local_addr());
-//! // ... until it is time to stop:
-//! server.shutdown();
+//! // Until SIGINT or SIGTERM, then a graceful drain (see the README).
+//! server.run_until_signal()?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
@@ -47,5 +47,11 @@ pub mod traffic;
 pub mod wheel;
 
 pub use duration::parse_duration;
+
+/// The README's Rust examples, compiled as doc tests (`cargo test --doc`)
+/// so that they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use server::{CloseReason, Config, ConnId, Echo, Handler, Server, Session};
 pub use sys::Keepalive;

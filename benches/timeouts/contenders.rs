@@ -65,9 +65,9 @@ impl Timeouts for OurWheel {
     }
 }
 
-// ------------------------------------------ the seed design, ported as is
+// ------------------------------------------ the classic list + map design, ported as is
 
-/// `../shared/seeds/002`: a `std::list` of (fd, last activity) ordered by
+/// The classic C design of long-connection servers: a `std::list` of (fd, last activity) ordered by
 /// activity, an `unordered_map<fd, list::iterator>`, one pthread mutex.
 /// Every update erases the node and `push_back`s a new one (a free and an
 /// allocation); the reaper pops expired entries from the head.
@@ -142,7 +142,7 @@ impl Drop for SeedList {
 }
 
 impl Timeouts for SeedList {
-    const NAME: &'static str = "seed list+map";
+    const NAME: &'static str = "list+map";
     fn new(n: usize) -> Self {
         let mut map = FxHashMap::default();
         map.reserve(n + 1);
