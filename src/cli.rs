@@ -117,10 +117,35 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_WORKER_STACK", default_value_t = 65_536)]
     worker_stack: usize,
 
-    /// Serve Prometheus metrics (GET /metrics), live connections (GET /connections) and
-    /// health (GET /healthz) over HTTP on this address. Off unless set.
-    #[arg(long, env = "WHEEL_SERVER_METRICS_LISTEN", value_parser = resolve)]
+    /// Serve the admin endpoint over HTTP on this address: Prometheus metrics (GET /metrics),
+    /// live connections (GET /connections), health (GET /healthz), topics (GET /topics), and
+    /// publish / send / close (POST). Off unless set. --admin-listen is the same flag.
+    #[arg(long, visible_alias = "admin-listen", env = "WHEEL_SERVER_METRICS_LISTEN", value_parser = resolve)]
     metrics_listen: Option<SocketAddr>,
+
+    /// Bearer token the admin endpoint's publish, send, close and topics paths require
+    /// (Authorization: Bearer TOKEN); /healthz and /metrics stay open. Required when the admin
+    /// endpoint listens on a non-loopback address. Prefer the environment variable to the flag,
+    /// which other users can see in the process list.
+    #[arg(long, env = "WHEEL_SERVER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
+    /// The service behind the heartbeat machinery: echo (DATA comes back), or pubsub (DATA is a
+    /// command: SUB, UNSUB, PUB, PING; see docs/PROTOCOL.md).
+    #[arg(long, env = "WHEEL_SERVER_SERVICE", value_enum, default_value_t = Service::Echo)]
+    pub service: Service,
+
+    /// Messages kept per topic for subscribers that resume with SUB <topic> <since> (0 = off).
+    #[arg(long, env = "WHEEL_SERVER_HISTORY", default_value_t = 100)]
+    history: usize,
+
+    /// How long a topic keeps a message for resuming subscribers.
+    #[arg(long, env = "WHEEL_SERVER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    history_ttl: Duration,
+
+    /// Topics one connection may subscribe to at most (then ERR too many subscriptions).
+    #[arg(long, env = "WHEEL_SERVER_MAX_SUBSCRIPTIONS", default_value_t = 128)]
+    max_subscriptions: usize,
 
     /// Log a one-line summary (connections, closes, frames) at info level this often (0 = off).
     #[arg(long, env = "WHEEL_SERVER_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
@@ -148,6 +173,15 @@ pub struct Args {
     /// Less log output (-q warnings, -qq errors only). Overrides RUST_LOG.
     #[arg(short, long, action = ArgAction::Count)]
     quiet: u8,
+}
+
+/// The application served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// DATA is answered with the same DATA.
+    Echo,
+    /// Topics with history: SUB, UNSUB, PUB, PING commands.
+    Pubsub,
 }
 
 /// How log lines are written.
@@ -222,6 +256,10 @@ impl Args {
             max_connection_age_grace: nonzero(self.max_connection_age_grace),
             worker_stack: self.worker_stack,
             metrics_listen: self.metrics_listen,
+            admin_token: self.admin_token.clone(),
+            history: self.history,
+            history_ttl: self.history_ttl,
+            max_subscriptions: self.max_subscriptions,
             stats_interval: nonzero(self.stats_interval),
             reuse_port: self.reuse_port,
             proxy_protocol: self.proxy_protocol,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use wheel_server::Server;
 use wheel_server::server::ShutdownSignals;
+use wheel_server::server::pubsub::PubSub;
 
 /// Exit status for an invalid setting (as clap uses for bad flags); 1 is
 /// for runtime failures such as a port in use.
@@ -36,7 +37,10 @@ fn run(args: &cli::Args, config: wheel_server::Config) -> Result<(), Box<dyn std
     }
     // Registered before the server starts, so an early signal is not lost.
     let signals = ShutdownSignals::register()?;
-    let server = Server::start(config)?;
+    let server = match args.service {
+        cli::Service::Echo => Server::start(config)?,
+        cli::Service::Pubsub => Server::with_handler(config, PubSub)?,
+    };
     server.run_until(signals)?;
     Ok(())
 }

@@ -48,12 +48,26 @@ pub(crate) enum CloseRequest {
     Shutdown,
     /// Draining: the connection reached its maximum age.
     MaxAge,
+    /// The application closed the connection through a server handle; its
+    /// code and reason are kept with the connection.
+    Application,
+    /// Draining: the application closed the connection with code 1001.
+    ApplicationDrain,
 }
 
 impl CloseRequest {
-    /// The reason the connection closes with.
+    /// The reason the connection closes with. For the application's
+    /// requests, a placeholder: [`Conn::request_reason`] has the real code.
+    ///
+    /// [`Conn::request_reason`]: super::conn::Conn::request_reason
     pub(crate) fn reason(self) -> CloseReason {
         match self {
+            CloseRequest::Application | CloseRequest::ApplicationDrain => {
+                CloseReason::Application {
+                    code: crate::protocol::code::NORMAL,
+                    reason: String::new(),
+                }
+            }
             CloseRequest::IdleTimeout => CloseReason::IdleTimeout,
             CloseRequest::WriteStalled => CloseReason::WriteTimeout,
             CloseRequest::SlowConsumer => CloseReason::SlowConsumer,
@@ -65,7 +79,10 @@ impl CloseRequest {
     /// Whether this request drains (CLOSE first, hang up later) rather than
     /// closes at once.
     pub(crate) fn drains(self) -> bool {
-        matches!(self, CloseRequest::Shutdown | CloseRequest::MaxAge)
+        matches!(
+            self,
+            CloseRequest::Shutdown | CloseRequest::MaxAge | CloseRequest::ApplicationDrain
+        )
     }
 }
 

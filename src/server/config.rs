@@ -26,7 +26,7 @@ use crate::sys::{Keepalive, SocketOptions};
 /// };
 /// assert!(config.validate().is_ok());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
@@ -101,6 +101,40 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// How long to wait for that header.
     pub proxy_header_timeout: Duration,
+    /// Messages retained per topic, for subscribers that resume with
+    /// `SUB <topic> <since>` (0 turns history off).
+    pub history: usize,
+    /// How long a retained message is kept.
+    pub history_ttl: Duration,
+    /// Topics one connection may subscribe to at most.
+    pub max_subscriptions: usize,
+    /// Bearer token the admin endpoints (publish, send, close, topics)
+    /// require; `/healthz` and `/metrics` stay open. Required when
+    /// `metrics_listen` is not a loopback address.
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every field, but the admin token's value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("protocol", &self.protocol)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tick", &self.tick)
+            .field("probe_after", &self.probe_after)
+            .field("max_connections", &self.max_connections)
+            .field("max_frame", &self.max_frame)
+            .field("keepalive", &self.keepalive)
+            .field("user_timeout", &self.user_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_outbox", &self.max_outbox)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("history", &self.history)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A setting [`Config::validate`] refused: which one, and why.
@@ -165,6 +199,10 @@ impl Default for Config {
             reuse_port: false,
             proxy_protocol: false,
             proxy_header_timeout: Duration::from_secs(5),
+            history: 100,
+            history_ttl: Duration::from_secs(300),
+            max_subscriptions: 128,
+            admin_token: None,
         }
     }
 }
@@ -193,6 +231,26 @@ impl Config {
             return invalid(
                 "max_frame",
                 format!("must be 1..={}, got {}", u32::MAX - 1, self.max_frame),
+            );
+        }
+        if self.history_ttl.is_zero() {
+            return invalid(
+                "history_ttl",
+                "must be longer than zero (use history 0 to turn history off)".into(),
+            );
+        }
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return invalid("admin_token", "must not be empty".into());
+        }
+        if let Some(addr) = self.metrics_listen
+            && !addr.ip().is_loopback()
+            && self.admin_token.is_none()
+        {
+            return invalid(
+                "admin_token",
+                format!(
+                    "is required when the admin endpoint listens on {addr}, which is not loopback: the publish and close endpoints must not be open to the network"
+                ),
             );
         }
         if self.max_outbox == 0 {

@@ -5,6 +5,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use parking_lot::Mutex;
+
+use super::close::{CloseReason, CloseRequest};
 use super::config::Config;
 use super::id::ConnId;
 use super::outbound::Outbound;
@@ -39,6 +42,11 @@ pub(crate) struct Conn {
     pub(crate) traffic: Traffic,
     /// The outbound path, which owns the socket.
     pub(crate) out: Outbound,
+    /// The topics this connection subscribed to (cleared when it closes).
+    pub(crate) subscriptions: Mutex<Vec<String>>,
+    /// The code and reason of a close the application asked for through a
+    /// server handle.
+    pub(crate) app_close: OnceLock<(u16, String)>,
 }
 
 impl Conn {
@@ -59,6 +67,8 @@ impl Conn {
             activity: Stamp::new(now_tick),
             traffic: Traffic::default(),
             out: Outbound::new(stream, config.max_outbox, config.write_timeout),
+            subscriptions: Mutex::new(Vec::new()),
+            app_close: OnceLock::new(),
         }
     }
 
@@ -76,6 +86,19 @@ impl Conn {
     /// Records the client address a PROXY protocol header gave.
     pub(crate) fn set_client(&self, client: SocketAddr) {
         let _ = self.client.set(client);
+    }
+
+    /// Why the connection closes when another thread asked (`request`).
+    pub(crate) fn request_reason(&self, request: CloseRequest) -> CloseReason {
+        match (request, self.app_close.get()) {
+            (CloseRequest::Application | CloseRequest::ApplicationDrain, Some((code, reason))) => {
+                CloseReason::Application {
+                    code: *code,
+                    reason: reason.clone(),
+                }
+            }
+            _ => request.reason(),
+        }
     }
 
     /// Shuts the socket down both ways: interrupts even a worker blocked in a

@@ -2,8 +2,13 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use super::close::CloseReason;
+use super::conn::Conn;
+use super::handle::ServerHandle;
 use super::id::ConnId;
+use super::shared::Shared;
 use crate::protocol::{EncodeError, Message, Protocol};
 use crate::traffic::{Kind, Tally};
 
@@ -62,7 +67,11 @@ impl Handler for Echo {
 
 /// A handler's view of the connection a message came from.
 pub struct Session<'a> {
+    /// What the server's threads share.
+    pub(crate) shared: &'a Arc<Shared>,
     /// The connection.
+    pub(crate) conn: &'a Arc<Conn>,
+    /// The connection's id.
     pub(crate) id: ConnId,
     /// Its client's address.
     pub(crate) peer: SocketAddr,
@@ -92,6 +101,25 @@ impl Session<'_> {
         self.protocol
     }
 
+    /// A handle to the server, to reach other connections and topics.
+    pub fn server(&self) -> ServerHandle {
+        ServerHandle::new(Arc::clone(self.shared))
+    }
+
+    /// Writes the replies queued so far, so that what is pushed next on the
+    /// connection's outbound path comes after them.
+    pub(crate) fn flush_replies(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .conn
+            .out
+            .write_batch(self.id, &self.shared.flushes, self.out);
+        self.out.clear();
+        written
+    }
+
     /// Queues a DATA message to the peer.
     ///
     /// # Errors
@@ -113,11 +141,6 @@ impl Session<'_> {
     /// boundary), and line breaks in it become spaces, so that every
     /// protocol can carry it.
     pub fn close(&mut self, code: u16, reason: &str) {
-        let mut end = reason.len().min(MAX_CLOSE_REASON);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let reason = reason[..end].replace(['\r', '\n'], " ");
-        *self.close = Some((code, reason));
+        *self.close = Some((code, super::handle::clean_reason(reason)));
     }
 }

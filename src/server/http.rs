@@ -34,6 +34,8 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tracing::debug;
 
+use super::handle::{SendError, ServerHandle};
+use super::id::ConnId;
 use super::metrics::Format;
 use super::shared::Shared;
 use crate::sys;
@@ -171,6 +173,8 @@ struct Response {
     body: String,
     /// `Allow`, for a 405.
     allow: Option<&'static str>,
+    /// `WWW-Authenticate: Bearer`, for a 401.
+    www_authenticate: bool,
 }
 
 impl Response {
@@ -180,6 +184,15 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             body: body.to_owned(),
             allow: None,
+            www_authenticate: false,
+        }
+    }
+
+    fn json(status: u16, body: String) -> Response {
+        Response {
+            content_type: "application/json",
+            body,
+            ..Response::text(status, "")
         }
     }
 }
@@ -192,8 +205,15 @@ struct Head {
     http11: bool,
     /// `Connection: close` (or, for 1.0, no `Connection: keep-alive`).
     close: bool,
-    /// The request has a body (which the endpoint never reads).
-    body: bool,
+    /// The request announced a body of unknown length (chunked), which the
+    /// endpoint does not read.
+    chunked: bool,
+    /// `Content-Length`, if given (a bad value counts as 0 with `bad_length`).
+    content_length: usize,
+    /// `Content-Length` was not a number.
+    bad_length: bool,
+    /// The `Authorization` header.
+    authorization: Option<String>,
     /// The `Accept` header.
     accept: Option<String>,
     /// Its length in bytes.
@@ -269,14 +289,37 @@ impl Inner {
                     break;
                 }
             };
+            buf.drain(..head.len);
+            let max_body = self.shared.config.max_frame;
+            let (response, body_read) = if head.chunked || head.bad_length {
+                (
+                    Response::text(400, "a body needs a valid Content-Length\n"),
+                    false,
+                )
+            } else if head.content_length > max_body {
+                // Refused from the header alone: the body is never read.
+                (
+                    Response::text(413, &format!("body over the maximum of {max_body} bytes\n")),
+                    false,
+                )
+            } else {
+                match read_body(&stream, &mut buf, head.content_length) {
+                    Ok(()) => {
+                        let body: Vec<u8> = buf.drain(..head.content_length).collect();
+                        (self.respond(&head, &body), true)
+                    }
+                    Err(_) => {
+                        self.shared.metrics.http_timeouts.inc();
+                        break;
+                    }
+                }
+            };
             let keep_alive = head.http11
                 && !head.close
-                && !head.body
+                && body_read
                 && served < MAX_REQUESTS_PER_CONNECTION
                 && self.waiting.is_empty()
                 && !self.stopping.load(Ordering::Acquire);
-            let response = self.respond(&head);
-            buf.drain(..head.len);
             let wire = encode(&response, head.method == "HEAD", !keep_alive);
             if let Err(e) = write_all(&stream, &wire) {
                 debug!("metrics endpoint: could not answer {}: {e}", head.target);
@@ -293,42 +336,191 @@ impl Inner {
         *self.serving[slot].lock() = None;
     }
 
-    /// The answer to a request.
-    fn respond(&self, head: &Head) -> Response {
+    /// The answer to a request with its body.
+    fn respond(&self, head: &Head, body: &[u8]) -> Response {
         let shared = &self.shared;
-        if head.method != "GET" && head.method != "HEAD" {
+        let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let read = head.method == "GET" || head.method == "HEAD";
+        let post = head.method == "POST";
+        let open = matches!(path, "/metrics" | "/healthz");
+        if !open && !self.authorized(head) {
             return Response {
-                allow: Some("GET, HEAD"),
-                ..Response::text(405, "method not allowed\n")
+                www_authenticate: true,
+                ..Response::text(401, "unauthorized: Authorization: Bearer <token>\n")
             };
         }
-        let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
-        match path {
-            "/metrics" => {
+        match (segments.as_slice(), read, post) {
+            (["metrics"], true, _) => {
                 let format = Format::negotiate(head.accept.as_deref());
                 Response {
-                    status: 200,
                     content_type: format.content_type(),
-                    body: shared.metrics.encode_as(&shared.registry, format),
-                    allow: None,
+                    ..Response::text(
+                        200,
+                        &shared
+                            .metrics
+                            .encode_as(&shared.registry, &shared.topics, format),
+                    )
                 }
             }
-            "/connections" => match limit(query) {
-                Ok(limit) => Response {
-                    status: 200,
-                    content_type: "application/json",
-                    body: connections(shared, limit),
-                    allow: None,
-                },
-                Err(e) => Response::text(400, &format!("{e}\n")),
-            },
-            "/healthz" if shared.stopping.load(Ordering::Acquire) => {
+            (["healthz"], true, _) if shared.stopping.load(Ordering::Acquire) => {
                 Response::text(503, "draining\n")
             }
-            "/healthz" => Response::text(200, "ok\n"),
+            (["healthz"], true, _) => Response::text(200, "ok\n"),
+            (["connections"], true, _) => match limit(query) {
+                Ok(limit) => Response::json(200, connections(shared, limit)),
+                Err(e) => Response::text(400, &format!("{e}\n")),
+            },
+            (["topics"], true, _) => {
+                let list: Vec<_> = self
+                    .handle()
+                    .topics()
+                    .into_iter()
+                    .map(|t| json!({"topic": t.topic, "subscribers": t.subscribers, "last_seq": t.last_seq}))
+                    .collect();
+                Response::json(200, serde_json::Value::Array(list).to_string())
+            }
+            (["publish", topic], _, true) => match self.handle().publish(topic, body) {
+                Ok(p) => Response::json(
+                    200,
+                    json!({"topic": topic, "seq": p.seq, "delivered": p.delivered}).to_string(),
+                ),
+                Err(e) => Response::text(400, &format!("{e}\n")),
+            },
+            (["connections", id, "send"], _, true) => {
+                let Ok(id) = id.parse::<ConnId>() else {
+                    return Response::text(404, "unknown connection\n");
+                };
+                match self.handle().send(id, body) {
+                    Ok(()) => Response::json(
+                        200,
+                        json!({"id": id.to_string(), "sent": body.len()}).to_string(),
+                    ),
+                    Err(e) => Response::text(send_status(&e), &format!("{e}\n")),
+                }
+            }
+            (["connections", id, "close"], _, true) => {
+                let Ok(id) = id.parse::<ConnId>() else {
+                    return Response::text(404, "unknown connection\n");
+                };
+                let (code, reason) = match close_params(query) {
+                    Ok(params) => params,
+                    Err(e) => return Response::text(400, &format!("{e}\n")),
+                };
+                match self.handle().close(id, code, &reason) {
+                    Ok(()) => {
+                        Response::json(200, json!({"id": id.to_string(), "code": code}).to_string())
+                    }
+                    Err(e) => Response::text(send_status(&e), &format!("{e}\n")),
+                }
+            }
+            (["metrics" | "healthz" | "connections" | "topics"], false, _) => Response {
+                allow: Some("GET, HEAD"),
+                ..Response::text(405, "method not allowed\n")
+            },
+            (["publish", _] | ["connections", _, "send" | "close"], _, false) => Response {
+                allow: Some("POST"),
+                ..Response::text(405, "method not allowed\n")
+            },
             _ => Response::text(404, "not found\n"),
         }
     }
+
+    /// Whether the request carries the admin token (compared in constant
+    /// time), or none is configured.
+    fn authorized(&self, head: &Head) -> bool {
+        let Some(token) = &self.shared.config.admin_token else {
+            return true;
+        };
+        let given = head
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        constant_time_eq::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    }
+
+    fn handle(&self) -> ServerHandle {
+        ServerHandle::new(Arc::clone(&self.shared))
+    }
+}
+
+/// The status for a failed push to a connection.
+fn send_status(e: &SendError) -> u16 {
+    match e {
+        SendError::UnknownConnection => 404,
+        SendError::Closed => 409,
+        SendError::OutboxFull => 503,
+        _ => 400,
+    }
+}
+
+/// `code=C&reason=R` from a close request's query (code 1000 and an empty
+/// reason when left out).
+fn close_params(query: &str) -> Result<(u16, String), String> {
+    let mut code = crate::protocol::code::NORMAL;
+    let mut reason = String::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "code" => {
+                code = value
+                    .parse()
+                    .map_err(|_| format!("code must be a number, got {value:?}"))?;
+            }
+            "reason" => reason = percent_decode(value),
+            _ => {}
+        }
+    }
+    Ok((code, reason))
+}
+
+/// Decodes `%XX` escapes and `+` (a space) in a query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match value
+                    .get(i + 1..i + 3)
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads until `buf` holds `len` body bytes, within [`HEAD_TIMEOUT`].
+fn read_body(stream: &TcpStream, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut chunk = [0u8; 8192];
+    while buf.len() < len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let want = chunk.len().min(len - buf.len());
+        match (&*stream).read(&mut chunk[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads until `buf` holds a whole request head, within [`HEAD_TIMEOUT`]
@@ -405,14 +597,21 @@ fn head(request: &httparse::Request<'_, '_>, len: usize) -> Head {
         Some("keep-alive") => false,
         _ => !http11,
     };
-    let body =
-        header("content-length").is_some_and(|l| l != "0") || header("transfer-encoding").is_some();
+    let length = header("content-length");
+    let content_length = length.as_deref().map_or(Ok(0), str::parse::<usize>);
     Head {
         method: request.method.unwrap_or("").to_owned(),
         target: request.path.unwrap_or("").to_owned(),
         http11,
         close,
-        body,
+        chunked: header("transfer-encoding").is_some(),
+        content_length: *content_length.as_ref().unwrap_or(&0),
+        bad_length: content_length.is_err(),
+        authorization: request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned()),
         accept: request
             .headers
             .iter()
@@ -427,8 +626,11 @@ fn encode(response: &Response, head_only: bool, close: bool) -> Vec<u8> {
     let reason = match response.status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",
@@ -442,6 +644,9 @@ fn encode(response: &Response, head_only: bool, close: bool) -> Vec<u8> {
     );
     if let Some(allow) = response.allow {
         out.push_str(&format!("Allow: {allow}\r\n"));
+    }
+    if response.www_authenticate {
+        out.push_str("WWW-Authenticate: Bearer\r\n");
     }
     out.push_str("\r\n");
     let mut out = out.into_bytes();
@@ -506,6 +711,7 @@ fn connections(shared: &Shared, limit: usize) -> String {
                 "state": conn.out.close_state().label(),
                 "protocol": conn.protocol.as_str(),
                 "outbox_bytes": conn.out.queued_bytes(),
+                "subscriptions": conn.subscriptions.lock().len(),
                 "age_ms": conn.opened.elapsed().as_millis() as u64,
                 "idle_ms": (idle_ticks as f64 * tick_ms) as u64,
                 "frames_in": received.frames.iter().sum::<u64>(),

@@ -42,3 +42,33 @@ impl ConnId {
         ConnId { generation, index }
     }
 }
+
+impl std::str::FromStr for ConnId {
+    type Err = String;
+
+    /// The [`Display`](fmt::Display) form, `index.generation`.
+    fn from_str(s: &str) -> Result<ConnId, String> {
+        let (index, generation) = s
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?}: expected INDEX.GENERATION"))?;
+        let number = |part: &str| {
+            part.parse::<u32>()
+                .map_err(|_| format!("{s:?}: expected INDEX.GENERATION"))
+        };
+        Ok(ConnId::new(number(index)?, number(generation)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_reads_back_from_its_display_form() {
+        let id = ConnId::new(7, 3);
+        assert_eq!(id.to_string().parse::<ConnId>(), Ok(id));
+        for bad in ["", "7", "7.", ".3", "7.3.1", "-1.0", "a.b"] {
+            assert!(bad.parse::<ConnId>().is_err(), "{bad}");
+        }
+    }
+}

@@ -29,6 +29,7 @@ use prometheus_client::registry::Registry;
 
 use super::close::CloseReason;
 use super::registry::Registry as ConnRegistry;
+use super::topics::Topics;
 use crate::traffic::Kind;
 
 /// One label, `name="value"`.
@@ -80,6 +81,10 @@ pub(crate) struct Metrics {
     /// HTTP connections closed because a request head or a response missed
     /// its deadline.
     pub(crate) http_timeouts: Counter,
+    /// Messages published to topics.
+    pub(crate) publishes: Counter,
+    /// Published messages written or queued to subscribers.
+    pub(crate) deliveries: Counter,
     /// Connections closed, all reasons (for the summary log line).
     pub(crate) closed_total: AtomicU64,
 }
@@ -158,6 +163,8 @@ fn openmetrics_to_text(text: &str) -> String {
 struct Live {
     /// Connections open.
     open: AtomicI64,
+    /// `[topics, retained payload bytes, subscriptions, largest outbox]`.
+    pubsub: [AtomicI64; 4],
     /// `[frames in, bytes in, frames out, bytes out]` by [`Kind`].
     traffic: [[AtomicU64; 4]; 4],
 }
@@ -175,6 +182,30 @@ impl Collector for LiveCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(live.open.load(Ordering::Relaxed)).encode(open)?;
+        for ((name, help), value) in [
+            (
+                "wheel_pubsub_topics",
+                "Topics with subscribers or retained messages.",
+            ),
+            (
+                "wheel_pubsub_history_bytes",
+                "Payload bytes retained for resuming subscribers, all topics.",
+            ),
+            (
+                "wheel_pubsub_subscriptions",
+                "Subscriptions open, all connections.",
+            ),
+            (
+                "wheel_outbox_max_bytes",
+                "Bytes waiting in the fullest connection outbox.",
+            ),
+        ]
+        .into_iter()
+        .zip(&live.pubsub)
+        {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value.load(Ordering::Relaxed)).encode(metric)?;
+        }
         let families = [
             ("wheel_frames_received", "Messages received, by type."),
             (
@@ -238,6 +269,8 @@ impl Metrics {
             // 0.1 ms to about 3.3 s: how late the timer thread ran a tick.
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
+            publishes: Counter::default(),
+            deliveries: Counter::default(),
             http_timeouts: Counter::default(),
             closed_total: AtomicU64::new(0),
         };
@@ -329,6 +362,16 @@ impl Metrics {
             m.http_timeouts.clone(),
         );
         registry.register(
+            "wheel_pubsub_publishes",
+            "Messages published to topics",
+            m.publishes.clone(),
+        );
+        registry.register(
+            "wheel_pubsub_deliveries",
+            "Published messages written or queued to subscribers",
+            m.deliveries.clone(),
+        );
+        registry.register(
             "wheel_timer_tick_lag_seconds",
             "How late each tick ran after its instant",
             m.tick_lag.clone(),
@@ -346,7 +389,29 @@ impl Metrics {
     }
 
     /// The exposition text for `GET /metrics` in `format`.
-    pub(crate) fn encode_as(&self, registry: &ConnRegistry, format: Format) -> String {
+    pub(crate) fn encode_as(
+        &self,
+        registry: &ConnRegistry,
+        topics: &Topics,
+        format: Format,
+    ) -> String {
+        let (count, history_bytes) = topics.totals();
+        let conns = registry.snapshot();
+        let subscriptions: usize = conns.iter().map(|c| c.subscriptions.lock().len()).sum();
+        let outbox_max = conns
+            .iter()
+            .map(|c| c.out.queued_bytes())
+            .max()
+            .unwrap_or(0);
+        drop(conns);
+        for (gauge, value) in
+            self.live
+                .pubsub
+                .iter()
+                .zip([count, history_bytes, subscriptions, outbox_max])
+        {
+            gauge.store(value as i64, Ordering::Relaxed);
+        }
         let text = self.encode(registry);
         match format {
             Format::OpenMetrics => text,

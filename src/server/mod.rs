@@ -54,6 +54,7 @@ mod buffer;
 mod close;
 mod config;
 mod conn;
+mod handle;
 mod handler;
 mod http;
 mod id;
@@ -61,18 +62,22 @@ mod metrics;
 mod outbound;
 mod ping;
 mod proxy;
+pub mod pubsub;
 mod registry;
 mod shared;
 mod shutdown;
 mod signals;
 mod timer;
+mod topics;
 mod worker;
 
 pub use close::{CloseReason, TcpTimeout};
 pub use config::{Config, ConfigError, MIN_WORKER_STACK};
+pub use handle::{SendError, ServerHandle};
 pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use id::ConnId;
 pub use signals::ShutdownSignals;
+pub use topics::{MAX_TOPIC_LEN, Published, Resumed, TopicInfo, valid_topic};
 
 use std::io;
 use std::net::SocketAddr;
@@ -152,6 +157,10 @@ impl Server {
         })?;
         let local_addr = listener.local_addr()?;
         let (events, events_rx) = crossbeam_channel::unbounded();
+        let retention = topics::Retention {
+            count: config.history,
+            ttl: config.history_ttl,
+        };
         let source = TimeSource::new(Instant::now(), config.tick);
         let shared = Arc::new(Shared {
             config,
@@ -163,6 +172,7 @@ impl Server {
             listener,
             frames: Frames::new(),
             flushes: Flushes::default(),
+            topics: topics::Topics::new(retention),
             metrics: metrics::Metrics::new(),
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
@@ -217,6 +227,12 @@ impl Server {
     /// was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle for reaching connections from any thread: send, close,
+    /// subscribe, publish.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle::new(Arc::clone(&self.shared))
     }
 
     /// The number of open connections.
@@ -303,6 +319,10 @@ pub(crate) mod test_support {
             listener: listener.try_clone().unwrap(),
             frames: Frames::new(),
             flushes: Flushes::default(),
+            topics: topics::Topics::new(topics::Retention {
+                count: 100,
+                ttl: Duration::from_secs(300),
+            }),
             metrics: metrics::Metrics::new(),
         });
         (shared, listener)

@@ -15,6 +15,7 @@ use super::metrics::Metrics;
 use super::outbound::Flushes;
 use super::registry::Registry;
 use super::timer::Event;
+use super::topics::Topics;
 use crate::activity::Clock;
 use crate::protocol::{Message, Protocol};
 
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) frames: Frames,
     /// Connections with queued output for the timer thread to flush.
     pub(crate) flushes: Flushes,
+    /// Pub/sub topics.
+    pub(crate) topics: Topics,
     /// Everything counted.
     pub(crate) metrics: Metrics,
 }

@@ -93,6 +93,7 @@ struct Deregister {
 impl Drop for Deregister {
     fn drop(&mut self) {
         let id = self.conn.id;
+        self.shared.topics.remove_connection(&self.conn);
         self.shared.metrics.count_close(self.reason);
         self.shared
             .registry
@@ -225,7 +226,7 @@ impl Worker {
             // one. A drain keeps its reason (shutdown forces stuck writes).
             let failed = CloseReason::from_write_error(&e);
             return Err(match self.conn.out.close_state().request() {
-                Some(request) if request.drains() => request.reason(),
+                Some(request) if request.drains() => self.conn.request_reason(request),
                 _ => failed,
             });
         }
@@ -253,7 +254,7 @@ impl Worker {
             .out
             .close_state()
             .request()
-            .map_or(otherwise, |request| request.reason())
+            .map_or(otherwise, |request| self.conn.request_reason(request))
     }
 
     /// Decodes and answers every complete message in the input buffer.
@@ -356,8 +357,8 @@ impl Worker {
 /// Answers one message. Free-standing so that it can borrow the worker's
 /// output while the message borrows its input buffer.
 fn answer(
-    shared: &Shared,
-    conn: &Conn,
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
     pings: &mut PingPolicy,
     output: &mut Vec<u8>,
     sent: &mut Tally,
@@ -368,6 +369,8 @@ fn answer(
         Message::Data(payload) => {
             let mut close = None;
             let mut session = Session {
+                shared,
+                conn,
                 id: conn.id,
                 peer: conn.peer(),
                 protocol,

@@ -52,6 +52,10 @@ use crate::time::TimeSource;
 use crate::wheel::{TimerKey, Wheel};
 use schedule::{Entry, Jumps, Schedule, Step};
 
+/// How often (in ticks) topics whose history expired and that nobody
+/// subscribes to are forgotten.
+const TOPIC_SWEEP_TICKS: u64 = 64;
+
 /// What workers and the acceptor tell the timer thread.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -117,6 +121,8 @@ struct Timer {
     horizon: u64,
     /// When the next summary line is due.
     next_summary: Option<Instant>,
+    /// The tick of the next topic sweep.
+    next_sweep: u64,
     /// Register and deregister counters.
     counters: EventCounters,
     /// The maximum-age setting and its jitter, if set.
@@ -180,6 +186,7 @@ impl Timer {
             published: 0,
             source,
             next_summary: config.stats_interval.map(|every| Instant::now() + every),
+            next_sweep: TOPIC_SWEEP_TICKS,
             counters: EventCounters::new(&shared),
             shared,
         }
@@ -231,6 +238,10 @@ impl Timer {
             self.fire(id, now);
         }
         self.flush_queued();
+        if now >= self.next_sweep {
+            self.shared.topics.sweep();
+            self.next_sweep = now + TOPIC_SWEEP_TICKS;
+        }
         self.shared
             .metrics
             .timers_armed

@@ -1,0 +1,246 @@
+//! A handle to a running server, for reaching any connection from any
+//! thread: send to it, close it, subscribe it to topics, publish.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::close::{CloseReason, CloseRequest};
+use super::conn::Conn;
+use super::handler::MAX_CLOSE_REASON;
+use super::id::ConnId;
+use super::outbound::{DrainRefused, PushError};
+use super::shared::{Shared, close_frame};
+use super::topics::{Published, TopicError, TopicInfo, valid_topic};
+use crate::protocol::{EncodeError, Message, code};
+
+/// Why a push through a [`ServerHandle`] did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No open connection has this id (it never existed, or it closed).
+    UnknownConnection,
+    /// The connection is closing (or draining): it takes no more pushes.
+    Closed,
+    /// The message would take the connection's outbox past
+    /// [`Config::max_outbox`](super::Config::max_outbox): the connection is
+    /// now being closed as a slow consumer (CLOSE 4003).
+    OutboxFull,
+    /// The connection's protocol cannot carry the message.
+    Encode(EncodeError),
+    /// Not a valid topic name (1 to 128 bytes of `A-Z a-z 0-9 . _ - : /`).
+    InvalidTopic,
+    /// The connection is at [`Config::max_subscriptions`](super::Config::max_subscriptions).
+    TooManySubscriptions,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::UnknownConnection => f.write_str("unknown connection"),
+            SendError::Closed => f.write_str("connection closing"),
+            SendError::OutboxFull => {
+                f.write_str("outbox full: closing the connection as a slow consumer")
+            }
+            SendError::Encode(e) => e.fmt(f),
+            SendError::InvalidTopic => f.write_str("invalid topic"),
+            SendError::TooManySubscriptions => f.write_str("too many subscriptions"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl From<PushError> for SendError {
+    fn from(e: PushError) -> SendError {
+        match e {
+            PushError::Closed => SendError::Closed,
+            PushError::Full => SendError::OutboxFull,
+        }
+    }
+}
+
+impl From<TopicError> for SendError {
+    fn from(e: TopicError) -> SendError {
+        match e {
+            TopicError::InvalidTopic => SendError::InvalidTopic,
+            TopicError::TooManySubscriptions => SendError::TooManySubscriptions,
+            TopicError::Closed => SendError::Closed,
+            TopicError::OutboxFull => SendError::OutboxFull,
+        }
+    }
+}
+
+/// A cloneable handle to a running server, usable from any thread: from
+/// [`Server::handle`](super::Server::handle), or inside a handler from
+/// [`Session::server`](super::Session::server).
+///
+/// Nothing here blocks on a peer: a message goes out at once or waits in
+/// the connection's bounded outbox.
+///
+/// # Examples
+///
+/// ```
+/// use wheel_server::server::{Config, Server};
+///
+/// let server = Server::start(Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() })?;
+/// let handle = server.handle();
+/// std::thread::spawn(move || {
+///     // A ticker: every subscriber of "clock" gets "MSG clock <seq> tick".
+///     let published = handle.publish("clock", b"tick").unwrap();
+///     assert_eq!(published.seq, 1);
+/// })
+/// .join()
+/// .unwrap();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> ServerHandle {
+        ServerHandle { shared }
+    }
+
+    fn conn(&self, id: ConnId) -> Result<Arc<Conn>, SendError> {
+        self.shared
+            .registry
+            .get(id)
+            .ok_or(SendError::UnknownConnection)
+    }
+
+    /// Sends DATA to connection `id`.
+    ///
+    /// # Errors
+    ///
+    /// Unknown or closing connection, a full outbox (the connection is then
+    /// closed as a slow consumer), or a payload its protocol cannot carry.
+    pub fn send(&self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
+        let conn = self.conn(id)?;
+        let mut wire = Vec::with_capacity(payload.len() + 8);
+        conn.protocol
+            .encode(&Message::Data(payload), &mut wire)
+            .map_err(SendError::Encode)?;
+        conn.out.push(id, &self.shared.flushes, &wire)?;
+        Ok(())
+    }
+
+    /// Closes connection `id` with `code` and `reason` (cut to 123 bytes,
+    /// line breaks made spaces). With 1001 (going away) the connection
+    /// drains: CLOSE 1001 goes out now and the server answers until the
+    /// client hangs up. With any other code the worker answers what it has
+    /// read, sends the CLOSE, and hangs up.
+    ///
+    /// # Errors
+    ///
+    /// Unknown connection, or one already closing.
+    pub fn close(&self, id: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
+        if !crate::protocol::close_code_allowed(code) {
+            return Err(SendError::Encode(EncodeError::ForbiddenCloseCode(code)));
+        }
+        let conn = self.conn(id)?;
+        let reason = clean_reason(reason);
+        if code == code::GOING_AWAY {
+            let frame = close_frame(
+                conn.protocol,
+                &CloseReason::Application {
+                    code,
+                    reason: reason.clone(),
+                },
+            )
+            .expect("1001 may be sent");
+            let _ = conn.app_close.set((code, reason));
+            return match conn.out.drain(
+                id,
+                &self.shared.flushes,
+                CloseRequest::ApplicationDrain,
+                &frame,
+            ) {
+                Ok(_) => Ok(()),
+                Err(DrainRefused::Requested | DrainRefused::Finishing) => Err(SendError::Closed),
+            };
+        }
+        let _ = conn.app_close.set((code, reason));
+        if conn.out.request_close(CloseRequest::Application) {
+            Ok(())
+        } else {
+            Err(SendError::Closed)
+        }
+    }
+
+    /// Subscribes connection `id` to `topic`: it receives
+    /// `MSG <topic> <seq> <payload>` for every later publish.
+    ///
+    /// # Errors
+    ///
+    /// Unknown or closing connection, an invalid topic, or the subscription
+    /// limit.
+    pub fn subscribe(&self, id: ConnId, topic: &str) -> Result<(), SendError> {
+        let conn = self.conn(id)?;
+        let shared = &self.shared;
+        shared.topics.subscribe(
+            &shared.flushes,
+            &conn,
+            topic,
+            None,
+            shared.config.max_subscriptions,
+            |_| Vec::new(),
+        )?;
+        Ok(())
+    }
+
+    /// Unsubscribes connection `id` from `topic`; whether it was subscribed.
+    ///
+    /// # Errors
+    ///
+    /// Unknown connection.
+    pub fn unsubscribe(&self, id: ConnId, topic: &str) -> Result<bool, SendError> {
+        let conn = self.conn(id)?;
+        Ok(self.shared.topics.unsubscribe(&conn, topic))
+    }
+
+    /// Publishes `payload` to `topic`: numbers it, retains it (per
+    /// [`Config::history`](super::Config::history)), and writes or queues it
+    /// to every subscriber.
+    ///
+    /// # Errors
+    ///
+    /// An invalid topic name.
+    pub fn publish(&self, topic: &str, payload: &[u8]) -> Result<Published, SendError> {
+        if !valid_topic(topic) {
+            return Err(SendError::InvalidTopic);
+        }
+        let shared = &self.shared;
+        let published = shared.topics.publish(&shared.flushes, topic, payload);
+        shared.metrics.publishes.inc();
+        shared.metrics.deliveries.inc_by(published.delivered as u64);
+        Ok(published)
+    }
+
+    /// Local subscribers of `topic`.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        self.shared.topics.subscribers(topic)
+    }
+
+    /// Every topic with subscribers or retained messages.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        self.shared.topics.list()
+    }
+}
+
+/// A close reason every protocol can carry: line breaks made spaces, cut
+/// to [`MAX_CLOSE_REASON`] bytes at a character boundary.
+pub(crate) fn clean_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].replace(['\r', '\n'], " ")
+}

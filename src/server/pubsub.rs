@@ -1,0 +1,272 @@
+//! The pub/sub service (`wheel-server --service pubsub`): every DATA message
+//! is a command, every reply a DATA message. The same commands work in
+//! frame mode (a DATA payload) and line mode (a line).
+//!
+//! | client sends | server answers |
+//! |---|---|
+//! | `SUB <topic>` | `OK SUB <topic> <last>`, then live messages |
+//! | `SUB <topic> <since>` | `OK SUB <topic> <last> recovered` (or `... gap <first-missing>`), every retained message after `since`, then live ones |
+//! | `UNSUB <topic>` | `OK UNSUB <topic>` |
+//! | `PUB <topic> <payload>` | `OK PUB <topic> <seq>`; subscribers get `MSG <topic> <seq> <payload>` |
+//! | `PING [text]` | `PONG [text]` |
+//! | anything else | `ERR <reason>`; the connection stays open |
+
+use std::str;
+
+use super::handle::SendError;
+use super::handler::{Handler, Session};
+use super::topics::{Resumed, valid_topic};
+use crate::protocol::Message;
+
+/// A parsed command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `SUB <topic> [<since>]`.
+    Sub {
+        /// The topic.
+        topic: &'a str,
+        /// Resume after this sequence number.
+        since: Option<u64>,
+    },
+    /// `UNSUB <topic>`.
+    Unsub {
+        /// The topic.
+        topic: &'a str,
+    },
+    /// `PUB <topic> <payload>`.
+    Pub {
+        /// The topic.
+        topic: &'a str,
+        /// Everything after the topic and one space (may be empty).
+        payload: &'a [u8],
+    },
+    /// `PING [text]`.
+    Ping(&'a [u8]),
+}
+
+/// Parses one command. Tokens are separated by single spaces; a payload is
+/// the rest of the message.
+///
+/// # Errors
+///
+/// The reason sent back after `ERR `.
+///
+/// # Examples
+///
+/// ```
+/// use wheel_server::server::pubsub::{Command, parse_command};
+///
+/// assert_eq!(
+///     parse_command(b"PUB chat:1 hello there"),
+///     Ok(Command::Pub { topic: "chat:1", payload: b"hello there" })
+/// );
+/// assert_eq!(parse_command(b"SUB a b"), Err("invalid sequence number"));
+/// ```
+pub fn parse_command(msg: &[u8]) -> Result<Command<'_>, &'static str> {
+    let (verb, rest) = split(msg);
+    match verb {
+        b"SUB" => {
+            let (topic, rest) = split(rest.ok_or("missing topic")?);
+            let topic = topic_of(topic)?;
+            let since = match rest {
+                None => None,
+                Some(since) => Some(
+                    str::from_utf8(since)
+                        .ok()
+                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|s| s.parse().ok())
+                        .ok_or("invalid sequence number")?,
+                ),
+            };
+            Ok(Command::Sub { topic, since })
+        }
+        b"UNSUB" => {
+            let (topic, rest) = split(rest.ok_or("missing topic")?);
+            if rest.is_some() {
+                return Err("UNSUB takes one topic");
+            }
+            Ok(Command::Unsub {
+                topic: topic_of(topic)?,
+            })
+        }
+        b"PUB" => {
+            let (topic, payload) = split(rest.ok_or("missing topic")?);
+            Ok(Command::Pub {
+                topic: topic_of(topic)?,
+                payload: payload.unwrap_or_default(),
+            })
+        }
+        b"PING" => Ok(Command::Ping(rest.unwrap_or_default())),
+        _ => Err("unknown command"),
+    }
+}
+
+/// The first token and, after one space, the rest (if there was a space).
+fn split(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match bytes.iter().position(|&b| b == b' ') {
+        Some(i) => (&bytes[..i], Some(&bytes[i + 1..])),
+        None => (bytes, None),
+    }
+}
+
+fn topic_of(bytes: &[u8]) -> Result<&str, &'static str> {
+    str::from_utf8(bytes)
+        .ok()
+        .filter(|t| valid_topic(t))
+        .ok_or("invalid topic")
+}
+
+/// The pub/sub service (see the module docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PubSub;
+
+impl Handler for PubSub {
+    fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
+        let reply = match parse_command(payload) {
+            Ok(Command::Sub { topic, since }) => return subscribe(session, topic, since),
+            Ok(Command::Unsub { topic }) => {
+                let shared = session.shared;
+                shared.topics.unsubscribe(session.conn, topic);
+                format!("OK UNSUB {topic}").into_bytes()
+            }
+            Ok(Command::Pub { topic, payload }) => match session.server().publish(topic, payload) {
+                Ok(published) => format!("OK PUB {topic} {}", published.seq).into_bytes(),
+                Err(e) => format!("ERR {e}").into_bytes(),
+            },
+            Ok(Command::Ping(text)) => {
+                [&b"PONG"[..], if text.is_empty() { b"" } else { b" " }, text].concat()
+            }
+            Err(reason) => format!("ERR {reason}").into_bytes(),
+        };
+        if session.send(&reply).is_err() {
+            // Only a PONG can fail (text with a line break in line mode,
+            // which the line itself could not have held).
+            let _ = session.send(b"ERR cannot echo that text");
+        }
+    }
+}
+
+/// `SUB`: the replies queued so far go out first, then (under the topic's
+/// lock, so no live message can come between) the OK and the replay.
+fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>) {
+    if session.flush_replies().is_err() {
+        return;
+    }
+    let shared = session.shared;
+    let conn = session.conn;
+    let protocol = conn.protocol;
+    let ok = |resumed: Resumed| {
+        let text = match resumed {
+            Resumed::Live { last } => format!("OK SUB {topic} {last}"),
+            Resumed::Recovered { last } => format!("OK SUB {topic} {last} recovered"),
+            Resumed::Gap {
+                last,
+                first_missing,
+            } => format!("OK SUB {topic} {last} gap {first_missing}"),
+        };
+        let mut wire = Vec::new();
+        protocol
+            .encode(&Message::Data(text.as_bytes()), &mut wire)
+            .expect("a topic and numbers encode in every protocol");
+        wire
+    };
+    let subscribed = shared.topics.subscribe(
+        &shared.flushes,
+        conn,
+        topic,
+        since,
+        shared.config.max_subscriptions,
+        ok,
+    );
+    if let Err(e) = subscribed {
+        let _ = session.send(format!("ERR {}", SendError::from(e)).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commands_and_their_errors() {
+        assert_eq!(
+            parse_command(b"SUB news"),
+            Ok(Command::Sub {
+                topic: "news",
+                since: None
+            })
+        );
+        assert_eq!(
+            parse_command(b"SUB a/b:c.d_e-f 42"),
+            Ok(Command::Sub {
+                topic: "a/b:c.d_e-f",
+                since: Some(42)
+            })
+        );
+        assert_eq!(
+            parse_command(b"UNSUB news"),
+            Ok(Command::Unsub { topic: "news" })
+        );
+        assert_eq!(
+            parse_command(b"PUB news  two spaces"),
+            Ok(Command::Pub {
+                topic: "news",
+                payload: b" two spaces"
+            })
+        );
+        assert_eq!(
+            parse_command(b"PUB news"),
+            Ok(Command::Pub {
+                topic: "news",
+                payload: b""
+            })
+        );
+        assert_eq!(parse_command(b"PING"), Ok(Command::Ping(b"")));
+        assert_eq!(parse_command(b"PING x y"), Ok(Command::Ping(b"x y")));
+        for (bad, why) in [
+            (&b""[..], "unknown command"),
+            (b"sub news", "unknown command"),
+            (b"SUB", "missing topic"),
+            (b"SUB ", "invalid topic"),
+            (b"SUB bad! 1", "invalid topic"),
+            (b"SUB news -1", "invalid sequence number"),
+            (b"SUB news 1 2", "invalid sequence number"),
+            (
+                b"SUB news 99999999999999999999999",
+                "invalid sequence number",
+            ),
+            (b"UNSUB a b", "UNSUB takes one topic"),
+            (b"PUB", "missing topic"),
+            (b"PUB \xff x", "invalid topic"),
+        ] {
+            assert_eq!(
+                parse_command(bad),
+                Err(why),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!("SUB {}", "t".repeat(129));
+        assert_eq!(parse_command(long.as_bytes()), Err("invalid topic"));
+        let longest = format!("SUB {}", "t".repeat(128));
+        assert!(parse_command(longest.as_bytes()).is_ok());
+    }
+
+    proptest! {
+        /// Any bytes: a command or an error, never a panic; a parsed topic is
+        /// always valid, and a PUB payload is the message's tail.
+        #[test]
+        fn any_bytes_parse_or_are_refused(msg in proptest::collection::vec(any::<u8>(), 0..200)) {
+            match parse_command(&msg) {
+                Ok(Command::Sub { topic, .. } | Command::Unsub { topic }) => prop_assert!(valid_topic(topic)),
+                Ok(Command::Pub { topic, payload }) => {
+                    prop_assert!(valid_topic(topic));
+                    prop_assert!(msg.ends_with(payload));
+                }
+                Ok(Command::Ping(text)) => prop_assert!(msg.ends_with(text)),
+                Err(why) => prop_assert!(!why.is_empty()),
+            }
+        }
+    }
+}

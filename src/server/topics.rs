@@ -1,0 +1,398 @@
+//! Topics: subscribers, per-topic sequence numbers, and retained history.
+//!
+//! Each topic has its own lock. A publish takes it, numbers the message,
+//! retains it, and hands it to every subscriber's outbound path, each a
+//! non-blocking push: so messages of one topic reach every subscriber in
+//! publish order, a subscriber whose outbox is full is closed as a slow
+//! consumer without delaying the rest, and the publishing thread never
+//! waits on a peer. A subscription with `since` replays the retained
+//! messages under the same lock, so that the replay and the live messages
+//! meet with no gap and no duplicate.
+//!
+//! A topic with no subscribers and no retained messages is forgotten, so it
+//! costs nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use super::conn::Conn;
+use super::outbound::{Flushes, PushError};
+use crate::protocol::{EncodeError, Message, Protocol};
+
+/// The longest topic name, in bytes.
+pub const MAX_TOPIC_LEN: usize = 128;
+
+/// Whether `name` is a valid topic: 1 to [`MAX_TOPIC_LEN`] bytes of
+/// `A-Z a-z 0-9 . _ - : /`.
+pub fn valid_topic(name: &str) -> bool {
+    (1..=MAX_TOPIC_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
+}
+
+/// History settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retention {
+    /// Messages kept per topic (0: none).
+    pub(crate) count: usize,
+    /// How long a message is kept.
+    pub(crate) ttl: Duration,
+}
+
+/// One retained message.
+struct Retained {
+    seq: u64,
+    at: Instant,
+    payload: Arc<[u8]>,
+}
+
+/// One topic.
+#[derive(Default)]
+struct Topic {
+    /// The last sequence number given (0 before the first publish).
+    seq: u64,
+    /// Subscribed connections.
+    subscribers: Vec<Arc<Conn>>,
+    /// The last messages, oldest first.
+    history: VecDeque<Retained>,
+    /// Payload bytes in `history`.
+    history_bytes: usize,
+}
+
+impl Topic {
+    /// Drops retained messages past the count or older than the TTL.
+    fn expire(&mut self, retention: Retention, now: Instant) {
+        while self.history.len() > retention.count
+            || self
+                .history
+                .front()
+                .is_some_and(|m| now.duration_since(m.at) >= retention.ttl)
+        {
+            let gone = self.history.pop_front().expect("checked non-empty");
+            self.history_bytes -= gone.payload.len();
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty()
+    }
+}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The message's sequence number in its topic.
+    pub seq: u64,
+    /// Local subscribers it was written or queued to.
+    pub delivered: usize,
+}
+
+/// What a subscription found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// A plain subscription: live messages follow.
+    Live {
+        /// The topic's latest sequence number (0 if none).
+        last: u64,
+    },
+    /// Every message after `since` was retained and has been replayed.
+    Recovered {
+        /// The topic's latest sequence number.
+        last: u64,
+    },
+    /// History no longer held everything after `since`: what it held was
+    /// replayed, starting after a hole at `first_missing`.
+    Gap {
+        /// The topic's latest sequence number.
+        last: u64,
+        /// The first sequence number that could not be replayed.
+        first_missing: u64,
+    },
+}
+
+/// A topic's summary, for `GET /topics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Its name.
+    pub topic: String,
+    /// Local subscribers.
+    pub subscribers: usize,
+    /// Its latest sequence number.
+    pub last_seq: u64,
+}
+
+/// Why a topic operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TopicError {
+    /// Not a valid topic name.
+    InvalidTopic,
+    /// The connection is at its subscription limit.
+    TooManySubscriptions,
+    /// The connection is closing.
+    Closed,
+    /// The replay did not fit the connection's outbox: it is being closed as
+    /// a slow consumer.
+    OutboxFull,
+}
+
+/// All topics.
+pub(crate) struct Topics {
+    by_name: RwLock<HashMap<String, Arc<Mutex<Topic>>>>,
+    retention: Retention,
+}
+
+/// The DATA payload `MSG <topic> <seq> <payload>`, encoded in `protocol`.
+fn encode_msg(
+    protocol: Protocol,
+    topic: &str,
+    seq: u64,
+    payload: &[u8],
+) -> Result<Vec<u8>, EncodeError> {
+    let data = [
+        b"MSG ",
+        topic.as_bytes(),
+        b" ",
+        seq.to_string().as_bytes(),
+        b" ",
+        payload,
+    ]
+    .concat();
+    let mut out = Vec::with_capacity(data.len() + 8);
+    protocol.encode(&Message::Data(&data), &mut out)?;
+    Ok(out)
+}
+
+impl Topics {
+    pub(crate) fn new(retention: Retention) -> Topics {
+        Topics {
+            by_name: RwLock::new(HashMap::new()),
+            retention,
+        }
+    }
+
+    /// The topic, created if need be.
+    fn topic(&self, name: &str) -> Arc<Mutex<Topic>> {
+        if let Some(topic) = self.by_name.read().get(name) {
+            return Arc::clone(topic);
+        }
+        Arc::clone(self.by_name.write().entry(name.to_owned()).or_default())
+    }
+
+    /// Forgets `name` if it is idle (under the map's write lock, so that
+    /// nobody is between looking it up and using it... except holders of
+    /// its `Arc`, who then work on a topic nobody can find: harmless, as
+    /// its state is idle).
+    fn forget_if_idle(&self, name: &str) {
+        let mut map = self.by_name.write();
+        if let Some(topic) = map.get(name)
+            && Arc::strong_count(topic) == 1
+            && topic.lock().is_idle()
+        {
+            map.remove(name);
+        }
+    }
+
+    /// Publishes `payload` to `name`; returns its sequence number and how
+    /// many subscribers it reached.
+    pub(crate) fn publish(&self, flushes: &Flushes, name: &str, payload: &[u8]) -> Published {
+        let topic = self.topic(name);
+        let mut t = topic.lock();
+        t.seq += 1;
+        let seq = t.seq;
+        let now = Instant::now();
+        if self.retention.count > 0 {
+            t.history_bytes += payload.len();
+            t.history.push_back(Retained {
+                seq,
+                at: now,
+                payload: payload.into(),
+            });
+        }
+        t.expire(self.retention, now);
+        let mut encoded: [Option<Result<Vec<u8>, EncodeError>>; Protocol::ALL.len()] =
+            Default::default();
+        let mut delivered = 0;
+        for conn in &t.subscribers {
+            // `Protocol` lists its variants in the order of `Protocol::ALL`.
+            let slot = &mut encoded[conn.protocol as usize];
+            let wire = slot.get_or_insert_with(|| encode_msg(conn.protocol, name, seq, payload));
+            // A message its protocol cannot carry (a line break, for a
+            // line-mode subscriber) does not reach that subscriber.
+            if let Ok(wire) = wire
+                && conn.out.push(conn.id, flushes, wire).is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        let idle = t.is_idle();
+        drop(t);
+        drop(topic);
+        if idle {
+            self.forget_if_idle(name);
+        }
+        Published { seq, delivered }
+    }
+
+    /// Subscribes `conn` to `name`, writing `ok` (built from the outcome) and
+    /// then, with `since`, the retained messages after it, on the
+    /// connection's outbound path before any later live message.
+    pub(crate) fn subscribe(
+        &self,
+        flushes: &Flushes,
+        conn: &Arc<Conn>,
+        name: &str,
+        since: Option<u64>,
+        max_subscriptions: usize,
+        ok: impl FnOnce(Resumed) -> Vec<u8>,
+    ) -> Result<Resumed, TopicError> {
+        if !valid_topic(name) {
+            return Err(TopicError::InvalidTopic);
+        }
+        {
+            let mut subscriptions = conn.subscriptions.lock();
+            if !subscriptions.iter().any(|s| s == name) {
+                if subscriptions.len() >= max_subscriptions {
+                    return Err(TopicError::TooManySubscriptions);
+                }
+                subscriptions.push(name.to_owned());
+            }
+        }
+        let topic = self.topic(name);
+        let mut t = topic.lock();
+        t.expire(self.retention, Instant::now());
+        let last = t.seq;
+        // A `since` past the last number means the topic started over (the
+        // server restarted): everything retained is new to the client.
+        let since = since.map(|since| if since > last { 0 } else { since });
+        let replay: Vec<(u64, Arc<[u8]>)> = match since {
+            Some(since) => t
+                .history
+                .iter()
+                .filter(|m| m.seq > since)
+                .map(|m| (m.seq, Arc::clone(&m.payload)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let resumed = match since {
+            None => Resumed::Live { last },
+            Some(since) if since == last => Resumed::Recovered { last },
+            Some(since) => match replay.first() {
+                Some(&(first, _)) if first == since + 1 => Resumed::Recovered { last },
+                _ => Resumed::Gap {
+                    last,
+                    first_missing: since + 1,
+                },
+            },
+        };
+        let push = |wire: &[u8]| match conn.out.push(conn.id, flushes, wire) {
+            Ok(_) => Ok(()),
+            Err(PushError::Full) => Err(TopicError::OutboxFull),
+            Err(PushError::Closed) => Err(TopicError::Closed),
+        };
+        let outcome = push(&ok(resumed)).and_then(|()| {
+            for (seq, payload) in &replay {
+                if let Ok(wire) = encode_msg(conn.protocol, name, *seq, payload) {
+                    push(&wire)?;
+                }
+            }
+            Ok(())
+        });
+        if outcome.is_ok() && !t.subscribers.iter().any(|c| c.id == conn.id) {
+            t.subscribers.push(Arc::clone(conn));
+        }
+        drop(t);
+        drop(topic);
+        if let Err(e) = outcome {
+            self.unsubscribe(conn, name);
+            return Err(e);
+        }
+        Ok(resumed)
+    }
+
+    /// Unsubscribes `conn` from `name`; false if it was not subscribed.
+    pub(crate) fn unsubscribe(&self, conn: &Conn, name: &str) -> bool {
+        let was = {
+            let mut subscriptions = conn.subscriptions.lock();
+            let before = subscriptions.len();
+            subscriptions.retain(|s| s != name);
+            subscriptions.len() != before
+        };
+        let Some(topic) = self.by_name.read().get(name).cloned() else {
+            return was;
+        };
+        let idle = {
+            let mut t = topic.lock();
+            t.subscribers.retain(|c| c.id != conn.id);
+            t.is_idle()
+        };
+        drop(topic);
+        if idle {
+            self.forget_if_idle(name);
+        }
+        was
+    }
+
+    /// Removes a closing connection from every topic it subscribed to.
+    pub(crate) fn remove_connection(&self, conn: &Conn) {
+        let names = std::mem::take(&mut *conn.subscriptions.lock());
+        for name in names {
+            self.unsubscribe(conn, &name);
+        }
+    }
+
+    /// Local subscribers of `name`.
+    pub(crate) fn subscribers(&self, name: &str) -> usize {
+        self.by_name
+            .read()
+            .get(name)
+            .map_or(0, |t| t.lock().subscribers.len())
+    }
+
+    /// Every topic, by name.
+    pub(crate) fn list(&self) -> Vec<TopicInfo> {
+        let map = self.by_name.read();
+        let mut list: Vec<TopicInfo> = map
+            .iter()
+            .map(|(name, t)| {
+                let t = t.lock();
+                TopicInfo {
+                    topic: name.clone(),
+                    subscribers: t.subscribers.len(),
+                    last_seq: t.seq,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.topic.cmp(&b.topic));
+        list
+    }
+
+    /// Topics, and payload bytes retained over all of them.
+    pub(crate) fn totals(&self) -> (usize, usize) {
+        let map = self.by_name.read();
+        let bytes = map.values().map(|t| t.lock().history_bytes).sum();
+        (map.len(), bytes)
+    }
+
+    /// Forgets topics whose history expired and that have no subscribers
+    /// (the timer thread calls this now and then).
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        let idle: Vec<String> = self
+            .by_name
+            .read()
+            .iter()
+            .filter_map(|(name, t)| {
+                let mut t = t.lock();
+                t.expire(self.retention, now);
+                t.is_idle().then(|| name.clone())
+            })
+            .collect();
+        for name in idle {
+            self.forget_if_idle(&name);
+        }
+    }
+}
