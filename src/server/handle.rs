@@ -218,7 +218,7 @@ impl ServerHandle {
             return Err(SendError::InvalidTopic);
         }
         let shared = &self.shared;
-        let published = shared.topics.publish(&shared.flushes, topic, payload);
+        let published = shared.topics.publish(&shared.flushes, topic, payload, None);
         shared.metrics.publishes.inc();
         shared.metrics.deliveries.inc_by(published.delivered as u64);
         Ok(published)

@@ -235,6 +235,16 @@ impl Server {
         ServerHandle::new(Arc::clone(&self.shared))
     }
 
+    /// The ids of the open connections, oldest slot first.
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.shared
+            .registry
+            .snapshot()
+            .iter()
+            .map(|c| c.id)
+            .collect()
+    }
+
     /// The number of open connections.
     pub fn connection_count(&self) -> usize {
         self.shared.registry.len()

@@ -129,10 +129,7 @@ impl Handler for PubSub {
                 shared.topics.unsubscribe(session.conn, topic);
                 format!("OK UNSUB {topic}").into_bytes()
             }
-            Ok(Command::Pub { topic, payload }) => match session.server().publish(topic, payload) {
-                Ok(published) => format!("OK PUB {topic} {}", published.seq).into_bytes(),
-                Err(e) => format!("ERR {e}").into_bytes(),
-            },
+            Ok(Command::Pub { topic, payload }) => return publish(session, topic, payload),
             Ok(Command::Ping(text)) => {
                 [&b"PONG"[..], if text.is_empty() { b"" } else { b" " }, text].concat()
             }
@@ -144,6 +141,32 @@ impl Handler for PubSub {
             let _ = session.send(b"ERR cannot echo that text");
         }
     }
+}
+
+/// `PUB`: the replies queued so far go out first, then `OK PUB` and (to
+/// every subscriber, the publisher too if subscribed) `MSG`, in that order.
+fn publish(session: &mut Session<'_>, topic: &str, payload: &[u8]) {
+    if session.flush_replies().is_err() {
+        return;
+    }
+    let shared = session.shared;
+    let conn = session.conn;
+    let protocol = conn.protocol;
+    let ack = |seq: u64| {
+        let mut wire = Vec::new();
+        protocol
+            .encode(
+                &Message::Data(format!("OK PUB {topic} {seq}").as_bytes()),
+                &mut wire,
+            )
+            .expect("a topic and a number encode in every protocol");
+        wire
+    };
+    let published = shared
+        .topics
+        .publish(&shared.flushes, topic, payload, Some((conn, &ack)));
+    shared.metrics.publishes.inc();
+    shared.metrics.deliveries.inc_by(published.delivered as u64);
 }
 
 /// `SUB`: the replies queued so far go out first, then (under the topic's

@@ -139,6 +139,10 @@ pub(crate) enum TopicError {
     OutboxFull,
 }
 
+/// The publishing connection, and how to build its acknowledgement from
+/// the sequence number.
+pub(crate) type Ack<'a> = (&'a Conn, &'a dyn Fn(u64) -> Vec<u8>);
+
 /// All topics.
 pub(crate) struct Topics {
     by_name: RwLock<HashMap<String, Arc<Mutex<Topic>>>>,
@@ -197,8 +201,19 @@ impl Topics {
     }
 
     /// Publishes `payload` to `name`; returns its sequence number and how
-    /// many subscribers it reached.
-    pub(crate) fn publish(&self, flushes: &Flushes, name: &str, payload: &[u8]) -> Published {
+    /// many subscribers it reached. With `ack`, its message (built from the
+    /// sequence number) goes to the publishing connection first, so that a
+    /// subscribed publisher reads its `OK PUB` before its own `MSG`.
+    /// A subscriber that cannot take the message (closing, or its outbox
+    /// full: then closed as a slow consumer) is dropped from the topic at
+    /// once.
+    pub(crate) fn publish(
+        &self,
+        flushes: &Flushes,
+        name: &str,
+        payload: &[u8],
+        ack: Option<Ack<'_>>,
+    ) -> Published {
         let topic = self.topic(name);
         let mut t = topic.lock();
         t.seq += 1;
@@ -213,21 +228,29 @@ impl Topics {
             });
         }
         t.expire(self.retention, now);
+        if let Some((publisher, ack)) = ack {
+            let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
+        }
         let mut encoded: [Option<Result<Vec<u8>, EncodeError>>; Protocol::ALL.len()] =
             Default::default();
         let mut delivered = 0;
-        for conn in &t.subscribers {
+        t.subscribers.retain(|conn| {
             // `Protocol` lists its variants in the order of `Protocol::ALL`.
             let slot = &mut encoded[conn.protocol as usize];
-            let wire = slot.get_or_insert_with(|| encode_msg(conn.protocol, name, seq, payload));
-            // A message its protocol cannot carry (a line break, for a
-            // line-mode subscriber) does not reach that subscriber.
-            if let Ok(wire) = wire
-                && conn.out.push(conn.id, flushes, wire).is_ok()
-            {
-                delivered += 1;
+            match slot.get_or_insert_with(|| encode_msg(conn.protocol, name, seq, payload)) {
+                Ok(wire) => match conn.out.push(conn.id, flushes, wire) {
+                    Ok(_) => {
+                        delivered += 1;
+                        true
+                    }
+                    // Closing, or closed just now as a slow consumer.
+                    Err(_) => false,
+                },
+                // A message its protocol cannot carry (a line break, for a
+                // line-mode subscriber) does not reach that subscriber.
+                Err(_) => true,
             }
-        }
+        });
         let idle = t.is_idle();
         drop(t);
         drop(topic);
