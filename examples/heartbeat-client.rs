@@ -85,6 +85,15 @@ struct Args {
     /// One JSON object per event on stdout.
     #[arg(long)]
     json: bool,
+
+    /// Subscribe to this topic on a --service pubsub server (repeatable); after a reconnect the
+    /// client resumes after the last message it saw.
+    #[arg(long = "subscribe", value_name = "TOPIC")]
+    subscribe: Vec<String>,
+
+    /// Send each line of stdin as PUB TOPIC <line> instead of as plain DATA.
+    #[arg(long, value_name = "TOPIC")]
+    publish: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +130,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         max_attempts: args.max_attempts,
         healthy_after: args.healthy_after,
+        subscriptions: args.subscribe.clone(),
         ..ClientConfig::new(args.addrs[0].clone())
     })?;
     let (lines_tx, lines) = crossbeam_channel::unbounded::<Vec<u8>>();
@@ -155,7 +165,11 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             recv(line_rx) -> line => match line {
                 Ok(line) => {
-                    if let Err(e) = client.send(&line) {
+                    let sent = match &args.publish {
+                        Some(topic) => client.publish(topic, &line),
+                        None => client.send(&line),
+                    };
+                    if let Err(e) = sent {
                         eprintln!("heartbeat-client: line not sent: {e}");
                     }
                 }
@@ -190,6 +204,20 @@ fn describe(event: &Event, since_start: Duration, as_json: bool) -> String {
             Event::Data(payload) => {
                 json!({"event": "data", "t_ms": t_ms, "payload": String::from_utf8_lossy(payload)})
             }
+            Event::Message {
+                topic,
+                seq,
+                payload,
+            } => json!({
+                "event": "message", "t_ms": t_ms, "topic": topic, "seq": seq,
+                "payload": String::from_utf8_lossy(payload)
+            }),
+            Event::Gap {
+                topic,
+                first_missing,
+            } => {
+                json!({"event": "gap", "t_ms": t_ms, "topic": topic, "first_missing": first_missing})
+            }
             Event::Dead { reason } => {
                 let mut v = json!({"event": "dead", "t_ms": t_ms, "reason": reason.label()});
                 if let wheel_server::client::DeadReason::Close { code, reason } = reason {
@@ -217,6 +245,19 @@ fn describe(event: &Event, since_start: Duration, as_json: bool) -> String {
             rtt.as_secs_f64() * 1e3
         ),
         Event::Data(payload) => format!("{t} data: {}", String::from_utf8_lossy(payload)),
+        Event::Message {
+            topic,
+            seq,
+            payload,
+        } => {
+            format!("{t} {topic} #{seq}: {}", String::from_utf8_lossy(payload))
+        }
+        Event::Gap {
+            topic,
+            first_missing,
+        } => format!(
+            "{t} {topic}: messages from #{first_missing} were lost (beyond the server's history)"
+        ),
         Event::Dead { reason } => format!("{t} connection lost: {reason}"),
         Event::Reconnecting { attempt, delay } => {
             format!(

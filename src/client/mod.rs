@@ -109,6 +109,11 @@ pub struct ClientConfig {
     /// Events kept waiting for the application at most; past that the
     /// oldest is dropped (and counted) for each new one.
     pub event_capacity: usize,
+    /// Topics to subscribe to on a `--service pubsub` server. After every
+    /// reconnect the client subscribes again with `SUB <topic> <since>`,
+    /// `since` being the last sequence number it saw, so that what was
+    /// published meanwhile (within the server's history) is replayed.
+    pub subscriptions: Vec<String>,
 }
 
 impl ClientConfig {
@@ -130,6 +135,7 @@ impl ClientConfig {
             max_frame: 1 << 20,
             seed: None,
             event_capacity: 1024,
+            subscriptions: Vec::new(),
         }
     }
 
@@ -245,6 +251,25 @@ pub enum Event {
     },
     /// DATA from the server.
     Data(Vec<u8>),
+    /// A message published to a subscribed topic (`MSG <topic> <seq>
+    /// <payload>`), delivered once: a replayed duplicate is skipped.
+    Message {
+        /// The topic.
+        topic: String,
+        /// Its sequence number in the topic.
+        seq: u64,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A resumed subscription could not be filled: messages from
+    /// `first_missing` on were published while the client was away and are
+    /// no longer in the server's history.
+    Gap {
+        /// The topic.
+        topic: String,
+        /// The first sequence number lost.
+        first_missing: u64,
+    },
     /// The connection ended.
     Dead {
         /// Why.
@@ -271,6 +296,8 @@ pub enum Event {
 enum Command {
     /// An encoded DATA message to send.
     Send(Vec<u8>),
+    /// Subscribe to a topic, now and after every reconnect.
+    Subscribe(String),
     Close,
 }
 
@@ -382,6 +409,29 @@ impl Client {
         self.commands
             .send(Command::Send(wire))
             .map_err(|_| SendError::Stopped)
+    }
+
+    /// Subscribes to `topic` on a `--service pubsub` server, now (or at the
+    /// next connection) and again after every reconnect, resuming after the
+    /// last message seen.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Stopped`] if the client has stopped.
+    pub fn subscribe(&self, topic: &str) -> Result<(), SendError> {
+        self.commands
+            .send(Command::Subscribe(topic.to_owned()))
+            .map_err(|_| SendError::Stopped)
+    }
+
+    /// Publishes `payload` to `topic` (`PUB <topic> <payload>`) on a
+    /// `--service pubsub` server.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Client::send).
+    pub fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), SendError> {
+        self.send(&[b"PUB ", topic.as_bytes(), b" ", payload].concat())
     }
 
     /// How many events were dropped because the application did not take

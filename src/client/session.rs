@@ -52,6 +52,7 @@ pub(super) fn run(config: ClientConfig, commands: Receiver<Command>, events: Eve
         .seed
         .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
     Manager {
+        topics: Vec::new(),
         config,
         commands,
         events,
@@ -61,7 +62,7 @@ pub(super) fn run(config: ClientConfig, commands: Receiver<Command>, events: Eve
         prompt_streak: 0,
         next_addr: 0,
     }
-    .run();
+    .start();
 }
 
 struct Manager {
@@ -78,9 +79,94 @@ struct Manager {
     prompt_streak: u32,
     /// Index into `config.addrs` of the next address to try.
     next_addr: usize,
+    /// Subscribed topics and the last sequence number seen in each.
+    topics: Vec<(String, Option<u64>)>,
 }
 
 impl Manager {
+    fn start(mut self) {
+        self.topics = self
+            .config
+            .subscriptions
+            .iter()
+            .map(|t| (t.clone(), None))
+            .collect();
+        self.run();
+    }
+
+    /// The `SUB` command for a topic: resuming after the last message
+    /// seen, if one was.
+    fn sub_command(&self, topic: &str, last: Option<u64>) -> Vec<u8> {
+        let text = match last {
+            Some(last) => format!("SUB {topic} {last}"),
+            None => format!("SUB {topic}"),
+        };
+        let mut wire = Vec::new();
+        let _ = self
+            .config
+            .protocol
+            .encode(&Message::Data(text.as_bytes()), &mut wire);
+        wire
+    }
+
+    /// DATA from the server: a topic's message or a subscription's answer
+    /// (kept track of, and reported as such), else plain DATA.
+    fn on_data(&mut self, payload: Vec<u8>) {
+        if let Some(rest) = payload.strip_prefix(b"MSG ") {
+            let mut parts = rest.splitn(3, |&b| b == b' ');
+            let (topic, seq) = (parts.next(), parts.next());
+            let body = parts.next().unwrap_or_default();
+            let seq = seq
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse::<u64>().ok());
+            let known = topic.and_then(|t| {
+                self.topics
+                    .iter_mut()
+                    .find(|(name, _)| name.as_bytes() == t)
+            });
+            if let (Some((name, last)), Some(seq)) = (known, seq) {
+                if last.is_some_and(|last| seq <= last) {
+                    return; // replayed twice: already delivered
+                }
+                *last = Some(seq);
+                let topic = name.clone();
+                self.emit(Event::Message {
+                    topic,
+                    seq,
+                    payload: body.to_vec(),
+                });
+                return;
+            }
+        }
+        if let Some(rest) = payload.strip_prefix(b"OK SUB ")
+            && let Ok(rest) = std::str::from_utf8(rest)
+        {
+            let words: Vec<&str> = rest.split(' ').collect();
+            if let Some((name, last)) = self
+                .topics
+                .iter_mut()
+                .find(|(name, _)| Some(&name.as_str()) == words.first())
+            {
+                let latest = words.get(1).and_then(|w| w.parse::<u64>().ok());
+                match words.get(2..) {
+                    Some(["gap", first]) => {
+                        let first_missing = first.parse().unwrap_or(0);
+                        let topic = name.clone();
+                        self.emit(Event::Gap {
+                            topic,
+                            first_missing,
+                        });
+                    }
+                    // A fresh subscription starts at the topic's latest.
+                    Some([]) if last.is_none() => *last = latest,
+                    _ => {}
+                }
+                return;
+            }
+        }
+        self.emit(Event::Data(payload));
+    }
+
     fn emit(&self, event: Event) {
         // Nobody listening is fine: the client may be used for sending only.
         self.events.emit(event);
@@ -198,12 +284,25 @@ impl Manager {
         loop {
             match self.commands.recv_deadline(until) {
                 Ok(Command::Send(payload)) => self.enqueue(payload),
+                Ok(Command::Subscribe(topic)) => {
+                    self.add_topic(topic);
+                }
                 Ok(Command::Close) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     return false;
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => return true,
             }
         }
+    }
+
+    /// Remembers a new topic; its `SUB` to send now, if it is new.
+    fn add_topic(&mut self, topic: String) -> Option<Vec<u8>> {
+        if self.topics.iter().any(|(name, _)| *name == topic) {
+            return None;
+        }
+        let wire = self.sub_command(&topic, None);
+        self.topics.push((topic, None));
+        Some(wire)
     }
 
     fn enqueue(&mut self, payload: Vec<u8>) {
@@ -261,6 +360,9 @@ impl Manager {
     }
 
     fn converse(&mut self, conn: &mut Conn, incoming: &Receiver<Incoming>) -> End {
+        for (topic, last) in &self.topics {
+            conn.send_wire(&self.sub_command(topic, *last));
+        }
         while let Some(wire) = self.queue.pop_front() {
             conn.send_wire(&wire);
         }
@@ -289,7 +391,7 @@ impl Manager {
                     match msg {
                         Incoming::Msg(OwnedMessage::Data(payload)) => {
                             heartbeat.received(now);
-                            self.emit(Event::Data(payload));
+                            self.on_data(payload);
                         }
                         Incoming::Msg(OwnedMessage::Ping(payload)) => {
                             heartbeat.received(now);
@@ -320,6 +422,11 @@ impl Manager {
                 }
                 recv(self.commands) -> cmd => match cmd {
                     Ok(Command::Send(wire)) => conn.send_wire(&wire),
+                    Ok(Command::Subscribe(topic)) => {
+                        if let Some(wire) = self.add_topic(topic) {
+                            conn.send_wire(&wire);
+                        }
+                    }
                     Ok(Command::Close) | Err(_) => return End::Closed,
                 },
                 recv(crossbeam_channel::at(wake)) -> _ => {}
@@ -338,7 +445,7 @@ impl Manager {
         loop {
             select! {
                 recv(incoming) -> msg => match msg {
-                    Ok(Incoming::Msg(OwnedMessage::Data(payload))) => self.emit(Event::Data(payload)),
+                    Ok(Incoming::Msg(OwnedMessage::Data(payload))) => self.on_data(payload),
                     Ok(Incoming::Msg(OwnedMessage::Ping(_) | OwnedMessage::Pong(_))) => {}
                     Ok(Incoming::Msg(OwnedMessage::Close(..))
                         | Incoming::Eof
@@ -348,6 +455,9 @@ impl Manager {
                 },
                 recv(self.commands) -> cmd => match cmd {
                     Ok(Command::Send(payload)) => self.enqueue(payload),
+                    Ok(Command::Subscribe(topic)) => {
+                        self.add_topic(topic);
+                    }
                     Ok(Command::Close) | Err(_) => return End::Closed,
                 },
                 recv(timeout) -> _ => {
