@@ -84,6 +84,26 @@ enum Cmd {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Fan-out: N subscribers of one topic and one publisher; delivery
+    /// latency counted from each publish's send time. Against wheel-server
+    /// `--service pubsub` (frame protocol) or redis-server (RESP
+    /// SUBSCRIBE/PUBLISH), with the same generator.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// What the server is: `wheel` or `redis`.
+        #[arg(long, value_enum, default_value_t = Target::Wheel)]
+        target: Target,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Publishes in all.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Payload bytes (at least 32).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// N connections fall silent after one PING: how long after the idle
     /// timeout (counted from the PING's send) each gets CLOSE 4000.
     Expiry {
@@ -130,6 +150,13 @@ fn main() -> io::Result<()> {
                 idle_timeout,
                 spread,
             } => expiry(common, idle_timeout, spread).await,
+            Cmd::Fanout {
+                common,
+                target,
+                rate,
+                count,
+                size,
+            } => fanout(common, target, rate, count, size).await,
         }
     })?;
     println!("{summary}");
@@ -563,5 +590,223 @@ async fn expiry(
         // activity before answering).
         "close_after_timeout_from_pong_ms": distribution(from_pong_ms),
         "last_ping_rtt_ms": distribution(rtts_ms),
+    }))
+}
+
+/// The server a fan-out run talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    /// wheel-server --service pubsub, frame protocol.
+    Wheel,
+    /// redis-server, RESP.
+    Redis,
+}
+
+/// The RESP encoding of a command.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// One RESP value from the front of `buf` (simple strings, errors, integers,
+/// bulk strings, arrays of those), flattened into its strings, and the bytes
+/// it used; `None` if incomplete.
+fn resp_next(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        Some((&buf[at..end], end + 2))
+    }
+    fn value(buf: &[u8], at: usize, out: &mut Vec<Vec<u8>>) -> Option<usize> {
+        let kind = *buf.get(at)?;
+        let (text, next) = line(buf, at + 1)?;
+        let number = || std::str::from_utf8(text).ok()?.parse::<i64>().ok();
+        match kind {
+            b'+' | b'-' | b':' => {
+                out.push(text.to_vec());
+                Some(next)
+            }
+            b'$' => {
+                let len = number()?;
+                if len < 0 {
+                    return Some(next);
+                }
+                let end = next + len as usize;
+                let body = buf.get(next..end)?;
+                buf.get(end..end + 2)?;
+                out.push(body.to_vec());
+                Some(end + 2)
+            }
+            b'*' => {
+                let mut at = next;
+                for _ in 0..number()?.max(0) {
+                    at = value(buf, at, out)?;
+                }
+                Some(at)
+            }
+            _ => None,
+        }
+    }
+    let mut out = Vec::new();
+    let used = value(buf, 0, &mut out)?;
+    Some((out, used))
+}
+
+/// Reads the next RESP value from a connection.
+async fn resp_read(
+    half: &mut OwnedReadHalf,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Vec<Vec<u8>>>> {
+    loop {
+        if let Some((value, used)) = resp_next(buf) {
+            buf.drain(..used);
+            return Ok(Some(value));
+        }
+        let mut chunk = [0u8; 8192];
+        let n = half.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The publish number and send time (ns since `t0`) in a payload.
+fn stamp_of(payload: &[u8]) -> Option<(usize, u64)> {
+    let text = std::str::from_utf8(payload.get(..32)?).ok()?;
+    let (index, ns) = text.split_once(':')?;
+    Some((index.trim().parse().ok()?, ns.trim().parse().ok()?))
+}
+
+async fn fanout(
+    common: Common,
+    target: Target,
+    rate: f64,
+    count: usize,
+    size: usize,
+) -> io::Result<serde_json::Value> {
+    const TOPIC: &str = "bench";
+    let size = size.max(32);
+    let (open, errors) = open_all(&common).await;
+    let n = open.len();
+    let t0 = Instant::now();
+    // Per publish: deliveries so far and the latest delivery's latency.
+    let per_publish = Rc::new(RefCell::new(vec![(0usize, 0f64); count]));
+    let latencies = Rc::new(RefCell::new(Vec::with_capacity(n * count)));
+    let subscribed = Rc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    for (stream, _) in open {
+        let (mut r, mut w) = stream.into_split();
+        let per_publish = Rc::clone(&per_publish);
+        let latencies = Rc::clone(&latencies);
+        let subscribed = Rc::clone(&subscribed);
+        tasks.push(tokio::task::spawn_local(async move {
+            let record = |payload: &[u8]| {
+                if let Some((index, sent)) = stamp_of(payload) {
+                    let ms = (t0.elapsed().as_nanos() as u64).saturating_sub(sent) as f64 / 1e6;
+                    latencies.borrow_mut().push(ms);
+                    if let Some(slot) = per_publish.borrow_mut().get_mut(index) {
+                        slot.0 += 1;
+                        slot.1 = slot.1.max(ms);
+                    }
+                }
+            };
+            let mut got = 0;
+            match target {
+                Target::Wheel => {
+                    send(&mut w, Message::Data(format!("SUB {TOPIC}").as_bytes())).await?;
+                    let mut conn = Conn::new(r);
+                    while let Some(msg) = conn.next().await? {
+                        if let Msg::Data(p) = msg {
+                            if p.starts_with(b"OK SUB") {
+                                subscribed.add_permits(1);
+                            } else if let Some(rest) =
+                                p.strip_prefix(format!("MSG {TOPIC} ").as_bytes())
+                            {
+                                let payload = &rest
+                                    [rest.iter().position(|&b| b == b' ').map_or(0, |i| i + 1)..];
+                                record(payload);
+                                got += 1;
+                                if got == count {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Target::Redis => {
+                    w.write_all(&resp(&[b"SUBSCRIBE", TOPIC.as_bytes()]))
+                        .await?;
+                    let mut buf = Vec::new();
+                    while let Some(value) = resp_read(&mut r, &mut buf).await? {
+                        match value.first().map(Vec::as_slice) {
+                            Some(b"subscribe") => subscribed.add_permits(1),
+                            Some(b"message") if value.len() == 3 => {
+                                record(&value[2]);
+                                got += 1;
+                                if got == count {
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            drop(w);
+            Ok::<_, io::Error>(())
+        }));
+    }
+    // Every subscriber confirmed before the first publish.
+    let _all = subscribed.acquire_many(n as u32).await.unwrap();
+    let publisher = TcpStream::connect(common.addr).await?;
+    publisher.set_nodelay(true)?;
+    let (mut pr, mut pw) = publisher.into_split();
+    // Drain the publisher's acknowledgements.
+    tokio::task::spawn_local(async move {
+        let mut sink = [0u8; 8192];
+        while matches!(pr.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let started = Instant::now();
+    for index in 0..count {
+        let due = started + Duration::from_secs_f64(index as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let mut payload =
+            format!("{index:>11}:{:>20}", t0.elapsed().as_nanos() as u64).into_bytes();
+        payload.resize(size, b'x');
+        match target {
+            Target::Wheel => {
+                let command = [format!("PUB {TOPIC} ").as_bytes(), &payload].concat();
+                send(&mut pw, Message::Data(&command)).await?;
+            }
+            Target::Redis => {
+                pw.write_all(&resp(&[b"PUBLISH", TOPIC.as_bytes(), &payload]))
+                    .await?
+            }
+        }
+    }
+    let publishing = started.elapsed();
+    // Wait for the deliveries, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for task in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, task).await;
+    }
+    let elapsed = started.elapsed();
+    let per_publish = per_publish.borrow().clone();
+    let delivered: usize = per_publish.iter().map(|p| p.0).sum();
+    let last: Vec<f64> = per_publish.iter().map(|p| p.1).collect();
+    let lat = std::mem::take(&mut *latencies.borrow_mut());
+    Ok(json!({
+        "mode": "fanout", "target": format!("{target:?}").to_lowercase(),
+        "subscribers": n, "connect_errors": errors, "publishes": count, "rate": rate, "size": size,
+        "expected": n * count, "delivered": delivered, "lost": n * count - delivered,
+        "deliveries_per_sec": delivered as f64 / elapsed.as_secs_f64().max(publishing.as_secs_f64()),
+        "latency_ms": distribution(lat),
+        "time_to_last_delivery_ms": distribution(last),
     }))
 }

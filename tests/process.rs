@@ -44,6 +44,13 @@ fn help_lists_every_flag_and_its_environment_variable() {
         "--log-format",
         "--reuse-port",
         "--proxy-protocol",
+        "--max-outbox",
+        "--admin-listen",
+        "--admin-token",
+        "--service",
+        "--history",
+        "--history-ttl",
+        "--max-subscriptions",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

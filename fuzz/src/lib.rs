@@ -53,3 +53,19 @@ pub fn encode_round_trip(data: &[u8]) {
         }
     }
 }
+
+/// Parses `data` as a pub/sub command: never panics; a parsed topic is
+/// valid; a payload is the command's tail.
+pub fn parse_command(data: &[u8]) {
+    use wheel_server::server::pubsub::{Command, parse_command};
+    use wheel_server::server::valid_topic;
+    match parse_command(data) {
+        Ok(Command::Sub { topic, .. } | Command::Unsub { topic }) => assert!(valid_topic(topic)),
+        Ok(Command::Pub { topic, payload }) => {
+            assert!(valid_topic(topic));
+            assert!(data.ends_with(payload));
+        }
+        Ok(Command::Ping(text)) => assert!(data.ends_with(text)),
+        Err(why) => assert!(!why.is_empty()),
+    }
+}
