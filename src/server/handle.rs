@@ -219,8 +219,7 @@ impl ServerHandle {
         }
         let shared = &self.shared;
         let published = shared.topics.publish(&shared.flushes, topic, payload, None);
-        shared.metrics.publishes.inc();
-        shared.metrics.deliveries.inc_by(published.delivered as u64);
+        shared.metrics.count_publish(&published);
         Ok(published)
     }
 

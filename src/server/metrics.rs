@@ -85,6 +85,9 @@ pub(crate) struct Metrics {
     pub(crate) publishes: Counter,
     /// Published messages written or queued to subscribers.
     pub(crate) deliveries: Counter,
+    /// Published messages that did not reach a subscriber (closing, slow,
+    /// or its protocol cannot carry them).
+    pub(crate) undelivered: Counter,
     /// Connections closed, all reasons (for the summary log line).
     pub(crate) closed_total: AtomicU64,
 }
@@ -271,6 +274,7 @@ impl Metrics {
             http_refused: Counter::default(),
             publishes: Counter::default(),
             deliveries: Counter::default(),
+            undelivered: Counter::default(),
             http_timeouts: Counter::default(),
             closed_total: AtomicU64::new(0),
         };
@@ -372,6 +376,11 @@ impl Metrics {
             m.deliveries.clone(),
         );
         registry.register(
+            "wheel_pubsub_dropped",
+            "Published messages that did not reach a subscriber: closing, closed as a slow consumer, or its protocol cannot carry them",
+            m.undelivered.clone(),
+        );
+        registry.register(
             "wheel_timer_tick_lag_seconds",
             "How late each tick ran after its instant",
             m.tick_lag.clone(),
@@ -380,6 +389,13 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Counts a publish and what became of it.
+    pub(crate) fn count_publish(&self, published: &super::topics::Published) {
+        self.publishes.inc();
+        self.deliveries.inc_by(published.delivered as u64);
+        self.undelivered.inc_by(published.dropped as u64);
     }
 
     /// Counts a closed connection under its reason's label.

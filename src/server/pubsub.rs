@@ -165,8 +165,7 @@ fn publish(session: &mut Session<'_>, topic: &str, payload: &[u8]) {
     let published = shared
         .topics
         .publish(&shared.flushes, topic, payload, Some((conn, &ack)));
-    shared.metrics.publishes.inc();
-    shared.metrics.deliveries.inc_by(published.delivered as u64);
+    shared.metrics.count_publish(&published);
 }
 
 /// `SUB`: the replies queued so far go out first, then (under the topic's

@@ -89,6 +89,9 @@ pub struct Published {
     pub seq: u64,
     /// Local subscribers it was written or queued to.
     pub delivered: usize,
+    /// Subscribers it did not reach: closing, closed just now as slow
+    /// consumers, or speaking a protocol that cannot carry it.
+    pub dropped: usize,
 }
 
 /// What a subscription found.
@@ -234,6 +237,7 @@ impl Topics {
         let mut encoded: [Option<Result<Vec<u8>, EncodeError>>; Protocol::ALL.len()] =
             Default::default();
         let mut delivered = 0;
+        let mut dropped = 0;
         t.subscribers.retain(|conn| {
             // `Protocol` lists its variants in the order of `Protocol::ALL`.
             let slot = &mut encoded[conn.protocol as usize];
@@ -244,11 +248,17 @@ impl Topics {
                         true
                     }
                     // Closing, or closed just now as a slow consumer.
-                    Err(_) => false,
+                    Err(_) => {
+                        dropped += 1;
+                        false
+                    }
                 },
                 // A message its protocol cannot carry (a line break, for a
                 // line-mode subscriber) does not reach that subscriber.
-                Err(_) => true,
+                Err(_) => {
+                    dropped += 1;
+                    true
+                }
             }
         });
         let idle = t.is_idle();
@@ -257,7 +267,11 @@ impl Topics {
         if idle {
             self.forget_if_idle(name);
         }
-        Published { seq, delivered }
+        Published {
+            seq,
+            delivered,
+            dropped,
+        }
     }
 
     /// Subscribes `conn` to `name`, writing `ok` (built from the outcome) and
