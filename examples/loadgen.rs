@@ -698,9 +698,14 @@ async fn fanout(
     let per_publish = Rc::new(RefCell::new(vec![(0usize, 0f64); count]));
     let latencies = Rc::new(RefCell::new(Vec::with_capacity(n * count)));
     let subscribed = Rc::new(tokio::sync::Semaphore::new(0));
+    // Every connection stays open until the run ends: a subscriber that hung
+    // up after its last message would make the server close connections
+    // while other deliveries are still on their way.
+    let writers = Rc::new(RefCell::new(Vec::with_capacity(n)));
     let mut tasks = Vec::with_capacity(n);
     for (stream, _) in open {
         let (mut r, mut w) = stream.into_split();
+        let writers = Rc::clone(&writers);
         let per_publish = Rc::clone(&per_publish);
         let latencies = Rc::clone(&latencies);
         let subscribed = Rc::clone(&subscribed);
@@ -719,6 +724,7 @@ async fn fanout(
             match target {
                 Target::Wheel => {
                     send(&mut w, Message::Data(format!("SUB {TOPIC}").as_bytes())).await?;
+                    writers.borrow_mut().push(w);
                     let mut conn = Conn::new(r);
                     while let Some(msg) = conn.next().await? {
                         if let Msg::Data(p) = msg {
@@ -737,10 +743,12 @@ async fn fanout(
                             }
                         }
                     }
+                    Ok::<Box<dyn std::any::Any>, io::Error>(Box::new(conn))
                 }
                 Target::Redis => {
                     w.write_all(&resp(&[b"SUBSCRIBE", TOPIC.as_bytes()]))
                         .await?;
+                    writers.borrow_mut().push(w);
                     let mut buf = Vec::new();
                     while let Some(value) = resp_read(&mut r, &mut buf).await? {
                         match value.first().map(Vec::as_slice) {
@@ -755,10 +763,9 @@ async fn fanout(
                             _ => {}
                         }
                     }
+                    Ok(Box::new(r) as Box<dyn std::any::Any>)
                 }
             }
-            drop(w);
-            Ok::<_, io::Error>(())
         }));
     }
     // Every subscriber confirmed before the first publish.
@@ -792,11 +799,16 @@ async fn fanout(
     let publishing = started.elapsed();
     // Wait for the deliveries, bounded.
     let deadline = Instant::now() + Duration::from_secs(30);
+    // Read halves, held (not read) so the sockets stay open to the end.
+    let mut readers = Vec::with_capacity(tasks.len());
     for task in tasks {
         let left = deadline.saturating_duration_since(Instant::now());
-        let _ = tokio::time::timeout(left, task).await;
+        if let Ok(Ok(Ok(reader))) = tokio::time::timeout(left, task).await {
+            readers.push(reader);
+        }
     }
     let elapsed = started.elapsed();
+    drop((readers, writers));
     let per_publish = per_publish.borrow().clone();
     let delivered: usize = per_publish.iter().map(|p| p.0).sum();
     let last: Vec<f64> = per_publish.iter().map(|p| p.1).collect();
@@ -807,6 +819,7 @@ async fn fanout(
         "expected": n * count, "delivered": delivered, "lost": n * count - delivered,
         "deliveries_per_sec": delivered as f64 / elapsed.as_secs_f64().max(publishing.as_secs_f64()),
         "latency_ms": distribution(lat),
-        "time_to_last_delivery_ms": distribution(last),
+        "time_to_last_delivery_ms": distribution(last.clone()),
+        "time_to_last_delivery_each_ms": last.iter().map(|ms| (ms * 10.0).round() / 10.0).collect::<Vec<_>>(),
     }))
 }

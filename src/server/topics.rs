@@ -82,6 +82,19 @@ impl Topic {
     }
 }
 
+/// Subscribers from which a publish's sends are split over two threads.
+const PARALLEL_FANOUT: usize = 2048;
+
+/// What became of one subscriber's copy of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    /// Closing or closed: it leaves the topic.
+    Gone,
+    /// Its protocol cannot carry the message.
+    Skipped,
+}
+
 /// What a publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -234,33 +247,62 @@ impl Topics {
         if let Some((publisher, ack)) = ack {
             let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
         }
-        let mut encoded: [Option<Result<Vec<u8>, EncodeError>>; Protocol::ALL.len()] =
-            Default::default();
-        let mut delivered = 0;
-        let mut dropped = 0;
-        t.subscribers.retain(|conn| {
-            // `Protocol` lists its variants in the order of `Protocol::ALL`.
-            let slot = &mut encoded[conn.protocol as usize];
-            match slot.get_or_insert_with(|| encode_msg(conn.protocol, name, seq, payload)) {
-                Ok(wire) => match conn.out.push(conn.id, flushes, wire) {
-                    Ok(_) => {
-                        delivered += 1;
-                        true
+        // Encoded once per protocol in use.
+        let encoded: Vec<Option<Result<Vec<u8>, EncodeError>>> = Protocol::ALL
+            .iter()
+            .map(|&p| {
+                t.subscribers
+                    .iter()
+                    .any(|c| c.protocol == p)
+                    .then(|| encode_msg(p, name, seq, payload))
+            })
+            .collect();
+        // Whether each subscriber stays; sends split over two threads for a
+        // large fan-out. The topic's lock is held until both are done, so
+        // the next publish still comes after this one for every subscriber.
+        let deliver = |subscribers: &[Arc<Conn>]| -> Vec<Outcome> {
+            subscribers
+                .iter()
+                .map(|conn| {
+                    // `Protocol` lists its variants in the order of `Protocol::ALL`.
+                    match &encoded[conn.protocol as usize] {
+                        Some(Ok(wire)) => match conn.out.push(conn.id, flushes, wire) {
+                            Ok(_) => Outcome::Delivered,
+                            // Closing, or closed just now as a slow consumer.
+                            Err(_) => Outcome::Gone,
+                        },
+                        // A message its protocol cannot carry (a line break,
+                        // for a line-mode subscriber) does not reach it.
+                        _ => Outcome::Skipped,
                     }
-                    // Closing, or closed just now as a slow consumer.
-                    Err(_) => {
-                        dropped += 1;
-                        false
-                    }
-                },
-                // A message its protocol cannot carry (a line break, for a
-                // line-mode subscriber) does not reach that subscriber.
-                Err(_) => {
-                    dropped += 1;
-                    true
+                })
+                .collect()
+        };
+        let outcomes = if t.subscribers.len() >= PARALLEL_FANOUT {
+            let (first, second) = t.subscribers.split_at(t.subscribers.len() / 2);
+            std::thread::scope(|scope| {
+                let helper = std::thread::Builder::new()
+                    .name("wheel-fanout".into())
+                    .spawn_scoped(scope, || deliver(second));
+                let mut outcomes = deliver(first);
+                match helper {
+                    Ok(helper) => outcomes.extend(helper.join().expect("fan-out thread panicked")),
+                    // No thread to be had: this one does the rest.
+                    Err(_) => outcomes.extend(deliver(second)),
                 }
-            }
-        });
+                outcomes
+            })
+        } else {
+            deliver(&t.subscribers)
+        };
+        let delivered = outcomes
+            .iter()
+            .filter(|&&o| o == Outcome::Delivered)
+            .count();
+        let dropped = outcomes.len() - delivered;
+        let mut outcome = outcomes.iter();
+        t.subscribers
+            .retain(|_| outcome.next() != Some(&Outcome::Gone));
         let idle = t.is_idle();
         drop(t);
         drop(topic);
@@ -430,6 +472,58 @@ impl Topics {
             .collect();
         for name in idle {
             self.forget_if_idle(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{OwnedMessage, Reader};
+    use crate::server::Config;
+    use crate::server::close::CloseRequest;
+    use crate::server::test_support::{pair, shared};
+    use std::time::Duration;
+
+    /// A fan-out large enough to be split over two threads still reaches
+    /// every subscriber once per publish, in publish order, and drops the
+    /// ones that are closing.
+    #[test]
+    fn a_split_fan_out_keeps_order_and_drops_closing_subscribers() {
+        let (shared, listener) = shared(Config::default());
+        let topics = Topics::new(Retention {
+            count: 0,
+            ttl: Duration::from_secs(1),
+        });
+        let mut clients = Vec::new();
+        for _ in 0..PARALLEL_FANOUT + 10 {
+            let (conn, client) = pair(&shared, &listener);
+            topics
+                .subscribe(&shared.flushes, &conn, "wide", None, 8, |_| Vec::new())
+                .unwrap();
+            clients.push((conn, client));
+        }
+        // One subscriber is closing: it gets nothing and leaves.
+        assert!(clients[5].0.out.request_close(CloseRequest::IdleTimeout));
+        for n in 1..=3u64 {
+            let published = topics.publish(&shared.flushes, "wide", n.to_string().as_bytes(), None);
+            assert_eq!(published.seq, n);
+            assert_eq!(published.delivered, PARALLEL_FANOUT + 9);
+        }
+        assert_eq!(topics.subscribers("wide"), PARALLEL_FANOUT + 9);
+        for (i, (_, client)) in clients.iter_mut().enumerate().filter(|(i, _)| *i != 5) {
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut reader = Reader::new(Protocol::Frame, 1024);
+            for n in 1..=3u64 {
+                let got = reader.read_message(client).unwrap();
+                assert_eq!(
+                    got,
+                    Some(OwnedMessage::Data(format!("MSG wide {n} {n}").into_bytes())),
+                    "subscriber {i}"
+                );
+            }
         }
     }
 }
