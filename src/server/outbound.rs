@@ -38,6 +38,7 @@
 //! through this lock in order, so the session's encryption (and its own
 //! records: alerts, tickets) goes under it too.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::mem;
 use std::net::TcpStream;
@@ -139,13 +140,8 @@ pub(crate) struct Outbound {
 struct State {
     /// Where the connection is on its way out.
     close: CloseState,
-    /// Encoded messages not yet written, from `head` on.
-    queue: Vec<u8>,
-    /// Start of the unwritten bytes in `queue`.
-    head: usize,
-    /// How many bytes at the front of the unwritten ones finish a message
-    /// whose beginning is already on the wire (never dropped).
-    partial: usize,
+    /// Encoded messages not yet written.
+    queue: Queue,
     /// The worker is writing outside the lock: the next bytes on the wire
     /// are its, so others only queue.
     worker_mid_batch: bool,
@@ -164,7 +160,96 @@ struct State {
 
 impl State {
     fn unwritten(&self) -> usize {
-        self.queue.len() - self.head
+        self.queue.len()
+    }
+}
+
+/// Encoded messages waiting to be written, and where each ends, so that a
+/// slow consumer's queue can be cut at a message boundary.
+#[derive(Debug, Default)]
+struct Queue {
+    bytes: Vec<u8>,
+    /// Start of the unwritten bytes in `bytes`.
+    head: usize,
+    /// End (in `bytes`) of every message with bytes still unwritten.
+    ends: VecDeque<usize>,
+    /// Some of the first of those messages is already on the wire.
+    front_begun: bool,
+}
+
+impl Queue {
+    /// Unwritten bytes.
+    fn len(&self) -> usize {
+        self.bytes.len() - self.head
+    }
+
+    /// The unwritten bytes.
+    fn unwritten(&self) -> &[u8] {
+        &self.bytes[self.head..]
+    }
+
+    /// Appends a message, or the rest of one whose start already went out
+    /// (`begun`; only ever into an empty queue).
+    fn push(&mut self, msg: &[u8], begun: bool) {
+        debug_assert!(!begun || self.ends.is_empty());
+        if self.ends.is_empty() {
+            self.front_begun = begun;
+        }
+        self.bytes.extend_from_slice(msg);
+        self.ends.push_back(self.bytes.len());
+    }
+
+    /// Records that `n` more bytes went out.
+    fn advance(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.head += n;
+        let mut boundary = None;
+        while self.ends.front().is_some_and(|&end| end <= self.head) {
+            boundary = self.ends.pop_front();
+        }
+        self.front_begun = match boundary {
+            Some(end) => self.head > end,
+            None => true,
+        };
+        if self.head == self.bytes.len() {
+            self.clear();
+        }
+    }
+
+    /// Drops the messages not begun, keeping the rest of the one on the
+    /// wire (cutting it would tear the stream mid-frame).
+    fn drop_unbegun(&mut self) {
+        let keep = match self.ends.front() {
+            Some(&end) if self.front_begun => end,
+            _ => self.head,
+        };
+        self.bytes.truncate(keep);
+        self.ends.truncate(usize::from(self.front_begun));
+        if self.head == self.bytes.len() {
+            self.clear();
+        }
+    }
+
+    /// Takes the unwritten bytes out, leaving the queue empty.
+    fn take(&mut self) -> Vec<u8> {
+        let mut bytes = mem::take(&mut self.bytes);
+        bytes.drain(..self.head);
+        self.clear();
+        bytes
+    }
+
+    /// Empties the queue, giving back a large allocation.
+    fn clear(&mut self) {
+        self.head = 0;
+        self.ends.clear();
+        self.front_begun = false;
+        if self.bytes.capacity() > RETAIN_QUEUE {
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.clear();
+        }
     }
 }
 
@@ -178,9 +263,7 @@ impl Outbound {
             stream,
             state: Mutex::new(State {
                 close: CloseState::Open,
-                queue: Vec::new(),
-                head: 0,
-                partial: 0,
+                queue: Queue::default(),
                 worker_mid_batch: false,
                 taken: 0,
                 close_sent: None,
@@ -293,8 +376,7 @@ impl Outbound {
     /// begun.
     fn slow_consumer(&self, st: &mut State) {
         st.close = CloseState::Requested(CloseRequest::SlowConsumer);
-        let keep = st.head + st.partial;
-        st.queue.truncate(keep);
+        st.queue.drop_unbegun();
         self.publish_len(st);
     }
 
@@ -318,12 +400,11 @@ impl Outbound {
             if written == msg.len() {
                 return Some(Delivery::Written);
             }
-            st.partial = msg.len() - written;
             st.progress_at = Instant::now();
         } else if st.unwritten() == 0 {
             st.progress_at = Instant::now();
         }
-        st.queue.extend_from_slice(&msg[written..]);
+        st.queue.push(&msg[written..], written > 0);
         self.publish_len(st);
         Some(Delivery::Queued)
     }
@@ -335,11 +416,10 @@ impl Outbound {
             return;
         }
         while st.unwritten() > 0 {
-            match sys::send_nonblocking(&self.stream, &st.queue[st.head..]) {
+            match sys::send_nonblocking(&self.stream, st.queue.unwritten()) {
                 Ok(0) => break,
                 Ok(n) => {
-                    st.head += n;
-                    st.partial = st.partial.saturating_sub(n);
+                    st.queue.advance(n);
                     st.progress_at = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -349,9 +429,6 @@ impl Outbound {
                     break;
                 }
             }
-        }
-        if st.unwritten() == 0 {
-            reset_queue(st);
         }
         self.publish_len(st);
     }
@@ -432,10 +509,7 @@ impl Outbound {
         }
         // Blocking from here: take what is queued (it goes first) and own
         // the stream until done.
-        let mut backlog = mem::take(&mut st.queue);
-        backlog.drain(..st.head);
-        st.head = 0;
-        st.partial = 0;
+        let mut backlog = st.queue.take();
         st.taken = backlog.len() + rest.len();
         st.worker_mid_batch = true;
         self.publish_len(&st);
@@ -444,9 +518,9 @@ impl Outbound {
         let mut st = self.state.lock();
         st.worker_mid_batch = false;
         st.taken = 0;
-        if backlog.capacity() <= RETAIN_QUEUE && st.queue.is_empty() {
+        if backlog.capacity() <= RETAIN_QUEUE && st.queue.bytes.capacity() == 0 {
             backlog.clear();
-            st.queue = backlog;
+            st.queue.bytes = backlog;
         }
         if let Err(e) = written {
             // Part of a message may have gone out: nothing more can follow.
@@ -508,7 +582,7 @@ impl Outbound {
             && st.close_sent.is_none()
         {
             st.close_sent = Some(close.len());
-            st.queue.extend_from_slice(close);
+            st.queue.push(close, false);
         }
         drop(st);
         self.write_batch(id, flushes, &[])
@@ -519,17 +593,6 @@ impl Outbound {
     #[cfg(test)]
     pub(crate) fn hold(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
         self.state.lock()
-    }
-}
-
-/// Empties a fully written queue, giving back a large allocation.
-fn reset_queue(st: &mut State) {
-    st.head = 0;
-    st.partial = 0;
-    if st.queue.capacity() > RETAIN_QUEUE {
-        st.queue = Vec::new();
-    } else {
-        st.queue.clear();
     }
 }
 
@@ -763,7 +826,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         reader.join().unwrap();
-        assert_eq!(conn.out.state.lock().queue.capacity(), 0);
+        assert_eq!(conn.out.state.lock().queue.bytes.capacity(), 0);
     }
 
     /// A peer that reads a little every so often never lets one write call
@@ -804,5 +867,74 @@ mod tests {
         assert!(took < Duration::from_millis(1500), "{took:?}");
         conn.force_close();
         reader.join().unwrap();
+    }
+
+    mod queue {
+        use super::super::Queue;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// A message of this length, of which this many bytes were
+            /// written before it was queued (only into an empty queue).
+            Push(usize, usize),
+            /// The socket takes this many bytes.
+            Advance(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (1usize..50, 0usize..50).prop_map(|(len, w)| Op::Push(len, w % len)),
+                (0usize..120).prop_map(Op::Advance),
+            ]
+        }
+
+        proptest! {
+            /// Whatever was queued and however much went out, dropping the
+            /// messages not begun keeps exactly the rest of the message on
+            /// the wire, so the stream never tears mid-frame.
+            #[test]
+            fn dropping_unbegun_messages_keeps_exactly_the_one_on_the_wire(
+                ops in proptest::collection::vec(op(), 0..40),
+            ) {
+                let mut queue = Queue::default();
+                // The model: messages (id, total length, bytes written).
+                let mut model: Vec<(u8, usize, usize)> = Vec::new();
+                let mut next_id = 0u8;
+                for op in ops {
+                    match op {
+                        Op::Push(len, written) => {
+                            let written = if model.is_empty() { written } else { 0 };
+                            next_id = next_id.wrapping_add(1);
+                            let msg = vec![next_id; len];
+                            queue.push(&msg[written..], written > 0);
+                            model.push((next_id, len, written));
+                        }
+                        Op::Advance(n) => {
+                            let n = n.min(queue.len());
+                            queue.advance(n);
+                            let mut left = n;
+                            while left > 0 {
+                                let front = &mut model[0];
+                                let take = left.min(front.1 - front.2);
+                                front.2 += take;
+                                left -= take;
+                                if front.2 == front.1 {
+                                    model.remove(0);
+                                }
+                            }
+                        }
+                    }
+                    let expected: usize = model.iter().map(|m| m.1 - m.2).sum();
+                    prop_assert_eq!(queue.len(), expected);
+                }
+                queue.drop_unbegun();
+                let kept: Vec<u8> = match model.first() {
+                    Some(&(id, len, written)) if written > 0 => vec![id; len - written],
+                    _ => Vec::new(),
+                };
+                prop_assert_eq!(queue.unwritten(), &kept[..]);
+            }
+        }
     }
 }
