@@ -92,6 +92,16 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
 
+    /// Everything before a connection is admitted (the PROXY protocol header) must arrive within
+    /// this long of the accept, or the connection is dropped and counted.
+    #[arg(long, env = "WHEEL_SERVER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// Connections one client address may hold at once (IPv6 grouped by /64; the PROXY protocol's
+    /// address when that is on); more get CLOSE 1013. Off unless set.
+    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+
     /// Most bytes that may wait to be written to one connection (probes and CLOSEs queued
     /// while its socket buffer is full); a connection that would need more is closed as a slow
     /// consumer with CLOSE 4003.
@@ -251,6 +261,8 @@ impl Args {
             user_timeout: self.user_timeout,
             write_timeout: nonzero(self.write_timeout),
             max_outbox: self.max_outbox,
+            handshake_timeout: self.handshake_timeout,
+            max_connections_per_ip: self.max_connections_per_ip,
             shutdown_grace: self.shutdown_grace,
             max_connection_age: nonzero(self.max_connection_age),
             max_connection_age_grace: nonzero(self.max_connection_age_grace),
@@ -263,7 +275,6 @@ impl Args {
             stats_interval: nonzero(self.stats_interval),
             reuse_port: self.reuse_port,
             proxy_protocol: self.proxy_protocol,
-            ..Config::default()
         };
         config.validate()?;
         Ok(config)

@@ -13,7 +13,7 @@ use wheel_server::{Config, Server};
 fn proxy_server() -> Server {
     start(Config {
         proxy_protocol: true,
-        proxy_header_timeout: ms(300),
+        handshake_timeout: ms(300),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..config()
     })

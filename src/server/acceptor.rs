@@ -31,6 +31,8 @@ enum Rejected {
     Full,
     /// No worker thread could be started.
     NoThread,
+    /// The client's address holds `max_connections_per_ip` already.
+    PerIp,
 }
 
 /// When each kind of rejection was last warned about.
@@ -38,6 +40,7 @@ enum Rejected {
 struct RejectWarnings {
     full: Option<Instant>,
     no_thread: Option<Instant>,
+    per_ip: Option<Instant>,
 }
 
 impl RejectWarnings {
@@ -47,6 +50,7 @@ impl RejectWarnings {
         let last = match rejected {
             Rejected::Full => &mut self.full,
             Rejected::NoThread => &mut self.no_thread,
+            Rejected::PerIp => &mut self.per_ip,
         };
         if last.is_some_and(|t| t.elapsed() < REJECT_WARNING_INTERVAL) {
             return;
@@ -61,6 +65,10 @@ impl RejectWarnings {
                 open = shared.registry.len(),
                 "out of threads: rejecting new connections with close 1013 \
                  (see --worker-stack and the process's limits)"
+            ),
+            Rejected::PerIp => warn!(
+                max = shared.config.max_connections_per_ip,
+                "an address at its connection limit: rejecting its new connections with close 1013"
             ),
         }
     }
@@ -146,6 +154,30 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
         debug!(%peer, "dropping connection: cannot set socket options: {e}");
         return Ok(());
     }
+    // Without the PROXY protocol the socket's peer is the client: check its
+    // address before a thread is spent on it.
+    let ip_key = if shared.config.proxy_protocol {
+        None
+    } else {
+        match shared.per_ip.admit(peer.ip()) {
+            Ok(key) => key,
+            Err(()) => {
+                debug!(%peer, "rejected: too many connections from this address");
+                reject(
+                    shared,
+                    &stream,
+                    "per_ip_limit",
+                    "too many connections from your address",
+                );
+                return Err(Rejected::PerIp);
+            }
+        }
+    };
+    let release = |key: Option<_>| {
+        if let Some(key) = key {
+            shared.per_ip.release(key);
+        }
+    };
     let tick = shared.clock.now();
     let config = &shared.config;
     let mut stream = Some(stream);
@@ -156,9 +188,13 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
         let stream = stream.expect("not taken when full");
+        release(ip_key);
         reject(shared, &stream, "server_full", "server full");
         return Err(Rejected::Full);
     };
+    if let Some(key) = ip_key {
+        let _ = conn.ip_key.set(key);
+    }
     let id = conn.id;
     // Sent before the worker exists, so it reaches the timer thread before
     // the worker's Deregister.
@@ -166,6 +202,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
     if let Err(e) = worker::spawn(shared, Arc::clone(&conn)) {
         debug!(%peer, "rejected: cannot start a worker thread: {e}");
         shared.registry.remove(id, Default::default());
+        release(ip_key);
         let _ = shared.events.send(Event::Deregister(id));
         reject(shared, conn.stream(), "no_thread", "server out of threads");
         return Err(Rejected::NoThread);

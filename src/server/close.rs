@@ -184,6 +184,9 @@ pub enum CloseReason {
     /// `--proxy-protocol` is on and the connection did not start with a
     /// valid PROXY protocol header: CLOSE 1002.
     BadProxyHeader(String),
+    /// The client's address already holds `--max-connections-per-ip`
+    /// connections (known only after the PROXY header): CLOSE 1013.
+    PerIpLimit,
     /// Any other I/O error.
     Io(io::ErrorKind),
 }
@@ -191,7 +194,7 @@ pub enum CloseReason {
 impl CloseReason {
     /// Every [`label`](CloseReason::label), in the order metrics list them
     /// (each is reported from the start, at 0).
-    pub const LABELS: [&'static str; 16] = [
+    pub const LABELS: [&'static str; 17] = [
         "peer_closed",
         "peer_close_frame",
         "reset",
@@ -208,6 +211,7 @@ impl CloseReason {
         "handler_panic",
         "io_error",
         "bad_proxy_header",
+        "per_ip_limit",
     ];
 
     /// A short stable name, for logs and metric labels.
@@ -228,6 +232,7 @@ impl CloseReason {
             CloseReason::Application { .. } => "application",
             CloseReason::HandlerPanic => "handler_panic",
             CloseReason::BadProxyHeader(_) => "bad_proxy_header",
+            CloseReason::PerIpLimit => "per_ip_limit",
             CloseReason::Io(_) => "io_error",
         }
     }
@@ -247,6 +252,10 @@ impl CloseReason {
             CloseReason::BadProxyHeader(_) => (
                 code::PROTOCOL_ERROR,
                 "PROXY protocol header required".into(),
+            ),
+            CloseReason::PerIpLimit => (
+                code::TRY_AGAIN_LATER,
+                "too many connections from your address".into(),
             ),
             CloseReason::PeerClosed
             | CloseReason::Reset
@@ -303,6 +312,7 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::HandlerPanic => f.write_str("handler panicked"),
             CloseReason::BadProxyHeader(why) => write!(f, "no valid PROXY protocol header: {why}"),
+            CloseReason::PerIpLimit => f.write_str("too many connections from this address"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
     }
@@ -335,6 +345,7 @@ mod tests {
             },
             CloseReason::HandlerPanic,
             CloseReason::BadProxyHeader("x".into()),
+            CloseReason::PerIpLimit,
             CloseReason::Io(io::ErrorKind::Other),
         ];
         for reason in &all {
@@ -354,6 +365,7 @@ mod tests {
                 | CloseReason::Application { .. }
                 | CloseReason::HandlerPanic
                 | CloseReason::BadProxyHeader(_)
+                | CloseReason::PerIpLimit
                 | CloseReason::Io(_) => {}
             }
         }

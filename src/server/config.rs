@@ -99,8 +99,15 @@ pub struct Config {
     /// connection, as HAProxy sends with `send-proxy`; logs, metrics and
     /// `/connections` then show the real client address.
     pub proxy_protocol: bool,
-    /// How long to wait for that header.
-    pub proxy_header_timeout: Duration,
+    /// Everything before a connection is admitted (today the PROXY protocol
+    /// header) must arrive within this long of the accept, or the
+    /// connection is dropped and counted (`wheel_handshake_timeouts_total`).
+    pub handshake_timeout: Duration,
+    /// Connections one client address may hold at once (IPv6 grouped by
+    /// /64; the PROXY protocol's address when that is on); further ones get
+    /// CLOSE 1013 `too many connections from your address`. `None`: no
+    /// limit.
+    pub max_connections_per_ip: Option<usize>,
     /// Messages retained per topic, for subscribers that resume with
     /// `SUB <topic> <since>` (0 turns history off).
     pub history: usize,
@@ -198,7 +205,8 @@ impl Default for Config {
             stats_interval: Some(Duration::from_secs(60)),
             reuse_port: false,
             proxy_protocol: false,
-            proxy_header_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections_per_ip: None,
             history: 100,
             history_ttl: Duration::from_secs(300),
             max_subscriptions: 128,
@@ -256,8 +264,14 @@ impl Config {
         if self.max_outbox == 0 {
             return invalid("max_outbox", "must be at least 1 byte".into());
         }
-        if self.proxy_header_timeout.is_zero() {
-            return invalid("proxy_header_timeout", "must be longer than zero".into());
+        if self.handshake_timeout.is_zero() {
+            return invalid("handshake_timeout", "must be longer than zero".into());
+        }
+        if self.max_connections_per_ip == Some(0) {
+            return invalid(
+                "max_connections_per_ip",
+                "must be at least 1 (leave it unset for no limit)".into(),
+            );
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1".into());

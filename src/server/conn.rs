@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::admission::IpKey;
 use super::close::{CloseReason, CloseRequest};
 use super::config::Config;
 use super::id::ConnId;
@@ -47,6 +48,9 @@ pub(crate) struct Conn {
     /// The code and reason of a close the application asked for through a
     /// server handle.
     pub(crate) app_close: OnceLock<(u16, String)>,
+    /// The address this connection counts against in the per-address
+    /// limit, once admitted there.
+    pub(crate) ip_key: OnceLock<IpKey>,
 }
 
 impl Conn {
@@ -69,6 +73,7 @@ impl Conn {
             out: Outbound::new(stream, config.max_outbox, config.write_timeout),
             subscriptions: Mutex::new(Vec::new()),
             app_close: OnceLock::new(),
+            ip_key: OnceLock::new(),
         }
     }
 

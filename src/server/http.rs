@@ -357,9 +357,12 @@ impl Inner {
                     content_type: format.content_type(),
                     ..Response::text(
                         200,
-                        &shared
-                            .metrics
-                            .encode_as(&shared.registry, &shared.topics, format),
+                        &shared.metrics.encode_as(
+                            &shared.registry,
+                            &shared.topics,
+                            &shared.per_ip,
+                            format,
+                        ),
                     )
                 }
             }

@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::admission::PerIp;
 use super::close::CloseReason;
 use super::registry::Registry as ConnRegistry;
 use super::topics::Topics;
@@ -39,7 +40,10 @@ pub(crate) type Label = [(&'static str, &'static str); 1];
 pub(crate) const DRAIN_REASONS: [&str; 2] = ["shutdown", "max_age"];
 
 /// Why an accepted connection was turned away.
-pub(crate) const REJECT_REASONS: [&str; 2] = ["server_full", "no_thread"];
+pub(crate) const REJECT_REASONS: [&str; 3] = ["server_full", "no_thread", "per_ip_limit"];
+
+/// Every stage a handshake can time out in.
+pub(crate) const HANDSHAKE_STAGES: [&str; 1] = ["proxy"];
 
 /// Everything the server counts.
 pub(crate) struct Metrics {
@@ -81,6 +85,9 @@ pub(crate) struct Metrics {
     /// HTTP connections closed because a request head or a response missed
     /// its deadline.
     pub(crate) http_timeouts: Counter,
+    /// Connections dropped because their handshake missed its deadline, by
+    /// stage.
+    pub(crate) handshake_timeouts: Family<Label, Counter>,
     /// Messages published to topics.
     pub(crate) publishes: Counter,
     /// Published messages written or queued to subscribers.
@@ -166,8 +173,9 @@ fn openmetrics_to_text(text: &str) -> String {
 struct Live {
     /// Connections open.
     open: AtomicI64,
-    /// `[topics, retained payload bytes, subscriptions, largest outbox]`.
-    pubsub: [AtomicI64; 4],
+    /// `[topics, retained payload bytes, subscriptions, largest outbox,
+    /// addresses in the per-address table]`.
+    pubsub: [AtomicI64; 5],
     /// `[frames in, bytes in, frames out, bytes out]` by [`Kind`].
     traffic: [[AtomicU64; 4]; 4],
 }
@@ -201,6 +209,10 @@ impl Collector for LiveCollector {
             (
                 "wheel_outbox_max_bytes",
                 "Bytes waiting in the fullest connection outbox.",
+            ),
+            (
+                "wheel_admission_addresses",
+                "Client addresses tracked by --max-connections-per-ip (those with open connections).",
             ),
         ]
         .into_iter()
@@ -272,6 +284,7 @@ impl Metrics {
             // 0.1 ms to about 3.3 s: how late the timer thread ran a tick.
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
+            handshake_timeouts: Family::default(),
             publishes: Counter::default(),
             deliveries: Counter::default(),
             undelivered: Counter::default(),
@@ -286,6 +299,13 @@ impl Metrics {
         }
         for reason in DRAIN_REASONS {
             drop(metrics.drains.get_or_create(&[("reason", reason)]));
+        }
+        for stage in HANDSHAKE_STAGES {
+            drop(
+                metrics
+                    .handshake_timeouts
+                    .get_or_create(&[("stage", stage)]),
+            );
         }
         for kind in ["register", "deregister"] {
             drop(metrics.timer_events.get_or_create(&[("kind", kind)]));
@@ -302,7 +322,7 @@ impl Metrics {
         );
         registry.register(
             "wheel_connections_rejected",
-            "Connections turned away with CLOSE 1013, by reason",
+            "Connections turned away with CLOSE 1013 before they were admitted, by reason",
             m.rejected.clone(),
         );
         registry.register(
@@ -366,6 +386,11 @@ impl Metrics {
             m.http_timeouts.clone(),
         );
         registry.register(
+            "wheel_handshake_timeouts",
+            "Connections dropped because what comes before admission (the PROXY header) missed --handshake-timeout, by stage",
+            m.handshake_timeouts.clone(),
+        );
+        registry.register(
             "wheel_pubsub_publishes",
             "Messages published to topics",
             m.publishes.clone(),
@@ -409,6 +434,7 @@ impl Metrics {
         &self,
         registry: &ConnRegistry,
         topics: &Topics,
+        per_ip: &PerIp,
         format: Format,
     ) -> String {
         let (count, history_bytes) = topics.totals();
@@ -420,12 +446,13 @@ impl Metrics {
             .max()
             .unwrap_or(0);
         drop(conns);
-        for (gauge, value) in
-            self.live
-                .pubsub
-                .iter()
-                .zip([count, history_bytes, subscriptions, outbox_max])
-        {
+        for (gauge, value) in self.live.pubsub.iter().zip([
+            count,
+            history_bytes,
+            subscriptions,
+            outbox_max,
+            per_ip.len(),
+        ]) {
             gauge.store(value as i64, Ordering::Relaxed);
         }
         let text = self.encode(registry);

@@ -50,6 +50,7 @@
 //! close a number that by then belongs to another connection.
 
 mod acceptor;
+mod admission;
 mod buffer;
 mod close;
 mod config;
@@ -157,6 +158,7 @@ impl Server {
         })?;
         let local_addr = listener.local_addr()?;
         let (events, events_rx) = crossbeam_channel::unbounded();
+        let config_per_ip = config.max_connections_per_ip;
         let retention = topics::Retention {
             count: config.history,
             ttl: config.history_ttl,
@@ -173,6 +175,7 @@ impl Server {
             frames: Frames::new(),
             flushes: Flushes::default(),
             topics: topics::Topics::new(retention),
+            per_ip: admission::PerIp::new(config_per_ip),
             metrics: metrics::Metrics::new(),
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
@@ -333,6 +336,7 @@ pub(crate) mod test_support {
                 count: 100,
                 ttl: Duration::from_secs(300),
             }),
+            per_ip: admission::PerIp::new(None),
             metrics: metrics::Metrics::new(),
         });
         (shared, listener)

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::Sender;
 
+use super::admission::PerIp;
 use super::close::{CloseReason, CloseRequest};
 use super::config::Config;
 use super::handler::Handler;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) flushes: Flushes,
     /// Pub/sub topics.
     pub(crate) topics: Topics,
+    /// Open connections per client address.
+    pub(crate) per_ip: PerIp,
     /// Everything counted.
     pub(crate) metrics: Metrics,
 }

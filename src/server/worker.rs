@@ -94,6 +94,9 @@ impl Drop for Deregister {
     fn drop(&mut self) {
         let id = self.conn.id;
         self.shared.topics.remove_connection(&self.conn);
+        if let Some(&key) = self.conn.ip_key.get() {
+            self.shared.per_ip.release(key);
+        }
         self.shared.metrics.count_close(self.reason);
         self.shared
             .registry
@@ -116,10 +119,25 @@ impl Worker {
         let handler = Arc::clone(&self.shared.handler);
         let mut opened = false;
         let reason = catch_unwind(AssertUnwindSafe(|| {
-            if self.shared.config.proxy_protocol
-                && let Err(reason) = self.read_proxy_header()
-            {
-                return reason;
+            if self.shared.config.proxy_protocol {
+                if let Err(reason) = self.read_proxy_header() {
+                    return reason;
+                }
+                // Only now is the real client's address known.
+                match self.shared.per_ip.admit(self.conn.peer().ip()) {
+                    Ok(Some(key)) => {
+                        let _ = self.conn.ip_key.set(key);
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        self.shared
+                            .metrics
+                            .rejected
+                            .get_or_create(&[("reason", "per_ip_limit")])
+                            .inc();
+                        return CloseReason::PerIpLimit;
+                    }
+                }
             }
             opened = true;
             handler.on_open(id, self.conn.peer());
@@ -155,8 +173,8 @@ impl Worker {
     /// buffer as the first protocol data.
     fn read_proxy_header(&mut self) -> Result<(), CloseReason> {
         let stream = self.conn.stream();
-        let timeout = self.shared.config.proxy_header_timeout;
-        let _ = stream.set_read_timeout(Some(timeout));
+        let timeout = self.shared.config.handshake_timeout;
+        let deadline = self.conn.opened + timeout;
         let outcome = loop {
             match proxy::parse(self.input.data()) {
                 proxy::Parsed::Complete { client, len } => {
@@ -172,6 +190,10 @@ impl Worker {
                 }
                 proxy::Parsed::Incomplete => {}
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break Err(self.handshake_timed_out(timeout));
+            }
             match self.conn.stream().read(self.input.spare(proxy::MAX_HEADER)) {
                 Ok(0) => break Err(self.requested_or(CloseReason::PeerClosed)),
                 Ok(n) => self.input.filled(n),
@@ -182,15 +204,26 @@ impl Worker {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    break Err(self.requested_or(CloseReason::BadProxyHeader(format!(
-                        "none within {timeout:?}"
-                    ))));
+                    break Err(self.handshake_timed_out(timeout));
                 }
                 Err(e) => break Err(self.requested_or(self.read_error(&e))),
             }
         };
         let _ = self.conn.stream().set_read_timeout(None);
         outcome
+    }
+
+    /// A PROXY header that did not arrive within the handshake deadline:
+    /// counted by stage.
+    fn handshake_timed_out(&self, timeout: Duration) -> CloseReason {
+        self.shared
+            .metrics
+            .handshake_timeouts
+            .get_or_create(&[("stage", "proxy")])
+            .inc();
+        self.requested_or(CloseReason::BadProxyHeader(format!(
+            "none within the handshake timeout ({timeout:?})"
+        )))
     }
 
     /// Serves the connection until it must close, and says why.
