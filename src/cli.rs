@@ -102,6 +102,11 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
 
+    /// Connects per second one client address may make (with a burst of one second's worth);
+    /// more get CLOSE 1013. Off unless set.
+    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECT_RATE_PER_IP")]
+    max_connect_rate_per_ip: Option<u32>,
+
     /// Most bytes that may wait to be written to one connection (probes and CLOSEs queued
     /// while its socket buffer is full); a connection that would need more is closed as a slow
     /// consumer with CLOSE 4003.
@@ -263,6 +268,7 @@ impl Args {
             max_outbox: self.max_outbox,
             handshake_timeout: self.handshake_timeout,
             max_connections_per_ip: self.max_connections_per_ip,
+            max_connect_rate_per_ip: self.max_connect_rate_per_ip,
             shutdown_grace: self.shutdown_grace,
             max_connection_age: nonzero(self.max_connection_age),
             max_connection_age_grace: nonzero(self.max_connection_age_grace),

@@ -124,3 +124,47 @@ fn a_proxy_header_slower_than_the_handshake_timeout_is_dropped_and_counted() {
         1.0
     );
 }
+
+#[test]
+fn connects_beyond_the_rate_per_address_are_refused_until_it_refills() {
+    let server = start(Config {
+        max_connect_rate_per_ip: Some(5),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let mut c = Client::connect(server.local_addr());
+        c.send(wheel_server::protocol::Message::Ping(b"?"));
+        match c.recv_msg() {
+            Msg::Pong(_) => admitted.push(c),
+            Msg::Close(1013, reason) => {
+                assert_eq!(reason, "connecting too often from your address");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A burst of one second's worth, then refusals (a refill of 5 per
+    // second may let one more in on a slow machine).
+    assert!(
+        (5..=6).contains(&admitted.len()),
+        "{} admitted",
+        admitted.len()
+    );
+    assert_eq!(admitted.len() + refused, 8);
+    assert_eq!(
+        metric(
+            &server,
+            "wheel_connections_rejected_total{reason=\"per_ip_rate\"}"
+        ),
+        refused as f64
+    );
+    // Within a second or so the bucket has tokens again.
+    assert!(wait_until(PATIENCE, || {
+        let mut c = Client::connect(server.local_addr());
+        c.send(wheel_server::protocol::Message::Ping(b"!"));
+        matches!(c.recv_msg(), Msg::Pong(_))
+    }));
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use super::admission::{RATE_REASON, RateCheck};
 use super::conn::Conn;
 use super::shared::Shared;
 use super::timer::Event;
@@ -33,6 +34,8 @@ enum Rejected {
     NoThread,
     /// The client's address holds `max_connections_per_ip` already.
     PerIp,
+    /// The client's address connects faster than `max_connect_rate_per_ip`.
+    Rate,
 }
 
 /// When each kind of rejection was last warned about.
@@ -41,6 +44,7 @@ struct RejectWarnings {
     full: Option<Instant>,
     no_thread: Option<Instant>,
     per_ip: Option<Instant>,
+    rate: Option<Instant>,
 }
 
 impl RejectWarnings {
@@ -51,6 +55,7 @@ impl RejectWarnings {
             Rejected::Full => &mut self.full,
             Rejected::NoThread => &mut self.no_thread,
             Rejected::PerIp => &mut self.per_ip,
+            Rejected::Rate => &mut self.rate,
         };
         if last.is_some_and(|t| t.elapsed() < REJECT_WARNING_INTERVAL) {
             return;
@@ -69,6 +74,10 @@ impl RejectWarnings {
             Rejected::PerIp => warn!(
                 max = shared.config.max_connections_per_ip,
                 "an address at its connection limit: rejecting its new connections with close 1013"
+            ),
+            Rejected::Rate => warn!(
+                rate = shared.config.max_connect_rate_per_ip,
+                "an address connecting too often: rejecting its connects with close 1013"
             ),
         }
     }
@@ -156,6 +165,19 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
     }
     // Without the PROXY protocol the socket's peer is the client: check its
     // address before a thread is spent on it.
+    if !shared.config.proxy_protocol {
+        match shared.connect_rate.check(peer.ip(), Instant::now()) {
+            RateCheck::Allowed => {}
+            RateCheck::Untracked => {
+                shared.metrics.rate_untracked.inc();
+            }
+            RateCheck::Refused => {
+                debug!(%peer, "rejected: connecting too often");
+                reject(shared, &stream, "per_ip_rate", RATE_REASON);
+                return Err(Rejected::Rate);
+            }
+        }
+    }
     let ip_key = if shared.config.proxy_protocol {
         None
     } else {

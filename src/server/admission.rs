@@ -1,5 +1,6 @@
 //! Admission limits per client address: how many connections one address
-//! may hold at once (`--max-connections-per-ip`).
+//! may hold at once (`--max-connections-per-ip`), and how often it may
+//! connect (`--max-connect-rate-per-ip`).
 //!
 //! Addresses are grouped as a client is: an IPv4 address alone, an IPv6
 //! address by its /64 prefix (what one subscriber, one host, usually gets).
@@ -10,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -87,6 +89,101 @@ impl PerIp {
     }
 }
 
+/// The CLOSE 1013 reason for a connect over the rate.
+pub(crate) const RATE_REASON: &str = "connecting too often from your address";
+
+/// Addresses the connect-rate table tracks at most: an attacker cycling
+/// source addresses cannot grow it past this. Past it, new addresses are
+/// not limited (and counted) until the timer thread's sweep frees room.
+pub(crate) const MAX_RATE_ENTRIES: usize = 65_536;
+
+/// A token bucket: `tokens` as of `updated`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Connects per address per second, with a burst of one second's worth
+/// (at least 1).
+#[derive(Debug)]
+pub(crate) struct ConnectRate {
+    /// Connects per second; `None`: no limit (and no table).
+    rate: Option<f64>,
+    buckets: Mutex<HashMap<IpKey, Bucket>>,
+}
+
+/// What the connect-rate check said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RateCheck {
+    /// Within the rate (or no limit).
+    Allowed,
+    /// Over the rate: refuse.
+    Refused,
+    /// The table is full: allowed untracked.
+    Untracked,
+}
+
+impl ConnectRate {
+    pub(crate) fn new(rate: Option<f64>) -> ConnectRate {
+        ConnectRate {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn burst(rate: f64) -> f64 {
+        rate.max(1.0)
+    }
+
+    /// Takes a token for a connect from `ip` at `now`.
+    pub(crate) fn check(&self, ip: IpAddr, now: Instant) -> RateCheck {
+        let Some(rate) = self.rate else {
+            return RateCheck::Allowed;
+        };
+        let burst = ConnectRate::burst(rate);
+        let key = IpKey::of(ip);
+        let mut buckets = self.buckets.lock();
+        let len = buckets.len();
+        let bucket = match buckets.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if len >= MAX_RATE_ENTRIES => {
+                return RateCheck::Untracked;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Bucket {
+                tokens: burst,
+                updated: now,
+            }),
+        };
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            RateCheck::Allowed
+        } else {
+            RateCheck::Refused
+        }
+    }
+
+    /// Forgets the addresses whose buckets have refilled: they hold no
+    /// information (the timer thread calls this on its tick).
+    pub(crate) fn sweep(&self, now: Instant) {
+        let Some(rate) = self.rate else {
+            return;
+        };
+        let burst = ConnectRate::burst(rate);
+        self.buckets.lock().retain(|_, b| {
+            b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
+        });
+    }
+
+    /// Addresses in the table.
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.lock().len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +215,50 @@ mod tests {
         per_ip.release(IpKey::of("192.0.2.2".parse().unwrap()));
         assert_eq!(per_ip.len(), 0);
         assert_eq!(PerIp::new(None).admit(ip), Ok(None));
+    }
+
+    #[test]
+    fn connects_beyond_the_rate_are_refused_until_the_bucket_refills() {
+        let limit = ConnectRate::new(Some(5.0));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        let checks: Vec<RateCheck> = (0..7).map(|_| limit.check(ip, t0)).collect();
+        assert_eq!(&checks[..5], &[RateCheck::Allowed; 5]);
+        assert_eq!(&checks[5..], &[RateCheck::Refused; 2]);
+        // 200 ms later one token is back, and only one.
+        let later = t0 + std::time::Duration::from_millis(200);
+        assert_eq!(limit.check(ip, later), RateCheck::Allowed);
+        assert_eq!(limit.check(ip, later), RateCheck::Refused);
+        // Another address has its own bucket.
+        assert_eq!(
+            limit.check("192.0.2.2".parse().unwrap(), later),
+            RateCheck::Allowed
+        );
+        assert_eq!(ConnectRate::new(None).check(ip, t0), RateCheck::Allowed);
+    }
+
+    /// 100,000 distinct addresses (an attacker cycling its source): the
+    /// table never passes its bound, and the sweep empties it once the
+    /// buckets refill.
+    #[test]
+    fn the_rate_table_stays_bounded_under_100_000_addresses() {
+        let limit = ConnectRate::new(Some(2.0));
+        let t0 = Instant::now();
+        let mut untracked = 0;
+        for n in 0..100_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            if limit.check(ip, t0) == RateCheck::Untracked {
+                untracked += 1;
+            }
+            assert!(limit.len() <= MAX_RATE_ENTRIES);
+        }
+        assert_eq!(limit.len(), MAX_RATE_ENTRIES);
+        assert_eq!(untracked, 100_000 - MAX_RATE_ENTRIES);
+        // Still partly drained: kept.
+        limit.sweep(t0 + std::time::Duration::from_millis(100));
+        assert_eq!(limit.len(), MAX_RATE_ENTRIES);
+        // Refilled (one token in 0.5 s): forgotten.
+        limit.sweep(t0 + std::time::Duration::from_secs(1));
+        assert_eq!(limit.len(), 0);
     }
 }

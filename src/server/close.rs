@@ -187,6 +187,10 @@ pub enum CloseReason {
     /// The client's address already holds `--max-connections-per-ip`
     /// connections (known only after the PROXY header): CLOSE 1013.
     PerIpLimit,
+    /// The client's address connects faster than
+    /// `--max-connect-rate-per-ip` (known only after the PROXY header):
+    /// CLOSE 1013.
+    PerIpRate,
     /// Any other I/O error.
     Io(io::ErrorKind),
 }
@@ -194,7 +198,7 @@ pub enum CloseReason {
 impl CloseReason {
     /// Every [`label`](CloseReason::label), in the order metrics list them
     /// (each is reported from the start, at 0).
-    pub const LABELS: [&'static str; 17] = [
+    pub const LABELS: [&'static str; 18] = [
         "peer_closed",
         "peer_close_frame",
         "reset",
@@ -212,6 +216,7 @@ impl CloseReason {
         "io_error",
         "bad_proxy_header",
         "per_ip_limit",
+        "per_ip_rate",
     ];
 
     /// A short stable name, for logs and metric labels.
@@ -233,6 +238,7 @@ impl CloseReason {
             CloseReason::HandlerPanic => "handler_panic",
             CloseReason::BadProxyHeader(_) => "bad_proxy_header",
             CloseReason::PerIpLimit => "per_ip_limit",
+            CloseReason::PerIpRate => "per_ip_rate",
             CloseReason::Io(_) => "io_error",
         }
     }
@@ -257,6 +263,7 @@ impl CloseReason {
                 code::TRY_AGAIN_LATER,
                 "too many connections from your address".into(),
             ),
+            CloseReason::PerIpRate => (code::TRY_AGAIN_LATER, super::admission::RATE_REASON.into()),
             CloseReason::PeerClosed
             | CloseReason::Reset
             | CloseReason::TcpTimeout(_)
@@ -313,6 +320,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HandlerPanic => f.write_str("handler panicked"),
             CloseReason::BadProxyHeader(why) => write!(f, "no valid PROXY protocol header: {why}"),
             CloseReason::PerIpLimit => f.write_str("too many connections from this address"),
+            CloseReason::PerIpRate => f.write_str("connecting too often from this address"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
     }
@@ -346,6 +354,7 @@ mod tests {
             CloseReason::HandlerPanic,
             CloseReason::BadProxyHeader("x".into()),
             CloseReason::PerIpLimit,
+            CloseReason::PerIpRate,
             CloseReason::Io(io::ErrorKind::Other),
         ];
         for reason in &all {
@@ -366,6 +375,7 @@ mod tests {
                 | CloseReason::HandlerPanic
                 | CloseReason::BadProxyHeader(_)
                 | CloseReason::PerIpLimit
+                | CloseReason::PerIpRate
                 | CloseReason::Io(_) => {}
             }
         }

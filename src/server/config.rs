@@ -108,6 +108,10 @@ pub struct Config {
     /// CLOSE 1013 `too many connections from your address`. `None`: no
     /// limit.
     pub max_connections_per_ip: Option<usize>,
+    /// Connects per second one client address may make (a burst of one
+    /// second's worth); more get CLOSE 1013 `connecting too often from your
+    /// address`. `None`: no limit.
+    pub max_connect_rate_per_ip: Option<u32>,
     /// Messages retained per topic, for subscribers that resume with
     /// `SUB <topic> <since>` (0 turns history off).
     pub history: usize,
@@ -207,6 +211,7 @@ impl Default for Config {
             proxy_protocol: false,
             handshake_timeout: Duration::from_secs(10),
             max_connections_per_ip: None,
+            max_connect_rate_per_ip: None,
             history: 100,
             history_ttl: Duration::from_secs(300),
             max_subscriptions: 128,
@@ -266,6 +271,12 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be longer than zero".into());
+        }
+        if self.max_connect_rate_per_ip == Some(0) {
+            return invalid(
+                "max_connect_rate_per_ip",
+                "must be at least 1 per second (leave it unset for no limit)".into(),
+            );
         }
         if self.max_connections_per_ip == Some(0) {
             return invalid(

@@ -361,6 +361,7 @@ impl Inner {
                             &shared.registry,
                             &shared.topics,
                             &shared.per_ip,
+                            &shared.connect_rate,
                             format,
                         ),
                     )

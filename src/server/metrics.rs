@@ -27,7 +27,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::admission::PerIp;
+use super::admission::{ConnectRate, PerIp};
 use super::close::CloseReason;
 use super::registry::Registry as ConnRegistry;
 use super::topics::Topics;
@@ -40,7 +40,8 @@ pub(crate) type Label = [(&'static str, &'static str); 1];
 pub(crate) const DRAIN_REASONS: [&str; 2] = ["shutdown", "max_age"];
 
 /// Why an accepted connection was turned away.
-pub(crate) const REJECT_REASONS: [&str; 3] = ["server_full", "no_thread", "per_ip_limit"];
+pub(crate) const REJECT_REASONS: [&str; 4] =
+    ["server_full", "no_thread", "per_ip_limit", "per_ip_rate"];
 
 /// Every stage a handshake can time out in.
 pub(crate) const HANDSHAKE_STAGES: [&str; 1] = ["proxy"];
@@ -85,6 +86,9 @@ pub(crate) struct Metrics {
     /// HTTP connections closed because a request head or a response missed
     /// its deadline.
     pub(crate) http_timeouts: Counter,
+    /// Connects let through untracked because the connect-rate table was
+    /// full.
+    pub(crate) rate_untracked: Counter,
     /// Connections dropped because their handshake missed its deadline, by
     /// stage.
     pub(crate) handshake_timeouts: Family<Label, Counter>,
@@ -174,8 +178,8 @@ struct Live {
     /// Connections open.
     open: AtomicI64,
     /// `[topics, retained payload bytes, subscriptions, largest outbox,
-    /// addresses in the per-address table]`.
-    pubsub: [AtomicI64; 5],
+    /// addresses in the per-address table, addresses in the rate table]`.
+    pubsub: [AtomicI64; 6],
     /// `[frames in, bytes in, frames out, bytes out]` by [`Kind`].
     traffic: [[AtomicU64; 4]; 4],
 }
@@ -213,6 +217,10 @@ impl Collector for LiveCollector {
             (
                 "wheel_admission_addresses",
                 "Client addresses tracked by --max-connections-per-ip (those with open connections).",
+            ),
+            (
+                "wheel_admission_rate_addresses",
+                "Client addresses tracked by --max-connect-rate-per-ip (those whose bucket is not full).",
             ),
         ]
         .into_iter()
@@ -285,6 +293,7 @@ impl Metrics {
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
             handshake_timeouts: Family::default(),
+            rate_untracked: Counter::default(),
             publishes: Counter::default(),
             deliveries: Counter::default(),
             undelivered: Counter::default(),
@@ -391,6 +400,11 @@ impl Metrics {
             m.handshake_timeouts.clone(),
         );
         registry.register(
+            "wheel_admission_rate_untracked",
+            "Connects let through without a rate check because the per-address rate table was full",
+            m.rate_untracked.clone(),
+        );
+        registry.register(
             "wheel_pubsub_publishes",
             "Messages published to topics",
             m.publishes.clone(),
@@ -435,6 +449,7 @@ impl Metrics {
         registry: &ConnRegistry,
         topics: &Topics,
         per_ip: &PerIp,
+        connect_rate: &ConnectRate,
         format: Format,
     ) -> String {
         let (count, history_bytes) = topics.totals();
@@ -452,6 +467,7 @@ impl Metrics {
             subscriptions,
             outbox_max,
             per_ip.len(),
+            connect_rate.len(),
         ]) {
             gauge.store(value as i64, Ordering::Relaxed);
         }

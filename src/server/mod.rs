@@ -159,6 +159,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let (events, events_rx) = crossbeam_channel::unbounded();
         let config_per_ip = config.max_connections_per_ip;
+        let config_rate = config.max_connect_rate_per_ip.map(f64::from);
         let retention = topics::Retention {
             count: config.history,
             ttl: config.history_ttl,
@@ -176,6 +177,7 @@ impl Server {
             flushes: Flushes::default(),
             topics: topics::Topics::new(retention),
             per_ip: admission::PerIp::new(config_per_ip),
+            connect_rate: admission::ConnectRate::new(config_rate),
             metrics: metrics::Metrics::new(),
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
@@ -337,6 +339,7 @@ pub(crate) mod test_support {
                 ttl: Duration::from_secs(300),
             }),
             per_ip: admission::PerIp::new(None),
+            connect_rate: admission::ConnectRate::new(None),
             metrics: metrics::Metrics::new(),
         });
         (shared, listener)

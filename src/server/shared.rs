@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::Sender;
 
-use super::admission::PerIp;
+use super::admission::{ConnectRate, PerIp};
 use super::close::{CloseReason, CloseRequest};
 use super::config::Config;
 use super::handler::Handler;
@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) topics: Topics,
     /// Open connections per client address.
     pub(crate) per_ip: PerIp,
+    /// Connect rate per client address.
+    pub(crate) connect_rate: ConnectRate,
     /// Everything counted.
     pub(crate) metrics: Metrics,
 }

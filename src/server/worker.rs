@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use super::admission::RateCheck;
 use super::buffer::ReadBuf;
 use super::close::{CloseReason, TcpTimeout};
 use super::conn::Conn;
@@ -124,7 +125,22 @@ impl Worker {
                     return reason;
                 }
                 // Only now is the real client's address known.
-                match self.shared.per_ip.admit(self.conn.peer().ip()) {
+                let ip = self.conn.peer().ip();
+                match self.shared.connect_rate.check(ip, Instant::now()) {
+                    RateCheck::Allowed => {}
+                    RateCheck::Untracked => {
+                        self.shared.metrics.rate_untracked.inc();
+                    }
+                    RateCheck::Refused => {
+                        self.shared
+                            .metrics
+                            .rejected
+                            .get_or_create(&[("reason", "per_ip_rate")])
+                            .inc();
+                        return CloseReason::PerIpRate;
+                    }
+                }
+                match self.shared.per_ip.admit(ip) {
                     Ok(Some(key)) => {
                         let _ = self.conn.ip_key.set(key);
                     }

@@ -240,6 +240,7 @@ impl Timer {
         self.flush_queued();
         if now >= self.next_sweep {
             self.shared.topics.sweep();
+            self.shared.connect_rate.sweep(Instant::now());
             self.next_sweep = now + TOPIC_SWEEP_TICKS;
         }
         self.shared
