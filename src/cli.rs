@@ -10,6 +10,7 @@ use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use tracing_subscriber::EnvFilter;
 use wheel_server::protocol::Protocol;
 use wheel_server::server::ConfigError;
+use wheel_server::server::auth::Jwt;
 use wheel_server::{Config, Keepalive, parse_duration};
 
 /// Long-connection TCP server: echo service with application heartbeats
@@ -150,6 +151,24 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_SERVICE", value_enum, default_value_t = Service::Echo)]
     pub service: Service,
 
+    /// Authentication: none, or jwt (every connection's first message must be AUTH <jwt>; the
+    /// token's exp closes the connection with CLOSE 4002 unless refreshed).
+    #[arg(long, env = "WHEEL_SERVER_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub auth: AuthMode,
+
+    /// HS256 secret for --auth jwt. Prefer the environment variable or --jwt-secret-file: a
+    /// flag's value is visible in the process list.
+    #[arg(long, env = "WHEEL_SERVER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret for --auth jwt (trailing newline ignored).
+    #[arg(long, env = "WHEEL_SERVER_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// PEM public key for --auth jwt with RS256 (RSA) or ES256 (P-256) tokens, by the key's type.
+    #[arg(long, env = "WHEEL_SERVER_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<std::path::PathBuf>,
+
     /// Messages kept per topic for subscribers that resume with SUB <topic> <since> (0 = off).
     #[arg(long, env = "WHEEL_SERVER_HISTORY", default_value_t = 100)]
     history: usize,
@@ -188,6 +207,16 @@ pub struct Args {
     /// Less log output (-q warnings, -qq errors only). Overrides RUST_LOG.
     #[arg(short, long, action = ArgAction::Count)]
     quiet: u8,
+}
+
+/// How connections authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Not at all.
+    None,
+    /// With a JWT (`AUTH <jwt>` first): HS256 with --jwt-secret or --jwt-secret-file, RS256 or
+    /// ES256 with --jwt-public-key.
+    Jwt,
 }
 
 /// The application served.
@@ -284,6 +313,64 @@ impl Args {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+impl Args {
+    /// The JWT verifier `--auth jwt` asks for, or the one line that says
+    /// which flag is wrong.
+    pub fn jwt(&self) -> Result<Option<Jwt>, String> {
+        if self.auth == AuthMode::None {
+            return Ok(None);
+        }
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(secret), None) => Some(secret.clone().into_bytes()),
+            (None, Some(path)) => {
+                let text = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "invalid value for --jwt-secret-file: {}: {e}",
+                        path.display()
+                    )
+                })?;
+                Some(text.strip_suffix(b"\n").unwrap_or(&text).to_vec())
+            }
+            (Some(_), Some(_)) => {
+                return Err("--jwt-secret and --jwt-secret-file: give one, not both".into());
+            }
+            (None, None) => None,
+        };
+        match (secret, &self.jwt_public_key) {
+            (Some(secret), None) if secret.is_empty() => {
+                Err("invalid value for --jwt-secret: must not be empty".into())
+            }
+            (Some(secret), None) => Jwt::hs256(&secret)
+                .map(Some)
+                .map_err(|e| format!("invalid value for --jwt-secret: {e}")),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "invalid value for --jwt-public-key: {}: {e}",
+                        path.display()
+                    )
+                })?;
+                Jwt::rs256(&pem)
+                    .or_else(|_| Jwt::es256(&pem))
+                    .map(Some)
+                    .map_err(|e| {
+                        format!(
+                            "invalid value for --jwt-public-key: {}: not an RSA or P-256 public key in PEM ({e})",
+                            path.display()
+                        )
+                    })
+            }
+            (Some(_), Some(_)) => {
+                Err("--jwt-secret and --jwt-public-key: give one, not both".into())
+            }
+            (None, None) => Err(
+                "--auth jwt needs a key: --jwt-secret, --jwt-secret-file or --jwt-public-key"
+                    .into(),
+            ),
+        }
     }
 }
 

@@ -4,8 +4,10 @@ mod cli;
 
 use std::process::ExitCode;
 
+use wheel_server::Echo;
 use wheel_server::Server;
 use wheel_server::server::ShutdownSignals;
+use wheel_server::server::auth::{Authenticated, Jwt};
 use wheel_server::server::pubsub::PubSub;
 
 /// Exit status for an invalid setting (as clap uses for bad flags); 1 is
@@ -21,7 +23,14 @@ fn main() -> ExitCode {
             return ExitCode::from(INVALID_SETTING);
         }
     };
-    match run(&args, config) {
+    let jwt = match args.jwt() {
+        Ok(jwt) => jwt,
+        Err(e) => {
+            eprintln!("wheel-server: error: {e}");
+            return ExitCode::from(INVALID_SETTING);
+        }
+    };
+    match run(&args, config, jwt) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wheel-server: error: {e}");
@@ -30,16 +39,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &cli::Args, config: wheel_server::Config) -> Result<(), Box<dyn std::error::Error>> {
+fn run(
+    args: &cli::Args,
+    config: wheel_server::Config,
+    jwt: Option<Jwt>,
+) -> Result<(), Box<dyn std::error::Error>> {
     cli::init_logging(args).map_err(|e| e.to_string())?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     // Registered before the server starts, so an early signal is not lost.
     let signals = ShutdownSignals::register()?;
-    let server = match args.service {
-        cli::Service::Echo => Server::start(config)?,
-        cli::Service::Pubsub => Server::with_handler(config, PubSub)?,
+    let server = match (args.service, jwt) {
+        (cli::Service::Echo, None) => Server::start(config)?,
+        (cli::Service::Pubsub, None) => Server::with_handler(config, PubSub)?,
+        (cli::Service::Echo, Some(jwt)) => {
+            Server::with_handler(config, Authenticated::new(Echo, jwt))?
+        }
+        (cli::Service::Pubsub, Some(jwt)) => {
+            Server::with_handler(config, Authenticated::new(PubSub, jwt))?
+        }
     };
     server.run_until(signals)?;
     Ok(())

@@ -437,3 +437,32 @@ fn settings_that_cannot_be_honoured_are_warned_about_at_start() {
         server.startup
     );
 }
+
+#[test]
+fn auth_jwt_needs_a_usable_key_or_exits_2_naming_the_flag() {
+    let (code, stderr) = refused(&["--auth", "jwt"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--jwt-secret"), "{stderr}");
+    let (code, stderr) = refused(
+        &["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--jwt-public-key") && stderr.contains("/nonexistent.pem"),
+        "{stderr}"
+    );
+    let (code, stderr) = refused(&["--auth", "jwt", "--jwt-public-key", "Cargo.toml"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not an RSA or P-256 public key"),
+        "{stderr}"
+    );
+    // A secret from the environment works.
+    let server = ServerProcess::start_with(&["--auth", "jwt"], |cmd| {
+        cmd.env("WHEEL_SERVER_JWT_SECRET", "s3cret");
+    });
+    let mut c = Client::connect(server.addr);
+    c.send(Message::Ping(b"no auth"));
+    assert_eq!(c.expect_close().0, 4001);
+}

@@ -50,6 +50,10 @@ pub mod code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The connection was idle for longer than the idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The connection did not authenticate (`AUTH` missing or refused).
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The connection's credentials expired without a refresh.
+    pub const TOKEN_EXPIRED: u16 = 4002;
     /// The peer read too slowly: more than the server's per-connection
     /// outbox (`--max-outbox`) was waiting for it.
     pub const SLOW_CONSUMER: u16 = 4003;

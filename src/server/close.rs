@@ -53,6 +53,8 @@ pub(crate) enum CloseRequest {
     Application,
     /// Draining: the application closed the connection with code 1001.
     ApplicationDrain,
+    /// The connection's credentials expired without a refresh.
+    TokenExpired,
 }
 
 impl CloseRequest {
@@ -69,6 +71,7 @@ impl CloseRequest {
                 }
             }
             CloseRequest::IdleTimeout => CloseReason::IdleTimeout,
+            CloseRequest::TokenExpired => CloseReason::TokenExpired,
             CloseRequest::WriteStalled => CloseReason::WriteTimeout,
             CloseRequest::SlowConsumer => CloseReason::SlowConsumer,
             CloseRequest::Shutdown => CloseReason::Shutdown,
@@ -191,6 +194,12 @@ pub enum CloseReason {
     /// `--max-connect-rate-per-ip` (known only after the PROXY header):
     /// CLOSE 1013.
     PerIpRate,
+    /// The connection did not authenticate: no `AUTH` first, or credentials
+    /// refused (why, for the log): CLOSE 4001 `unauthorized`.
+    Unauthorized(String),
+    /// The connection's credentials expired without a refresh: CLOSE 4002
+    /// `token expired`.
+    TokenExpired,
     /// Any other I/O error.
     Io(io::ErrorKind),
 }
@@ -198,7 +207,7 @@ pub enum CloseReason {
 impl CloseReason {
     /// Every [`label`](CloseReason::label), in the order metrics list them
     /// (each is reported from the start, at 0).
-    pub const LABELS: [&'static str; 18] = [
+    pub const LABELS: [&'static str; 20] = [
         "peer_closed",
         "peer_close_frame",
         "reset",
@@ -217,6 +226,8 @@ impl CloseReason {
         "bad_proxy_header",
         "per_ip_limit",
         "per_ip_rate",
+        "unauthorized",
+        "token_expired",
     ];
 
     /// A short stable name, for logs and metric labels.
@@ -239,6 +250,8 @@ impl CloseReason {
             CloseReason::BadProxyHeader(_) => "bad_proxy_header",
             CloseReason::PerIpLimit => "per_ip_limit",
             CloseReason::PerIpRate => "per_ip_rate",
+            CloseReason::Unauthorized(_) => "unauthorized",
+            CloseReason::TokenExpired => "token_expired",
             CloseReason::Io(_) => "io_error",
         }
     }
@@ -264,6 +277,8 @@ impl CloseReason {
                 "too many connections from your address".into(),
             ),
             CloseReason::PerIpRate => (code::TRY_AGAIN_LATER, super::admission::RATE_REASON.into()),
+            CloseReason::Unauthorized(_) => (code::UNAUTHORIZED, "unauthorized".into()),
+            CloseReason::TokenExpired => (code::TOKEN_EXPIRED, "token expired".into()),
             CloseReason::PeerClosed
             | CloseReason::Reset
             | CloseReason::TcpTimeout(_)
@@ -321,6 +336,8 @@ impl fmt::Display for CloseReason {
             CloseReason::BadProxyHeader(why) => write!(f, "no valid PROXY protocol header: {why}"),
             CloseReason::PerIpLimit => f.write_str("too many connections from this address"),
             CloseReason::PerIpRate => f.write_str("connecting too often from this address"),
+            CloseReason::Unauthorized(why) => write!(f, "unauthorized: {why}"),
+            CloseReason::TokenExpired => f.write_str("token expired"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
     }
@@ -355,6 +372,8 @@ mod tests {
             CloseReason::BadProxyHeader("x".into()),
             CloseReason::PerIpLimit,
             CloseReason::PerIpRate,
+            CloseReason::Unauthorized("x".into()),
+            CloseReason::TokenExpired,
             CloseReason::Io(io::ErrorKind::Other),
         ];
         for reason in &all {
@@ -376,6 +395,8 @@ mod tests {
                 | CloseReason::BadProxyHeader(_)
                 | CloseReason::PerIpLimit
                 | CloseReason::PerIpRate
+                | CloseReason::Unauthorized(_)
+                | CloseReason::TokenExpired
                 | CloseReason::Io(_) => {}
             }
         }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::admission::IpKey;
+use super::auth::Identity;
 use super::close::{CloseReason, CloseRequest};
 use super::config::Config;
 use super::id::ConnId;
@@ -51,6 +52,9 @@ pub(crate) struct Conn {
     /// The address this connection counts against in the per-address
     /// limit, once admitted there.
     pub(crate) ip_key: OnceLock<IpKey>,
+    /// Who the connection belongs to, once authenticated (a refresh updates
+    /// the expiry).
+    pub(crate) identity: Mutex<Option<Identity>>,
 }
 
 impl Conn {
@@ -74,6 +78,7 @@ impl Conn {
             subscriptions: Mutex::new(Vec::new()),
             app_close: OnceLock::new(),
             ip_key: OnceLock::new(),
+            identity: Mutex::new(None),
         }
     }
 

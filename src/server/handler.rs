@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
+use super::auth::Identity;
 use super::close::CloseReason;
 use super::conn::Conn;
 use super::handle::ServerHandle;
@@ -52,6 +53,26 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called once a connection has been closed.
     fn on_close(&self, _id: ConnId, _peer: SocketAddr, _reason: &CloseReason) {}
+
+    /// Whether every connection must authenticate first: its first message
+    /// must then be `AUTH <credentials>` (a DATA payload, or a line), and
+    /// nothing is served before [`authenticate`](Handler::authenticate)
+    /// accepts it. Default: no.
+    fn requires_auth(&self) -> bool {
+        false
+    }
+
+    /// Checks the credentials of an `AUTH` message: the identity to admit
+    /// the connection with (or, later, to refresh its expiry with), or why
+    /// not (logged; the peer gets CLOSE 4001 `unauthorized`, or `ERR
+    /// unauthorized` for a refresh).
+    fn authenticate(&self, _credentials: &[u8]) -> Result<Identity, String> {
+        Err("this service does not authenticate".into())
+    }
+
+    /// Called once a connection has authenticated, after
+    /// [`on_open`](Handler::on_open), before its next message.
+    fn on_authenticated(&self, _session: &mut Session<'_>, _identity: &Identity) {}
 }
 
 /// The built-in service: answers DATA with the same payload.
@@ -99,6 +120,11 @@ impl Session<'_> {
     /// The protocol the connection speaks.
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// Who the connection belongs to, once authenticated.
+    pub fn identity(&self) -> Option<Identity> {
+        self.conn.identity.lock().clone()
     }
 
     /// A handle to the server, to reach other connections and topics.

@@ -716,6 +716,7 @@ fn connections(shared: &Shared, limit: usize) -> String {
                 "protocol": conn.protocol.as_str(),
                 "outbox_bytes": conn.out.queued_bytes(),
                 "subscriptions": conn.subscriptions.lock().len(),
+                "sub": conn.identity.lock().as_ref().map(|i| i.sub.clone()),
                 "age_ms": conn.opened.elapsed().as_millis() as u64,
                 "idle_ms": (idle_ticks as f64 * tick_ms) as u64,
                 "frames_in": received.frames.iter().sum::<u64>(),

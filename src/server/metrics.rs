@@ -44,7 +44,7 @@ pub(crate) const REJECT_REASONS: [&str; 4] =
     ["server_full", "no_thread", "per_ip_limit", "per_ip_rate"];
 
 /// Every stage a handshake can time out in.
-pub(crate) const HANDSHAKE_STAGES: [&str; 1] = ["proxy"];
+pub(crate) const HANDSHAKE_STAGES: [&str; 2] = ["proxy", "auth"];
 
 /// Everything the server counts.
 pub(crate) struct Metrics {
@@ -89,6 +89,8 @@ pub(crate) struct Metrics {
     /// Connects let through untracked because the connect-rate table was
     /// full.
     pub(crate) rate_untracked: Counter,
+    /// Authentications, by result (`ok`, `refused`, `refreshed`).
+    pub(crate) auth: Family<Label, Counter>,
     /// Connections dropped because their handshake missed its deadline, by
     /// stage.
     pub(crate) handshake_timeouts: Family<Label, Counter>,
@@ -293,6 +295,7 @@ impl Metrics {
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
             handshake_timeouts: Family::default(),
+            auth: Family::default(),
             rate_untracked: Counter::default(),
             publishes: Counter::default(),
             deliveries: Counter::default(),
@@ -308,6 +311,9 @@ impl Metrics {
         }
         for reason in DRAIN_REASONS {
             drop(metrics.drains.get_or_create(&[("reason", reason)]));
+        }
+        for result in ["ok", "refused", "refreshed"] {
+            drop(metrics.auth.get_or_create(&[("result", result)]));
         }
         for stage in HANDSHAKE_STAGES {
             drop(
@@ -398,6 +404,11 @@ impl Metrics {
             "wheel_handshake_timeouts",
             "Connections dropped because what comes before admission (the PROXY header) missed --handshake-timeout, by stage",
             m.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "wheel_auth",
+            "AUTH messages checked, by result: ok, refused, refreshed",
+            m.auth.clone(),
         );
         registry.register(
             "wheel_admission_rate_untracked",

@@ -51,6 +51,7 @@
 
 mod acceptor;
 mod admission;
+pub mod auth;
 mod buffer;
 mod close;
 mod config;

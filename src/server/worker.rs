@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::admission::RateCheck;
+use super::auth::Identity;
 use super::buffer::ReadBuf;
 use super::close::{CloseReason, TcpTimeout};
 use super::conn::Conn;
@@ -155,8 +156,21 @@ impl Worker {
                     }
                 }
             }
+            let identity = if handler.requires_auth() {
+                match self.authenticate_first() {
+                    Ok(identity) => Some(identity),
+                    Err(reason) => return reason,
+                }
+            } else {
+                None
+            };
             opened = true;
             handler.on_open(id, self.conn.peer());
+            if let Some(identity) = identity
+                && let Err(reason) = self.admit_identity(&identity)
+            {
+                return reason;
+            }
             self.serve()
         }))
         .unwrap_or(CloseReason::HandlerPanic);
@@ -164,18 +178,25 @@ impl Worker {
         deregister.reason = reason.label();
         let lifetime = self.conn.opened.elapsed();
         let peer = self.conn.peer();
+        // The authenticated subject, `-` if none.
+        let sub = self
+            .conn
+            .identity
+            .lock()
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |i| i.sub.clone());
         match reason {
             CloseReason::HandlerPanic => {
-                warn!(conn = %id, %peer, ?lifetime, %reason, "connection closed")
+                warn!(conn = %id, %peer, %sub, ?lifetime, %reason, "connection closed")
             }
             CloseReason::BadProxyHeader(_) => {
                 warn!(conn = %id, %peer, reason = reason.label(), "rejected connection: {reason}")
             }
             CloseReason::SlowConsumer => {
-                info!(conn = %id, %peer, ?lifetime, reason = reason.label(), "connection closed: {reason}")
+                info!(conn = %id, %peer, %sub, ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
             _ => {
-                debug!(conn = %id, %peer, ?lifetime, reason = reason.label(), "connection closed: {reason}")
+                debug!(conn = %id, %peer, %sub, ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
         }
         if opened && catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, &reason))).is_err()
@@ -240,6 +261,104 @@ impl Worker {
         self.requested_or(CloseReason::BadProxyHeader(format!(
             "none within the handshake timeout ({timeout:?})"
         )))
+    }
+
+    /// Reads the connection's first message, which must be `AUTH
+    /// <credentials>`, within the handshake deadline (counted from the
+    /// accept), and has the handler check it.
+    fn authenticate_first(&mut self) -> Result<Identity, CloseReason> {
+        let timeout = self.shared.config.handshake_timeout;
+        let deadline = self.conn.opened + timeout;
+        let limit = self.decoder.max_message_len();
+        let credentials = loop {
+            match self.decoder.decode(self.input.data()) {
+                Ok(Some((msg, used))) => {
+                    let credentials = match msg {
+                        Message::Data(payload) => {
+                            payload.strip_prefix(b"AUTH ").map(<[u8]>::to_vec)
+                        }
+                        _ => None,
+                    };
+                    self.received.add(Kind::of(&msg), used);
+                    self.input.consume(used);
+                    break credentials.ok_or_else(|| {
+                        CloseReason::Unauthorized("the first message was not AUTH".into())
+                    })?;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(CloseReason::Protocol(e)),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut stream = self.conn.stream();
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                return Err(self.auth_timed_out(timeout));
+            }
+            match stream.read(self.input.spare(limit)) {
+                Ok(0) => return Err(self.requested_or(CloseReason::PeerClosed)),
+                Ok(n) => self.input.filled(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(self.auth_timed_out(timeout));
+                }
+                Err(e) => return Err(self.requested_or(self.read_error(&e))),
+            }
+        };
+        let _ = self.conn.stream().set_read_timeout(None);
+        let outcome = self.shared.handler.authenticate(&credentials);
+        let result = if outcome.is_ok() { "ok" } else { "refused" };
+        self.shared
+            .metrics
+            .auth
+            .get_or_create(&[("result", result)])
+            .inc();
+        outcome.map_err(CloseReason::Unauthorized)
+    }
+
+    fn auth_timed_out(&self, timeout: Duration) -> CloseReason {
+        self.shared
+            .metrics
+            .handshake_timeouts
+            .get_or_create(&[("stage", "auth")])
+            .inc();
+        self.requested_or(CloseReason::Unauthorized(format!(
+            "no AUTH within the handshake timeout ({timeout:?})"
+        )))
+    }
+
+    /// Records the connection's identity, tells the timer when it expires,
+    /// answers `OK AUTH <sub> <exp>`, and lets the handler know.
+    fn admit_identity(&mut self, identity: &Identity) -> Result<(), CloseReason> {
+        record_identity(
+            &self.shared,
+            &self.conn,
+            identity,
+            &mut self.output,
+            &mut self.sent,
+        );
+        let mut close = None;
+        let mut session = Session {
+            shared: &self.shared,
+            conn: &self.conn,
+            id: self.conn.id,
+            peer: self.conn.peer(),
+            protocol: self.conn.protocol,
+            out: &mut self.output,
+            close: &mut close,
+            sent: &mut self.sent,
+        };
+        self.shared.handler.on_authenticated(&mut session, identity);
+        if let Err(e) = self.flush() {
+            return Err(self.requested_or(CloseReason::from_write_error(&e)));
+        }
+        match close {
+            Some((code, reason)) => Err(CloseReason::Application { code, reason }),
+            None => Ok(()),
+        }
     }
 
     /// Serves the connection until it must close, and says why.
@@ -415,6 +534,12 @@ fn answer(
 ) -> Result<(), CloseReason> {
     let protocol = conn.protocol;
     match msg {
+        Message::Data(payload)
+            if shared.handler.requires_auth() && payload.starts_with(b"AUTH ") =>
+        {
+            refresh(shared, conn, &payload[5..], output, sent);
+            Ok(())
+        }
         Message::Data(payload) => {
             let mut close = None;
             let mut session = Session {
@@ -446,5 +571,81 @@ fn answer(
         }
         Message::Pong(_) => Ok(()),
         Message::Close { code, .. } => Err(CloseReason::PeerClose(code)),
+    }
+}
+
+/// Records `identity` on the connection, tells the timer thread when it
+/// expires, and queues `OK AUTH <sub> <exp>` (`exp` in seconds since the
+/// Unix epoch, `-` if it never expires).
+fn record_identity(
+    shared: &Shared,
+    conn: &Conn,
+    identity: &Identity,
+    output: &mut Vec<u8>,
+    sent: &mut Tally,
+) {
+    *conn.identity.lock() = Some(identity.clone());
+    if let Some(expires) = identity.expires {
+        let left = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let _ = shared.events.send(Event::Expires {
+            id: conn.id,
+            at: Instant::now() + left,
+        });
+    }
+    let exp = identity
+        .expires_unix()
+        .map_or_else(|| "-".to_owned(), |e| e.to_string());
+    let reply = format!("OK AUTH {} {exp}", identity.sub);
+    let before = output.len();
+    if conn
+        .protocol
+        .encode(&Message::Data(reply.as_bytes()), output)
+        .is_ok()
+    {
+        sent.add(Kind::Data, output.len() - before);
+    }
+}
+
+/// A later `AUTH`: new credentials for the same subject push the expiry
+/// back; anything else is answered `ERR unauthorized` and changes nothing.
+fn refresh(
+    shared: &Shared,
+    conn: &Conn,
+    credentials: &[u8],
+    output: &mut Vec<u8>,
+    sent: &mut Tally,
+) {
+    let current = conn.identity.lock().as_ref().map(|i| i.sub.clone());
+    match shared.handler.authenticate(credentials) {
+        Ok(identity) if Some(&identity.sub) == current.as_ref() => {
+            shared
+                .metrics
+                .auth
+                .get_or_create(&[("result", "refreshed")])
+                .inc();
+            record_identity(shared, conn, &identity, output, sent);
+        }
+        outcome => {
+            let why = match outcome {
+                Ok(identity) => format!("a token for another subject ({})", identity.sub),
+                Err(why) => why,
+            };
+            debug!(conn = %conn.id, "refresh refused: {why}");
+            shared
+                .metrics
+                .auth
+                .get_or_create(&[("result", "refused")])
+                .inc();
+            let before = output.len();
+            if conn
+                .protocol
+                .encode(&Message::Data(b"ERR unauthorized"), output)
+                .is_ok()
+            {
+                sent.add(Kind::Data, output.len() - before);
+            }
+        }
     }
 }

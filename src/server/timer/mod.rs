@@ -68,6 +68,13 @@ pub(crate) enum Event {
     },
     /// A connection's worker finished.
     Deregister(ConnId),
+    /// A connection's credentials expire at `at`.
+    Expires {
+        /// The connection.
+        id: ConnId,
+        /// When its credentials expire.
+        at: Instant,
+    },
     /// The server is shutting down.
     Stop,
 }
@@ -207,6 +214,7 @@ impl Timer {
             match events.recv_deadline(next_tick) {
                 Ok(Event::Register { id, activity }) => self.register(id, activity),
                 Ok(Event::Deregister(id)) => self.deregister(id),
+                Ok(Event::Expires { id, at }) => self.expires(id, at),
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -298,7 +306,8 @@ impl Timer {
     }
 
     fn register(&mut self, id: ConnId, activity: u64) {
-        if !self.schedule.times_anything(self.age.is_some()) {
+        if !self.schedule.times_anything(self.age.is_some()) && !self.shared.handler.requires_auth()
+        {
             return;
         }
         let index = id.index();
@@ -325,6 +334,31 @@ impl Timer {
             timer: Some(self.wheel.insert(id, deadline)),
             entry,
         });
+    }
+
+    /// Sets (or pushes back) a connection's credential expiry, and re-arms
+    /// its timer if that comes first.
+    fn expires(&mut self, id: ConnId, at: Instant) {
+        let tick = self.source.deadline_tick(at);
+        let Some(tracked) = self
+            .tracked
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|t| t.id == id)
+        else {
+            return;
+        };
+        tracked.entry.expires = Some(tick);
+        if let Some(timer) = tracked.timer.take() {
+            self.wheel.remove(timer);
+        }
+        let stamp = tracked.entry.armed_stamp;
+        let base = self.jumps.superseded(stamp);
+        let deadline = self
+            .schedule
+            .next_deadline(&tracked.entry, base, stamp, false)
+            .max(self.published + 1);
+        tracked.timer = Some(self.wheel.insert(id, deadline));
     }
 
     fn deregister(&mut self, id: ConnId) {
@@ -370,6 +404,12 @@ impl Timer {
             .schedule
             .step(&mut tracked.entry, base, stamp, now, draining)
         {
+            Step::TokenExpired => {
+                if conn.out.request_close(CloseRequest::TokenExpired) {
+                    debug!(conn = %id, peer = %conn.peer(), "token expired");
+                }
+                return;
+            }
             Step::Expire => {
                 if conn.out.request_close(CloseRequest::IdleTimeout) {
                     debug!(conn = %id, peer = %conn.peer(), "idle timeout");

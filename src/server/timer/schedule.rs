@@ -43,6 +43,8 @@ pub(crate) struct Entry {
     pub(crate) armed_stamp: u64,
     /// The maximum-age schedule, if there is one.
     age: Option<AgeStage>,
+    /// The tick at which the connection's credentials expire, if they do.
+    pub(crate) expires: Option<u64>,
 }
 
 /// Where a connection is in its maximum-age schedule.
@@ -59,6 +61,8 @@ enum AgeStage {
 pub(crate) enum Step {
     /// Silent for the whole idle timeout: close it now (CLOSE 4000).
     Expire,
+    /// Its credentials expired: close it now (CLOSE 4002).
+    TokenExpired,
     /// A draining connection went silent past the idle timeout, or its
     /// grace period ended: force the drain to its end.
     Force,
@@ -89,6 +93,7 @@ impl Entry {
             probe: None,
             armed_stamp: stamp,
             age: age.map(|age| AgeStage::Drain(stamp + age)),
+            expires: None,
         }
     }
 }
@@ -108,6 +113,14 @@ impl Schedule {
     ) -> Step {
         let idle_over = self.idle.is_some_and(|idle| base + idle <= now);
         entry.armed_stamp = stamp;
+        if entry.expires.is_some_and(|at| at <= now) {
+            // A draining connection is forced to its end instead.
+            return if draining {
+                Step::Force
+            } else {
+                Step::TokenExpired
+            };
+        }
         if draining {
             let grace_over = matches!(entry.age, Some(AgeStage::Force(at)) if at <= now);
             if idle_over || grace_over {
@@ -160,7 +173,11 @@ impl Schedule {
         stamp: u64,
         draining: bool,
     ) -> u64 {
-        let idle = self.idle.map_or(u64::MAX, |idle| base + idle);
+        // The credentials' expiry is a deadline like the idle one.
+        let idle = self
+            .idle
+            .map_or(u64::MAX, |idle| base + idle)
+            .min(entry.expires.unwrap_or(u64::MAX));
         if draining {
             return match entry.age {
                 Some(AgeStage::Force(at)) => idle.min(at),
@@ -251,7 +268,11 @@ mod tests {
                     draining = true;
                     t
                 }
-                Step::Expire | Step::Force | Step::Done | Step::Drain { then: None } => break,
+                Step::Expire
+                | Step::TokenExpired
+                | Step::Force
+                | Step::Done
+                | Step::Drain { then: None } => break,
             };
         }
         steps
@@ -336,6 +357,18 @@ mod tests {
         assert_eq!(schedule.step(&mut entry, 1, 0, 5, true), Step::Done);
         assert!(!schedule.times_anything(false));
         assert!(schedule.times_anything(true));
+    }
+
+    #[test]
+    fn a_token_expiry_is_a_deadline_that_activity_does_not_move() {
+        let mut entry = Entry::new(0, None);
+        entry.expires = Some(7);
+        assert_eq!(IDLE.next_deadline(&entry, 1, 0, false), 7);
+        // Active at 5: the idle deadline moves to 16, the expiry stays.
+        assert_eq!(IDLE.step(&mut entry, 6, 5, 5, false), Step::Wait(7));
+        assert_eq!(IDLE.step(&mut entry, 6, 5, 7, false), Step::TokenExpired);
+        // While draining, an expired token forces the drain's end.
+        assert_eq!(IDLE.step(&mut entry, 6, 5, 7, true), Step::Force);
     }
 
     #[test]

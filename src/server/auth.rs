@@ -1,0 +1,189 @@
+//! Authentication: who a connection belongs to.
+//!
+//! A [`Handler`] that [requires authentication](Handler::requires_auth)
+//! gets every connection's first message, which must be `AUTH
+//! <credentials>`, before anything else is served; its
+//! [`authenticate`](Handler::authenticate) admits the connection with an
+//! [`Identity`] or refuses it (CLOSE 4001 `unauthorized`). An identity with
+//! an expiry is a timer in the wheel: at that instant the connection gets
+//! CLOSE 4002 `token expired`, unless the client sent a fresh `AUTH` for the
+//! same subject before then.
+//!
+//! [`Jwt`] is one implementation: [`Authenticated`] wraps any handler with
+//! JWT verification (the `jsonwebtoken` crate: HS256 with a secret, RS256 or
+//! ES256 with a public key).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::close::CloseReason;
+use super::handler::{Handler, Session};
+use super::id::ConnId;
+use std::net::SocketAddr;
+
+/// Who a connection belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The subject: a user id.
+    pub sub: String,
+    /// When the credentials expire; the connection is closed then (CLOSE
+    /// 4002) unless refreshed. `None`: never.
+    pub expires: Option<SystemTime>,
+    /// Topic patterns the subject may subscribe and publish to in the
+    /// pub/sub service (`*` at the end matches any rest); `None`: any.
+    pub topics: Option<Vec<String>>,
+}
+
+impl Identity {
+    /// Whether the subject may use `topic` (its own `user:<sub>` always).
+    pub fn may_use(&self, topic: &str) -> bool {
+        if let Some(user) = topic.strip_prefix("user:") {
+            return user == self.sub;
+        }
+        match &self.topics {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => topic.starts_with(prefix),
+                None => p == topic,
+            }),
+        }
+    }
+
+    /// The expiry in whole seconds since the Unix epoch, for `OK AUTH`.
+    pub fn expires_unix(&self) -> Option<u64> {
+        self.expires
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    }
+}
+
+/// The JWT claims read.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+}
+
+/// JWT verification.
+#[derive(Clone)]
+pub struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jwt")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Jwt {
+    fn with(key: DecodingKey, algorithm: Algorithm) -> Jwt {
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 0;
+        Jwt { key, validation }
+    }
+
+    /// HS256 with a shared secret.
+    ///
+    /// # Errors
+    ///
+    /// The secret cannot be used as a key.
+    pub fn hs256(secret: &[u8]) -> Result<Jwt, String> {
+        DecodingKey::from_secret(secret)
+            .map(|key| Jwt::with(key, Algorithm::HS256))
+            .map_err(|e| e.to_string())
+    }
+
+    /// RS256 with an RSA public key in PEM.
+    ///
+    /// # Errors
+    ///
+    /// The PEM is not an RSA public key.
+    pub fn rs256(pem: &[u8]) -> Result<Jwt, String> {
+        DecodingKey::from_rsa_pem(pem)
+            .map(|key| Jwt::with(key, Algorithm::RS256))
+            .map_err(|e| e.to_string())
+    }
+
+    /// ES256 with an EC (P-256) public key in PEM.
+    ///
+    /// # Errors
+    ///
+    /// The PEM is not an EC public key.
+    pub fn es256(pem: &[u8]) -> Result<Jwt, String> {
+        DecodingKey::from_ec_pem(pem)
+            .map(|key| Jwt::with(key, Algorithm::ES256))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Verifies a token: signature, algorithm (the key's only; `none` never),
+    /// `exp` and `nbf` (no leeway), and a `sub`.
+    ///
+    /// # Errors
+    ///
+    /// Why the token was refused (for the log, not for the peer).
+    pub fn verify(&self, token: &[u8]) -> Result<Identity, String> {
+        let token = std::str::from_utf8(token).map_err(|_| "token is not UTF-8".to_owned())?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| e.to_string())?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err("empty sub".into());
+        }
+        Ok(Identity {
+            sub: claims.sub,
+            expires: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            topics: claims.topics,
+        })
+    }
+}
+
+/// A handler whose connections must authenticate with a JWT first.
+#[derive(Debug)]
+pub struct Authenticated<H> {
+    inner: H,
+    jwt: Jwt,
+}
+
+impl<H> Authenticated<H> {
+    /// Wraps `inner`: its connections must send `AUTH <jwt>` first.
+    pub fn new(inner: H, jwt: Jwt) -> Authenticated<H> {
+        Authenticated { inner, jwt }
+    }
+}
+
+impl<H: Handler> Handler for Authenticated<H> {
+    fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
+        self.inner.on_data(session, payload);
+    }
+
+    fn on_open(&self, id: ConnId, peer: SocketAddr) {
+        self.inner.on_open(id, peer);
+    }
+
+    fn on_close(&self, id: ConnId, peer: SocketAddr, reason: &CloseReason) {
+        self.inner.on_close(id, peer, reason);
+    }
+
+    fn requires_auth(&self) -> bool {
+        true
+    }
+
+    fn authenticate(&self, credentials: &[u8]) -> Result<Identity, String> {
+        self.jwt.verify(credentials)
+    }
+
+    fn on_authenticated(&self, session: &mut Session<'_>, identity: &Identity) {
+        self.inner.on_authenticated(session, identity);
+    }
+}

@@ -1,0 +1,238 @@
+//! Authentication with JWTs: the `AUTH` exchange, every way a token is
+//! refused, the handshake deadline, and expiry enforced by the wheel (never
+//! early, about a tick late) with refresh.
+
+mod util;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+use util::{Client, Msg, PATIENCE, config, ms};
+use wheel_server::protocol::Message;
+use wheel_server::server::auth::{Authenticated, Jwt};
+use wheel_server::{Config, Echo, Server};
+
+const SECRET: &[u8] = b"test secret, not for production";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(claims: serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+fn server(extra: Config) -> Server {
+    Server::with_handler(
+        Config {
+            tick: ms(20),
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..extra
+        },
+        Authenticated::new(Echo, Jwt::hs256(SECRET).unwrap()),
+    )
+    .unwrap()
+}
+
+fn auth(c: &mut Client, token: &str) {
+    c.send(Message::Data(format!("AUTH {token}").as_bytes()));
+}
+
+#[test]
+fn a_valid_token_admits_the_connection_with_its_subject() {
+    let server = server(config());
+    let exp = now_secs() + 60;
+    let mut c = Client::connect(server.local_addr());
+    auth(&mut c, &token(json!({"sub": "alice", "exp": exp})));
+    assert_eq!(
+        c.recv_msg(),
+        Msg::Data(format!("OK AUTH alice {exp}").into_bytes())
+    );
+    c.send(Message::Data(b"hello"));
+    assert_eq!(c.recv_msg(), Msg::Data(b"hello".to_vec()));
+    let text = util::scrape(server.metrics_addr().unwrap());
+    assert_eq!(util::sample(&text, "wheel_auth_total{result=\"ok\"}"), 1.0);
+}
+
+#[test]
+fn every_bad_token_and_a_missing_auth_get_4001() {
+    let server = server(config());
+    let exp = now_secs() + 60;
+    let none_alg = {
+        use base64_free::encode_url;
+        format!(
+            "{}.{}.",
+            encode_url(br#"{"alg":"none","typ":"JWT"}"#),
+            encode_url(format!(r#"{{"sub":"mallory","exp":{exp}}}"#).as_bytes())
+        )
+    };
+    let wrong_key = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "alice", "exp": exp}),
+        &EncodingKey::from_secret(b"another secret").unwrap(),
+    )
+    .unwrap();
+    let wrong_alg = encode(
+        &Header::new(Algorithm::HS384),
+        &json!({"sub": "alice", "exp": exp}),
+        &EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "expired",
+            format!(
+                "AUTH {}",
+                token(json!({"sub": "alice", "exp": now_secs() - 10}))
+            ),
+        ),
+        (
+            "not yet valid",
+            format!(
+                "AUTH {}",
+                token(json!({"sub": "alice", "exp": exp, "nbf": exp - 5}))
+            ),
+        ),
+        ("wrong signature", format!("AUTH {wrong_key}")),
+        ("wrong algorithm", format!("AUTH {wrong_alg}")),
+        ("alg none", format!("AUTH {none_alg}")),
+        (
+            "missing sub",
+            format!("AUTH {}", token(json!({"exp": exp}))),
+        ),
+        (
+            "missing exp",
+            format!("AUTH {}", token(json!({"sub": "alice"}))),
+        ),
+        ("garbage", "AUTH not.a.jwt".to_owned()),
+        ("data first", "hello".to_owned()),
+    ];
+    for (what, first) in &cases {
+        let mut c = Client::connect(server.local_addr());
+        c.send(Message::Data(first.as_bytes()));
+        assert_eq!(
+            c.expect_close(),
+            (4001, "unauthorized".to_owned()),
+            "{what}"
+        );
+    }
+    // A PING before AUTH is not served either.
+    let mut c = Client::connect(server.local_addr());
+    c.send(Message::Ping(b"early"));
+    assert_eq!(c.expect_close().0, 4001);
+    let text = util::scrape(server.metrics_addr().unwrap());
+    assert_eq!(
+        util::sample(
+            &text,
+            "wheel_connections_closed_total{reason=\"unauthorized\"}"
+        ),
+        (cases.len() + 1) as f64
+    );
+}
+
+#[test]
+fn no_auth_within_the_handshake_timeout_gets_4001_and_is_counted() {
+    let server = server(Config {
+        handshake_timeout: ms(300),
+        ..config()
+    });
+    let mut c = Client::connect(server.local_addr());
+    let started = std::time::Instant::now();
+    assert_eq!(c.expect_close().0, 4001);
+    let took = started.elapsed();
+    assert!(took >= ms(295) && took < ms(1500), "{took:?}");
+    let text = util::scrape(server.metrics_addr().unwrap());
+    assert_eq!(
+        util::sample(&text, "wheel_handshake_timeouts_total{stage=\"auth\"}"),
+        1.0
+    );
+}
+
+/// The wall-clock instant of a Unix second.
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[test]
+fn the_token_expires_on_time_and_a_refresh_pushes_it_back() {
+    let server = server(Config {
+        idle_timeout: None,
+        ..config()
+    });
+    // Expiry: never before exp, at most a tick (20 ms) plus latency after.
+    let exp = now_secs() + 2;
+    let mut c = Client::connect(server.local_addr());
+    auth(&mut c, &token(json!({"sub": "bob", "exp": exp})));
+    assert_eq!(
+        c.recv_msg(),
+        Msg::Data(format!("OK AUTH bob {exp}").into_bytes())
+    );
+    let closed = c.recv_msg();
+    let now = SystemTime::now();
+    assert_eq!(closed, Msg::Close(4002, "token expired".into()));
+    assert!(
+        now >= at(exp),
+        "closed {:?} early",
+        at(exp).duration_since(now).unwrap()
+    );
+    let late = now.duration_since(at(exp)).unwrap();
+    eprintln!("token expiry: closed {late:?} after exp");
+    assert!(late < ms(300), "closed {late:?} after exp");
+
+    // Refresh: a newer token for the same subject before exp.
+    let first_exp = now_secs() + 2;
+    let mut d = Client::connect(server.local_addr());
+    auth(&mut d, &token(json!({"sub": "bob", "exp": first_exp})));
+    assert_eq!(
+        d.recv_msg(),
+        Msg::Data(format!("OK AUTH bob {first_exp}").into_bytes())
+    );
+    let second_exp = first_exp + 2;
+    auth(&mut d, &token(json!({"sub": "bob", "exp": second_exp})));
+    assert_eq!(
+        d.recv_msg(),
+        Msg::Data(format!("OK AUTH bob {second_exp}").into_bytes())
+    );
+    // A token for someone else changes nothing.
+    auth(
+        &mut d,
+        &token(json!({"sub": "eve", "exp": second_exp + 100})),
+    );
+    assert_eq!(d.recv_msg(), Msg::Data(b"ERR unauthorized".to_vec()));
+    // Still served past the first expiry.
+    while SystemTime::now() < at(first_exp) + ms(200) {
+        assert_eq!(d.ping(b"alive"), Msg::Pong(b"alive".to_vec()));
+        std::thread::sleep(ms(50));
+    }
+    let closed = d.recv_msg();
+    assert_eq!(closed, Msg::Close(4002, "token expired".into()));
+    assert!(SystemTime::now() >= at(second_exp));
+    let _ = PATIENCE;
+}
+
+/// `alg: none` tokens are built by hand: the point is that no library on
+/// this side produces one.
+mod base64_free {
+    pub fn encode_url(bytes: &[u8]) -> String {
+        const TABLE: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, &b| (n << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
