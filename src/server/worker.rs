@@ -209,7 +209,6 @@ impl Worker {
     /// records the client address it names. Bytes after it stay in the input
     /// buffer as the first protocol data.
     fn read_proxy_header(&mut self) -> Result<(), CloseReason> {
-        let stream = self.conn.stream();
         let timeout = self.shared.config.handshake_timeout;
         let deadline = self.conn.opened + timeout;
         let outcome = loop {
@@ -227,23 +226,10 @@ impl Worker {
                 }
                 proxy::Parsed::Incomplete => {}
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-                break Err(self.handshake_timed_out(timeout));
-            }
-            match self.conn.stream().read(self.input.spare(proxy::MAX_HEADER)) {
-                Ok(0) => break Err(self.requested_or(CloseReason::PeerClosed)),
-                Ok(n) => self.input.filled(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break Err(self.handshake_timed_out(timeout));
-                }
-                Err(e) => break Err(self.requested_or(self.read_error(&e))),
+            if let Err(reason) = self.handshake_read(deadline, proxy::MAX_HEADER, |w| {
+                w.handshake_timed_out(timeout)
+            }) {
+                break Err(reason);
             }
         };
         let _ = self.conn.stream().set_read_timeout(None);
@@ -288,25 +274,7 @@ impl Worker {
                 Ok(None) => {}
                 Err(e) => return Err(CloseReason::Protocol(e)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut stream = self.conn.stream();
-            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-                return Err(self.auth_timed_out(timeout));
-            }
-            match stream.read(self.input.spare(limit)) {
-                Ok(0) => return Err(self.requested_or(CloseReason::PeerClosed)),
-                Ok(n) => self.input.filled(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(self.auth_timed_out(timeout));
-                }
-                Err(e) => return Err(self.requested_or(self.read_error(&e))),
-            }
+            self.handshake_read(deadline, limit, |w| w.auth_timed_out(timeout))?;
         };
         let _ = self.conn.stream().set_read_timeout(None);
         let outcome = self.shared.handler.authenticate(&credentials);
@@ -317,6 +285,42 @@ impl Worker {
             .get_or_create(&[("result", result)])
             .inc();
         outcome.map_err(CloseReason::Unauthorized)
+    }
+
+    /// One read before admission, bounded by `deadline` (counted from the
+    /// accept, so a peer dribbling bytes cannot stretch it): fills the input
+    /// buffer, or says why the connection ends (`timed_out` at the
+    /// deadline).
+    fn handshake_read(
+        &mut self,
+        deadline: Instant,
+        limit: usize,
+        timed_out: impl Fn(&Self) -> CloseReason,
+    ) -> Result<(), CloseReason> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut stream = self.conn.stream();
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                return Err(timed_out(self));
+            }
+            return match stream.read(self.input.spare(limit)) {
+                Ok(0) => Err(self.requested_or(CloseReason::PeerClosed)),
+                Ok(n) => {
+                    self.input.filled(n);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Err(timed_out(self))
+                }
+                Err(e) => Err(self.requested_or(self.read_error(&e))),
+            };
+        }
     }
 
     fn auth_timed_out(&self, timeout: Duration) -> CloseReason {
