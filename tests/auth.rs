@@ -236,3 +236,88 @@ mod base64_free {
         out
     }
 }
+
+#[test]
+fn pubsub_gives_each_subject_its_own_topic_and_keeps_tokens_to_their_topics() {
+    use wheel_server::server::pubsub::PubSub;
+    let server = Server::with_handler(
+        config(),
+        Authenticated::new(PubSub, Jwt::hs256(SECRET).unwrap()),
+    )
+    .unwrap();
+    let handle = server.handle();
+    let exp = now_secs() + 60;
+    let data = |c: &mut Client| match c.recv_msg() {
+        Msg::Data(p) => String::from_utf8(p).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let mut alice = Client::connect(server.local_addr());
+    auth(
+        &mut alice,
+        &token(json!({"sub": "alice", "exp": exp, "topics": ["chat:*"]})),
+    );
+    assert_eq!(data(&mut alice), format!("OK AUTH alice {exp}"));
+    assert_eq!(data(&mut alice), "OK SUB user:alice 0");
+    handle.publish("user:alice", b"for you").unwrap();
+    assert_eq!(data(&mut alice), "MSG user:alice 1 for you");
+    for (command, answer) in [
+        ("SUB user:bob", "ERR forbidden topic"),
+        ("PUB user:bob hi", "ERR forbidden topic"),
+        ("SUB news", "ERR forbidden topic"),
+        ("SUB chat:lobby", "OK SUB chat:lobby 0"),
+    ] {
+        alice.send(Message::Data(command.as_bytes()));
+        assert_eq!(data(&mut alice), answer, "{command}");
+    }
+    // Without a topics claim, any topic but other users' own.
+    let mut bob = Client::connect(server.local_addr());
+    auth(&mut bob, &token(json!({"sub": "bob", "exp": exp})));
+    assert_eq!(data(&mut bob), format!("OK AUTH bob {exp}"));
+    assert_eq!(data(&mut bob), "OK SUB user:bob 0");
+    bob.send(Message::Data(b"SUB news"));
+    assert_eq!(data(&mut bob), "OK SUB news 0");
+    bob.send(Message::Data(b"SUB user:alice"));
+    assert_eq!(data(&mut bob), "ERR forbidden topic");
+}
+
+/// A backend reaches a user on every device: `POST /users/<sub>/send` and
+/// `/close`.
+#[test]
+fn the_admin_api_reaches_every_connection_of_a_user() {
+    let server = server(config());
+    let admin = server.metrics_addr().unwrap();
+    let exp = now_secs() + 60;
+    let mut devices: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect(server.local_addr());
+            auth(&mut c, &token(json!({"sub": "carol", "exp": exp})));
+            assert_eq!(
+                c.recv_msg(),
+                Msg::Data(format!("OK AUTH carol {exp}").into_bytes())
+            );
+            c
+        })
+        .collect();
+    let post = |path: &str, body: &str| {
+        util::http(
+            admin,
+            &format!(
+                "POST {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (status, body) = post("/users/carol/send", "ping from the backend");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json, json!({"sub": "carol", "connections": 2, "sent": 2}));
+    for d in &mut devices {
+        assert_eq!(d.recv_msg(), Msg::Data(b"ping from the backend".to_vec()));
+    }
+    assert_eq!(post("/users/nobody/send", "x").0, 404);
+    let (status, body) = post("/users/carol/close?code=4100&reason=logged+out", "");
+    assert_eq!(status, 200, "{body}");
+    for d in &mut devices {
+        assert_eq!(d.expect_close(), (4100, "logged out".to_owned()));
+    }
+}

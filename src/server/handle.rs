@@ -223,6 +223,37 @@ impl ServerHandle {
         Ok(published)
     }
 
+    /// The open connections authenticated as `sub`.
+    pub fn user_connections(&self, sub: &str) -> Vec<ConnId> {
+        self.shared
+            .registry
+            .snapshot()
+            .iter()
+            .filter(|c| c.identity.lock().as_ref().is_some_and(|i| i.sub == sub))
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// Sends DATA to every connection authenticated as `sub`; how many it
+    /// reached, of how many there were.
+    pub fn send_to_user(&self, sub: &str, payload: &[u8]) -> (usize, usize) {
+        let ids = self.user_connections(sub);
+        let sent = ids
+            .iter()
+            .filter(|&&id| self.send(id, payload).is_ok())
+            .count();
+        (sent, ids.len())
+    }
+
+    /// Closes every connection authenticated as `sub` (as
+    /// [`close`](ServerHandle::close) does); how many.
+    pub fn close_user(&self, sub: &str, code: u16, reason: &str) -> usize {
+        self.user_connections(sub)
+            .into_iter()
+            .filter(|&id| self.close(id, code, reason).is_ok())
+            .count()
+    }
+
     /// Local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
         self.shared.topics.subscribers(topic)

@@ -418,14 +418,33 @@ impl Inner {
                     Err(e) => Response::text(send_status(&e), &format!("{e}\n")),
                 }
             }
+            (["users", sub, "send"], _, true) => {
+                let (sent, connections) = self.handle().send_to_user(sub, body);
+                let status = if connections == 0 { 404 } else { 200 };
+                Response::json(
+                    status,
+                    json!({"sub": sub, "connections": connections, "sent": sent}).to_string(),
+                )
+            }
+            (["users", sub, "close"], _, true) => {
+                let (code, reason) = match close_params(query) {
+                    Ok(params) => params,
+                    Err(e) => return Response::text(400, &format!("{e}\n")),
+                };
+                let closed = self.handle().close_user(sub, code, &reason);
+                let status = if closed == 0 { 404 } else { 200 };
+                Response::json(status, json!({"sub": sub, "closed": closed}).to_string())
+            }
             (["metrics" | "healthz" | "connections" | "topics"], false, _) => Response {
                 allow: Some("GET, HEAD"),
                 ..Response::text(405, "method not allowed\n")
             },
-            (["publish", _] | ["connections", _, "send" | "close"], _, false) => Response {
-                allow: Some("POST"),
-                ..Response::text(405, "method not allowed\n")
-            },
+            (["publish", _] | ["connections" | "users", _, "send" | "close"], _, false) => {
+                Response {
+                    allow: Some("POST"),
+                    ..Response::text(405, "method not allowed\n")
+                }
+            }
             _ => Response::text(404, "not found\n"),
         }
     }

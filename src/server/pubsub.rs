@@ -121,8 +121,37 @@ fn topic_of(bytes: &[u8]) -> Result<&str, &'static str> {
 pub struct PubSub;
 
 impl Handler for PubSub {
+    /// Subscribes the connection to its subject's personal topic, when the
+    /// subject's name makes a valid topic.
+    fn on_authenticated(
+        &self,
+        session: &mut Session<'_>,
+        identity: &crate::server::auth::Identity,
+    ) {
+        let topic = personal_topic(&identity.sub);
+        if valid_topic(&topic) {
+            subscribe(session, &topic, None);
+        }
+    }
+
     fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
-        let reply = match parse_command(payload) {
+        let command = parse_command(payload);
+        // An authenticated subject may use only its own `user:` topic and
+        // those its token allows; without authentication, no `user:` topic.
+        let forbidden = match &command {
+            Ok(Command::Sub { topic, .. } | Command::Pub { topic, .. }) => {
+                match &*session.conn.identity.lock() {
+                    Some(identity) => !identity.may_use(topic),
+                    None => topic.starts_with("user:") && session.shared.handler.requires_auth(),
+                }
+            }
+            _ => false,
+        };
+        if forbidden {
+            let _ = session.send(b"ERR forbidden topic");
+            return;
+        }
+        let reply = match command {
             Ok(Command::Sub { topic, since }) => return subscribe(session, topic, since),
             Ok(Command::Unsub { topic }) => {
                 let shared = session.shared;
@@ -141,6 +170,12 @@ impl Handler for PubSub {
             let _ = session.send(b"ERR cannot echo that text");
         }
     }
+}
+
+/// The personal topic of an authenticated subject, subscribed to by
+/// itself on every connection of that subject: `user:<sub>`.
+pub fn personal_topic(sub: &str) -> String {
+    format!("user:{sub}")
 }
 
 /// `PUB`: the replies queued so far go out first, then `OK PUB` and (to
