@@ -25,7 +25,7 @@ use clap::Parser;
 use crossbeam_channel::select;
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use wheel_server::client::{Backoff, Client, ClientConfig, Event, ServerAddr};
+use wheel_server::client::{Backoff, Client, ClientConfig, Event, ServerAddr, Token};
 use wheel_server::parse_duration;
 use wheel_server::protocol::Protocol;
 
@@ -91,6 +91,19 @@ struct Args {
     #[arg(long = "subscribe", value_name = "TOPIC")]
     subscribe: Vec<String>,
 
+    /// Token for a server run with --auth: sent as AUTH <token> first on every connection.
+    #[arg(
+        long,
+        env = "WHEEL_CLIENT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+
+    /// File holding the token, read again before every connection (so a refreshed token is used).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+
     /// Send each line of stdin as PUB TOPIC <line> instead of as plain DATA.
     #[arg(long, value_name = "TOPIC")]
     publish: Option<String>,
@@ -131,6 +144,11 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         max_attempts: args.max_attempts,
         healthy_after: args.healthy_after,
         subscriptions: args.subscribe.clone(),
+        token: match (&args.token, &args.token_file) {
+            (Some(token), _) => Some(Token::Fixed(token.clone())),
+            (None, Some(path)) => Some(Token::File(path.clone())),
+            (None, None) => None,
+        },
         ..ClientConfig::new(args.addrs[0].clone())
     })?;
     let (lines_tx, lines) = crossbeam_channel::unbounded::<Vec<u8>>();

@@ -321,3 +321,104 @@ fn the_admin_api_reaches_every_connection_of_a_user() {
         assert_eq!(d.expect_close(), (4100, "logged out".to_owned()));
     }
 }
+
+/// The client library sends its token first, rereads a token file before
+/// every connection, comes back at once after CLOSE 4002 with the fresh
+/// token, and backs off after CLOSE 4001.
+#[test]
+fn the_client_authenticates_refreshes_from_its_file_and_backs_off_when_refused() {
+    use wheel_server::client::{
+        Backoff, Client as HeartbeatClient, ClientConfig, DeadReason, Event, Token,
+    };
+    let server = server(config());
+    let dir = std::env::temp_dir().join(format!("wheel-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    let short = now_secs() + 2;
+    std::fs::write(&file, token(json!({"sub": "dana", "exp": short})) + "\n").unwrap();
+    let backoff = Backoff {
+        initial: ms(400),
+        max: ms(800),
+        multiplier: 2.0,
+    };
+    let client = HeartbeatClient::start(ClientConfig {
+        token: Some(Token::File(file.clone())),
+        backoff,
+        heartbeat_interval: ms(200),
+        heartbeat_timeout: ms(200),
+        seed: Some(5),
+        ..ClientConfig::new(server.local_addr())
+    })
+    .unwrap();
+    let next = |want: &dyn Fn(&Event) -> bool| loop {
+        let event = client.events().recv_timeout(PATIENCE).expect("an event");
+        if want(&event) {
+            return event;
+        }
+    };
+    next(&|e| matches!(e, Event::Connected { .. }));
+    client.send(b"first").unwrap();
+    assert_eq!(
+        next(&|e| matches!(e, Event::Data(_))),
+        Event::Data(b"first".to_vec())
+    );
+    // A fresh token on disk before the old one expires.
+    let long = now_secs() + 60;
+    std::fs::write(&file, token(json!({"sub": "dana", "exp": long}))).unwrap();
+    let dead = next(&|e| matches!(e, Event::Dead { .. }));
+    assert!(
+        matches!(
+            &dead,
+            Event::Dead {
+                reason: DeadReason::Close { code: 4002, .. }
+            }
+        ),
+        "{dead:?}"
+    );
+    match next(&|e| matches!(e, Event::Reconnecting { .. })) {
+        Event::Reconnecting { delay, .. } => assert!(delay <= backoff.initial / 4, "{delay:?}"),
+        _ => unreachable!(),
+    }
+    next(&|e| matches!(e, Event::Connected { .. }));
+    client.send(b"second").unwrap();
+    assert_eq!(
+        next(&|e| matches!(e, Event::Data(_))),
+        Event::Data(b"second".to_vec())
+    );
+    assert_eq!(server.connection_count(), 1);
+
+    // A refused token: 4001, then at least half the backoff window.
+    std::fs::write(&file, "not a token").unwrap();
+    let id = server.connection_ids()[0];
+    server.handle().close(id, 4100, "re-authenticate").unwrap();
+    next(&|e| {
+        matches!(
+            e,
+            Event::Dead {
+                reason: DeadReason::Close { code: 4100, .. }
+            }
+        )
+    });
+    let dead = next(&|e| matches!(e, Event::Dead { .. }));
+    assert!(
+        matches!(
+            &dead,
+            Event::Dead {
+                reason: DeadReason::Close { code: 4001, .. }
+            }
+        ),
+        "{dead:?}"
+    );
+    match next(&|e| matches!(e, Event::Reconnecting { .. })) {
+        Event::Reconnecting { attempt, delay } => {
+            let cap = backoff.cap(attempt);
+            assert!(
+                delay >= cap / 2 && delay <= cap,
+                "{delay:?} for cap {cap:?}"
+            );
+        }
+        _ => unreachable!(),
+    }
+    client.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -114,6 +114,21 @@ pub struct ClientConfig {
     /// `since` being the last sequence number it saw, so that what was
     /// published meanwhile (within the server's history) is replayed.
     pub subscriptions: Vec<String>,
+    /// Credentials for a server that requires authentication: sent as
+    /// `AUTH <token>` first on every connection. A CLOSE 4001 (refused)
+    /// makes the client wait at least half its backoff window; a CLOSE 4002
+    /// (expired) makes it reconnect at once, with the token read again.
+    pub token: Option<Token>,
+}
+
+/// Where the client's token comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// This token, for every connection.
+    Fixed(String),
+    /// The contents of this file (trimmed), read again before every
+    /// connection, so that a token refreshed on disk is used.
+    File(std::path::PathBuf),
 }
 
 impl ClientConfig {
@@ -136,6 +151,7 @@ impl ClientConfig {
             seed: None,
             event_capacity: 1024,
             subscriptions: Vec::new(),
+            token: None,
         }
     }
 

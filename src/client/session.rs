@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use tracing::debug;
 
 use super::heartbeat::{Action, Heartbeat};
-use super::{ClientConfig, Command, DeadReason, Event, Events, ServerAddr};
+use super::{ClientConfig, Command, DeadReason, Event, Events, ServerAddr, Token};
 use crate::protocol::{Message, OwnedMessage, Reader, code};
 use crate::sys::{self, SocketOptions};
 
@@ -53,6 +53,7 @@ pub(super) fn run(config: ClientConfig, commands: Receiver<Command>, events: Eve
         .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
     Manager {
         topics: Vec::new(),
+        token: None,
         config,
         commands,
         events,
@@ -81,6 +82,8 @@ struct Manager {
     next_addr: usize,
     /// Subscribed topics and the last sequence number seen in each.
     topics: Vec<(String, Option<u64>)>,
+    /// The token read for the current connection.
+    token: Option<String>,
 }
 
 impl Manager {
@@ -138,6 +141,9 @@ impl Manager {
                 return;
             }
         }
+        if payload.starts_with(b"OK AUTH ") && self.token.is_some() {
+            return;
+        }
         if let Some(rest) = payload.strip_prefix(b"OK SUB ")
             && let Ok(rest) = std::str::from_utf8(rest)
         {
@@ -191,17 +197,22 @@ impl Manager {
                                 self.attempts = 0;
                                 self.prompt_streak = 0;
                             }
+                            // Full, or refused: retrying at once would only
+                            // hammer the server.
                             told_to_wait = matches!(
                                 reason,
                                 DeadReason::Close {
-                                    code: code::TRY_AGAIN_LATER,
+                                    code: code::TRY_AGAIN_LATER | code::UNAUTHORIZED,
                                     ..
                                 }
                             );
+                            // Going away, or the token expired (a fresh one
+                            // is read for the next connection): come back
+                            // promptly.
                             going_away = matches!(
                                 reason,
                                 DeadReason::Close {
-                                    code: code::GOING_AWAY,
+                                    code: code::GOING_AWAY | code::TOKEN_EXPIRED,
                                     ..
                                 }
                             );
@@ -252,7 +263,21 @@ impl Manager {
 
     /// Connects to `target`: resolves it (again, if it is a name) and tries
     /// its addresses in turn; returns the stream and the address it reached.
-    fn connect(&self, target: &ServerAddr) -> io::Result<(TcpStream, SocketAddr)> {
+    fn connect(&mut self, target: &ServerAddr) -> io::Result<(TcpStream, SocketAddr)> {
+        // Read again for every connection, so that a refreshed token is used.
+        self.token = match &self.config.token {
+            None => None,
+            Some(Token::Fixed(token)) => Some(token.clone()),
+            Some(Token::File(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot read the token file {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text.trim().to_owned())
+            }
+        };
         let mut failed = None;
         for addr in self.config.resolver.resolve(target)? {
             match self.connect_to(addr) {
@@ -360,6 +385,18 @@ impl Manager {
     }
 
     fn converse(&mut self, conn: &mut Conn, incoming: &Receiver<Incoming>) -> End {
+        if let Some(token) = &self.token {
+            let auth = [&b"AUTH "[..], token.as_bytes()].concat();
+            let mut wire = Vec::new();
+            match self
+                .config
+                .protocol
+                .encode(&Message::Data(&auth), &mut wire)
+            {
+                Ok(()) => conn.send_wire(&wire),
+                Err(e) => debug!("token not sent: {e}"),
+            }
+        }
         for (topic, last) in &self.topics {
             conn.send_wire(&self.sub_command(topic, *last));
         }
