@@ -104,6 +104,19 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// N connections authenticate with HS256 tokens whose `exp` is spread
+    /// over `--spread` whole seconds; how long after its `exp` each gets
+    /// CLOSE 4002 (the server runs `--auth jwt` with the same secret).
+    AuthExpiry {
+        #[command(flatten)]
+        common: Common,
+        /// The server's --jwt-secret.
+        #[arg(long)]
+        secret: String,
+        /// Expiries spread over this many seconds (from 2 s after start).
+        #[arg(long, default_value_t = 10)]
+        spread: u64,
+    },
     /// N connections fall silent after one PING: how long after the idle
     /// timeout (counted from the PING's send) each gets CLOSE 4000.
     Expiry {
@@ -157,6 +170,11 @@ fn main() -> io::Result<()> {
                 count,
                 size,
             } => fanout(common, target, rate, count, size).await,
+            Cmd::AuthExpiry {
+                common,
+                secret,
+                spread,
+            } => auth_expiry(common, secret, spread).await,
         }
     })?;
     println!("{summary}");
@@ -821,5 +839,60 @@ async fn fanout(
         "latency_ms": distribution(lat),
         "time_to_last_delivery_ms": distribution(last.clone()),
         "time_to_last_delivery_each_ms": last.iter().map(|ms| (ms * 10.0).round() / 10.0).collect::<Vec<_>>(),
+    }))
+}
+
+async fn auth_expiry(common: Common, secret: String, spread: u64) -> io::Result<serde_json::Value> {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let (open, errors) = open_all(&common).await;
+    let n = open.len();
+    let unix = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    };
+    // Far enough ahead that every connection has authenticated first.
+    let base = unix().as_secs() + 3;
+    let late_ms = Rc::new(RefCell::new(Vec::with_capacity(n)));
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (stream, _)) in open.into_iter().enumerate() {
+        let exp = base + (i as u64 % spread.max(1));
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": format!("user{i}"), "exp": exp}),
+            &key,
+        )
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let late_ms = Rc::clone(&late_ms);
+        tasks.push(tokio::task::spawn_local(async move {
+            let (r, mut w) = stream.into_split();
+            send(&mut w, Message::Data(format!("AUTH {token}").as_bytes())).await?;
+            let mut conn = Conn::new(r);
+            while let Some(msg) = conn.next().await? {
+                if let Msg::Close(code, _) = msg {
+                    if code == 4002 {
+                        let exp_ns = u128::from(exp) * 1_000_000_000;
+                        let late = unix().as_nanos() as f64 - exp_ns as f64;
+                        late_ms.borrow_mut().push(late / 1e6);
+                    }
+                    break;
+                }
+            }
+            drop(w);
+            Ok::<_, io::Error>(())
+        }));
+    }
+    let deadline = Duration::from_secs(spread + 30);
+    for task in tasks {
+        let _ = tokio::time::timeout(deadline, task).await;
+    }
+    let late = std::mem::take(&mut *late_ms.borrow_mut());
+    let early = late.iter().filter(|&&ms| ms < 0.0).count();
+    Ok(json!({
+        "mode": "auth-expiry", "connections": n, "connect_errors": errors,
+        "closed_4002": late.len(), "early": early, "spread_s": spread,
+        "after_exp_ms": distribution(late),
     }))
 }
