@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::admission::{RATE_REASON, RateCheck};
+use super::admission::{self, Refused};
 use super::conn::Conn;
 use super::shared::Shared;
 use super::timer::Event;
@@ -32,10 +32,8 @@ enum Rejected {
     Full,
     /// No worker thread could be started.
     NoThread,
-    /// The client's address holds `max_connections_per_ip` already.
-    PerIp,
-    /// The client's address connects faster than `max_connect_rate_per_ip`.
-    Rate,
+    /// The client's address is over one of its limits.
+    Address(Refused),
 }
 
 /// When each kind of rejection was last warned about.
@@ -54,8 +52,8 @@ impl RejectWarnings {
         let last = match rejected {
             Rejected::Full => &mut self.full,
             Rejected::NoThread => &mut self.no_thread,
-            Rejected::PerIp => &mut self.per_ip,
-            Rejected::Rate => &mut self.rate,
+            Rejected::Address(Refused::Limit) => &mut self.per_ip,
+            Rejected::Address(Refused::Rate) => &mut self.rate,
         };
         if last.is_some_and(|t| t.elapsed() < REJECT_WARNING_INTERVAL) {
             return;
@@ -71,11 +69,11 @@ impl RejectWarnings {
                 "out of threads: rejecting new connections with close 1013 \
                  (see --worker-stack and the process's limits)"
             ),
-            Rejected::PerIp => warn!(
+            Rejected::Address(Refused::Limit) => warn!(
                 max = shared.config.max_connections_per_ip,
                 "an address at its connection limit: rejecting its new connections with close 1013"
             ),
-            Rejected::Rate => warn!(
+            Rejected::Address(Refused::Rate) => warn!(
                 rate = shared.config.max_connect_rate_per_ip,
                 "an address connecting too often: rejecting its connects with close 1013"
             ),
@@ -164,34 +162,23 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
         return Ok(());
     }
     // Without the PROXY protocol the socket's peer is the client: check its
-    // address before a thread is spent on it.
-    if !shared.config.proxy_protocol {
-        match shared.connect_rate.check(peer.ip(), Instant::now()) {
-            RateCheck::Allowed => {}
-            RateCheck::Untracked => {
-                shared.metrics.rate_untracked.inc();
-            }
-            RateCheck::Refused => {
-                debug!(%peer, "rejected: connecting too often");
-                reject(shared, &stream, "per_ip_rate", RATE_REASON);
-                return Err(Rejected::Rate);
-            }
-        }
-    }
+    // address before a thread is spent on it. (With it, the worker checks
+    // the header's address.)
     let ip_key = if shared.config.proxy_protocol {
         None
     } else {
-        match shared.per_ip.admit(peer.ip()) {
+        let admitted = admission::admit_address(
+            &shared.connect_rate,
+            &shared.per_ip,
+            &shared.metrics.rate_untracked,
+            peer.ip(),
+        );
+        match admitted {
             Ok(key) => key,
-            Err(()) => {
-                debug!(%peer, "rejected: too many connections from this address");
-                reject(
-                    shared,
-                    &stream,
-                    "per_ip_limit",
-                    "too many connections from your address",
-                );
-                return Err(Rejected::PerIp);
+            Err(refused) => {
+                debug!(%peer, "rejected: {}", refused.reason());
+                reject(shared, &stream, refused.label(), refused.reason());
+                return Err(Rejected::Address(refused));
             }
         }
     };

@@ -89,8 +89,53 @@ impl PerIp {
     }
 }
 
-/// The CLOSE 1013 reason for a connect over the rate.
-pub(crate) const RATE_REASON: &str = "connecting too often from your address";
+/// Why a client address was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// It connects faster than `max_connect_rate_per_ip`.
+    Rate,
+    /// It holds `max_connections_per_ip` already.
+    Limit,
+}
+
+impl Refused {
+    /// The label of `wheel_connections_rejected_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Refused::Rate => "per_ip_rate",
+            Refused::Limit => "per_ip_limit",
+        }
+    }
+
+    /// The reason sent with CLOSE 1013.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refused::Rate => "connecting too often from your address",
+            Refused::Limit => "too many connections from your address",
+        }
+    }
+}
+
+/// Checks a connection from `ip` against both limits: the rate first (a
+/// refused connect takes no slot), then the concurrent limit. Returns the
+/// key to [`PerIp::release`] when the connection closes (`None` without a
+/// concurrent limit); a connect let through untracked is counted in
+/// `untracked`.
+pub(crate) fn admit_address(
+    rate: &ConnectRate,
+    per_ip: &PerIp,
+    untracked: &prometheus_client::metrics::counter::Counter,
+    ip: IpAddr,
+) -> Result<Option<IpKey>, Refused> {
+    match rate.check(ip, Instant::now()) {
+        RateCheck::Allowed => {}
+        RateCheck::Untracked => {
+            untracked.inc();
+        }
+        RateCheck::Refused => return Err(Refused::Rate),
+    }
+    per_ip.admit(ip).map_err(|()| Refused::Limit)
+}
 
 /// Addresses the connect-rate table tracks at most: an attacker cycling
 /// source addresses cannot grow it past this. Past it, new addresses are

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
+use super::admission::Refused;
 use crate::protocol::{DecodeError, code};
 
 /// Which kernel mechanism reported a dead peer with `ETIMEDOUT`.
@@ -272,11 +273,8 @@ impl CloseReason {
                 code::PROTOCOL_ERROR,
                 "PROXY protocol header required".into(),
             ),
-            CloseReason::PerIpLimit => (
-                code::TRY_AGAIN_LATER,
-                "too many connections from your address".into(),
-            ),
-            CloseReason::PerIpRate => (code::TRY_AGAIN_LATER, super::admission::RATE_REASON.into()),
+            CloseReason::PerIpLimit => (code::TRY_AGAIN_LATER, Refused::Limit.reason().into()),
+            CloseReason::PerIpRate => (code::TRY_AGAIN_LATER, Refused::Rate.reason().into()),
             CloseReason::Unauthorized(_) => (code::UNAUTHORIZED, "unauthorized".into()),
             CloseReason::TokenExpired => (code::TOKEN_EXPIRED, "token expired".into()),
             CloseReason::PeerClosed

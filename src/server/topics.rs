@@ -316,9 +316,10 @@ impl Topics {
         }
     }
 
-    /// Subscribes `conn` to `name`, writing `ok` (built from the outcome) and
-    /// then, with `since`, the retained messages after it, on the
-    /// connection's outbound path before any later live message.
+    /// Subscribes `conn` to `name`, writing `ok` (built from the outcome;
+    /// nothing if it is empty) and then, with `since`, the retained messages
+    /// after it, on the connection's outbound path before any later live
+    /// message.
     pub(crate) fn subscribe(
         &self,
         flushes: &Flushes,
@@ -372,7 +373,9 @@ impl Topics {
             Err(PushError::Full) => Err(TopicError::OutboxFull),
             Err(PushError::Closed) => Err(TopicError::Closed),
         };
-        let outcome = push(&ok(resumed)).and_then(|()| {
+        let ack = ok(resumed);
+        let acked = if ack.is_empty() { Ok(()) } else { push(&ack) };
+        let outcome = acked.and_then(|()| {
             for (seq, payload) in &replay {
                 if let Ok(wire) = encode_msg(conn.protocol, name, *seq, payload) {
                     push(&wire)?;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::admission::RateCheck;
+use super::admission::{self, Refused};
 use super::auth::Identity;
 use super::buffer::ReadBuf;
 use super::close::{CloseReason, TcpTimeout};
@@ -126,33 +126,29 @@ impl Worker {
                     return reason;
                 }
                 // Only now is the real client's address known.
-                let ip = self.conn.peer().ip();
-                match self.shared.connect_rate.check(ip, Instant::now()) {
-                    RateCheck::Allowed => {}
-                    RateCheck::Untracked => {
-                        self.shared.metrics.rate_untracked.inc();
+                let shared = &self.shared;
+                let admitted = admission::admit_address(
+                    &shared.connect_rate,
+                    &shared.per_ip,
+                    &shared.metrics.rate_untracked,
+                    self.conn.peer().ip(),
+                );
+                match admitted {
+                    Ok(key) => {
+                        if let Some(key) = key {
+                            let _ = self.conn.ip_key.set(key);
+                        }
                     }
-                    RateCheck::Refused => {
-                        self.shared
+                    Err(refused) => {
+                        shared
                             .metrics
                             .rejected
-                            .get_or_create(&[("reason", "per_ip_rate")])
+                            .get_or_create(&[("reason", refused.label())])
                             .inc();
-                        return CloseReason::PerIpRate;
-                    }
-                }
-                match self.shared.per_ip.admit(ip) {
-                    Ok(Some(key)) => {
-                        let _ = self.conn.ip_key.set(key);
-                    }
-                    Ok(None) => {}
-                    Err(()) => {
-                        self.shared
-                            .metrics
-                            .rejected
-                            .get_or_create(&[("reason", "per_ip_limit")])
-                            .inc();
-                        return CloseReason::PerIpLimit;
+                        return match refused {
+                            Refused::Rate => CloseReason::PerIpRate,
+                            Refused::Limit => CloseReason::PerIpLimit,
+                        };
                     }
                 }
             }
@@ -539,7 +535,7 @@ fn answer(
     let protocol = conn.protocol;
     match msg {
         Message::Data(payload)
-            if shared.handler.requires_auth() && payload.starts_with(b"AUTH ") =>
+            if payload.starts_with(b"AUTH ") && shared.handler.requires_auth() =>
         {
             refresh(shared, conn, &payload[5..], output, sent);
             Ok(())
