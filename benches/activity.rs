@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use crossbeam_utils::CachePadded;
 use wheel_server::activity::{Clock, Stamp};
 use wheel_server::traffic::{Kind, Tally, Traffic};
 use wheel_server::wheel::Wheel;
@@ -46,8 +47,18 @@ fn thread_cpu() -> Duration {
 /// without the metrics' traffic counters.
 fn stamp_path(iters: u64, threads: usize, with_traffic: bool) -> Duration {
     let clock = Arc::new(Clock::new());
-    let stamps: Arc<Vec<Stamp>> = Arc::new((0..threads).map(|_| Stamp::new(0)).collect());
-    let traffic: Arc<Vec<Traffic>> = Arc::new((0..threads).map(|_| Traffic::default()).collect());
+    // Padded: in the server each connection's stamp and counters live in
+    // that connection's own allocation, never on another worker's line.
+    let stamps: Arc<Vec<CachePadded<Stamp>>> = Arc::new(
+        (0..threads)
+            .map(|_| CachePadded::new(Stamp::new(0)))
+            .collect(),
+    );
+    let traffic: Arc<Vec<CachePadded<Traffic>>> = Arc::new(
+        (0..threads)
+            .map(|_| CachePadded::new(Traffic::default()))
+            .collect(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let ticker = {
         let (clock, stop) = (Arc::clone(&clock), Arc::clone(&stop));
@@ -81,12 +92,12 @@ fn stamp_path(iters: u64, threads: usize, with_traffic: bool) -> Duration {
                         // One PING in, one PONG out, counted as the worker does.
                         received.add(black_box(Kind::Ping), black_box(6));
                         sent.add(black_box(Kind::Pong), black_box(6));
-                        black_box(&stamps[w]).touch(black_box(&*clock).now());
-                        black_box(&traffic[w]).publish(&mut received, &mut sent);
+                        black_box(&*stamps[w]).touch(black_box(&*clock).now());
+                        black_box(&*traffic[w]).publish(&mut received, &mut sent);
                     }
                 } else {
                     for _ in 0..iters {
-                        let stamp = black_box(&stamps[w]);
+                        let stamp = black_box(&*stamps[w]);
                         stamp.touch(black_box(&*clock).now());
                     }
                 }

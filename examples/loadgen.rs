@@ -6,6 +6,8 @@
 //! cargo run --release --example loadgen -- ping   -n 1000 --rate 20000 --duration 20s
 //! cargo run --release --example loadgen -- echo   -n 100 --in-flight 4 --duration 10s
 //! cargo run --release --example loadgen -- expiry -n 10000 --idle-timeout 5s
+//! cargo run --release --example loadgen -- churn  -n 16 --duration 10s
+//! cargo run --release --example loadgen -- storm  -n 15000
 //! ```
 //!
 //! One thread: a single-threaded tokio runtime drives every connection, so
@@ -117,6 +119,31 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         spread: u64,
     },
+    /// Connection churn: `-n` loops, each connecting, sending one PING,
+    /// waiting for its PONG and closing, over and over for --duration.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Server process to read threads and descriptors from after the run.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Reconnect storm: N clients connect at once and each waits for the
+    /// PONG to one PING (the cold storm, as after a restart); then all
+    /// hang up and reconnect at once (the warm storm, as after a network
+    /// blip). Reports the time until the last PONG of each.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// Pause between the two storms (lets the server see the hang-ups).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        pause: Duration,
+        /// Server process to read threads and RSS from.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// N connections fall silent after one PING: how long after the idle
     /// timeout (counted from the PING's send) each gets CLOSE 4000.
     Expiry {
@@ -175,6 +202,12 @@ fn main() -> io::Result<()> {
                 secret,
                 spread,
             } => auth_expiry(common, secret, spread).await,
+            Cmd::Churn {
+                common,
+                duration,
+                pid,
+            } => churn(common, duration, pid).await,
+            Cmd::Storm { common, pause, pid } => storm(common, pause, pid).await,
         }
     })?;
     println!("{summary}");
@@ -895,4 +928,132 @@ async fn auth_expiry(common: Common, secret: String, spread: u64) -> io::Result<
         "closed_4002": late.len(), "early": early, "spread_s": spread,
         "after_exp_ms": distribution(late),
     }))
+}
+
+/// One churn cycle: connect, PING, PONG, close.
+async fn cycle(addr: SocketAddr) -> io::Result<()> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (r, mut w) = stream.into_split();
+    send(&mut w, Message::Ping(b"churn")).await?;
+    match Conn::new(r).next().await? {
+        Some(Msg::Pong(_)) => Ok(()),
+        other => Err(io::Error::other(format!("expected a PONG, got {other:?}"))),
+    }
+}
+
+async fn churn(common: Common, duration: Duration, pid: Option<u32>) -> io::Result<serde_json::Value> {
+    let before = pid.map(proc_stat).transpose()?;
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::with_capacity(common.connections);
+    for _ in 0..common.connections {
+        let addr = common.addr;
+        tasks.push(tokio::task::spawn_local(async move {
+            let (mut done, mut failed) = (0u64, 0u64);
+            let mut first_error = None;
+            while Instant::now() < end {
+                match cycle(addr).await {
+                    Ok(()) => done += 1,
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            (done, failed, first_error)
+        }));
+    }
+    let (mut cycles, mut failed) = (0u64, 0u64);
+    for task in tasks {
+        let (d, f, e) = task.await.unwrap();
+        if let Some(e) = e.filter(|_| failed == 0) {
+            eprintln!("loadgen: churn cycle failed: {e}");
+        }
+        cycles += d;
+        failed += f;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut result = json!({
+        "mode": "churn", "loops": common.connections, "cycles": cycles, "failed": failed,
+        "cycles_per_sec": cycles as f64 / elapsed,
+    });
+    if let (Some(pid), Some(before)) = (pid, before) {
+        let ran = proc_stat(pid)?;
+        let cpu_secs = (ran.cpu_ticks - before.cpu_ticks) as f64 / clock_ticks_per_sec();
+        // The server closes its side after the client's: give it a moment.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = proc_stat(pid)?;
+        result["server"] = json!({
+            "cpu_us_per_cycle": cpu_secs * 1e6 / cycles.max(1) as f64,
+            "threads_before": before.threads, "threads_after": after.threads,
+            "fds_before": before.fds, "fds_after": after.fds,
+        });
+    }
+    Ok(result)
+}
+
+/// Connects `n` clients at once, each waiting for the PONG to one PING;
+/// returns the open connections and the time until the last PONG.
+async fn storm_once(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize, Duration) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::task::spawn_local(async move {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (r, mut w) = stream.into_split();
+                send(&mut w, Message::Ping(b"storm")).await?;
+                let mut conn = Conn::new(r);
+                match conn.next().await? {
+                    Some(Msg::Pong(_)) => {}
+                    other => return Err(io::Error::other(format!("expected a PONG, got {other:?}"))),
+                }
+                let at = start.elapsed();
+                Ok::<_, io::Error>((conn.half.reunite(w).expect("halves of one stream"), at))
+            })
+        })
+        .collect();
+    let (mut open, mut failed, mut last) = (Vec::with_capacity(n), 0, Duration::ZERO);
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(60), task).await {
+            Ok(Ok(Ok((stream, at)))) => {
+                last = last.max(at);
+                open.push(stream);
+            }
+            Ok(Ok(Err(e))) => {
+                if failed == 0 {
+                    eprintln!("loadgen: storm connection failed: {e}");
+                }
+                failed += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    (open, failed, last)
+}
+
+async fn storm(common: Common, pause: Duration, pid: Option<u32>) -> io::Result<serde_json::Value> {
+    let n = common.connections;
+    let (open, cold_failed, cold) = storm_once(common.addr, n).await;
+    eprintln!("loadgen: cold storm: {} answered in {cold:?}", open.len());
+    let after_cold = pid.map(proc_stat).transpose()?;
+    drop(open);
+    tokio::time::sleep(pause).await;
+    let before_warm = pid.map(proc_stat).transpose()?;
+    let (open, warm_failed, warm) = storm_once(common.addr, n).await;
+    eprintln!("loadgen: warm storm: {} answered in {warm:?}", open.len());
+    drop(open);
+    let mut result = json!({
+        "mode": "storm", "connections": n,
+        "cold_ms": cold.as_secs_f64() * 1e3, "cold_failed": cold_failed,
+        "warm_ms": warm.as_secs_f64() * 1e3, "warm_failed": warm_failed,
+    });
+    if let (Some(cold), Some(warm)) = (after_cold, before_warm) {
+        result["server"] = json!({
+            "threads_after_cold": cold.threads, "rss_after_cold_kib": cold.rss_kib,
+            "threads_before_warm": warm.threads,
+        });
+    }
+    Ok(result)
 }

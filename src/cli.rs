@@ -133,6 +133,17 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_WORKER_STACK", default_value_t = 65_536)]
     worker_stack: usize,
 
+    /// Keep up to this many finished connection threads parked for new connections instead of
+    /// ending them: a new connection then costs a hand-over, not a thread spawn and teardown.
+    /// Still one thread per live connection. 0 = off.
+    #[arg(long, env = "WHEEL_SERVER_THREAD_CACHE", default_value_t = 1024)]
+    thread_cache: usize,
+
+    /// A parked thread that gets no connection for this long exits, so that an idle server
+    /// gives its threads back.
+    #[arg(long, env = "WHEEL_SERVER_THREAD_CACHE_IDLE", default_value = "60s", value_parser = parse_duration)]
+    thread_cache_idle: Duration,
+
     /// Serve the admin endpoint over HTTP on this address: Prometheus metrics (GET /metrics),
     /// live connections (GET /connections), health (GET /healthz), topics (GET /topics), and
     /// publish / send / close (POST). Off unless set. --admin-listen is the same flag.
@@ -302,6 +313,8 @@ impl Args {
             max_connection_age: nonzero(self.max_connection_age),
             max_connection_age_grace: nonzero(self.max_connection_age_grace),
             worker_stack: self.worker_stack,
+            thread_cache: self.thread_cache,
+            thread_cache_idle: self.thread_cache_idle,
             metrics_listen: self.metrics_listen,
             admin_token: self.admin_token.clone(),
             history: self.history,

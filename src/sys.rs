@@ -102,6 +102,13 @@ pub(crate) fn wake_acceptor(listener: &TcpListener) {
     let _ = SockRef::from(listener).shutdown(Shutdown::Read);
 }
 
+/// Blocks until `stream` has bytes to read, or its end (or an error), without
+/// taking any: a wait that needs no receive buffer.
+pub(crate) fn wait_readable(stream: &TcpStream) -> io::Result<()> {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    SockRef::from(stream).peek(&mut byte).map(drop)
+}
+
 /// Sends without blocking; returns how many bytes the kernel took.
 pub(crate) fn send_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)

@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_utils::CachePadded;
 
 /// The four message kinds, for per-kind traffic counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,13 +83,14 @@ impl Tally {
 /// The worker keeps the running totals in its own [`Tally`]s and, after each
 /// read, publishes the counters of the kinds that read touched: a plain
 /// relaxed store each, no read-modify-write, no lock, and nothing shared
-/// with other connections. Scrapes read it without a lock. Kept apart from
-/// the [`Stamp`](crate::activity::Stamp) so that it does not share its cache line.
+/// with other connections. Scrapes read it without a lock. Not padded: it
+/// lives in its connection's own allocation, and only that connection's
+/// worker writes it (the benchmark pads each worker's copy to model that).
 #[derive(Debug, Default)]
 pub struct Traffic {
     /// `[received frames, received bytes, sent frames, sent bytes]`, each
     /// indexed by [`Kind`].
-    counts: CachePadded<[[AtomicU64; 4]; 4]>,
+    counts: [[AtomicU64; 4]; 4],
 }
 
 impl Traffic {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::{Client, Msg, PATIENCE, ServerProcess, fds, ms, threads, wait_until};
+use util::{Client, Msg, PATIENCE, ServerProcess, fds, ms, threads, wait_until, worker_threads};
 use wheel_server::protocol::{Message, Protocol};
 
 #[test]
@@ -160,7 +160,17 @@ fn a_second_signal_exits_at_once() {
 
 #[test]
 fn no_thread_or_descriptor_leak_after_hundreds_of_connections() {
-    let server = ServerProcess::start(&["--idle-timeout", "200ms", "--tick", "10ms"]);
+    // A cache smaller than a round, emptied soon after the last one.
+    let server = ServerProcess::start(&[
+        "--idle-timeout",
+        "200ms",
+        "--tick",
+        "10ms",
+        "--thread-cache",
+        "20",
+        "--thread-cache-idle",
+        "300ms",
+    ]);
     let pid = server.pid();
     let (base_threads, base_fds) = (threads(pid), fds(pid));
     for round in 0..6 {
@@ -193,15 +203,50 @@ fn no_thread_or_descriptor_leak_after_hundreds_of_connections() {
             }
         }
     }
-    let settled = wait_until(PATIENCE, || {
-        threads(pid) == base_threads && fds(pid) == base_fds
+    // Every connection gone: only the cache's parked threads remain...
+    let closed = wait_until(PATIENCE, || {
+        threads(pid) <= base_threads + 20 && fds(pid) == base_fds
     });
     assert!(
-        settled,
-        "threads {} (baseline {base_threads}), fds {} (baseline {base_fds})",
+        closed,
+        "threads {} (baseline {base_threads} + a cache of 20), fds {} (baseline {base_fds})",
         threads(pid),
         fds(pid)
     );
+    // ...and they exit once idle for --thread-cache-idle.
+    let settled = wait_until(PATIENCE, || threads(pid) == base_threads);
+    assert!(
+        settled,
+        "threads {} (baseline {base_threads}) after the cache's idle time",
+        threads(pid)
+    );
+}
+
+#[test]
+fn connections_reuse_parked_threads() {
+    let server = ServerProcess::start(&["--thread-cache", "8", "--metrics-listen", "127.0.0.1:0"]);
+    let admin = server.metrics_addr();
+    // The value of an unlabelled sample.
+    let metric = |name: &str| -> Option<f64> {
+        let (_, body) = util::http_get(admin, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let pid = server.pid();
+    // One connection at a time: after the first, each finds the thread the
+    // one before it left parked.
+    for _ in 0..10 {
+        let mut c = Client::connect(server.addr);
+        assert_eq!(c.ping(b"x"), Msg::Pong(b"x".to_vec()));
+        assert_eq!(worker_threads(pid), 1, "one thread serves the connection");
+        drop(c);
+        let parked = wait_until(PATIENCE, || {
+            metric("wheel_worker_threads_parked") == Some(1.0)
+        });
+        assert!(parked, "the finished thread did not park");
+    }
+    assert_eq!(metric("wheel_worker_threads_spawned_total"), Some(1.0));
+    assert_eq!(metric("wheel_worker_threads_reused_total"), Some(9.0));
 }
 
 #[test]

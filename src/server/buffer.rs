@@ -1,8 +1,11 @@
 //! A worker's receive buffer: bytes read from the socket and not yet decoded.
+//!
+//! It holds no memory until the first read and can give it back whenever it
+//! is empty ([`ReadBuf::release`]), so that an idle connection holds none.
 
-/// Capacity every connection starts with, and returns to after a large
-/// message. Small, because an idle connection should cost little memory.
-pub(crate) const INITIAL: usize = 4 * 1024;
+/// Capacity allocated for the first read, and returned to after a large
+/// message.
+pub(crate) const INITIAL: usize = 2048;
 
 /// Capacity above which an emptied buffer is shrunk back to [`INITIAL`].
 const RETAIN: usize = 64 * 1024;
@@ -18,11 +21,26 @@ pub(crate) struct ReadBuf {
 }
 
 impl ReadBuf {
+    /// An empty buffer, holding no memory yet.
     pub(crate) fn new() -> ReadBuf {
         ReadBuf {
-            data: vec![0; INITIAL],
+            data: Vec::new(),
             start: 0,
             end: 0,
+        }
+    }
+
+    /// Whether the buffer holds no memory (and so no bytes).
+    pub(crate) fn is_released(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Gives the memory back if no bytes are pending.
+    pub(crate) fn release(&mut self) {
+        if self.start == self.end {
+            self.data = Vec::new();
+            self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -52,7 +70,9 @@ impl ReadBuf {
     /// bytes in all) only when the unconsumed bytes fill the buffer, that is
     /// when one message is larger than the buffer.
     pub(crate) fn spare(&mut self, limit: usize) -> &mut [u8] {
-        if self.end == self.data.len() {
+        if self.data.is_empty() {
+            self.data = vec![0; INITIAL.min(limit.max(1))];
+        } else if self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
@@ -99,6 +119,22 @@ mod tests {
         assert_eq!(buf.data(), &big[..]);
         buf.consume(big.len());
         assert_eq!(buf.data.len(), INITIAL);
+    }
+
+    #[test]
+    fn holds_no_memory_until_the_first_read_nor_after_a_release() {
+        let mut buf = ReadBuf::new();
+        assert!(buf.is_released());
+        fill(&mut buf, 1 << 20, b"abc");
+        assert!(!buf.is_released());
+        buf.release();
+        assert_eq!(buf.data(), b"abc", "pending bytes are kept");
+        buf.consume(3);
+        buf.release();
+        assert!(buf.is_released());
+        assert_eq!(buf.data.capacity(), 0);
+        fill(&mut buf, 1 << 20, b"de");
+        assert_eq!(buf.data(), b"de");
     }
 
     #[test]

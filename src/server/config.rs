@@ -87,6 +87,13 @@ pub struct Config {
     pub max_connection_age_grace: Option<Duration>,
     /// Stack size of each connection's worker thread, in bytes.
     pub worker_stack: usize,
+    /// Most finished worker threads kept parked for the next connections,
+    /// instead of exiting (a new connection then costs no thread spawn).
+    /// 0: every connection starts a thread and ends it.
+    pub thread_cache: usize,
+    /// How long a parked worker thread waits for a connection before it
+    /// exits, so that an idle server gives its threads back.
+    pub thread_cache_idle: Duration,
     /// Serve `/metrics`, `/connections` and `/healthz` over HTTP here.
     pub metrics_listen: Option<SocketAddr>,
     /// Log a one-line summary at info level this often.
@@ -205,6 +212,8 @@ impl Default for Config {
             max_connection_age: None,
             max_connection_age_grace: Some(Duration::from_secs(30)),
             worker_stack: 64 * 1024,
+            thread_cache: 1024,
+            thread_cache_idle: Duration::from_secs(60),
             metrics_listen: None,
             stats_interval: Some(Duration::from_secs(60)),
             reuse_port: false,
@@ -376,6 +385,17 @@ impl Config {
             keepalive: self.keepalive,
             user_timeout: self.effective_user_timeout(),
             write_timeout: self.write_timeout,
+        }
+    }
+}
+
+impl Config {
+    /// The worker thread cache's settings.
+    pub(crate) fn thread_settings(&self) -> super::threads::Settings {
+        super::threads::Settings {
+            capacity: self.thread_cache,
+            idle: self.thread_cache_idle,
+            stack: self.worker_stack,
         }
     }
 }

@@ -30,6 +30,7 @@ use prometheus_client::registry::Registry;
 use super::admission::{ConnectRate, PerIp};
 use super::close::CloseReason;
 use super::registry::Registry as ConnRegistry;
+use super::threads::Counters;
 use super::topics::Topics;
 use crate::traffic::Kind;
 
@@ -78,6 +79,8 @@ pub(crate) struct Metrics {
     pub(crate) activity_rearms: Counter,
     /// Timers in the wheel.
     pub(crate) timers_armed: Gauge,
+    /// What the worker thread cache did.
+    pub(crate) threads: Counters,
     /// How late each tick ran after its instant.
     pub(crate) tick_lag: Histogram,
     /// HTTP connections to the operations endpoint refused with 503
@@ -291,6 +294,7 @@ impl Metrics {
             timer_events: Family::default(),
             activity_rearms: Counter::default(),
             timers_armed: Gauge::default(),
+            threads: Counters::default(),
             // 0.1 ms to about 3.3 s: how late the timer thread ran a tick.
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
@@ -389,6 +393,21 @@ impl Metrics {
             "wheel_timers_armed",
             "Timers in the wheel",
             m.timers_armed.clone(),
+        );
+        registry.register(
+            "wheel_worker_threads_spawned",
+            "Connection threads started (a connection handed to a parked thread starts none)",
+            m.threads.spawned.clone(),
+        );
+        registry.register(
+            "wheel_worker_threads_reused",
+            "Connections handed to a parked thread of the thread cache (--thread-cache)",
+            m.threads.reused.clone(),
+        );
+        registry.register(
+            "wheel_worker_threads_parked",
+            "Finished connection threads parked for the next connections",
+            m.threads.parked.clone(),
         );
         registry.register(
             "wheel_http_refused",

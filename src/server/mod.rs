@@ -4,15 +4,19 @@
 //!
 //! * `wheel-accept` accepts connections, applies socket options, registers
 //!   them and starts a worker for each (`acceptor.rs`).
-//! * `conn-<id>`, one per connection, blocks in `read`, decodes and answers
-//!   messages, and stamps activity (`worker.rs`).
+//! * `wheel-worker`, one per connection, blocks in `read`, decodes and
+//!   answers messages, and stamps activity (`worker.rs`). When its
+//!   connection ends it parks in the thread cache (`threads.rs`, up to
+//!   `thread_cache` of them) and serves the next connection, so that a
+//!   connection usually costs no thread spawn. A quiet connection's worker
+//!   waits holding no buffer.
 //! * `wheel-timer` owns the hashed timing wheel, publishes the coarse clock,
 //!   probes, drains or closes idle connections, and flushes output other
 //!   threads left queued (`timer/`).
 //!
 //! Workers and the acceptor reach the timer thread over a `crossbeam-channel`
-//! (register and deregister only; activity goes through an atomic stamp per
-//! connection). The registry of live connections (`registry.rs`) is a slab
+//! (register and deregister only, taken at the next tick; activity goes
+//! through an atomic stamp per connection). The registry of live connections (`registry.rs`) is a slab
 //! behind a `parking_lot` mutex; what the threads share is in `shared.rs`.
 //!
 //! # The outbound path
@@ -69,6 +73,7 @@ mod registry;
 mod shared;
 mod shutdown;
 mod signals;
+mod threads;
 mod timer;
 mod topics;
 mod worker;
@@ -95,7 +100,6 @@ use crate::time::TimeSource;
 use outbound::Flushes;
 use registry::Registry;
 use shared::{Frames, Shared};
-use timer::Event;
 
 /// A running server. Dropping it shuts it down as [`shutdown`] does.
 ///
@@ -166,6 +170,8 @@ impl Server {
             ttl: config.history_ttl,
         };
         let source = TimeSource::new(Instant::now(), config.tick);
+        let metrics = metrics::Metrics::new();
+        let thread_settings = config.thread_settings();
         let shared = Arc::new(Shared {
             config,
             registry: Registry::default(),
@@ -179,11 +185,12 @@ impl Server {
             topics: topics::Topics::new(retention),
             per_ip: admission::PerIp::new(config_per_ip),
             connect_rate: admission::ConnectRate::new(config_rate),
-            metrics: metrics::Metrics::new(),
+            threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            metrics,
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
         let stop_timer = |e: io::Error| {
-            let _ = shared.events.send(Event::Stop);
+            timer::stop(&shared, timer.thread());
             e
         };
         let endpoint = match shared.config.metrics_listen {
@@ -325,6 +332,8 @@ pub(crate) mod test_support {
     pub(crate) fn shared(config: Config) -> (Arc<Shared>, TcpListener) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (events, _) = crossbeam_channel::unbounded();
+        let metrics = metrics::Metrics::new();
+        let thread_settings = config.thread_settings();
         let shared = Arc::new(Shared {
             config,
             registry: Registry::default(),
@@ -341,7 +350,8 @@ pub(crate) mod test_support {
             }),
             per_ip: admission::PerIp::new(None),
             connect_rate: admission::ConnectRate::new(None),
-            metrics: metrics::Metrics::new(),
+            threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            metrics,
         });
         (shared, listener)
     }

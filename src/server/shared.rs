@@ -15,6 +15,7 @@ use super::handler::Handler;
 use super::metrics::Metrics;
 use super::outbound::Flushes;
 use super::registry::Registry;
+use super::threads::ThreadCache;
 use super::timer::Event;
 use super::topics::Topics;
 use crate::activity::Clock;
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) connect_rate: ConnectRate,
     /// Everything counted.
     pub(crate) metrics: Metrics,
+    /// Worker threads parked for the next connections.
+    pub(crate) threads: ThreadCache,
 }
 
 /// The messages the server sends most, encoded once for each protocol: the

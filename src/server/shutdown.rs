@@ -13,7 +13,7 @@ use super::close::CloseRequest;
 use super::http;
 use super::outbound::DrainRefused;
 use super::shared::Shared;
-use super::timer::Event;
+use super::timer;
 use crate::sys;
 use crate::traffic::Kind;
 
@@ -38,8 +38,10 @@ pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
     } = threads;
     stop_accepting(shared, acceptor);
     let clean = drain(shared);
-    let _ = shared.events.send(Event::Stop);
+    timer::stop(shared, timer.thread());
     let _ = timer.join();
+    // Every connection is gone: the parked threads exit.
+    shared.threads.close();
     // Last, so that /healthz answers 503 for the whole drain.
     if let Some(mut endpoint) = endpoint {
         endpoint.stop();

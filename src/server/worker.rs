@@ -30,6 +30,7 @@ use super::proxy;
 use super::shared::{Shared, close_frame};
 use super::timer::Event;
 use crate::protocol::{Decoder, Message};
+use crate::sys;
 use crate::traffic::{Kind, Tally};
 
 /// How long a closing worker keeps reading (and discarding) after its CLOSE,
@@ -40,6 +41,12 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// At most this many bytes are discarded while lingering.
 const LINGER_BYTES: usize = 64 * 1024;
+
+/// A connection whose next bytes took at least this many clock ticks to
+/// come is quiet: it waits for the following ones holding no buffer (see
+/// [`ReadBuf::release`]). A busy one keeps its buffers and reads straight
+/// into them, one system call per read.
+const QUIET_TICKS: u64 = 2;
 
 /// Output buffer capacity kept between writes.
 const RETAIN_OUTPUT: usize = 64 * 1024;
@@ -56,11 +63,10 @@ pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
         shared: Arc::clone(shared),
         conn,
     };
-    std::thread::Builder::new()
-        .name(format!("conn-{}", worker.conn.id))
-        .stack_size(shared.config.worker_stack)
-        .spawn(move || worker.run())
-        .map(drop)
+    // A parked thread may run it: the name is not the connection's.
+    shared
+        .threads
+        .run(|| "wheel-worker".into(), Box::new(move || worker.run()))
 }
 
 /// One connection's worker: its buffers, counts and policies.
@@ -121,44 +127,9 @@ impl Worker {
         let handler = Arc::clone(&self.shared.handler);
         let mut opened = false;
         let reason = catch_unwind(AssertUnwindSafe(|| {
-            if self.shared.config.proxy_protocol {
-                if let Err(reason) = self.read_proxy_header() {
-                    return reason;
-                }
-                // Only now is the real client's address known.
-                let shared = &self.shared;
-                let admitted = admission::admit_address(
-                    &shared.connect_rate,
-                    &shared.per_ip,
-                    &shared.metrics.rate_untracked,
-                    self.conn.peer().ip(),
-                );
-                match admitted {
-                    Ok(key) => {
-                        if let Some(key) = key {
-                            let _ = self.conn.ip_key.set(key);
-                        }
-                    }
-                    Err(refused) => {
-                        shared
-                            .metrics
-                            .rejected
-                            .get_or_create(&[("reason", refused.label())])
-                            .inc();
-                        return match refused {
-                            Refused::Rate => CloseReason::PerIpRate,
-                            Refused::Limit => CloseReason::PerIpLimit,
-                        };
-                    }
-                }
-            }
-            let identity = if handler.requires_auth() {
-                match self.authenticate_first() {
-                    Ok(identity) => Some(identity),
-                    Err(reason) => return reason,
-                }
-            } else {
-                None
+            let identity = match self.admit() {
+                Ok(identity) => identity,
+                Err(reason) => return reason,
             };
             opened = true;
             handler.on_open(id, self.conn.peer());
@@ -172,38 +143,90 @@ impl Worker {
         .unwrap_or(CloseReason::HandlerPanic);
         self.finish(&reason);
         deregister.reason = reason.label();
+        self.closed(&reason, opened);
+    }
+
+    /// Logs the close and tells the handler (if it saw the open). Out of
+    /// line: its frame stays off the stack pages an idle connection touches.
+    #[inline(never)]
+    fn closed(&self, reason: &CloseReason, opened: bool) {
+        let id = self.conn.id;
         let lifetime = self.conn.opened.elapsed();
         let peer = self.conn.peer();
         // The authenticated subject, `-` if none.
-        let sub = self
-            .conn
-            .identity
-            .lock()
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |i| i.sub.clone());
+        let sub = || {
+            self.conn
+                .identity
+                .lock()
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |i| i.sub.clone())
+        };
         match reason {
             CloseReason::HandlerPanic => {
-                warn!(conn = %id, %peer, %sub, ?lifetime, %reason, "connection closed")
+                warn!(conn = %id, %peer, sub = %sub(), ?lifetime, %reason, "connection closed")
             }
             CloseReason::BadProxyHeader(_) => {
                 warn!(conn = %id, %peer, reason = reason.label(), "rejected connection: {reason}")
             }
             CloseReason::SlowConsumer => {
-                info!(conn = %id, %peer, %sub, ?lifetime, reason = reason.label(), "connection closed: {reason}")
+                info!(conn = %id, %peer, sub = %sub(), ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
             _ => {
-                debug!(conn = %id, %peer, %sub, ?lifetime, reason = reason.label(), "connection closed: {reason}")
+                debug!(conn = %id, %peer, sub = %sub(), ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
         }
-        if opened && catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, &reason))).is_err()
+        let handler = &self.shared.handler;
+        if opened && catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, reason))).is_err()
         {
             warn!(conn = %id, "handler panicked in on_close");
+        }
+    }
+
+    /// Everything before the connection is opened to the handler: the
+    /// PROXY header and the per-address limits on its address, then the
+    /// authentication message. Out of line, as it runs once.
+    #[inline(never)]
+    fn admit(&mut self) -> Result<Option<Identity>, CloseReason> {
+        if self.shared.config.proxy_protocol {
+            self.read_proxy_header()?;
+            // Only now is the real client's address known.
+            let shared = &self.shared;
+            let admitted = admission::admit_address(
+                &shared.connect_rate,
+                &shared.per_ip,
+                &shared.metrics.rate_untracked,
+                self.conn.peer().ip(),
+            );
+            match admitted {
+                Ok(key) => {
+                    if let Some(key) = key {
+                        let _ = self.conn.ip_key.set(key);
+                    }
+                }
+                Err(refused) => {
+                    shared
+                        .metrics
+                        .rejected
+                        .get_or_create(&[("reason", refused.label())])
+                        .inc();
+                    return Err(match refused {
+                        Refused::Rate => CloseReason::PerIpRate,
+                        Refused::Limit => CloseReason::PerIpLimit,
+                    });
+                }
+            }
+        }
+        if self.shared.handler.requires_auth() {
+            self.authenticate_first().map(Some)
+        } else {
+            Ok(None)
         }
     }
 
     /// Reads the PROXY protocol header that must open the connection and
     /// records the client address it names. Bytes after it stay in the input
     /// buffer as the first protocol data.
+    #[inline(never)]
     fn read_proxy_header(&mut self) -> Result<(), CloseReason> {
         let timeout = self.shared.config.handshake_timeout;
         let deadline = self.conn.opened + timeout;
@@ -248,6 +271,7 @@ impl Worker {
     /// Reads the connection's first message, which must be `AUTH
     /// <credentials>`, within the handshake deadline (counted from the
     /// accept), and has the handler check it.
+    #[inline(never)]
     fn authenticate_first(&mut self) -> Result<Identity, CloseReason> {
         let timeout = self.shared.config.handshake_timeout;
         let deadline = self.conn.opened + timeout;
@@ -287,6 +311,7 @@ impl Worker {
     /// accept, so a peer dribbling bytes cannot stretch it): fills the input
     /// buffer, or says why the connection ends (`timed_out` at the
     /// deadline).
+    #[inline(never)]
     fn handshake_read(
         &mut self,
         deadline: Instant,
@@ -332,6 +357,7 @@ impl Worker {
 
     /// Records the connection's identity, tells the timer when it expires,
     /// answers `OK AUTH <sub> <exp>`, and lets the handler know.
+    #[inline(never)]
     fn admit_identity(&mut self, identity: &Identity) -> Result<(), CloseReason> {
         record_identity(
             &self.shared,
@@ -371,6 +397,16 @@ impl Worker {
             return reason;
         }
         loop {
+            let waited_from = self.shared.clock.now();
+            if self.input.is_released() {
+                // A quiet connection waits without a buffer; the read below
+                // then finds the bytes (or the end) at once.
+                match sys::wait_readable(self.conn.stream()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return self.requested_or(self.read_error(&e)),
+                }
+            }
             let read = self.conn.stream().read(self.input.spare(limit));
             match read {
                 Ok(0) => return self.requested_or(CloseReason::PeerClosed),
@@ -380,6 +416,12 @@ impl Worker {
             }
             if let Err(reason) = self.answer_buffered() {
                 return reason;
+            }
+            // Quiet: the bytes took more than a tick to come. Nothing is
+            // pending, so give the buffers back until the next ones.
+            if self.shared.clock.now() >= waited_from + QUIET_TICKS {
+                self.input.release();
+                self.output = Vec::new();
             }
         }
     }
@@ -475,6 +517,7 @@ impl Worker {
     /// Sends the CLOSE for `reason` (unless the connection already carries
     /// a CLOSE or cannot carry one) after everything queued, then takes the
     /// socket down.
+    #[inline(never)]
     fn finish(&mut self, reason: &CloseReason) {
         let conn = Arc::clone(&self.conn);
         let close = close_frame(conn.protocol, reason);
@@ -499,6 +542,7 @@ impl Worker {
     /// Reads and discards until the peer's FIN, for at most [`LINGER`] and
     /// [`LINGER_BYTES`]. Returns at once when the peer has already closed
     /// its side (a drained client that half-closed).
+    #[inline(never)]
     fn linger(&mut self) {
         let deadline = Instant::now() + LINGER;
         let mut discarded = 0;
@@ -649,3 +693,4 @@ fn refresh(
         }
     }
 }
+

@@ -363,14 +363,15 @@ pub fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
-/// Connection worker threads (named `conn-<id>`) of a process, from /proc.
+/// Connection worker threads (named `wheel-worker`), serving or parked, of
+/// a process, from /proc.
 pub fn worker_threads(pid: u32) -> usize {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("conn-"))
+        .filter(|name| name.trim_end() == "wheel-worker")
         .count()
 }
 

@@ -15,6 +15,13 @@
 //! operation per idle timeout, however many messages it carries, and the
 //! channel carries only register and deregister events.
 //!
+//! Nor does an event wake the timer thread: it sleeps until its next tick
+//! and takes the events that arrived meanwhile before ticking, so a
+//! connection's open and close cost no context switch to it. (An event
+//! waits at most one tick, and nothing is decided on a connection before its
+//! Register is taken: a stamp is read only when its timer fires.) Only
+//! [`Event::Stop`] wakes it, by unparking it.
+//!
 //! # Precision
 //!
 //! A connection is not closed before it has been idle for the timeout, and
@@ -38,7 +45,7 @@ pub(crate) mod schedule;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use prometheus_client::metrics::counter::Counter;
 use tracing::{debug, info, trace};
 
@@ -51,6 +58,9 @@ use crate::activity::Clock;
 use crate::time::TimeSource;
 use crate::wheel::{TimerKey, Wheel};
 use schedule::{Entry, Jumps, Schedule, Step};
+
+/// Most events taken between two checks of the clock.
+const EVENTS_PER_WAKE: usize = 4096;
 
 /// How often (in ticks) topics whose history expired and that nobody
 /// subscribes to are forgotten.
@@ -75,7 +85,8 @@ pub(crate) enum Event {
         /// When its credentials expire.
         at: Instant,
     },
-    /// The server is shutting down.
+    /// The server is shutting down. Whoever sends it unparks the timer
+    /// thread ([`stop`]).
     Stop,
 }
 
@@ -87,6 +98,13 @@ struct Tracked {
     timer: Option<TimerKey>,
     /// Its place in the schedule.
     entry: Entry,
+}
+
+/// Stops the timer thread: queues [`Event::Stop`] after every event sent
+/// so far, and wakes the thread, which otherwise sleeps until its next tick.
+pub(crate) fn stop(shared: &Shared, timer: &std::thread::Thread) {
+    let _ = shared.events.send(Event::Stop);
+    timer.unpark();
 }
 
 /// Spawns the timer thread.
@@ -205,18 +223,25 @@ impl Timer {
 
     fn run(mut self, events: Receiver<Event>) {
         loop {
-            let next_tick = self.source.instant_of(self.published + 1);
-            // Ticks come first: a flood of events must not starve expiry.
-            if Instant::now() >= next_tick {
-                self.tick(Instant::now());
-                continue;
+            // Bounded, so that a flood of events cannot starve expiry.
+            let mut taken = 0;
+            while taken < EVENTS_PER_WAKE {
+                match events.try_recv() {
+                    Ok(Event::Register { id, activity }) => self.register(id, activity),
+                    Ok(Event::Deregister(id)) => self.deregister(id),
+                    Ok(Event::Expires { id, at }) => self.expires(id, at),
+                    Ok(Event::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => break,
+                }
+                taken += 1;
             }
-            match events.recv_deadline(next_tick) {
-                Ok(Event::Register { id, activity }) => self.register(id, activity),
-                Ok(Event::Deregister(id)) => self.deregister(id),
-                Ok(Event::Expires { id, at }) => self.expires(id, at),
-                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {}
+            let next_tick = self.source.instant_of(self.published + 1);
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick(now);
+            } else if taken < EVENTS_PER_WAKE {
+                // Woken early only by Stop (or spuriously).
+                std::thread::park_timeout(next_tick - now);
             }
         }
     }

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Thread per connection against tokio, in one sitting: runs wheel-server and
+# the tokio peer (examples/tokio-peer.rs) through the same loadgen modes and
+# prints the table of BENCHMARKS.md ("Thread per connection against tokio").
+#
+#   scripts/compare.sh                 # everything, about 5 minutes
+#   scripts/compare.sh idle churn      # some figures only
+#   WHEEL_ARGS="--thread-cache 0" scripts/compare.sh churn   # extra server flags
+#
+# Figures: idle (RSS and CPU at 15,000 idle connections, a PING each every
+# 20 s), ping (p99 at 20,000 PINGs/s over 1,000 connections), echo1 (64 B,
+# 100 connections, 1 in flight), echo8 (1,000 connections, 8 in flight),
+# churn (connect + PING + close cycles/s, 16 loops), storm (15,000 clients
+# at once, cold and warm), burst (10,000 connections expiring in one tick).
+# Raw JSON lines go to target/compare/. Each server is started fresh for each
+# figure, on loopback ports 5105 and 5106.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+figures=("$@")
+[ ${#figures[@]} -gt 0 ] || figures=(idle ping echo1 echo8 churn storm burst)
+out=target/compare
+mkdir -p "$out"
+ulimit -n 20000
+
+cargo build --release --quiet --bin wheel-server --example loadgen --example tokio-peer
+wheel=target/release/wheel-server
+peer=target/release/examples/tokio-peer
+loadgen=target/release/examples/loadgen
+
+server_pid=
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    fi
+}
+trap stop_server EXIT
+
+# start_server wheel|tokio IDLE_TIMEOUT: starts one fresh, waits until it
+# accepts, sets $server_pid and $addr.
+start_server() {
+    local which=$1 idle=$2
+    if [ "$which" = wheel ]; then
+        addr=127.0.0.1:5105
+        # shellcheck disable=SC2086
+        "$wheel" -q --listen "$addr" --max-connections 20000 --idle-timeout "$idle" \
+            --stats-interval 0s ${WHEEL_ARGS:-} &
+    else
+        addr=127.0.0.1:5106
+        "$peer" --listen "$addr" --idle-timeout "$idle" 2>/dev/null &
+    fi
+    server_pid=$!
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
+            return
+        fi
+        sleep 0.05
+    done
+    echo "compare: $which did not start" >&2
+    exit 1
+}
+
+# run FIGURE SERVER IDLE LOADGEN-ARGS...: one figure against one server;
+# prints the JSON line and keeps it in target/compare/FIGURE-SERVER.json.
+run() {
+    local figure=$1 which=$2 idle=$3
+    shift 3
+    start_server "$which" "$idle"
+    local args=("$@")
+    for i in "${!args[@]}"; do
+        [ "${args[$i]}" = PID ] && args[$i]=$server_pid
+    done
+    "$loadgen" "${args[0]}" --addr "$addr" "${args[@]:1}" 2>/dev/null >"$out/$figure-$which.json"
+    stop_server
+    sleep 1
+}
+
+field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, d))" "$@"; }
+row() {
+    local name=$1 figure=$2 expr=$3 unit=$4
+    local w t
+    w=$(field "$out/$figure-wheel.json" "$expr")
+    t=$(field "$out/$figure-tokio.json" "$expr")
+    python3 -c "import sys; w, t = float(sys.argv[1]), float(sys.argv[2]); print(f'| {sys.argv[3]} | {w:,.2f} {sys.argv[4]} | {t:,.2f} {sys.argv[4]} | {w / t:.2f}x |')" \
+        "$w" "$t" "$name" "$unit"
+}
+
+for figure in "${figures[@]}"; do
+    for which in wheel tokio; do
+        echo "compare: $figure against $which" >&2
+        case $figure in
+            idle) run idle $which 60s idle -n 15000 --pid PID --ping-every 20s --measure 20s ;;
+            ping) run ping $which 60s ping -n 1000 --rate 20000 --duration 10s ;;
+            echo1) run echo1 $which 60s echo -n 100 --in-flight 1 --duration 10s ;;
+            echo8) run echo8 $which 60s echo -n 1000 --in-flight 8 --duration 10s ;;
+            churn) run churn $which 60s churn -n 16 --duration 10s --pid PID ;;
+            storm) run storm $which 60s storm -n 15000 --connect-concurrency 15000 --pid PID ;;
+            burst) run burst $which 5s expiry -n 10000 --idle-timeout 5s ;;
+            *) echo "compare: unknown figure $figure" >&2; exit 2 ;;
+        esac
+    done
+done
+
+echo "| figure | wheel-server | tokio peer | ratio |"
+echo "|---|---|---|---|"
+for figure in "${figures[@]}"; do
+    case $figure in
+        idle)
+            row "RSS per idle connection, 15,000" idle 'server["rss_per_connection_kib"]' KiB
+            row "CPU, 15,000 idle, a PING each every 20 s" idle 'server["idle_cpu_percent"]' % ;;
+        ping) row "PING p99 at 20,000/s over 1,000" ping 'rtt_ms["p99"]' ms ;;
+        echo1) row "echo 64 B, 100 x 1 in flight" echo1 'msgs_per_sec / 1000' k/s ;;
+        echo8) row "echo 64 B, 1,000 x 8 in flight" echo8 'msgs_per_sec / 1000' k/s ;;
+        churn)
+            row "connect + PING + close" churn 'cycles_per_sec / 1000' k/s
+            row "server CPU per connect + PING + close" churn 'server["cpu_us_per_cycle"]' us ;;
+        storm)
+            row "storm of 15,000, cold: last PONG" storm 'cold_ms' ms
+            row "storm of 15,000, warm: last PONG" storm 'warm_ms' ms ;;
+        burst)
+            row "10,000 expiring in one tick: last CLOSE after T" burst 'close_after_timeout_ms["max"]' ms
+            row "10,000 expiring in one tick: p50 after T" burst 'close_after_timeout_ms["p50"]' ms ;;
+    esac
+done

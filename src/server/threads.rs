@@ -1,0 +1,357 @@
+//! The worker thread cache: finished workers park here and take the next
+//! connection, so that a connection's life costs no thread spawn and no
+//! teardown (MySQL's `thread_cache_size`, Apache's worker MPM).
+//!
+//! There is still one thread per live connection. Parked threads wait on
+//! a stack: a new connection goes to the thread that parked last (its stack
+//! and caches are warm), so under steady churn the same few threads serve
+//! and the ones at the bottom stay untouched. When no thread is parked, the
+//! accept thread spawns one as before; it never waits for a thread. A
+//! thread whose connection ends parks if fewer than the capacity are parked,
+//! and exits otherwise. A parked thread that gets no connection for the
+//! cache's idle time exits too, so an idle server gives its threads back;
+//! [`ThreadCache::close`] (at shutdown) makes them all exit at once.
+//!
+//! ```text
+//!   accept ──pop──▶ parked thread ──run──▶ finished ──push (if room)──┐
+//!     │ (none parked)    ▲                    │ (cache full)          │
+//!     └──spawn──▶ new thread                  └──▶ exit               │
+//!                        └──────────── next connection ◀──────────────┘
+//! ```
+//!
+//! The hand-over is a mutex-guarded slot and `Thread::unpark`: one futex
+//! wake, no spinning or yielding on either side.
+
+use std::io;
+use std::mem;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// What a thread runs for one connection.
+pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The cache's settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    /// Most threads parked at once; 0 turns the cache off.
+    pub(crate) capacity: usize,
+    /// How long a parked thread waits for a connection before it exits.
+    pub(crate) idle: Duration,
+    /// Stack size of the threads it starts.
+    pub(crate) stack: usize,
+}
+
+/// Counts of what the cache did, for the metrics.
+#[derive(Clone, Default)]
+pub(crate) struct Counters {
+    /// Threads started.
+    pub(crate) spawned: Counter,
+    /// Connections handed to a parked thread.
+    pub(crate) reused: Counter,
+    /// Threads parked now.
+    pub(crate) parked: Gauge,
+}
+
+/// A bounded cache of parked worker threads.
+#[derive(Clone)]
+pub(crate) struct ThreadCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    /// The parked threads, the most recently parked last.
+    parked: Mutex<Vec<Arc<Parked>>>,
+    /// Set by [`ThreadCache::close`]: finished threads exit.
+    closed: AtomicBool,
+    counters: Counters,
+}
+
+/// One parked thread: where its next job is left, and how to wake it.
+struct Parked {
+    slot: Mutex<Slot>,
+    thread: Thread,
+}
+
+/// What a parked thread finds when it wakes.
+enum Slot {
+    /// Nothing yet (or a spurious wake-up).
+    Empty,
+    /// Its next connection.
+    Job(Job),
+    /// The cache closed: exit.
+    Exit,
+}
+
+impl Parked {
+    /// Leaves `slot` for the thread and wakes it.
+    fn hand(&self, slot: Slot) {
+        *self.slot.lock() = slot;
+        self.thread.unpark();
+    }
+
+    /// Takes what was left, if anything.
+    fn take(&self) -> Slot {
+        mem::replace(&mut *self.slot.lock(), Slot::Empty)
+    }
+}
+
+impl ThreadCache {
+    pub(crate) fn new(settings: Settings, counters: Counters) -> ThreadCache {
+        ThreadCache {
+            inner: Arc::new(Inner {
+                settings,
+                parked: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+                counters,
+            }),
+        }
+    }
+
+    /// Runs `job` on the most recently parked thread, or on a new one named
+    /// `name` if none is parked.
+    ///
+    /// # Errors
+    ///
+    /// When no thread could be started (the process's or the machine's
+    /// limits); `job` is dropped.
+    pub(crate) fn run(&self, name: impl FnOnce() -> String, job: Job) -> io::Result<()> {
+        let parked = self.inner.parked.lock().pop();
+        if let Some(parked) = parked {
+            self.inner.counters.parked.dec();
+            self.inner.counters.reused.inc();
+            parked.hand(Slot::Job(job));
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        std::thread::Builder::new()
+            .name(name())
+            .stack_size(self.inner.settings.stack)
+            .spawn(move || inner.serve(job))?;
+        self.inner.counters.spawned.inc();
+        Ok(())
+    }
+
+    /// Threads parked now.
+    #[cfg(test)]
+    pub(crate) fn parked(&self) -> usize {
+        self.inner.parked.lock().len()
+    }
+
+    /// Makes every parked thread exit, and every thread that finishes from
+    /// now on exit instead of parking.
+    pub(crate) fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let parked = mem::take(&mut *self.inner.parked.lock());
+        self.inner.counters.parked.dec_by(parked.len() as i64);
+        for thread in parked {
+            thread.hand(Slot::Exit);
+        }
+    }
+}
+
+impl Inner {
+    /// A thread's life: its first job, then each one a parked wait brings.
+    fn serve(&self, first: Job) {
+        let me = Arc::new(Parked {
+            slot: Mutex::new(Slot::Empty),
+            thread: std::thread::current(),
+        });
+        let mut job = first;
+        loop {
+            job();
+            match self.park(&me) {
+                Some(next) => job = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Waits for the next job if the cache has room; `None`: exit.
+    fn park(&self, me: &Arc<Parked>) -> Option<Job> {
+        {
+            let mut parked = self.parked.lock();
+            // Checked under the lock `close` empties the stack under.
+            if parked.len() >= self.settings.capacity || self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            parked.push(Arc::clone(me));
+        }
+        self.counters.parked.inc();
+        let deadline = Instant::now() + self.settings.idle;
+        loop {
+            match me.take() {
+                Slot::Job(job) => return Some(job),
+                Slot::Exit => return None,
+                Slot::Empty => {}
+            }
+            let now = Instant::now();
+            if now < deadline {
+                std::thread::park_timeout(deadline - now);
+                continue;
+            }
+            // Idle too long: leave, unless a job or an exit is on its way.
+            let mut parked = self.parked.lock();
+            if let Some(at) = parked.iter().position(|p| Arc::ptr_eq(p, me)) {
+                parked.remove(at);
+                drop(parked);
+                self.counters.parked.dec();
+                return None;
+            }
+            drop(parked);
+            loop {
+                match me.take() {
+                    Slot::Job(job) => return Some(job),
+                    Slot::Exit => return None,
+                    Slot::Empty => std::thread::park(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{Sender, unbounded};
+
+    fn cache(capacity: usize, idle: Duration) -> ThreadCache {
+        ThreadCache::new(
+            Settings {
+                capacity,
+                idle,
+                stack: 64 * 1024,
+            },
+            Counters::default(),
+        )
+    }
+
+    /// Waits until `cond` holds, for at most 5 s.
+    fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        cond()
+    }
+
+    /// Runs a job that reports the id of the thread it ran on.
+    fn run_reporting(cache: &ThreadCache, tx: &Sender<std::thread::ThreadId>) {
+        let tx = tx.clone();
+        cache
+            .run(
+                || "test".into(),
+                Box::new(move || tx.send(std::thread::current().id()).unwrap()),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_finished_thread_takes_the_next_job() {
+        let cache = cache(4, Duration::from_secs(10));
+        let (tx, rx) = unbounded();
+        run_reporting(&cache, &tx);
+        let first = rx.recv().unwrap();
+        assert!(wait_until(|| cache.parked() == 1));
+        run_reporting(&cache, &tx);
+        assert_eq!(rx.recv().unwrap(), first, "ran on the parked thread");
+        assert_eq!(cache.inner.counters.spawned.get(), 1);
+        assert_eq!(cache.inner.counters.reused.get(), 1);
+        cache.close();
+    }
+
+    #[test]
+    fn no_more_than_the_capacity_park() {
+        let cache = cache(2, Duration::from_secs(10));
+        let (tx, rx) = unbounded();
+        let gate = Arc::new(std::sync::Barrier::new(6));
+        // Five jobs at once: five threads, of which two park.
+        for _ in 0..5 {
+            let gate = Arc::clone(&gate);
+            cache
+                .run(|| "test".into(), Box::new(move || drop(gate.wait())))
+                .unwrap();
+        }
+        gate.wait();
+        assert!(wait_until(|| cache.parked() == 2));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(cache.parked(), 2, "the rest exited");
+        assert_eq!(cache.inner.counters.spawned.get(), 5);
+        run_reporting(&cache, &tx);
+        rx.recv().unwrap();
+        assert_eq!(cache.inner.counters.reused.get(), 1);
+        cache.close();
+    }
+
+    thread_local! {
+        /// Dropped when the thread exits.
+        static ON_EXIT: std::cell::RefCell<Option<Sender<()>>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Runs `n` jobs that each leave a sender of the returned channel in
+    /// their thread's locals: the channel disconnects once all those
+    /// threads have exited.
+    fn run_marked(cache: &ThreadCache, n: usize) -> crossbeam_channel::Receiver<()> {
+        let (exit_tx, exit_rx) = unbounded();
+        let (ran_tx, ran_rx) = unbounded();
+        for _ in 0..n {
+            let (exit_tx, ran_tx) = (exit_tx.clone(), ran_tx.clone());
+            let job = move || {
+                ON_EXIT.with(|slot| *slot.borrow_mut() = Some(exit_tx));
+                ran_tx.send(()).unwrap();
+            };
+            cache.run(|| "test".into(), Box::new(job)).unwrap();
+        }
+        for _ in 0..n {
+            ran_rx.recv().unwrap();
+        }
+        exit_rx
+    }
+
+    #[test]
+    fn close_ends_the_parked_threads() {
+        let cache = cache(4, Duration::from_secs(60));
+        let exited = run_marked(&cache, 3);
+        assert!(wait_until(|| cache.parked() == 3));
+        cache.close();
+        assert_eq!(
+            exited.recv_timeout(Duration::from_secs(5)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected),
+            "a thread still runs after close"
+        );
+    }
+
+    #[test]
+    fn idle_parked_threads_exit() {
+        let cache = cache(4, Duration::from_millis(50));
+        let exited = run_marked(&cache, 2);
+        assert_eq!(
+            exited.recv_timeout(Duration::from_secs(5)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected),
+            "a thread still runs after its idle time"
+        );
+        assert_eq!(cache.parked(), 0);
+        assert_eq!(cache.inner.counters.parked.get(), 0);
+    }
+
+    #[test]
+    fn a_zero_capacity_cache_spawns_every_time() {
+        let cache = cache(0, Duration::from_secs(10));
+        let (tx, rx) = unbounded();
+        for _ in 0..3 {
+            run_reporting(&cache, &tx);
+            rx.recv().unwrap();
+        }
+        assert_eq!(cache.inner.counters.spawned.get(), 3);
+        assert_eq!(cache.parked(), 0);
+    }
+}
