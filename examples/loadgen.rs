@@ -942,7 +942,11 @@ async fn cycle(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-async fn churn(common: Common, duration: Duration, pid: Option<u32>) -> io::Result<serde_json::Value> {
+async fn churn(
+    common: Common,
+    duration: Duration,
+    pid: Option<u32>,
+) -> io::Result<serde_json::Value> {
     let before = pid.map(proc_stat).transpose()?;
     let start = Instant::now();
     let end = start + duration;
@@ -1007,7 +1011,9 @@ async fn storm_once(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize, Durat
                 let mut conn = Conn::new(r);
                 match conn.next().await? {
                     Some(Msg::Pong(_)) => {}
-                    other => return Err(io::Error::other(format!("expected a PONG, got {other:?}"))),
+                    other => {
+                        return Err(io::Error::other(format!("expected a PONG, got {other:?}")));
+                    }
                 }
                 let at = start.elapsed();
                 Ok::<_, io::Error>((conn.half.reunite(w).expect("halves of one stream"), at))

@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-
 /// The four message kinds, for per-kind traffic counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

@@ -278,7 +278,12 @@ mod tests {
         for _ in 0..5 {
             let gate = Arc::clone(&gate);
             cache
-                .run(|| "test".into(), Box::new(move || drop(gate.wait())))
+                .run(
+                    || "test".into(),
+                    Box::new(move || {
+                        gate.wait();
+                    }),
+                )
                 .unwrap();
         }
         gate.wait();
