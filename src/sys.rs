@@ -109,6 +109,18 @@ pub(crate) fn wait_readable(stream: &TcpStream) -> io::Result<()> {
     SockRef::from(stream).peek(&mut byte).map(drop)
 }
 
+/// Whether `stream` has bytes waiting to be read (or cannot tell: an
+/// error counts as yes, so that the caller takes the cautious path).
+pub(crate) fn has_unread(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    match SockRef::from(stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        // The end of the stream: nothing to answer.
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
 /// Sends without blocking; returns how many bytes the kernel took.
 pub(crate) fn send_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)

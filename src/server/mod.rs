@@ -45,7 +45,11 @@
 //!
 //! An immediate request records its reason and calls `shutdown(SHUT_RD)`,
 //! which wakes the worker's blocked `read` after the bytes already
-//! received; the worker answers them, writes the CLOSE and hangs up. A
+//! received; the worker answers them, writes the CLOSE and hangs up. An
+//! expiry whose worker waits with nothing to answer is quicker: the timer
+//! writes the CLOSE itself, so that ten thousand connections expiring in
+//! one tick all have theirs on the wire within that tick, and their workers
+//! wake as their peers hang up (or at the next tick). A
 //! drain queues CLOSE 1001 and leaves the worker answering until the client
 //! half-closes, or until a grace period ends and the drain is forced as
 //! above (`shutdown.rs` for the server's shutdown). Either way everything

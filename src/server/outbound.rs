@@ -122,6 +122,19 @@ pub(crate) enum Flushed {
     Stalled,
 }
 
+/// What [`Outbound::expire`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// The CLOSE is written (or queued): the worker has nothing to add,
+    /// and the peer's answering hang-up will wake it.
+    Sent,
+    /// The worker has input to answer first: it must be woken to send the
+    /// CLOSE itself.
+    Requested,
+    /// A close was already under way.
+    Closing,
+}
+
 /// One connection's outbound path (see the module docs).
 pub(crate) struct Outbound {
     /// The connection's socket. Its worker reads it without any lock;
@@ -147,6 +160,11 @@ struct State {
     /// The worker is writing outside the lock: the next bytes on the wire
     /// are its, so others only queue.
     worker_mid_batch: bool,
+    /// The worker holds bytes it read and has not answered yet (or has not
+    /// reached its first wait): a final CLOSE must then come from it, after
+    /// its answers. False only while it waits for input with nothing
+    /// pending.
+    worker_busy: bool,
     /// Bytes the worker took from the queue and is writing.
     taken: usize,
     /// The length of the CLOSE queued or written on this connection, once
@@ -267,6 +285,7 @@ impl Outbound {
                 close: CloseState::Open,
                 queue: Queue::default(),
                 worker_mid_batch: false,
+                worker_busy: true,
                 taken: 0,
                 close_sent: None,
                 broken: false,
@@ -365,6 +384,55 @@ impl Outbound {
         drop(st);
         sys::wake_reader(&self.stream);
         true
+    }
+
+    /// The timer's close of an expired connection (idle timeout, token
+    /// expiry). The caller wakes the worker afterwards with
+    /// [`wake`](Outbound::wake), so that it can first expire every
+    /// connection of the tick. When the worker waits with nothing read and
+    /// unanswered and nothing is unread on the socket, `close` is sent here
+    /// and now, on the outbound path ([`Expired::Sent`]); otherwise the
+    /// worker answers what it has and sends the CLOSE itself when woken, as
+    /// for any immediate request ([`Expired::Requested`]).
+    pub(crate) fn expire(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        request: CloseRequest,
+        close: &[u8],
+    ) -> Expired {
+        debug_assert!(!request.drains(), "{request:?} drains: use Outbound::drain");
+        let mut st = self.state.lock();
+        if st.close != CloseState::Open {
+            return Expired::Closing;
+        }
+        st.close = CloseState::Requested(request);
+        if st.worker_busy || st.broken || st.close_sent.is_some() || sys::has_unread(&self.stream) {
+            return Expired::Requested;
+        }
+        st.close_sent = Some(close.len());
+        if self.enqueue(&mut st, close).is_some() {
+            self.list_if_pending(id, flushes, &mut st);
+        }
+        Expired::Sent
+    }
+
+    /// The worker read bytes: marks it busy with them, so that a close
+    /// asked for from now on waits for its answers. False if a final CLOSE
+    /// already went out ([`expire`](Outbound::expire)): the bytes came
+    /// after it and must be dropped unanswered.
+    pub(crate) fn begin_read(&self) -> bool {
+        let mut st = self.state.lock();
+        let closed =
+            st.close_sent.is_some() && st.close.request().is_some_and(|request| !request.drains());
+        st.worker_busy = !closed;
+        !closed
+    }
+
+    /// The worker has answered everything it read and is about to wait for
+    /// more.
+    pub(crate) fn end_read(&self) {
+        self.state.lock().worker_busy = false;
     }
 
     /// Wakes a worker blocked in `read` without recording a request: it
@@ -607,6 +675,7 @@ mod tests {
     use crate::server::Config;
     use crate::server::conn::Conn;
     use crate::server::test_support::{pair, shared};
+    use std::io::Read;
     use std::net::TcpStream;
     use std::sync::{Arc, Barrier};
 
@@ -655,6 +724,88 @@ mod tests {
     /// The race of the old design: a drain that met the write lock held by
     /// a probe left its CLOSE to a worker blocked in `read`. Now the drain
     /// waits for the lock (held only across non-blocking sends) and sends.
+    fn close_4000() -> Vec<u8> {
+        encode(Message::Close {
+            code: code::IDLE_TIMEOUT,
+            reason: "idle timeout",
+        })
+    }
+
+    #[test]
+    fn an_expiry_of_a_waiting_worker_sends_the_close_itself() {
+        let (shared, listener) = shared(Config::default());
+        let (conn, mut client) = pair(&shared, &listener);
+        // The worker answered everything and waits.
+        conn.out.end_read();
+        let expired = conn.out.expire(
+            conn.id,
+            &shared.flushes,
+            CloseRequest::IdleTimeout,
+            &close_4000(),
+        );
+        assert_eq!(expired, Expired::Sent);
+        // No worker exists here and none was woken: the timer's thread
+        // wrote it.
+        assert_eq!(
+            read_until_close(&mut client),
+            [OwnedMessage::Close(
+                code::IDLE_TIMEOUT,
+                "idle timeout".into()
+            )]
+        );
+        assert_eq!(conn.out.close_sent(), Some(close_4000().len()));
+        // Bytes the worker reads now came after the CLOSE: dropped.
+        assert!(!conn.out.begin_read());
+        // The worker's own finish adds no second CLOSE.
+        conn.out
+            .finish(conn.id, &shared.flushes, Some(&close_4000()))
+            .unwrap();
+        conn.stream().shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "more after the CLOSE: {rest:?}");
+    }
+
+    #[test]
+    fn an_expiry_leaves_the_close_to_a_worker_with_input_to_answer() {
+        let (shared, listener) = shared(Config::default());
+        // Busy: it has not reached its first wait.
+        let (busy, _client) = pair(&shared, &listener);
+        let expired = busy.out.expire(
+            busy.id,
+            &shared.flushes,
+            CloseRequest::IdleTimeout,
+            &close_4000(),
+        );
+        assert_eq!(expired, Expired::Requested);
+        assert_eq!(busy.out.close_sent(), None);
+        // Waiting, but a message came in that it has not read yet.
+        let (unread, mut client) = pair(&shared, &listener);
+        unread.out.end_read();
+        client.write_all(&encode(Message::Ping(b"late"))).unwrap();
+        assert!(
+            crate::sys::wait_readable(unread.stream()).is_ok(),
+            "the PING arrives"
+        );
+        let expired = unread.out.expire(
+            unread.id,
+            &shared.flushes,
+            CloseRequest::IdleTimeout,
+            &close_4000(),
+        );
+        assert_eq!(expired, Expired::Requested);
+        assert_eq!(unread.out.close_sent(), None, "the worker answers first");
+        assert!(unread.out.begin_read(), "its bytes are to be answered");
+        // And a second expiry finds the close under way.
+        let again = unread.out.expire(
+            unread.id,
+            &shared.flushes,
+            CloseRequest::IdleTimeout,
+            &close_4000(),
+        );
+        assert_eq!(again, Expired::Closing);
+    }
+
     #[test]
     fn a_drain_meeting_a_probe_that_holds_the_write_right_still_sends_its_close() {
         let (shared, listener) = shared(Config::default());

@@ -65,6 +65,8 @@ struct Encoded {
     probe: Vec<u8>,
     shutdown: Vec<u8>,
     max_age: Vec<u8>,
+    idle_timeout: Vec<u8>,
+    token_expired: Vec<u8>,
 }
 
 impl Frames {
@@ -74,6 +76,10 @@ impl Frames {
                 probe: encode(protocol, &Message::Ping(b"")),
                 shutdown: close_frame(protocol, &CloseReason::Shutdown).expect("sends a CLOSE"),
                 max_age: close_frame(protocol, &CloseReason::MaxAge).expect("sends a CLOSE"),
+                idle_timeout: close_frame(protocol, &CloseReason::IdleTimeout)
+                    .expect("sends a CLOSE"),
+                token_expired: close_frame(protocol, &CloseReason::TokenExpired)
+                    .expect("sends a CLOSE"),
             }),
         }
     }
@@ -88,6 +94,16 @@ impl Frames {
     /// The server's probe PING.
     pub(crate) fn probe(&self, protocol: Protocol) -> &[u8] {
         &self.by_protocol[Frames::index(protocol)].probe
+    }
+
+    /// The CLOSE the timer sends for an expiry: 4000 for the idle timeout,
+    /// 4002 for a token's.
+    pub(crate) fn expiry(&self, protocol: Protocol, request: CloseRequest) -> &[u8] {
+        let encoded = &self.by_protocol[Frames::index(protocol)];
+        match request {
+            CloseRequest::TokenExpired => &encoded.token_expired,
+            _ => &encoded.idle_timeout,
+        }
     }
 
     /// The CLOSE 1001 that starts a drain for `request`.

@@ -4,7 +4,12 @@
 //! buffer, answer them into one output buffer, stamp activity once, write the
 //! answers with one `write`. A close requested by another thread arrives as
 //! end-of-stream after the bytes already received (see [`crate::sys`]), so
-//! those are still answered before the CLOSE is written.
+//! those are still answered before the CLOSE is written. The one exception
+//! saves a wake-up per expiry: when the idle timeout (or a token's expiry)
+//! finds the worker waiting with nothing read and unanswered and nothing
+//! unread on the socket, the timer thread writes the CLOSE itself; bytes the
+//! worker reads after that came after the CLOSE and are dropped, counted
+//! (`Outbound::begin_read`).
 //!
 //! A drain (shutdown, maximum age) does not wake the worker: the CLOSE 1001
 //! goes out on the connection's outbound path, and the worker goes on
@@ -397,6 +402,8 @@ impl Worker {
             return reason;
         }
         loop {
+            // Everything read is answered: a close may come from the timer.
+            self.conn.out.end_read();
             let waited_from = self.shared.clock.now();
             if self.input.is_released() {
                 // A quiet connection waits without a buffer; the read below
@@ -414,6 +421,11 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.requested_or(self.read_error(&e)),
             }
+            if !self.conn.out.begin_read() {
+                // Arrived as the timer sent its CLOSE: past the end.
+                self.discard_input();
+                continue;
+            }
             if let Err(reason) = self.answer_buffered() {
                 return reason;
             }
@@ -424,6 +436,16 @@ impl Worker {
                 self.output = Vec::new();
             }
         }
+    }
+
+    /// Drops what is buffered, unanswered and counted: bytes that came
+    /// after the connection's CLOSE.
+    #[inline(never)]
+    fn discard_input(&mut self) {
+        let discarded = self.input.data().len();
+        self.input.consume(discarded);
+        self.shared.metrics.discarded_bytes.inc_by(discarded as u64);
+        debug!(conn = %self.conn.id, discarded, "discarded input after the CLOSE");
     }
 
     /// Answers every complete message in the input buffer and writes the

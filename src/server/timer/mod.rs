@@ -52,7 +52,7 @@ use tracing::{debug, info, trace};
 use super::close::{CloseRequest, CloseState};
 use super::conn::Conn;
 use super::id::ConnId;
-use super::outbound::Flushed;
+use super::outbound::{Expired, Flushed};
 use super::shared::Shared;
 use crate::activity::Clock;
 use crate::time::TimeSource;
@@ -148,6 +148,10 @@ struct Timer {
     next_summary: Option<Instant>,
     /// The tick of the next topic sweep.
     next_sweep: u64,
+    /// Connections expired in this tick, to wake once all are expired.
+    to_wake: Vec<Arc<Conn>>,
+    /// Connections whose CLOSE the timer sent, to wake at the next tick.
+    to_wake_later: Vec<Arc<Conn>>,
     /// Register and deregister counters.
     counters: EventCounters,
     /// The maximum-age setting and its jitter, if set.
@@ -212,6 +216,8 @@ impl Timer {
             source,
             next_summary: config.stats_interval.map(|every| Instant::now() + every),
             next_sweep: TOPIC_SWEEP_TICKS,
+            to_wake: Vec::new(),
+            to_wake_later: Vec::new(),
             counters: EventCounters::new(&shared),
             shared,
         }
@@ -267,8 +273,25 @@ impl Timer {
         self.jumps.prune(now, self.horizon);
         self.published = now;
         self.clock().publish(now);
+        // Those whose CLOSE went out a tick ago and whose peer has not hung
+        // up yet.
+        let late = std::mem::take(&mut self.to_wake_later);
+        let expired_before = self.shared.metrics.expirations.get();
         while let Some(id) = self.wheel.poll(now) {
             self.fire(id, now);
+        }
+        let expired = self.shared.metrics.expirations.get() - expired_before;
+        if expired > 0 {
+            // How long the burst took to go out, from the tick's due time.
+            debug!(
+                expired,
+                closes_sent = self.to_wake_later.len(),
+                after_due = ?due.elapsed(),
+                "idle timeouts this tick"
+            );
+        }
+        for conn in self.to_wake.drain(..).chain(late) {
+            conn.out.wake();
         }
         self.flush_queued();
         if now >= self.next_sweep {
@@ -430,14 +453,14 @@ impl Timer {
             .step(&mut tracked.entry, base, stamp, now, draining)
         {
             Step::TokenExpired => {
-                if conn.out.request_close(CloseRequest::TokenExpired) {
-                    debug!(conn = %id, peer = %conn.peer(), "token expired");
+                if self.expire(&conn, CloseRequest::TokenExpired) {
+                    trace!(conn = %id, peer = %conn.peer(), "token expired");
                 }
                 return;
             }
             Step::Expire => {
-                if conn.out.request_close(CloseRequest::IdleTimeout) {
-                    debug!(conn = %id, peer = %conn.peer(), "idle timeout");
+                if self.expire(&conn, CloseRequest::IdleTimeout) {
+                    trace!(conn = %id, peer = %conn.peer(), "idle timeout");
                     self.shared.metrics.expirations.inc();
                 }
                 return;
@@ -473,6 +496,29 @@ impl Timer {
         };
         tracked.timer = Some(self.wheel.insert(id, next));
         self.tracked[id.index()] = Some(tracked);
+    }
+
+    /// Closes an expired connection: its CLOSE goes on the wire now if its
+    /// worker has nothing to answer (see [`Outbound::expire`]), and the
+    /// worker is woken at the next tick, unless the peer's hang-up wakes it
+    /// first; otherwise the worker is woken after every expiry of this
+    /// tick to answer and send the CLOSE itself. Thousands of connections
+    /// expiring together thus get their CLOSEs before any of their threads
+    /// competes for the CPU, and their threads wake as their peers hang up
+    /// rather than all at once. False if it was already closing.
+    ///
+    /// [`Outbound::expire`]: super::outbound::Outbound::expire
+    fn expire(&mut self, conn: &Arc<Conn>, request: CloseRequest) -> bool {
+        let close = self.shared.frames.expiry(conn.protocol, request);
+        let expired = conn
+            .out
+            .expire(conn.id, &self.shared.flushes, request, close);
+        match expired {
+            Expired::Requested => self.to_wake.push(Arc::clone(conn)),
+            Expired::Sent => self.to_wake_later.push(Arc::clone(conn)),
+            Expired::Closing => return false,
+        }
+        true
     }
 
     /// Starts the maximum-age drain of `conn`; false if it was already
