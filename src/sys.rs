@@ -5,7 +5,9 @@
 //!
 //! * [`configure`] sets `TCP_NODELAY`, TCP keepalive (`SO_KEEPALIVE`,
 //!   `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`), `TCP_USER_TIMEOUT` and
-//!   the send timeout (`SO_SNDTIMEO`) of a connected socket.
+//!   the send timeout (`SO_SNDTIMEO`) of a connected socket, or of the
+//!   listener: accepted sockets inherit them, which [`has_options`] checks
+//!   on the first one before the accept thread relies on it.
 //! * [`wake_reader`] (`shutdown(SHUT_RD)`) makes a `read` blocked on the
 //!   socket in another thread return: first any bytes already queued, then
 //!   end-of-file. It does not close the descriptor, so it is safe against a
@@ -72,10 +74,10 @@ pub(crate) struct SocketOptions {
     pub(crate) write_timeout: Option<Duration>,
 }
 
-/// Applies `opts` (and `TCP_NODELAY`) to a connected socket.
-pub(crate) fn configure(stream: &TcpStream, opts: &SocketOptions) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let sock = SockRef::from(stream);
+/// Applies `opts` (and `TCP_NODELAY`) to a connected socket, or to a
+/// listener whose accepted sockets inherit them (see [`has_options`]).
+pub(crate) fn configure(sock: SockRef<'_>, opts: &SocketOptions) -> io::Result<()> {
+    sock.set_tcp_nodelay(true)?;
     if let Some(k) = opts.keepalive {
         let params = TcpKeepalive::new()
             .with_time(k.idle)
@@ -86,8 +88,33 @@ pub(crate) fn configure(stream: &TcpStream, opts: &SocketOptions) -> io::Result<
     if let Some(timeout) = opts.user_timeout {
         sock.set_tcp_user_timeout(Some(timeout))?;
     }
-    stream.set_write_timeout(opts.write_timeout)?;
+    sock.set_write_timeout(opts.write_timeout)?;
     Ok(())
+}
+
+/// Whether a connected socket carries exactly what [`configure`] sets.
+/// Linux copies a listener's socket options to the sockets it accepts;
+/// the accept thread checks the first one with this before it relies on
+/// that and skips [`configure`] (six system calls per connection).
+pub(crate) fn has_options(stream: &TcpStream, opts: &SocketOptions) -> io::Result<bool> {
+    let sock = SockRef::from(stream);
+    let keepalive_ok = match opts.keepalive {
+        Some(k) => {
+            sock.keepalive()?
+                && sock.tcp_keepalive_time()? == k.idle
+                && sock.tcp_keepalive_interval()? == k.interval
+                && sock.tcp_keepalive_retries()? == k.count
+        }
+        None => !sock.keepalive()?,
+    };
+    let user_timeout_ok = match opts.user_timeout {
+        Some(timeout) => sock.tcp_user_timeout()? == Some(timeout),
+        None => true,
+    };
+    Ok(sock.tcp_nodelay()?
+        && keepalive_ok
+        && user_timeout_ok
+        && sock.write_timeout()? == opts.write_timeout)
 }
 
 /// Wakes a thread blocked reading `stream` (see the module docs).
@@ -203,4 +230,44 @@ pub(crate) fn listen(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> SocketOptions {
+        SocketOptions {
+            keepalive: Some(Keepalive {
+                idle: Duration::from_secs(17),
+                interval: Duration::from_secs(3),
+                count: 4,
+            }),
+            user_timeout: Some(Duration::from_millis(12_000)),
+            write_timeout: Some(Duration::from_secs(5)),
+        }
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        configure(SockRef::from(&listener), &options()).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(has_options(&accepted, &options()).unwrap());
+    }
+
+    #[test]
+    fn a_socket_without_the_options_is_told_apart() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(!has_options(&accepted, &options()).unwrap());
+        configure(SockRef::from(&accepted), &options()).unwrap();
+        assert!(has_options(&accepted, &options()).unwrap());
+        // Another keepalive setting is not the same options.
+        let mut other = options();
+        other.keepalive.as_mut().unwrap().count = 5;
+        assert!(!has_options(&accepted, &other).unwrap());
+    }
 }

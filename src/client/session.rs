@@ -299,7 +299,7 @@ impl Manager {
             // A server that stops reading must not block the heartbeat.
             write_timeout: Some(self.config.heartbeat_timeout),
         };
-        sys::configure(&stream, &options)?;
+        sys::configure(socket2::SockRef::from(&stream), &options)?;
         Ok(stream)
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use socket2::SockRef;
 use tracing::{debug, info, warn};
 
 use super::admission::{self, Refused};
@@ -156,7 +157,7 @@ pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
 /// turned away (with CLOSE 1013, counted). Only an admitted connection
 /// counts as accepted, so that accepted - closed = open.
 fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<(), Rejected> {
-    if let Err(e) = sys::configure(&stream, &shared.config.socket_options()) {
+    if let Err(e) = configure(shared, &stream) {
         // Typically the peer already reset the connection.
         debug!(%peer, "dropping connection: cannot set socket options: {e}");
         return Ok(());
@@ -218,6 +219,30 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
     }
     shared.metrics.accepted.inc();
     Ok(())
+}
+
+/// Gives an accepted socket the server's socket options, unless it
+/// inherited them from the listener (checked once, on the first socket).
+fn configure(shared: &Shared, stream: &TcpStream) -> std::io::Result<()> {
+    let opts = shared.config.socket_options();
+    let inherited = match shared.options_inherited.get() {
+        Some(&inherited) => inherited,
+        None => {
+            let inherited = sys::has_options(stream, &opts)?;
+            if !inherited {
+                debug!(
+                    "accepted sockets do not inherit the listener's options: setting them on each"
+                );
+            }
+            let _ = shared.options_inherited.set(inherited);
+            inherited
+        }
+    };
+    if inherited {
+        Ok(())
+    } else {
+        sys::configure(SockRef::from(stream), &opts)
+    }
 }
 
 /// Tells a connection the server cannot take it (CLOSE 1013 with `reason`)

@@ -92,11 +92,12 @@ pub use topics::{MAX_TOPIC_LEN, Published, Resumed, TopicInfo, valid_topic};
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use socket2::SockRef;
+use tracing::{debug, info};
 
 use crate::activity::Clock;
 use crate::sys;
@@ -166,6 +167,10 @@ impl Server {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         let local_addr = listener.local_addr()?;
+        // Accepted sockets inherit these; the accept thread checks.
+        if let Err(e) = sys::configure(SockRef::from(&listener), &config.socket_options()) {
+            debug!("cannot set socket options on the listener: {e}");
+        }
         let (events, events_rx) = crossbeam_channel::unbounded();
         let config_per_ip = config.max_connections_per_ip;
         let config_rate = config.max_connect_rate_per_ip.map(f64::from);
@@ -190,6 +195,7 @@ impl Server {
             per_ip: admission::PerIp::new(config_per_ip),
             connect_rate: admission::ConnectRate::new(config_rate),
             threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            options_inherited: OnceLock::new(),
             metrics,
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
@@ -355,6 +361,7 @@ pub(crate) mod test_support {
             per_ip: admission::PerIp::new(None),
             connect_rate: admission::ConnectRate::new(None),
             threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            options_inherited: OnceLock::new(),
             metrics,
         });
         (shared, listener)

@@ -3,8 +3,8 @@
 //! messages the server sends most.
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::Sender;
 
@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Worker threads parked for the next connections.
     pub(crate) threads: ThreadCache,
+    /// Whether accepted sockets inherit the listener's socket options
+    /// (known after the first accept).
+    pub(crate) options_inherited: OnceLock<bool>,
 }
 
 /// The messages the server sends most, encoded once for each protocol: the
