@@ -998,8 +998,9 @@ async fn churn(
 }
 
 /// Connects `n` clients at once, each waiting for the PONG to one PING;
-/// returns the open connections and the time until the last PONG.
-async fn storm_once(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize, Duration) {
+/// returns the open connections, the failures and the time of each PONG
+/// (ms from the start).
+async fn storm_once(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize, Vec<f64>) {
     let start = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|_| {
@@ -1020,11 +1021,11 @@ async fn storm_once(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize, Durat
             })
         })
         .collect();
-    let (mut open, mut failed, mut last) = (Vec::with_capacity(n), 0, Duration::ZERO);
+    let (mut open, mut failed, mut times) = (Vec::with_capacity(n), 0, Vec::with_capacity(n));
     for task in tasks {
         match tokio::time::timeout(Duration::from_secs(60), task).await {
             Ok(Ok(Ok((stream, at)))) => {
-                last = last.max(at);
+                times.push(at.as_secs_f64() * 1e3);
                 open.push(stream);
             }
             Ok(Ok(Err(e))) => {
@@ -1036,24 +1037,26 @@ async fn storm_once(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize, Durat
             _ => failed += 1,
         }
     }
-    (open, failed, last)
+    (open, failed, times)
 }
 
 async fn storm(common: Common, pause: Duration, pid: Option<u32>) -> io::Result<serde_json::Value> {
     let n = common.connections;
     let (open, cold_failed, cold) = storm_once(common.addr, n).await;
-    eprintln!("loadgen: cold storm: {} answered in {cold:?}", open.len());
+    eprintln!("loadgen: cold storm: {} answered", open.len());
     let after_cold = pid.map(proc_stat).transpose()?;
     drop(open);
     tokio::time::sleep(pause).await;
     let before_warm = pid.map(proc_stat).transpose()?;
     let (open, warm_failed, warm) = storm_once(common.addr, n).await;
-    eprintln!("loadgen: warm storm: {} answered in {warm:?}", open.len());
+    eprintln!("loadgen: warm storm: {} answered", open.len());
     drop(open);
+    let last = |times: &[f64]| times.iter().copied().fold(0.0, f64::max);
     let mut result = json!({
         "mode": "storm", "connections": n,
-        "cold_ms": cold.as_secs_f64() * 1e3, "cold_failed": cold_failed,
-        "warm_ms": warm.as_secs_f64() * 1e3, "warm_failed": warm_failed,
+        "cold_ms": last(&cold), "cold_failed": cold_failed,
+        "warm_ms": last(&warm), "warm_failed": warm_failed,
+        "cold_pong_ms": distribution(cold), "warm_pong_ms": distribution(warm),
     });
     if let (Some(cold), Some(warm)) = (after_cold, before_warm) {
         result["server"] = json!({
