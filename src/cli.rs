@@ -9,8 +9,8 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use tracing_subscriber::EnvFilter;
 use wheel_server::protocol::Protocol;
-use wheel_server::server::ConfigError;
 use wheel_server::server::auth::Jwt;
+use wheel_server::server::{ConfigError, Listen};
 use wheel_server::{Config, Keepalive, parse_duration};
 
 /// Long-connection TCP server: echo service with application heartbeats
@@ -25,11 +25,15 @@ use wheel_server::{Config, Keepalive, parse_duration};
 #[derive(Parser, Debug)]
 #[command(name = "wheel-server", version, about, long_about = None)]
 pub struct Args {
-    /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port).
-    #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005", value_parser = resolve)]
-    listen: SocketAddr,
+    /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port). Repeat it (or give
+    /// a comma-separated list in the environment variable) to listen on several addresses, each
+    /// optionally written SCHEME://HOST:PORT to choose its protocol: frame:// or line://. Topics,
+    /// limits, metrics and shutdown span them all.
+    #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005", value_delimiter = ',', value_parser = listen_spec)]
+    listen: Vec<ListenSpec>,
 
-    /// Wire protocol: length-prefixed frames, or text lines (for nc).
+    /// Wire protocol of the --listen addresses written without a scheme: length-prefixed frames,
+    /// or text lines (for nc).
     #[arg(long, env = "WHEEL_SERVER_PROTOCOL", default_value = "frame", value_parser = protocol_parser())]
     protocol: Protocol,
 
@@ -260,6 +264,47 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
+/// One `--listen` value: `[SCHEME://]HOST:PORT`.
+#[derive(Clone, Copy, Debug)]
+struct ListenSpec {
+    addr: SocketAddr,
+    /// From the scheme; `None`: `--protocol`'s.
+    protocol: Option<Protocol>,
+}
+
+/// Parses a `--listen` value.
+fn listen_spec(s: &str) -> Result<ListenSpec, String> {
+    let (protocol, rest) = match s.split_once("://") {
+        None => (None, s),
+        Some((scheme, rest)) => {
+            let protocol = match scheme {
+                "frame" => Protocol::Frame,
+                "line" => Protocol::Line,
+                "ws" | "wss" | "tls" | "tls+line" => {
+                    return Err(format!(
+                        "{scheme}:// listeners are not supported yet (supported: frame://, line://)"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "unknown scheme {other:?} (expected frame:// or line://, or no scheme)"
+                    ));
+                }
+            };
+            (Some(protocol), rest)
+        }
+    };
+    if rest.contains('/') {
+        return Err(format!(
+            "{s:?}: a path is only meaningful for WebSocket listeners"
+        ));
+    }
+    Ok(ListenSpec {
+        addr: resolve(rest)?,
+        protocol,
+    })
+}
+
 /// Parses `--protocol`, listing the names in `--help`.
 fn protocol_parser() -> impl clap::builder::TypedValueParser<Value = Protocol> {
     clap::builder::PossibleValuesParser::new(Protocol::ALL.map(Protocol::as_str))
@@ -288,8 +333,15 @@ impl Args {
     /// The server configuration these flags describe.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let config = Config {
-            listen: self.listen,
-            protocol: self.protocol,
+            listen: self.listen[0].addr,
+            protocol: self.listen[0].protocol.unwrap_or(self.protocol),
+            also_listen: self.listen[1..]
+                .iter()
+                .map(|spec| Listen {
+                    addr: spec.addr,
+                    protocol: spec.protocol.unwrap_or(self.protocol),
+                })
+                .collect(),
             idle_timeout: nonzero(self.idle_timeout),
             tick: self.tick,
             wheel_slots: self.wheel_slots,

@@ -250,6 +250,43 @@ fn connections_reuse_parked_threads() {
 }
 
 #[test]
+fn listen_repeats_with_a_scheme_per_address() {
+    let server =
+        ServerProcess::start(&["--listen", "127.0.0.1:0", "--listen", "line://127.0.0.1:0"]);
+    // The first listener's line came first (ServerProcess read it); the
+    // second names its protocol.
+    let (_, line) = server
+        .wait_for_log("listening on", PATIENCE)
+        .expect("a second listening line");
+    assert!(line.contains("protocol=line"), "{line}");
+    let addr: std::net::SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("an address in the line");
+    let mut frames = Client::connect(server.addr);
+    assert_eq!(frames.ping(b"x"), Msg::Pong(b"x".to_vec()));
+    let mut lines = Client::connect_with(addr, Protocol::Line);
+    assert_eq!(lines.ping(b"y"), Msg::Pong(b"y".to_vec()));
+}
+
+#[test]
+fn an_unsupported_listen_scheme_exits_2_naming_the_flag() {
+    for (value, says) in [
+        ("gopher://127.0.0.1:0", "unknown scheme"),
+        ("ws://127.0.0.1:0/chat", "not supported yet"),
+        ("frame://127.0.0.1:0/path", "a path is only meaningful"),
+        ("frame://nowhere.invalid:1", "cannot resolve"),
+    ] {
+        let (code, stderr) = refused(&["--listen", value], &[]);
+        assert_eq!(code, Some(2), "{value}: {stderr}");
+        assert!(stderr.contains("--listen"), "{value}: {stderr}");
+        assert!(stderr.contains(says), "{value}: {stderr}");
+    }
+}
+
+#[test]
 fn json_logs_carry_the_close_reason_and_the_summary() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
         .args([

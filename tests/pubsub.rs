@@ -439,3 +439,40 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("--admin-token"), "{stderr}");
 }
+
+#[test]
+fn listeners_of_different_protocols_share_topics() {
+    let server = pubsub(Config {
+        also_listen: vec![wheel_server::server::Listen {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            protocol: Protocol::Line,
+        }],
+        ..config()
+    });
+    let listeners = server.listeners();
+    assert_eq!(listeners.len(), 2);
+    assert_eq!(listeners[0].addr, server.local_addr());
+    assert_eq!(listeners[0].protocol, Protocol::Frame);
+    assert_eq!(listeners[1].protocol, Protocol::Line);
+    assert_ne!(listeners[1].addr.port(), 0, "the real port is reported");
+    let mut device = Client::connect_with(listeners[0].addr, Protocol::Frame);
+    let mut console = Client::connect_with(listeners[1].addr, Protocol::Line);
+    assert_eq!(ask(&mut device, "SUB room"), "OK SUB room 0");
+    assert_eq!(ask(&mut console, "SUB room"), "OK SUB room 0");
+    // A line client publishes; the frame client receives it in frames.
+    assert_eq!(
+        ask(&mut console, "PUB room from the console"),
+        "OK PUB room 1"
+    );
+    assert_eq!(data(&mut device), "MSG room 1 from the console");
+    assert_eq!(data(&mut console), "MSG room 1 from the console");
+    assert_eq!(ask(&mut device, "PUB room from a device"), "OK PUB room 2");
+    assert_eq!(data(&mut console), "MSG room 2 from a device");
+    assert_eq!(server.connection_count(), 2);
+    // Shutdown drains both listeners' connections, each in its protocol.
+    let drained = std::thread::spawn(move || server.shutdown());
+    assert_eq!(device.expect_close().0, 1001);
+    assert_eq!(console.expect_close().0, 1001);
+    drop((device, console));
+    assert!(drained.join().unwrap(), "both drained within the grace");
+}

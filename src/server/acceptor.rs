@@ -15,7 +15,7 @@ use super::conn::Conn;
 use super::shared::Shared;
 use super::timer::Event;
 use super::worker;
-use crate::protocol::{Message, code};
+use crate::protocol::{Message, Protocol, code};
 use crate::sys::{self, AcceptError};
 
 /// First pause after `accept` fails for lack of descriptors or memory.
@@ -82,17 +82,18 @@ impl RejectWarnings {
     }
 }
 
-pub(crate) fn run(shared: Arc<Shared>) {
+/// Accepts on listener `index` of `shared.listeners` until shutdown.
+pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u64;
     let mut warnings = RejectWarnings::default();
     loop {
-        let accepted = shared.listener.accept();
+        let accepted = shared.listeners[index].socket.accept();
         if shared.stopping.load(Ordering::Acquire) {
             // Taken from the queue while shutdown drained it: admitted like
             // the others, so that it is drained rather than dropped.
             if let Ok((stream, peer)) = accepted {
-                let _ = admit(&shared, stream, peer);
+                let _ = admit(&shared, index, stream, peer);
             }
             return;
         }
@@ -106,7 +107,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     failures = 0;
                     backoff = BACKOFF_MIN;
                 }
-                if let Err(rejected) = admit(&shared, stream, peer) {
+                if let Err(rejected) = admit(&shared, index, stream, peer) {
                     warnings.warn(&shared, rejected);
                 }
             }
@@ -141,14 +142,16 @@ pub(crate) fn run(shared: Arc<Shared>) {
 pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
     // The accept thread, blocked in `accept`, stays blocking; only these
     // calls return at once on an empty queue.
-    if shared.listener.set_nonblocking(true).is_err() {
-        return 0;
-    }
     let mut admitted = 0;
-    while let Ok((stream, peer)) = shared.listener.accept() {
-        // Accepted sockets do not inherit O_NONBLOCK on Linux.
-        let _ = admit(shared, stream, peer);
-        admitted += 1;
+    for (index, listening) in shared.listeners.iter().enumerate() {
+        if listening.socket.set_nonblocking(true).is_err() {
+            continue;
+        }
+        while let Ok((stream, peer)) = listening.socket.accept() {
+            // Accepted sockets do not inherit O_NONBLOCK on Linux.
+            let _ = admit(shared, index, stream, peer);
+            admitted += 1;
+        }
     }
     admitted
 }
@@ -156,7 +159,13 @@ pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
 /// Registers the connection and starts its worker, or says why it was
 /// turned away (with CLOSE 1013, counted). Only an admitted connection
 /// counts as accepted, so that accepted - closed = open.
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<(), Rejected> {
+fn admit(
+    shared: &Arc<Shared>,
+    index: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), Rejected> {
+    let protocol = shared.listeners[index].protocol;
     if let Err(e) = configure(shared, &stream) {
         // Typically the peer already reset the connection.
         debug!(%peer, "dropping connection: cannot set socket options: {e}");
@@ -178,7 +187,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
             Ok(key) => key,
             Err(refused) => {
                 debug!(%peer, "rejected: {}", refused.reason());
-                reject(shared, &stream, refused.label(), refused.reason());
+                reject(shared, protocol, &stream, refused.label(), refused.reason());
                 return Err(Rejected::Address(refused));
             }
         }
@@ -193,13 +202,13 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
     let mut stream = Some(stream);
     let conn = shared.registry.insert(config.max_connections, |id| {
         let stream = stream.take().expect("called once");
-        Conn::new(id, stream, peer, config.protocol, tick, config)
+        Conn::new(id, stream, peer, protocol, tick, config)
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
         let stream = stream.expect("not taken when full");
         release(ip_key);
-        reject(shared, &stream, "server_full", "server full");
+        reject(shared, protocol, &stream, "server_full", "server full");
         return Err(Rejected::Full);
     };
     if let Some(key) = ip_key {
@@ -214,7 +223,13 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> Result<()
         shared.registry.remove(id, Default::default());
         release(ip_key);
         let _ = shared.events.send(Event::Deregister(id));
-        reject(shared, conn.stream(), "no_thread", "server out of threads");
+        reject(
+            shared,
+            protocol,
+            conn.stream(),
+            "no_thread",
+            "server out of threads",
+        );
         return Err(Rejected::NoThread);
     }
     shared.metrics.accepted.inc();
@@ -248,7 +263,13 @@ fn configure(shared: &Shared, stream: &TcpStream) -> std::io::Result<()> {
 /// Tells a connection the server cannot take it (CLOSE 1013 with `reason`)
 /// and closes it, without ever blocking the accept thread; counts it under
 /// `label` (one of `metrics::REJECT_REASONS`).
-fn reject(shared: &Shared, stream: &TcpStream, label: &'static str, reason: &str) {
+fn reject(
+    shared: &Shared,
+    protocol: Protocol,
+    stream: &TcpStream,
+    label: &'static str,
+    reason: &str,
+) {
     shared
         .metrics
         .rejected
@@ -259,7 +280,7 @@ fn reject(shared: &Shared, stream: &TcpStream, label: &'static str, reason: &str
         code: code::TRY_AGAIN_LATER,
         reason,
     };
-    if shared.config.protocol.encode(&msg, &mut close).is_err() {
+    if protocol.encode(&msg, &mut close).is_err() {
         return;
     }
     if stream.set_nonblocking(true).is_err() {

@@ -30,8 +30,11 @@ use crate::sys::{Keepalive, SocketOptions};
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Wire protocol spoken on every connection.
+    /// Wire protocol spoken on the connections of `listen`.
     pub protocol: Protocol,
+    /// More addresses to listen on, each with its own protocol. Topics,
+    /// limits, metrics and shutdown span every listener.
+    pub also_listen: Vec<Listen>,
     /// Close a connection that sent no complete message for this long
     /// (CLOSE 4000). `None` disables the application idle timeout.
     pub idle_timeout: Option<Duration>,
@@ -138,6 +141,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("protocol", &self.protocol)
+            .field("also_listen", &self.also_listen)
             .field("idle_timeout", &self.idle_timeout)
             .field("tick", &self.tick)
             .field("probe_after", &self.probe_after)
@@ -196,6 +200,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5005)),
             protocol: Protocol::Frame,
+            also_listen: Vec::new(),
             idle_timeout: Some(Duration::from_secs(60)),
             tick: Duration::from_millis(100),
             wheel_slots: 512,
@@ -386,6 +391,28 @@ impl Config {
             user_timeout: self.effective_user_timeout(),
             write_timeout: self.write_timeout,
         }
+    }
+}
+
+/// One more address to listen on ([`Config::also_listen`]) and the
+/// protocol its connections speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Address; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Wire protocol of its connections.
+    pub protocol: Protocol,
+}
+
+impl Config {
+    /// Every address to listen on with its protocol, `listen` first.
+    pub fn listeners(&self) -> Vec<Listen> {
+        std::iter::once(Listen {
+            addr: self.listen,
+            protocol: self.protocol,
+        })
+        .chain(self.also_listen.iter().copied())
+        .collect()
     }
 }
 

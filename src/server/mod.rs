@@ -83,7 +83,7 @@ mod topics;
 mod worker;
 
 pub use close::{CloseReason, TcpTimeout};
-pub use config::{Config, ConfigError, MIN_WORKER_STACK};
+pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK};
 pub use handle::{SendError, ServerHandle};
 pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use id::ConnId;
@@ -163,14 +163,22 @@ impl Server {
     /// As for [`start`](Server::start).
     pub fn with_handler(config: Config, handler: impl Handler) -> io::Result<Server> {
         config.validate()?;
-        let listener = sys::listen(config.listen, config.reuse_port).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        let local_addr = listener.local_addr()?;
-        // Accepted sockets inherit these; the accept thread checks.
-        if let Err(e) = sys::configure(SockRef::from(&listener), &config.socket_options()) {
-            debug!("cannot set socket options on the listener: {e}");
+        let mut listeners = Vec::new();
+        for Listen { addr, protocol } in config.listeners() {
+            let socket = sys::listen(addr, config.reuse_port)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            // Accepted sockets inherit these; the accept thread checks.
+            if let Err(e) = sys::configure(SockRef::from(&socket), &config.socket_options()) {
+                debug!("cannot set socket options on the listener: {e}");
+            }
+            let addr = socket.local_addr()?;
+            listeners.push(shared::Listening {
+                socket,
+                addr,
+                protocol,
+            });
         }
+        let local_addr = listeners[0].addr;
         let (events, events_rx) = crossbeam_channel::unbounded();
         let config_per_ip = config.max_connections_per_ip;
         let config_rate = config.max_connect_rate_per_ip.map(f64::from);
@@ -188,7 +196,7 @@ impl Server {
             events,
             handler: Arc::new(handler),
             stopping: AtomicBool::new(false),
-            listener,
+            listeners,
             frames: Frames::new(),
             flushes: Flushes::default(),
             topics: topics::Topics::new(retention),
@@ -209,11 +217,20 @@ impl Server {
             }
             None => None,
         };
-        let accept_shared = Arc::clone(&shared);
-        let acceptor = std::thread::Builder::new()
-            .name("wheel-accept".into())
-            .spawn(move || acceptor::run(accept_shared))
-            .map_err(stop_timer)?;
+        let mut acceptors = Vec::new();
+        for index in 0..shared.listeners.len() {
+            let accept_shared = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name("wheel-accept".into())
+                .spawn(move || acceptor::run(accept_shared, index));
+            match spawned {
+                Ok(acceptor) => acceptors.push(acceptor),
+                Err(e) => {
+                    shutdown::stop_accepting(&shared, acceptors);
+                    return Err(stop_timer(e));
+                }
+            }
+        }
         let c = &shared.config;
         info!(
             protocol = %c.protocol,
@@ -229,6 +246,9 @@ impl Server {
             max_connections = c.max_connections,
             "listening on {local_addr}"
         );
+        for listening in &shared.listeners[1..] {
+            info!(protocol = %listening.protocol, "listening on {}", listening.addr);
+        }
         if let Some(endpoint) = &endpoint {
             info!(
                 "metrics, connections and health on http://{}",
@@ -239,7 +259,7 @@ impl Server {
             shared,
             local_addr,
             threads: Some(shutdown::Threads {
-                acceptor,
+                acceptors,
                 timer,
                 endpoint,
             }),
@@ -247,9 +267,22 @@ impl Server {
     }
 
     /// The address the server is bound to (with the real port when port 0
-    /// was asked for).
+    /// was asked for): the first listener's, [`Config::listen`].
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every address the server is bound to, with its protocol, in the
+    /// order of [`Config::listeners`].
+    pub fn listeners(&self) -> Vec<Listen> {
+        self.shared
+            .listeners
+            .iter()
+            .map(|l| Listen {
+                addr: l.addr,
+                protocol: l.protocol,
+            })
+            .collect()
     }
 
     /// A handle for reaching connections from any thread: send, close,
@@ -344,6 +377,7 @@ pub(crate) mod test_support {
         let (events, _) = crossbeam_channel::unbounded();
         let metrics = metrics::Metrics::new();
         let thread_settings = config.thread_settings();
+        let protocol = config.protocol;
         let shared = Arc::new(Shared {
             config,
             registry: Registry::default(),
@@ -351,7 +385,11 @@ pub(crate) mod test_support {
             events,
             handler: Arc::new(Echo),
             stopping: AtomicBool::new(false),
-            listener: listener.try_clone().unwrap(),
+            listeners: vec![shared::Listening {
+                socket: listener.try_clone().unwrap(),
+                addr: listener.local_addr().unwrap(),
+                protocol,
+            }],
             frames: Frames::new(),
             flushes: Flushes::default(),
             topics: topics::Topics::new(topics::Retention {

@@ -35,8 +35,9 @@ pub(crate) struct Shared {
     pub(crate) handler: Arc<dyn Handler>,
     /// Set once shutdown has begun.
     pub(crate) stopping: AtomicBool,
-    /// The listening socket.
-    pub(crate) listener: TcpListener,
+    /// The listening sockets, [`Config::listen`](super::Config::listen)
+    /// first.
+    pub(crate) listeners: Vec<Listening>,
     /// Encoded probes and CLOSEs, per protocol.
     pub(crate) frames: Frames,
     /// Connections with queued output for the timer thread to flush.
@@ -54,6 +55,14 @@ pub(crate) struct Shared {
     /// Whether accepted sockets inherit the listener's socket options
     /// (known after the first accept).
     pub(crate) options_inherited: OnceLock<bool>,
+}
+
+/// One listening socket and the protocol of its connections.
+pub(crate) struct Listening {
+    pub(crate) socket: TcpListener,
+    /// Its address, with the real port.
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) protocol: Protocol,
 }
 
 /// The messages the server sends most, encoded once for each protocol: the

@@ -23,7 +23,7 @@ const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The threads a running server owns besides its workers.
 pub(crate) struct Threads {
-    pub(crate) acceptor: JoinHandle<()>,
+    pub(crate) acceptors: Vec<JoinHandle<()>>,
     pub(crate) timer: JoinHandle<()>,
     pub(crate) endpoint: Option<http::Endpoint>,
 }
@@ -32,11 +32,11 @@ pub(crate) struct Threads {
 /// returns whether every connection finished within the grace period.
 pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
     let Threads {
-        acceptor,
+        acceptors,
         timer,
         endpoint,
     } = threads;
-    stop_accepting(shared, acceptor);
+    stop_accepting(shared, acceptors);
     let clean = drain(shared);
     timer::stop(shared, timer.thread());
     let _ = timer.join();
@@ -62,19 +62,23 @@ pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
 }
 
 /// Marks the server as stopping (`/healthz` answers 503 from now on),
-/// admits what waits in the accept queue, and stops the accept thread.
-fn stop_accepting(shared: &Arc<Shared>, acceptor: JoinHandle<()>) {
+/// admits what waits in the accept queues, and stops the accept threads.
+pub(crate) fn stop_accepting(shared: &Arc<Shared>, acceptors: Vec<JoinHandle<()>>) {
     shared.stopping.store(true, Ordering::Release);
     let queued = acceptor::admit_queued(shared);
     if queued > 0 {
         debug!(
             queued,
-            "admitted the accept queue before closing the listener"
+            "admitted the accept queues before closing the listeners"
         );
     }
-    sys::wake_acceptor(&shared.listener);
-    acceptor.thread().unpark();
-    let _ = acceptor.join();
+    for listening in &shared.listeners {
+        sys::wake_acceptor(&listening.socket);
+    }
+    for acceptor in acceptors {
+        acceptor.thread().unpark();
+        let _ = acceptor.join();
+    }
 }
 
 /// Sends CLOSE 1001 to every connection and waits for them to drain, then
