@@ -122,9 +122,15 @@ impl ThreadCache {
     /// When no thread could be started (the process's or the machine's
     /// limits); `job` is dropped.
     pub(crate) fn run(&self, name: impl FnOnce() -> String, job: Job) -> io::Result<()> {
-        let parked = self.inner.parked.lock().pop();
+        let parked = {
+            let mut stack = self.inner.parked.lock();
+            let parked = stack.pop();
+            if parked.is_some() {
+                self.inner.counters.parked.dec();
+            }
+            parked
+        };
         if let Some(parked) = parked {
-            self.inner.counters.parked.dec();
             self.inner.counters.reused.inc();
             parked.hand(Slot::Job(job));
             return Ok(());
@@ -148,8 +154,11 @@ impl ThreadCache {
     /// now on exit instead of parking.
     pub(crate) fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let parked = mem::take(&mut *self.inner.parked.lock());
-        self.inner.counters.parked.dec_by(parked.len() as i64);
+        let parked = {
+            let mut stack = self.inner.parked.lock();
+            self.inner.counters.parked.dec_by(stack.len() as i64);
+            mem::take(&mut *stack)
+        };
         for thread in parked {
             thread.hand(Slot::Exit);
         }
@@ -182,8 +191,9 @@ impl Inner {
                 return None;
             }
             parked.push(Arc::clone(me));
+            // Under the lock, so that a pop's decrement never comes first.
+            self.counters.parked.inc();
         }
-        self.counters.parked.inc();
         let deadline = Instant::now() + self.settings.idle;
         loop {
             match me.take() {
@@ -200,7 +210,6 @@ impl Inner {
             let mut parked = self.parked.lock();
             if let Some(at) = parked.iter().position(|p| Arc::ptr_eq(p, me)) {
                 parked.remove(at);
-                drop(parked);
                 self.counters.parked.dec();
                 return None;
             }
