@@ -47,9 +47,10 @@
 //! which wakes the worker's blocked `read` after the bytes already
 //! received; the worker answers them, writes the CLOSE and hangs up. An
 //! expiry whose worker waits with nothing to answer is quicker: the timer
-//! writes the CLOSE itself, so that ten thousand connections expiring in
-//! one tick all have theirs on the wire within that tick, and their workers
-//! wake as their peers hang up (or at the next tick). A
+//! writes the CLOSE itself, and wakes the workers only once every CLOSE of
+//! the tick is on the wire, so that ten thousand connections expiring in one
+//! tick all have theirs out before any of their threads competes for the
+//! CPU. A
 //! drain queues CLOSE 1001 and leaves the worker answering until the client
 //! half-closes, or until a grace period ends and the drain is forced as
 //! above (`shutdown.rs` for the server's shutdown). Either way everything

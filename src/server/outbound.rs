@@ -125,8 +125,8 @@ pub(crate) enum Flushed {
 /// What [`Outbound::expire`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Expired {
-    /// The CLOSE is written (or queued): the worker has nothing to add,
-    /// and the peer's answering hang-up will wake it.
+    /// The CLOSE is written (or queued): the worker, once woken, only
+    /// hangs up.
     Sent,
     /// The worker has input to answer first: it must be woken to send the
     /// CLOSE itself.

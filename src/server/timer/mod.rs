@@ -150,8 +150,6 @@ struct Timer {
     next_sweep: u64,
     /// Connections expired in this tick, to wake once all are expired.
     to_wake: Vec<Arc<Conn>>,
-    /// Connections whose CLOSE the timer sent, to wake at the next tick.
-    to_wake_later: Vec<Arc<Conn>>,
     /// Register and deregister counters.
     counters: EventCounters,
     /// The maximum-age setting and its jitter, if set.
@@ -217,7 +215,6 @@ impl Timer {
             next_summary: config.stats_interval.map(|every| Instant::now() + every),
             next_sweep: TOPIC_SWEEP_TICKS,
             to_wake: Vec::new(),
-            to_wake_later: Vec::new(),
             counters: EventCounters::new(&shared),
             shared,
         }
@@ -273,9 +270,6 @@ impl Timer {
         self.jumps.prune(now, self.horizon);
         self.published = now;
         self.clock().publish(now);
-        // Those whose CLOSE went out a tick ago and whose peer has not hung
-        // up yet.
-        let late = std::mem::take(&mut self.to_wake_later);
         let expired_before = self.shared.metrics.expirations.get();
         while let Some(id) = self.wheel.poll(now) {
             self.fire(id, now);
@@ -285,12 +279,16 @@ impl Timer {
             // How long the burst took to go out, from the tick's due time.
             debug!(
                 expired,
-                closes_sent = self.to_wake_later.len(),
+                closes_sent = self
+                    .to_wake
+                    .iter()
+                    .filter(|c| c.out.close_sent().is_some())
+                    .count(),
                 after_due = ?due.elapsed(),
                 "idle timeouts this tick"
             );
         }
-        for conn in self.to_wake.drain(..).chain(late) {
+        for conn in self.to_wake.drain(..) {
             conn.out.wake();
         }
         self.flush_queued();
@@ -499,13 +497,12 @@ impl Timer {
     }
 
     /// Closes an expired connection: its CLOSE goes on the wire now if its
-    /// worker has nothing to answer (see [`Outbound::expire`]), and the
-    /// worker is woken at the next tick, unless the peer's hang-up wakes it
-    /// first; otherwise the worker is woken after every expiry of this
-    /// tick to answer and send the CLOSE itself. Thousands of connections
-    /// expiring together thus get their CLOSEs before any of their threads
-    /// competes for the CPU, and their threads wake as their peers hang up
-    /// rather than all at once. False if it was already closing.
+    /// worker has nothing to answer (see [`Outbound::expire`]); otherwise
+    /// the worker sends it after its answers. Either way the worker is woken
+    /// (to hang up, or to answer and close) only after every expiry of the
+    /// tick, so that thousands of connections expiring together have their
+    /// CLOSEs on the wire before any of their threads competes for the CPU.
+    /// False if it was already closing.
     ///
     /// [`Outbound::expire`]: super::outbound::Outbound::expire
     fn expire(&mut self, conn: &Arc<Conn>, request: CloseRequest) -> bool {
@@ -514,8 +511,7 @@ impl Timer {
             .out
             .expire(conn.id, &self.shared.flushes, request, close);
         match expired {
-            Expired::Requested => self.to_wake.push(Arc::clone(conn)),
-            Expired::Sent => self.to_wake_later.push(Arc::clone(conn)),
+            Expired::Requested | Expired::Sent => self.to_wake.push(Arc::clone(conn)),
             Expired::Closing => return false,
         }
         true
