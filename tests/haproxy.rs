@@ -14,8 +14,13 @@
 //! Throughout, no DATA message of a client that was never on the killed
 //! instance is lost: each is echoed exactly once.
 //!
-//! Needs HAProxy (Debian's `haproxy`; `.ci/run` installs it). Without it the
-//! test says SKIPPED on stderr; under CI it fails. Figures are printed with
+//! A second test terminates TLS at HAProxy (a certificate made with the
+//! `openssl` command) in front of one instance, reached by Python's `ssl`
+//! module: a client nobody here wrote.
+//!
+//! Needs HAProxy (Debian's `haproxy`; `.ci/run` installs it), and for the TLS
+//! test `openssl` and `python3`. Without them a test says SKIPPED on stderr;
+//! under CI it fails. Figures are printed with
 //! `cargo test --test haproxy -- --nocapture`.
 
 mod util;
@@ -91,6 +96,12 @@ impl HaProxy {
         for (i, (addr, metrics)) in servers.iter().enumerate() {
             cfg += &format!("    server s{i} {addr} check port {}\n", metrics.port());
         }
+        HaProxy::with_config(base, socket, &cfg)
+    }
+
+    /// HAProxy running `cfg`, written next to `base`; `socket` is the admin
+    /// socket the configuration names.
+    fn with_config(base: PathBuf, socket: PathBuf, cfg: &str) -> HaProxy {
         let config = base.with_extension("cfg");
         std::fs::write(&config, cfg).unwrap();
         let child = Command::new("haproxy")
@@ -574,4 +585,151 @@ fn three_instances_behind_haproxy_with_drain_failover_and_rebalancing() {
         lossless && missing == 0 && doubled == 0,
         "{missing} DATA unanswered, {doubled} echoed twice"
     );
+}
+
+/// Whether `program --version` (or `version`) runs; under CI a missing one
+/// is a failure, elsewhere a skip.
+fn tool_or_skip(program: &str, arg: &str) -> bool {
+    let found = Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{program} is not installed, and CI must run this test");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED TLS test: {program} is not installed"
+        );
+    }
+    found
+}
+
+/// Python's own TLS client: connects to `port` trusting `ca`, prints its
+/// local port, sends the hex bytes of argv[3], prints the hex of the first
+/// argv[4] bytes it receives, and holds the connection until stdin closes.
+const PYTHON_TLS_CLIENT: &str = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+    print(s.getsockname()[1], flush=True)
+    s.sendall(bytes.fromhex(sys.argv[3]))
+    want, data = int(sys.argv[4]), b""
+    while len(data) < want:
+        chunk = s.recv(want - len(data))
+        if not chunk:
+            break
+        data += chunk
+    print(data.hex(), flush=True)
+    sys.stdin.read()
+"#;
+
+#[test]
+fn tls_terminated_at_haproxy_reaches_the_server_with_the_client_address() {
+    if !haproxy_or_skip()
+        || !tool_or_skip("openssl", "version")
+        || !tool_or_skip("python3", "--version")
+    {
+        return;
+    }
+    use std::io::BufRead;
+    use wheel_server::protocol::{Message, Protocol};
+    let front = free_addr();
+    let base = std::env::temp_dir().join(format!(
+        "wheel-haproxy-tls-{}-{}",
+        std::process::id(),
+        front.port()
+    ));
+    let (key, cert, bundle) = (
+        base.with_extension("key"),
+        base.with_extension("crt"),
+        base.with_extension("pem"),
+    );
+    // A P-256 certificate for localhost and 127.0.0.1, valid for a day.
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success(), "openssl made no certificate");
+    // HAProxy takes the chain and the key in one file.
+    let pem = [std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap()].concat();
+    std::fs::write(&bundle, pem).unwrap();
+
+    let backend = free_addr().to_string();
+    let instance = ServerProcess::start(&[
+        "--listen",
+        &backend,
+        "--proxy-protocol",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = instance.metrics_addr();
+    let socket = base.with_extension("sock");
+    let cfg = format!(
+        "global\n    stats socket {} mode 600 level admin\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10m\n    \
+         timeout server 10m\n\
+         frontend wheel_tls\n    bind {front} ssl crt {}\n    default_backend servers\n\
+         backend servers\n    server s0 {} send-proxy-v2\n",
+        socket.display(),
+        bundle.display(),
+        instance.addr,
+    );
+    let _haproxy = HaProxy::with_config(base.clone(), socket, &cfg);
+    assert!(
+        util::wait_until(PATIENCE, || std::net::TcpStream::connect(front).is_ok()),
+        "haproxy does not listen"
+    );
+
+    let (mut ping, mut pong) = (Vec::new(), Vec::new());
+    Protocol::Frame
+        .encode(&Message::Ping(b"over tls"), &mut ping)
+        .unwrap();
+    Protocol::Frame
+        .encode(&Message::Pong(b"over tls"), &mut pong)
+        .unwrap();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut python = Command::new("python3")
+        .args(["-c", PYTHON_TLS_CLIENT])
+        .arg(front.port().to_string())
+        .arg(&cert)
+        .arg(hex(&ping))
+        .arg(pong.len().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut lines = std::io::BufReader::new(python.stdout.take().unwrap()).lines();
+    let port = lines.next().expect("the client's port").unwrap();
+    let answer = lines.next().expect("the client's answer").unwrap();
+    assert_eq!(answer, hex(&pong), "a PONG through TLS and HAProxy");
+    // The server sees the TLS client's own address, from the PROXY header.
+    let (_, body) = http_get(metrics, "/connections");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let peers: Vec<&str> = list.iter().filter_map(|c| c["peer"].as_str()).collect();
+    assert_eq!(peers, [format!("127.0.0.1:{port}")], "{body}");
+    drop(python.stdin.take());
+    let _ = python.wait();
+    for file in [key, cert, bundle] {
+        let _ = std::fs::remove_file(file);
+    }
 }
