@@ -13,7 +13,7 @@
 # churn (connect + PING + close cycles/s, 16 loops), storm (15,000 clients
 # at once, cold and warm), burst (10,000 connections expiring in one tick).
 # Raw JSON lines go to target/compare/. Each server is started fresh for each
-# figure, on loopback ports 5105 and 5106.
+# figure, on a free loopback port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,17 +38,21 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# A loopback port nothing listens on now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # start_server wheel|tokio IDLE_TIMEOUT: starts one fresh, waits until it
 # accepts, sets $server_pid and $addr.
 start_server() {
     local which=$1 idle=$2
+    addr=127.0.0.1:$(free_port)
     if [ "$which" = wheel ]; then
-        addr=127.0.0.1:5105
         # shellcheck disable=SC2086
         "$wheel" -q --listen "$addr" --max-connections 20000 --idle-timeout "$idle" \
             --stats-interval 0s ${WHEEL_ARGS:-} &
     else
-        addr=127.0.0.1:5106
         "$peer" --listen "$addr" --idle-timeout "$idle" 2>/dev/null &
     fi
     server_pid=$!
