@@ -43,21 +43,7 @@ const AGE: Duration = Duration::from_secs(4);
 const SEND_EVERY: Duration = Duration::from_millis(100);
 
 fn haproxy_or_skip() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("haproxy is not installed, and CI must run this test");
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED haproxy test: haproxy is not installed"
-        );
-    }
-    found
+    tool_or_skip("haproxy", "-v")
 }
 
 fn free_addr() -> SocketAddr {
@@ -600,10 +586,7 @@ fn tool_or_skip(program: &str, arg: &str) -> bool {
         if std::env::var_os("CI").is_some() {
             panic!("{program} is not installed, and CI must run this test");
         }
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED TLS test: {program} is not installed"
-        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {program} is not installed");
     }
     found
 }
