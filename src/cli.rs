@@ -27,13 +27,14 @@ use wheel_server::{Config, Keepalive, parse_duration};
 pub struct Args {
     /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port). Repeat it (or give
     /// a comma-separated list in the environment variable) to listen on several addresses, each
-    /// optionally written SCHEME://HOST:PORT to choose its protocol: frame:// or line://. Topics,
-    /// limits, metrics and shutdown span them all.
+    /// optionally written SCHEME://HOST:PORT[/PATH] to choose its protocol: frame://, line://, or
+    /// ws:// (WebSocket; with a path, upgrades to any other path get 404). Topics, limits,
+    /// metrics and shutdown span them all.
     #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005", value_delimiter = ',', value_parser = listen_spec)]
     listen: Vec<ListenSpec>,
 
     /// Wire protocol of the --listen addresses written without a scheme: length-prefixed frames,
-    /// or text lines (for nc).
+    /// text lines (for nc), or WebSocket (any path).
     #[arg(long, env = "WHEEL_SERVER_PROTOCOL", default_value = "frame", value_parser = protocol_parser())]
     protocol: Protocol,
 
@@ -161,6 +162,13 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 
+    /// WebSocket listeners: accept upgrades from browsers on this origin only, e.g.
+    /// https://app.example.com (repeat for more). An upgrade with any other Origin header gets
+    /// 403: a defence against cross-site WebSocket hijacking. Clients that send no Origin (not
+    /// browsers) are not affected. Default: any origin.
+    #[arg(long, env = "WHEEL_SERVER_ALLOWED_ORIGIN", value_delimiter = ',')]
+    allowed_origin: Vec<String>,
+
     /// The service behind the heartbeat machinery: echo (DATA comes back), or pubsub (DATA is a
     /// command: SUB, UNSUB, PUB, PING; see docs/PROTOCOL.md).
     #[arg(long, env = "WHEEL_SERVER_SERVICE", value_enum, default_value_t = Service::Echo)]
@@ -264,12 +272,14 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
-/// One `--listen` value: `[SCHEME://]HOST:PORT`.
-#[derive(Clone, Copy, Debug)]
+/// One `--listen` value: `[SCHEME://]HOST:PORT[/PATH]`.
+#[derive(Clone, Debug)]
 struct ListenSpec {
     addr: SocketAddr,
     /// From the scheme; `None`: `--protocol`'s.
     protocol: Option<Protocol>,
+    /// A WebSocket listener's path.
+    path: Option<String>,
 }
 
 /// Parses a `--listen` value.
@@ -280,28 +290,41 @@ fn listen_spec(s: &str) -> Result<ListenSpec, String> {
             let protocol = match scheme {
                 "frame" => Protocol::Frame,
                 "line" => Protocol::Line,
-                "ws" | "wss" | "tls" | "tls+line" => {
+                "ws" => Protocol::Ws,
+                "wss" | "tls" | "tls+line" => {
                     return Err(format!(
-                        "{scheme}:// listeners are not supported yet (supported: frame://, line://)"
+                        "{scheme}:// listeners are not supported yet (supported: frame://, line://, ws://)"
                     ));
                 }
                 other => {
                     return Err(format!(
-                        "unknown scheme {other:?} (expected frame:// or line://, or no scheme)"
+                        "unknown scheme {other:?} (expected frame://, line:// or ws://, or no scheme)"
                     ));
                 }
             };
             (Some(protocol), rest)
         }
     };
-    if rest.contains('/') {
+    let (rest, path) = match rest.find('/') {
+        None => (rest, None),
+        Some(_) if protocol != Some(Protocol::Ws) => {
+            return Err(format!(
+                "{s:?}: a path is only meaningful for WebSocket (ws://) listeners"
+            ));
+        }
+        Some(at) => (&rest[..at], Some(rest[at..].to_owned())),
+    };
+    if let Some(path) = &path
+        && (path.contains(['?', '#']) || path.chars().any(char::is_whitespace))
+    {
         return Err(format!(
-            "{s:?}: a path is only meaningful for WebSocket listeners"
+            "{s:?}: the path must be a plain path like /ws (no query, fragment or spaces)"
         ));
     }
     Ok(ListenSpec {
         addr: resolve(rest)?,
         protocol,
+        path,
     })
 }
 
@@ -335,11 +358,13 @@ impl Args {
         let config = Config {
             listen: self.listen[0].addr,
             protocol: self.listen[0].protocol.unwrap_or(self.protocol),
+            path: self.listen[0].path.clone(),
             also_listen: self.listen[1..]
                 .iter()
                 .map(|spec| Listen {
                     addr: spec.addr,
                     protocol: spec.protocol.unwrap_or(self.protocol),
+                    path: spec.path.clone(),
                 })
                 .collect(),
             idle_timeout: nonzero(self.idle_timeout),
@@ -369,6 +394,7 @@ impl Args {
             thread_cache_idle: self.thread_cache_idle,
             metrics_listen: self.metrics_listen,
             admin_token: self.admin_token.clone(),
+            allowed_origins: self.allowed_origin.clone(),
             history: self.history,
             history_ttl: self.history_ttl,
             max_subscriptions: self.max_subscriptions,

@@ -129,14 +129,17 @@ fn every_bad_token_and_a_missing_auth_get_4001() {
     let mut c = Client::connect(server.local_addr());
     c.send(Message::Ping(b"early"));
     assert_eq!(c.expect_close().0, 4001);
-    let text = util::scrape(server.metrics_addr().unwrap());
-    assert_eq!(
+    // The client reads the CLOSE before the worker has counted the close.
+    let counted = || {
+        let text = util::scrape(server.metrics_addr().unwrap());
         util::sample(
             &text,
-            "wheel_connections_closed_total{reason=\"unauthorized\"}"
-        ),
-        (cases.len() + 1) as f64
-    );
+            "wheel_connections_closed_total{reason=\"unauthorized\"}",
+        )
+    };
+    let expected = (cases.len() + 1) as f64;
+    util::wait_until(util::ms(2000), || counted() == expected);
+    assert_eq!(counted(), expected);
 }
 
 #[test]

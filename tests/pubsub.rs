@@ -37,7 +37,7 @@ fn ask(c: &mut Client, text: &str) -> String {
 }
 
 #[test]
-fn every_command_and_error_in_both_protocols() {
+fn every_command_and_error_in_every_protocol() {
     for protocol in Protocol::ALL {
         let server = pubsub(Config {
             protocol,
@@ -443,10 +443,10 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
 #[test]
 fn listeners_of_different_protocols_share_topics() {
     let server = pubsub(Config {
-        also_listen: vec![wheel_server::server::Listen {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            protocol: Protocol::Line,
-        }],
+        also_listen: vec![wheel_server::server::Listen::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Protocol::Line,
+        )],
         ..config()
     });
     let listeners = server.listeners();

@@ -1,9 +1,10 @@
-//! The wire protocol: messages, close codes, and the two codecs (length
-//! prefixed frames and `\n`-terminated lines). See `docs/PROTOCOL.md` for the
-//! specification.
+//! The wire protocol: messages, close codes, and the three codecs (length
+//! prefixed frames, `\n`-terminated lines, and WebSocket frames after an
+//! HTTP upgrade). See `docs/PROTOCOL.md` for the specification.
 //!
-//! Decoding borrows from the caller's buffer: a [`Message`] holds slices of
-//! the bytes received, so the hot path copies nothing and allocates nothing.
+//! Decoding borrows: in frame and line mode a [`Message`] holds slices of
+//! the bytes received, so the hot path copies nothing and allocates
+//! nothing; in WebSocket mode it holds the decoder's unmasked copy.
 //! A decoder never asks for more than [`Decoder::max_message_len`] bytes to
 //! be buffered, and it rejects an oversized frame from its 4-byte header,
 //! before any of the body has been read.
@@ -27,6 +28,7 @@
 pub mod frame;
 pub mod line;
 mod reader;
+pub mod ws;
 
 pub use reader::{OwnedMessage, Reader};
 
@@ -42,6 +44,8 @@ pub mod code {
     pub const GOING_AWAY: u16 = 1001;
     /// Malformed input: zero length, unknown type, PING payload over 125 bytes.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// WebSocket mode: a text message (or close reason) that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation: PINGs sent too often.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame or line longer than the server's maximum.
@@ -77,12 +81,15 @@ pub enum Protocol {
     /// Text lines for people with `nc`: `PING`, `PONG`, `QUIT`, anything else
     /// is data.
     Line,
+    /// WebSocket (RFC 6455) after an HTTP upgrade: text and binary
+    /// messages are data, Ping/Pong/Close frames are PING/PONG/CLOSE.
+    Ws,
 }
 
 impl Protocol {
     /// Every protocol, in the order of [`as_str`](Protocol::as_str) names
     /// shown on the command line.
-    pub const ALL: [Protocol; 2] = [Protocol::Frame, Protocol::Line];
+    pub const ALL: [Protocol; 3] = [Protocol::Frame, Protocol::Line, Protocol::Ws];
 
     /// Appends the encoding of `msg` to `out`, or leaves `out` untouched and
     /// says why `msg` cannot be sent in this protocol.
@@ -92,7 +99,12 @@ impl Protocol {
     /// line and start another, so a handler's data could inject commands), a
     /// DATA payload that would read as a command (`PING ...`, `QUIT` ...),
     /// in frame mode a payload whose length does not fit the length field,
-    /// and in both a CLOSE code that must never be sent.
+    /// in WebSocket mode a PING, PONG or CLOSE over 125 bytes, and in all a
+    /// CLOSE code that must never be sent.
+    ///
+    /// In WebSocket mode DATA goes out as a text message when it is UTF-8,
+    /// as a binary one otherwise, unmasked (the server's side; clients use
+    /// [`encode_as_client`](Protocol::encode_as_client)).
     ///
     /// # Errors
     ///
@@ -106,6 +118,46 @@ impl Protocol {
         match self {
             Protocol::Frame => frame::encode(msg, out),
             Protocol::Line => line::encode(msg, out),
+            Protocol::Ws => ws::encode(msg, ws::DataOpcode::Detect, None, out),
+        }
+    }
+
+    /// As [`encode`](Protocol::encode), for a client's side of the
+    /// connection: in WebSocket mode the frame is masked with a random key,
+    /// as RFC 6455 requires of clients. The other protocols have no sides.
+    ///
+    /// # Errors
+    ///
+    /// As for [`encode`](Protocol::encode).
+    pub fn encode_as_client(self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self {
+            Protocol::Ws => {
+                if let Message::Close { code, .. } = *msg
+                    && !close_code_allowed(code)
+                {
+                    return Err(EncodeError::ForbiddenCloseCode(code));
+                }
+                let mask = fastrand::u32(..).to_ne_bytes();
+                ws::encode(msg, ws::DataOpcode::Detect, Some(mask), out)
+            }
+            _ => self.encode(msg, out),
+        }
+    }
+
+    /// Encodes a DATA reply to a message that was `binary` (a WebSocket
+    /// binary message): in WebSocket mode it then goes out binary, so that
+    /// an echo keeps the opcode; otherwise as [`encode`](Protocol::encode).
+    pub(crate) fn encode_reply(
+        self,
+        payload: &[u8],
+        binary: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        match self {
+            Protocol::Ws if binary => {
+                ws::encode(&Message::Data(payload), ws::DataOpcode::Binary, None, out)
+            }
+            _ => self.encode(&Message::Data(payload), out),
         }
     }
 
@@ -114,6 +166,7 @@ impl Protocol {
         match self {
             Protocol::Frame => "frame",
             Protocol::Line => "line",
+            Protocol::Ws => "ws",
         }
     }
 }
@@ -127,12 +180,12 @@ impl fmt::Display for Protocol {
 impl std::str::FromStr for Protocol {
     type Err = String;
 
-    /// `frame` or `line`.
+    /// `frame`, `line` or `ws`.
     fn from_str(s: &str) -> Result<Protocol, String> {
         Protocol::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown protocol {s:?}: expected frame or line"))
+            .ok_or_else(|| format!("unknown protocol {s:?}: expected frame, line or ws"))
     }
 }
 
@@ -151,6 +204,9 @@ pub enum EncodeError {
     /// A CLOSE code that must never be sent (see
     /// [`DecodeError::ForbiddenCloseCode`]).
     ForbiddenCloseCode(u16),
+    /// WebSocket mode: a PING, PONG or CLOSE whose payload (code included)
+    /// is over 125 bytes, more than a control frame carries.
+    ControlTooLong(usize),
 }
 
 impl fmt::Display for EncodeError {
@@ -164,6 +220,12 @@ impl fmt::Display for EncodeError {
             }
             EncodeError::TooLong(n) => write!(f, "payload of {n} bytes does not fit a frame"),
             EncodeError::ForbiddenCloseCode(c) => write!(f, "close code {c} must not be sent"),
+            EncodeError::ControlTooLong(n) => {
+                write!(
+                    f,
+                    "control frame payload of {n} bytes exceeds {MAX_PING_PAYLOAD}"
+                )
+            }
         }
     }
 }
@@ -205,6 +267,13 @@ pub enum DecodeError {
     /// 1005, 1006 or 1015 (reserved, or meaning "no code" and "abnormal
     /// closure" locally, RFC 6455 section 7.4.1).
     ForbiddenCloseCode(u16),
+    /// WebSocket mode: a frame breaking RFC 6455 (unmasked client frame,
+    /// reserved opcode or bit, fragmented control frame, a continuation
+    /// out of place); says which.
+    WebSocket(&'static str),
+    /// WebSocket mode: a text message or close reason that is not UTF-8
+    /// (CLOSE 1007).
+    InvalidUtf8,
     /// A frame or line longer than the configured maximum.
     TooBig {
         /// The announced frame length; for a line, `max + 1` (a lower bound,
@@ -217,10 +286,12 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// The close code this error is answered with: 1009 for
-    /// [`TooBig`](DecodeError::TooBig), 1002 otherwise.
+    /// [`TooBig`](DecodeError::TooBig), 1007 for
+    /// [`InvalidUtf8`](DecodeError::InvalidUtf8), 1002 otherwise.
     pub fn close_code(&self) -> u16 {
         match self {
             DecodeError::TooBig { .. } => code::TOO_BIG,
+            DecodeError::InvalidUtf8 => code::INVALID_DATA,
             _ => code::PROTOCOL_ERROR,
         }
     }
@@ -240,6 +311,8 @@ impl fmt::Display for DecodeError {
                 write!(f, "ping payload of {n} bytes exceeds {MAX_PING_PAYLOAD}")
             }
             DecodeError::MalformedClose => f.write_str("malformed close frame"),
+            DecodeError::WebSocket(why) => f.write_str(why),
+            DecodeError::InvalidUtf8 => f.write_str("text that is not UTF-8"),
             DecodeError::ForbiddenCloseCode(c) => write!(f, "close code {c} must not be sent"),
             DecodeError::TooBig { len, max } => {
                 write!(f, "message of {len} bytes exceeds the maximum of {max}")
@@ -263,17 +336,51 @@ pub struct Decoder {
     /// `\n`, so a long line arriving in pieces is scanned once, not
     /// quadratically.
     scanned: usize,
+    /// WebSocket mode: unmasked payloads and a fragmented message so far.
+    ws: Option<Box<ws::State>>,
+}
+
+/// A decoded message with what [`Decoder::decode_message`] adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    /// The message.
+    pub message: Message<'a>,
+    /// How many bytes of the buffer it used.
+    pub len: usize,
+    /// WebSocket mode: DATA that came as a binary message (not text).
+    /// Always false in the other modes.
+    pub binary: bool,
 }
 
 impl Decoder {
     /// A decoder for `protocol` that rejects messages longer than
     /// `max_frame` bytes (frame mode: the length field; line mode: the line
-    /// without its terminator).
+    /// without its terminator; WebSocket mode: the message's payload). It
+    /// reads what a client sends: in WebSocket mode, masked frames.
     pub fn new(protocol: Protocol, max_frame: usize) -> Decoder {
+        Decoder::with_role(protocol, max_frame, ws::Role::Server)
+    }
+
+    /// As [`new`](Decoder::new), for a client reading what a server sends:
+    /// in WebSocket mode, unmasked frames.
+    pub fn client(protocol: Protocol, max_frame: usize) -> Decoder {
+        Decoder::with_role(protocol, max_frame, ws::Role::Client)
+    }
+
+    fn with_role(protocol: Protocol, max_frame: usize, role: ws::Role) -> Decoder {
         Decoder {
             protocol,
             max_frame,
             scanned: 0,
+            ws: (protocol == Protocol::Ws).then(|| Box::new(ws::State::new(role))),
+        }
+    }
+
+    /// Gives back memory kept between messages (WebSocket mode: the
+    /// unmasked payload buffer), for a connection gone quiet.
+    pub fn release(&mut self) {
+        if let Some(ws) = &mut self.ws {
+            ws.release();
         }
     }
 
@@ -289,6 +396,7 @@ impl Decoder {
             Protocol::Frame => self.max_frame.saturating_add(frame::HEADER_LEN),
             // The line, then "\r\n".
             Protocol::Line => self.max_frame.saturating_add(2),
+            Protocol::Ws => ws::max_message_len(self.max_frame),
         }
     }
 
@@ -302,13 +410,37 @@ impl Decoder {
     /// A [`DecodeError`] when the stream is invalid; the connection must then
     /// be closed with [`DecodeError::close_code`].
     pub fn decode<'a>(
-        &mut self,
+        &'a mut self,
         buf: &'a [u8],
     ) -> Result<Option<(Message<'a>, usize)>, DecodeError> {
-        match self.protocol {
-            Protocol::Frame => frame::decode(buf, self.max_frame),
-            Protocol::Line => line::decode(buf, self.max_frame, &mut self.scanned),
-        }
+        Ok(self.decode_message(buf)?.map(|d| (d.message, d.len)))
+    }
+
+    /// As [`decode`](Decoder::decode), saying also whether DATA came as a
+    /// WebSocket binary message.
+    ///
+    /// # Errors
+    ///
+    /// As for [`decode`](Decoder::decode).
+    pub fn decode_message<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+    ) -> Result<Option<Decoded<'a>>, DecodeError> {
+        let decoded = match self.protocol {
+            Protocol::Frame => frame::decode(buf, self.max_frame)?.map(|(m, n)| (m, n, false)),
+            Protocol::Line => {
+                line::decode(buf, self.max_frame, &mut self.scanned)?.map(|(m, n)| (m, n, false))
+            }
+            Protocol::Ws => {
+                let st = self.ws.as_mut().expect("a WebSocket decoder has its state");
+                ws::decode(st, buf, self.max_frame)?
+            }
+        };
+        Ok(decoded.map(|(message, len, binary)| Decoded {
+            message,
+            len,
+            binary,
+        }))
     }
 }
 

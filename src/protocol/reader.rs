@@ -83,10 +83,11 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// A reader for `protocol` refusing messages over `max_frame` bytes.
+    /// A reader for `protocol` refusing messages over `max_frame` bytes,
+    /// reading what a server sends (in WebSocket mode: unmasked frames).
     pub fn new(protocol: Protocol, max_frame: usize) -> Reader {
         Reader {
-            decoder: Decoder::new(protocol, max_frame),
+            decoder: Decoder::client(protocol, max_frame),
             buf: Vec::new(),
             start: 0,
         }

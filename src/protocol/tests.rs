@@ -343,3 +343,318 @@ proptest! {
         }
     }
 }
+
+/// A client's WebSocket frame built byte by byte, so that tests can break
+/// any rule: `first` is FIN/RSV/opcode, the payload is masked with `mask`
+/// when given.
+fn ws_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.push(masked | n as u8),
+        n @ 126..=0xffff => {
+            out.push(masked | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(masked | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let start = out.len();
+    if let Some(mask) = mask {
+        out.extend_from_slice(&mask);
+    }
+    out.extend_from_slice(payload);
+    if let Some(mask) = mask {
+        for (i, b) in out[start + 4..].iter_mut().enumerate() {
+            *b ^= mask[i & 3];
+        }
+    }
+    out
+}
+
+const MASK: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+
+fn ws(input: &[u8]) -> Vec<Owned> {
+    decode_in_chunks(Protocol::Ws, 64, input, &[])
+}
+
+#[test]
+fn ws_decodes_the_rfc_examples() {
+    // RFC 6455 section 5.7: a masked "Hello", and unmasked from a server.
+    let masked = [
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
+    assert_eq!(
+        ws(&masked),
+        vec![Owned::Msg(OwnedMessage::Data(b"Hello".to_vec()))]
+    );
+    let mut wire = Vec::new();
+    Protocol::Ws
+        .encode(&Message::Data(b"Hello"), &mut wire)
+        .unwrap();
+    assert_eq!(wire, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+    let mut reader = Reader::new(Protocol::Ws, 64);
+    reader.extend(&wire);
+    assert_eq!(
+        reader.next_message(),
+        Ok(Some(OwnedMessage::Data(b"Hello".to_vec())))
+    );
+    // A fragmented unmasked text message is refused by a server...
+    let fragments = [0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f];
+    assert_eq!(
+        ws(&fragments),
+        vec![Owned::Err(DecodeError::WebSocket("unmasked client frame"))]
+    );
+    // ...and read by a client.
+    let mut reader = Reader::new(Protocol::Ws, 64);
+    reader.extend(&fragments);
+    assert_eq!(
+        reader.next_message(),
+        Ok(Some(OwnedMessage::Data(b"Hello".to_vec())))
+    );
+    assert!(!reader.has_partial());
+}
+
+#[test]
+fn ws_data_is_text_when_utf8_and_replies_keep_a_binary_opcode() {
+    let opcode = |wire: &[u8]| wire[0] & 0x0f;
+    let mut wire = Vec::new();
+    Protocol::Ws
+        .encode(&Message::Data("héllo".as_bytes()), &mut wire)
+        .unwrap();
+    assert_eq!(opcode(&wire), 0x1);
+    wire.clear();
+    Protocol::Ws
+        .encode(&Message::Data(&[0xff, 0x00]), &mut wire)
+        .unwrap();
+    assert_eq!(opcode(&wire), 0x2);
+    wire.clear();
+    Protocol::Ws
+        .encode_reply(b"text but binary", true, &mut wire)
+        .unwrap();
+    assert_eq!(opcode(&wire), 0x2);
+    // The decoder says which a message was.
+    let mut decoder = Decoder::new(Protocol::Ws, 64);
+    let binary = ws_frame(0x82, b"abc", MASK);
+    let decoded = decoder.decode_message(&binary).unwrap().unwrap();
+    assert_eq!(
+        (decoded.message, decoded.binary),
+        (Message::Data(b"abc"), true)
+    );
+    let text = ws_frame(0x81, b"abc", MASK);
+    let decoded = decoder.decode_message(&text).unwrap().unwrap();
+    assert_eq!(
+        (decoded.message, decoded.binary),
+        (Message::Data(b"abc"), false)
+    );
+}
+
+#[test]
+fn ws_control_frames_map_to_ping_pong_and_close() {
+    let close = |payload: &[u8]| ws(&ws_frame(0x88, payload, MASK));
+    assert_eq!(
+        ws(&ws_frame(0x89, b"hb", MASK)),
+        vec![Owned::Msg(OwnedMessage::Ping(b"hb".to_vec()))]
+    );
+    assert_eq!(
+        ws(&ws_frame(0x8a, b"", MASK)),
+        vec![Owned::Msg(OwnedMessage::Pong(Vec::new()))]
+    );
+    assert_eq!(
+        close(&[0x03, 0xe8, b'o', b'k']),
+        vec![Owned::Msg(OwnedMessage::Close(1000, "ok".into()))]
+    );
+    // No status: 1005, which the server answers but never sends.
+    assert_eq!(
+        close(b""),
+        vec![Owned::Msg(OwnedMessage::Close(1005, String::new()))]
+    );
+    assert_eq!(
+        close(&[0x03]),
+        vec![Owned::Err(DecodeError::MalformedClose)]
+    );
+    for forbidden in [999u16, 1005, 1006, 1015, 1016, 2999, 5000] {
+        assert_eq!(
+            close(&forbidden.to_be_bytes()),
+            vec![Owned::Err(DecodeError::ForbiddenCloseCode(forbidden))],
+            "{forbidden}"
+        );
+    }
+    let bad_reason = close(&[0x03, 0xe8, 0xff]);
+    assert_eq!(bad_reason, vec![Owned::Err(DecodeError::InvalidUtf8)]);
+    assert_eq!(DecodeError::InvalidUtf8.close_code(), 1007);
+    // Our CLOSE encodes as a Close frame with the same code and reason.
+    let mut wire = Vec::new();
+    Protocol::Ws
+        .encode(
+            &Message::Close {
+                code: 4000,
+                reason: "idle timeout",
+            },
+            &mut wire,
+        )
+        .unwrap();
+    assert_eq!(&wire[..4], &[0x88, 14, 0x0f, 0xa0]);
+    assert_eq!(&wire[4..], b"idle timeout");
+    let long = "x".repeat(124);
+    assert_eq!(
+        Protocol::Ws.encode(
+            &Message::Close {
+                code: 4000,
+                reason: &long
+            },
+            &mut wire
+        ),
+        Err(EncodeError::ControlTooLong(126))
+    );
+}
+
+#[test]
+fn ws_frames_breaking_rfc_6455_are_refused_with_their_codes() {
+    let err = |input: Vec<u8>| match ws(&input).pop() {
+        Some(Owned::Err(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let malformed = |why| DecodeError::WebSocket(why);
+    assert_eq!(
+        err(ws_frame(0x81, b"x", None)),
+        malformed("unmasked client frame")
+    );
+    assert_eq!(
+        err(ws_frame(0xc1, b"x", MASK)),
+        malformed("reserved bit set without an extension")
+    );
+    assert_eq!(
+        err(ws_frame(0x83, b"x", MASK)),
+        malformed("reserved opcode")
+    );
+    assert_eq!(
+        err(ws_frame(0x8b, b"x", MASK)),
+        malformed("reserved opcode")
+    );
+    assert_eq!(
+        err(ws_frame(0x09, b"x", MASK)),
+        malformed("fragmented control frame")
+    );
+    assert_eq!(
+        err(ws_frame(0x80, b"x", MASK)),
+        malformed("continuation frame without a message")
+    );
+    let mut twice = ws_frame(0x01, b"a", MASK);
+    twice.extend(ws_frame(0x81, b"b", MASK));
+    assert_eq!(err(twice), malformed("new message inside a fragmented one"));
+    assert_eq!(
+        err(ws_frame(0x89, &[0; 126], MASK)),
+        DecodeError::PingTooLong(126)
+    );
+    assert_eq!(
+        err(ws_frame(0x81, &[0xc3, 0x28], MASK)),
+        DecodeError::InvalidUtf8
+    );
+    for e in [malformed("x"), DecodeError::PingTooLong(126)] {
+        assert_eq!(e.close_code(), code::PROTOCOL_ERROR);
+    }
+}
+
+#[test]
+fn ws_size_limits_hold_across_fragments_and_from_the_header_alone() {
+    // Over the limit: refused from the header, before the body.
+    let big = ws_frame(0x82, &[0; 65], MASK);
+    assert!(one(Protocol::Ws, 64, &big[..8]).unwrap_err().is_too_big());
+    // Each fragment fits, together they do not.
+    let mut split = ws_frame(0x02, &[0; 40], MASK);
+    split.extend(ws_frame(0x80, &[0; 40], MASK));
+    assert!(matches!(ws(&split).pop(), Some(Owned::Err(e)) if e.is_too_big()));
+    // Empty fragments cost header bytes: bounded too.
+    let mut empties = ws_frame(0x02, b"", MASK);
+    for _ in 0..ws::FRAGMENT_ALLOWANCE {
+        empties.extend(ws_frame(0x00, b"", MASK));
+    }
+    assert!(matches!(ws(&empties).pop(), Some(Owned::Err(e)) if e.is_too_big()));
+    // A 64-byte message in 1-byte fragments fits.
+    let mut fine = ws_frame(0x01, b"a", MASK);
+    for _ in 0..62 {
+        fine.extend(ws_frame(0x00, b"b", MASK));
+    }
+    fine.extend(ws_frame(0x80, b"c", MASK));
+    let expected = [b"a".as_slice(), &[b'b'; 62], b"c"].concat();
+    assert_eq!(ws(&fine), vec![Owned::Msg(OwnedMessage::Data(expected))]);
+}
+
+#[test]
+fn ws_control_frames_between_fragments_are_answered_first() {
+    let mut wire = ws_frame(0x01, b"hel", MASK);
+    wire.extend(ws_frame(0x89, b"p", MASK));
+    wire.extend(ws_frame(0x80, b"lo", MASK));
+    let expected = vec![
+        Owned::Msg(OwnedMessage::Ping(b"p".to_vec())),
+        Owned::Msg(OwnedMessage::Data(b"hello".to_vec())),
+    ];
+    for cut in 0..wire.len() {
+        assert_eq!(
+            decode_in_chunks(Protocol::Ws, 64, &wire, &[cut]),
+            expected,
+            "cut at {cut}"
+        );
+    }
+}
+
+proptest! {
+    /// What a client encodes, a server decodes the same however split, and
+    /// what a server encodes a client reads back.
+    #[test]
+    fn ws_messages_decode_the_same_however_split(
+        msgs in proptest::collection::vec(message(), 0..20),
+        cuts in proptest::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let mut wire = Vec::new();
+        let mut server = Vec::new();
+        for m in &msgs {
+            Protocol::Ws.encode_as_client(&m.as_message(), &mut wire).unwrap();
+            encode_owned(Protocol::Ws, m, &mut server);
+        }
+        // Close codes only RFC 6455 allows on the wire come back.
+        let expected: Vec<Owned> = msgs
+            .iter()
+            .cloned()
+            .map(|m| match m {
+                OwnedMessage::Close(c, _) if (1016..=2999).contains(&c) || c >= 5000 => {
+                    Owned::Err(DecodeError::ForbiddenCloseCode(c))
+                }
+                m => Owned::Msg(m),
+            })
+            .scan(false, |failed, item| {
+                if *failed { return None; }
+                *failed = matches!(item, Owned::Err(_));
+                Some(item)
+            })
+            .collect();
+        prop_assert_eq!(decode_in_chunks(Protocol::Ws, 1 << 16, &wire, &cuts), expected.clone());
+        let mut reader = Reader::new(Protocol::Ws, 1 << 16);
+        reader.extend(&server);
+        let mut read = Vec::new();
+        loop {
+            match reader.next_message() {
+                Ok(Some(m)) => read.push(Owned::Msg(m)),
+                Ok(None) => break,
+                Err(e) => { read.push(Owned::Err(e)); break; }
+            }
+        }
+        prop_assert_eq!(read, expected);
+    }
+
+    /// Arbitrary bytes to a WebSocket server decoder: the same however
+    /// split, never a panic, never more than max_message_len buffered.
+    #[test]
+    fn ws_arbitrary_bytes_decode_the_same_however_split(
+        max in 1usize..64,
+        input in proptest::collection::vec(any::<u8>(), 0..400),
+        cuts in proptest::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let whole = decode_in_chunks(Protocol::Ws, max, &input, &[]);
+        let split = decode_in_chunks(Protocol::Ws, max, &input, &cuts);
+        prop_assert_eq!(whole, split);
+    }
+}

@@ -14,7 +14,7 @@ use super::admission::{self, Refused};
 use super::conn::Conn;
 use super::shared::Shared;
 use super::timer::Event;
-use super::worker;
+use super::{upgrade, worker};
 use crate::protocol::{Message, Protocol, code};
 use crate::sys::{self, AcceptError};
 
@@ -202,7 +202,7 @@ fn admit(
     let mut stream = Some(stream);
     let conn = shared.registry.insert(config.max_connections, |id| {
         let stream = stream.take().expect("called once");
-        Conn::new(id, stream, peer, protocol, tick, config)
+        Conn::new(id, stream, peer, protocol, index, tick, config)
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
@@ -275,14 +275,20 @@ fn reject(
         .rejected
         .get_or_create(&[("reason", label)])
         .inc();
-    let mut close = Vec::new();
-    let msg = Message::Close {
-        code: code::TRY_AGAIN_LATER,
-        reason,
+    let close = if protocol == Protocol::Ws {
+        // Before the upgrade, the answer is HTTP's.
+        upgrade::response(503, "Service Unavailable", reason, &[("Retry-After", "1")])
+    } else {
+        let mut close = Vec::new();
+        let msg = Message::Close {
+            code: code::TRY_AGAIN_LATER,
+            reason,
+        };
+        if protocol.encode(&msg, &mut close).is_err() {
+            return;
+        }
+        close
     };
-    if protocol.encode(&msg, &mut close).is_err() {
-        return;
-    }
     if stream.set_nonblocking(true).is_err() {
         return;
     }

@@ -201,6 +201,10 @@ pub enum CloseReason {
     /// The connection's credentials expired without a refresh: CLOSE 4002
     /// `token expired`.
     TokenExpired,
+    /// A WebSocket connection's upgrade request was refused (an HTTP error
+    /// status was sent) or did not arrive within the handshake timeout;
+    /// why. No CLOSE: the protocol never started.
+    BadUpgrade(String),
     /// Any other I/O error.
     Io(io::ErrorKind),
 }
@@ -208,7 +212,7 @@ pub enum CloseReason {
 impl CloseReason {
     /// Every [`label`](CloseReason::label), in the order metrics list them
     /// (each is reported from the start, at 0).
-    pub const LABELS: [&'static str; 20] = [
+    pub const LABELS: [&'static str; 21] = [
         "peer_closed",
         "peer_close_frame",
         "reset",
@@ -229,6 +233,7 @@ impl CloseReason {
         "per_ip_rate",
         "unauthorized",
         "token_expired",
+        "bad_upgrade",
     ];
 
     /// A short stable name, for logs and metric labels.
@@ -253,6 +258,7 @@ impl CloseReason {
             CloseReason::PerIpRate => "per_ip_rate",
             CloseReason::Unauthorized(_) => "unauthorized",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::BadUpgrade(_) => "bad_upgrade",
             CloseReason::Io(_) => "io_error",
         }
     }
@@ -282,6 +288,7 @@ impl CloseReason {
             | CloseReason::TcpTimeout(_)
             | CloseReason::WriteTimeout
             | CloseReason::HandlerPanic
+            | CloseReason::BadUpgrade(_)
             | CloseReason::Io(_) => return None,
         })
     }
@@ -336,6 +343,7 @@ impl fmt::Display for CloseReason {
             CloseReason::PerIpRate => f.write_str("connecting too often from this address"),
             CloseReason::Unauthorized(why) => write!(f, "unauthorized: {why}"),
             CloseReason::TokenExpired => f.write_str("token expired"),
+            CloseReason::BadUpgrade(why) => write!(f, "WebSocket upgrade refused: {why}"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
     }
@@ -372,6 +380,7 @@ mod tests {
             CloseReason::PerIpRate,
             CloseReason::Unauthorized("x".into()),
             CloseReason::TokenExpired,
+            CloseReason::BadUpgrade("x".into()),
             CloseReason::Io(io::ErrorKind::Other),
         ];
         for reason in &all {
@@ -395,6 +404,7 @@ mod tests {
                 | CloseReason::PerIpRate
                 | CloseReason::Unauthorized(_)
                 | CloseReason::TokenExpired
+                | CloseReason::BadUpgrade(_)
                 | CloseReason::Io(_) => {}
             }
         }

@@ -32,6 +32,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Wire protocol spoken on the connections of `listen`.
     pub protocol: Protocol,
+    /// WebSocket mode: the path `listen`'s upgrades must ask for (404
+    /// otherwise); `None`: any path.
+    pub path: Option<String>,
     /// More addresses to listen on, each with its own protocol. Topics,
     /// limits, metrics and shutdown span every listener.
     pub also_listen: Vec<Listen>,
@@ -113,6 +116,12 @@ pub struct Config {
     /// header) must arrive within this long of the accept, or the
     /// connection is dropped and counted (`wheel_handshake_timeouts_total`).
     pub handshake_timeout: Duration,
+    /// WebSocket listeners: the `Origin`s an upgrade may come from
+    /// (compared without regard to case); an upgrade with another `Origin`
+    /// gets 403. Empty: any. An upgrade without `Origin` (not from a
+    /// browser) is not affected: this defends browsers' users against
+    /// cross-site WebSocket hijacking, it does not authenticate.
+    pub allowed_origins: Vec<String>,
     /// Connections one client address may hold at once (IPv6 grouped by
     /// /64; the PROXY protocol's address when that is on); further ones get
     /// CLOSE 1013 `too many connections from your address`. `None`: no
@@ -200,6 +209,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5005)),
             protocol: Protocol::Frame,
+            path: None,
             also_listen: Vec::new(),
             idle_timeout: Some(Duration::from_secs(60)),
             tick: Duration::from_millis(100),
@@ -224,6 +234,7 @@ impl Default for Config {
             reuse_port: false,
             proxy_protocol: false,
             handshake_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
             max_connections_per_ip: None,
             max_connect_rate_per_ip: None,
             history: 100,
@@ -396,12 +407,25 @@ impl Config {
 
 /// One more address to listen on ([`Config::also_listen`]) and the
 /// protocol its connections speak.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
     /// Address; port 0 picks a free port.
     pub addr: SocketAddr,
     /// Wire protocol of its connections.
     pub protocol: Protocol,
+    /// WebSocket mode: the path upgrades must ask for; `None`: any.
+    pub path: Option<String>,
+}
+
+impl Listen {
+    /// A listener on `addr` speaking `protocol`, any path.
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Listen {
+        Listen {
+            addr,
+            protocol,
+            path: None,
+        }
+    }
 }
 
 impl Config {
@@ -410,8 +434,9 @@ impl Config {
         std::iter::once(Listen {
             addr: self.listen,
             protocol: self.protocol,
+            path: self.path.clone(),
         })
-        .chain(self.also_listen.iter().copied())
+        .chain(self.also_listen.iter().cloned())
         .collect()
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct Conn {
     pub(crate) id: ConnId,
     /// The protocol this connection speaks (chosen by its listener).
     pub(crate) protocol: Protocol,
+    /// Its listener's index in `Shared::listeners`.
+    pub(crate) listener: usize,
     /// The socket's peer: the client, or a load balancer in front of it.
     socket_peer: SocketAddr,
     /// The real client's address from a PROXY protocol header, once read.
@@ -63,18 +65,23 @@ impl Conn {
         stream: TcpStream,
         peer: SocketAddr,
         protocol: Protocol,
+        listener: usize,
         now_tick: u64,
         config: &Config,
     ) -> Conn {
+        // A WebSocket connection speaks HTTP until its upgrade: nothing of
+        // the protocol goes out before.
+        let started = protocol != Protocol::Ws;
         Conn {
             id,
             protocol,
+            listener,
             socket_peer: peer,
             client: OnceLock::new(),
             opened: Instant::now(),
             activity: Stamp::new(now_tick),
             traffic: Traffic::default(),
-            out: Outbound::new(stream, config.max_outbox, config.write_timeout),
+            out: Outbound::new(stream, config.max_outbox, config.write_timeout, started),
             subscriptions: Mutex::new(Vec::new()),
             app_close: OnceLock::new(),
             ip_key: OnceLock::new(),

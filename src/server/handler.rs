@@ -10,7 +10,7 @@ use super::conn::Conn;
 use super::handle::ServerHandle;
 use super::id::ConnId;
 use super::shared::Shared;
-use crate::protocol::{EncodeError, Message, Protocol};
+use crate::protocol::{EncodeError, Protocol};
 use crate::traffic::{Kind, Tally};
 
 /// The longest close reason sent, in bytes: what a WebSocket close frame
@@ -98,6 +98,9 @@ pub struct Session<'a> {
     pub(crate) peer: SocketAddr,
     /// The protocol it speaks, which encodes replies.
     pub(crate) protocol: Protocol,
+    /// The message being handled came as a WebSocket binary message:
+    /// replies go out binary too.
+    pub(crate) binary: bool,
     /// The worker's batch of encoded answers.
     pub(crate) out: &'a mut Vec<u8>,
     /// A close the handler asked for: code and reason.
@@ -148,6 +151,9 @@ impl Session<'_> {
 
     /// Queues a DATA message to the peer.
     ///
+    /// In WebSocket mode a reply to a binary message is binary; otherwise
+    /// it is text when the payload is UTF-8, binary when not.
+    ///
     /// # Errors
     ///
     /// The payload cannot be sent in this connection's protocol (see
@@ -155,7 +161,7 @@ impl Session<'_> {
     /// one that would read as a command); nothing was queued.
     pub fn send(&mut self, payload: &[u8]) -> Result<(), EncodeError> {
         let before = self.out.len();
-        self.protocol.encode(&Message::Data(payload), self.out)?;
+        self.protocol.encode_reply(payload, self.binary, self.out)?;
         self.sent.add(Kind::Data, self.out.len() - before);
         Ok(())
     }

@@ -45,7 +45,7 @@ pub(crate) const REJECT_REASONS: [&str; 4] =
     ["server_full", "no_thread", "per_ip_limit", "per_ip_rate"];
 
 /// Every stage a handshake can time out in.
-pub(crate) const HANDSHAKE_STAGES: [&str; 2] = ["proxy", "auth"];
+pub(crate) const HANDSHAKE_STAGES: [&str; 3] = ["proxy", "websocket", "auth"];
 
 /// Everything the server counts.
 pub(crate) struct Metrics {
@@ -97,6 +97,8 @@ pub(crate) struct Metrics {
     /// Connections dropped because their handshake missed its deadline, by
     /// stage.
     pub(crate) handshake_timeouts: Family<Label, Counter>,
+    /// WebSocket upgrade requests, by result (`ok` or why refused).
+    pub(crate) ws_upgrades: Family<Label, Counter>,
     /// Messages published to topics.
     pub(crate) publishes: Counter,
     /// Published messages written or queued to subscribers.
@@ -299,6 +301,7 @@ impl Metrics {
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
             handshake_timeouts: Family::default(),
+            ws_upgrades: Family::default(),
             auth: Family::default(),
             rate_untracked: Counter::default(),
             publishes: Counter::default(),
@@ -325,6 +328,9 @@ impl Metrics {
                     .handshake_timeouts
                     .get_or_create(&[("stage", stage)]),
             );
+        }
+        for result in super::upgrade::RESULTS {
+            drop(metrics.ws_upgrades.get_or_create(&[("result", result)]));
         }
         for kind in ["register", "deregister"] {
             drop(metrics.timer_events.get_or_create(&[("kind", kind)]));
@@ -421,8 +427,13 @@ impl Metrics {
         );
         registry.register(
             "wheel_handshake_timeouts",
-            "Connections dropped because what comes before admission (the PROXY header) missed --handshake-timeout, by stage",
+            "Connections dropped because what comes before admission (the PROXY header, the WebSocket upgrade, AUTH) missed --handshake-timeout, by stage",
             m.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "wheel_ws_upgrades",
+            "WebSocket upgrade requests, by result: ok, or the refusal (bad_request 400, upgrade_required 426, not_found 404, forbidden 403 for an Origin not allowed, too_large 431)",
+            m.ws_upgrades.clone(),
         );
         registry.register(
             "wheel_auth",

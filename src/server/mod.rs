@@ -81,6 +81,7 @@ mod signals;
 mod threads;
 mod timer;
 mod topics;
+mod upgrade;
 mod worker;
 
 pub use close::{CloseReason, TcpTimeout};
@@ -165,7 +166,12 @@ impl Server {
     pub fn with_handler(config: Config, handler: impl Handler) -> io::Result<Server> {
         config.validate()?;
         let mut listeners = Vec::new();
-        for Listen { addr, protocol } in config.listeners() {
+        for Listen {
+            addr,
+            protocol,
+            path,
+        } in config.listeners()
+        {
             let socket = sys::listen(addr, config.reuse_port)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             // Accepted sockets inherit these; the accept thread checks.
@@ -177,6 +183,7 @@ impl Server {
                 socket,
                 addr,
                 protocol,
+                path,
             });
         }
         let local_addr = listeners[0].addr;
@@ -282,6 +289,7 @@ impl Server {
             .map(|l| Listen {
                 addr: l.addr,
                 protocol: l.protocol,
+                path: l.path.clone(),
             })
             .collect()
     }
@@ -390,6 +398,7 @@ pub(crate) mod test_support {
                 socket: listener.try_clone().unwrap(),
                 addr: listener.local_addr().unwrap(),
                 protocol,
+                path: None,
             }],
             frames: Frames::new(),
             flushes: Flushes::default(),
@@ -414,7 +423,7 @@ pub(crate) mod test_support {
         let conn = shared
             .registry
             .insert(usize::MAX, |id| {
-                Conn::new(id, server_side, peer, config.protocol, 0, config)
+                Conn::new(id, server_side, peer, config.protocol, 0, 0, config)
             })
             .unwrap();
         (conn, client)

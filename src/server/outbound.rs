@@ -176,6 +176,11 @@ struct State {
     listed: bool,
     /// When the queue last made progress, or first held bytes.
     progress_at: Instant,
+    /// The protocol has started: before (a WebSocket connection still in
+    /// its HTTP upgrade) only the worker writes, pushes and probes are
+    /// refused, and a drain or expiry sends no CLOSE (the worker, woken,
+    /// just hangs up).
+    started: bool,
 }
 
 impl State {
@@ -278,6 +283,7 @@ impl Outbound {
         stream: TcpStream,
         max_queued: usize,
         write_limit: Option<Duration>,
+        started: bool,
     ) -> Outbound {
         Outbound {
             stream,
@@ -291,6 +297,7 @@ impl Outbound {
                 broken: false,
                 listed: false,
                 progress_at: Instant::now(),
+                started,
             }),
             queued: AtomicUsize::new(0),
             max_queued,
@@ -301,6 +308,12 @@ impl Outbound {
     /// The socket, for the worker's reads and for socket options.
     pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// Marks the protocol as started (a WebSocket upgrade was answered):
+    /// from now on messages other than the worker's may go out.
+    pub(crate) fn start(&self) {
+        self.state.lock().started = true;
     }
 
     /// Where the connection is on its way out.
@@ -327,7 +340,7 @@ impl Outbound {
         msg: &[u8],
     ) -> Result<Delivery, PushError> {
         let mut st = self.state.lock();
-        if st.close != CloseState::Open || st.close_sent.is_some() || st.broken {
+        if st.close != CloseState::Open || st.close_sent.is_some() || st.broken || !st.started {
             return Err(PushError::Closed);
         }
         if st.unwritten() + st.taken + msg.len() > self.max_queued {
@@ -359,6 +372,12 @@ impl Outbound {
             CloseState::Finishing => return Err(DrainRefused::Finishing),
         }
         st.close = CloseState::Requested(request);
+        if !st.started {
+            // No CLOSE before the protocol starts: the worker hangs up.
+            drop(st);
+            sys::wake_reader(&self.stream);
+            return Ok(Delivery::Queued);
+        }
         if st.broken || st.close_sent.is_some() {
             return Ok(Delivery::Queued);
         }
@@ -407,7 +426,12 @@ impl Outbound {
             return Expired::Closing;
         }
         st.close = CloseState::Requested(request);
-        if st.worker_busy || st.broken || st.close_sent.is_some() || sys::has_unread(&self.stream) {
+        if st.worker_busy
+            || st.broken
+            || st.close_sent.is_some()
+            || !st.started
+            || sys::has_unread(&self.stream)
+        {
             return Expired::Requested;
         }
         st.close_sent = Some(close.len());
@@ -652,6 +676,7 @@ impl Outbound {
         }
         if let Some(close) = close
             && st.close_sent.is_none()
+            && st.started
         {
             st.close_sent = Some(close.len());
             st.queue.push(close, false);

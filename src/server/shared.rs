@@ -63,6 +63,8 @@ pub(crate) struct Listening {
     /// Its address, with the real port.
     pub(crate) addr: std::net::SocketAddr,
     pub(crate) protocol: Protocol,
+    /// WebSocket mode: the path upgrades must ask for; `None`: any.
+    pub(crate) path: Option<String>,
 }
 
 /// The messages the server sends most, encoded once for each protocol: the
@@ -100,6 +102,7 @@ impl Frames {
         match protocol {
             Protocol::Frame => 0,
             Protocol::Line => 1,
+            Protocol::Ws => 2,
         }
     }
 

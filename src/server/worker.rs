@@ -34,7 +34,8 @@ use super::ping::PingPolicy;
 use super::proxy;
 use super::shared::{Shared, close_frame};
 use super::timer::Event;
-use crate::protocol::{Decoder, Message};
+use super::upgrade::{self, Upgrade};
+use crate::protocol::{Decoded, Decoder, Message, Protocol};
 use crate::sys;
 use crate::traffic::{Kind, Tally};
 
@@ -59,6 +60,7 @@ const RETAIN_OUTPUT: usize = 64 * 1024;
 /// Starts the worker thread for `conn`.
 pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
     let worker = Worker {
+        started: conn.protocol != Protocol::Ws,
         decoder: Decoder::new(conn.protocol, shared.config.max_frame),
         input: ReadBuf::new(),
         output: Vec::new(),
@@ -91,6 +93,9 @@ struct Worker {
     sent: Tally,
     /// The peer's PING rate.
     pings: PingPolicy,
+    /// The protocol has started (a WebSocket connection: its upgrade was
+    /// answered), so a close is said with a CLOSE.
+    started: bool,
 }
 
 /// Removes the connection from the registry (counting it in the metrics)
@@ -188,8 +193,9 @@ impl Worker {
     }
 
     /// Everything before the connection is opened to the handler: the
-    /// PROXY header and the per-address limits on its address, then the
-    /// authentication message. Out of line, as it runs once.
+    /// PROXY header and the per-address limits on its address, the
+    /// WebSocket upgrade, then the authentication (the upgrade's token, or
+    /// the first message). Out of line, as it runs once.
     #[inline(never)]
     fn admit(&mut self) -> Result<Option<Identity>, CloseReason> {
         if self.shared.config.proxy_protocol {
@@ -221,11 +227,98 @@ impl Worker {
                 }
             }
         }
-        if self.shared.handler.requires_auth() {
-            self.authenticate_first().map(Some)
+        let token = if self.conn.protocol == Protocol::Ws {
+            self.upgrade_websocket()?
         } else {
-            Ok(None)
+            None
+        };
+        if !self.shared.handler.requires_auth() {
+            return Ok(None);
         }
+        match token {
+            Some(token) => self.check_credentials(&token).map(Some),
+            None => self.authenticate_first().map(Some),
+        }
+    }
+
+    /// Reads the WebSocket upgrade request within the handshake deadline
+    /// and answers it: 101 and the protocol starts, or an HTTP error and
+    /// the connection ends. Returns the credentials the request carried.
+    #[inline(never)]
+    fn upgrade_websocket(&mut self) -> Result<Option<Vec<u8>>, CloseReason> {
+        let timeout = self.shared.config.handshake_timeout;
+        let deadline = self.conn.opened + timeout;
+        let shared = Arc::clone(&self.shared);
+        let policy = upgrade::Policy {
+            path: shared.listeners[self.conn.listener].path.as_deref(),
+            origins: &shared.config.allowed_origins,
+        };
+        let outcome = loop {
+            match upgrade::upgrade(self.input.data(), policy) {
+                Upgrade::Incomplete => {}
+                Upgrade::Accept {
+                    response,
+                    len,
+                    token,
+                } => {
+                    self.input.consume(len);
+                    break Ok((response, token));
+                }
+                Upgrade::Refuse(refusal) => {
+                    self.count_upgrade(refusal.label);
+                    debug!(conn = %self.conn.id, peer = %self.conn.peer(), status = refusal.status, "WebSocket upgrade refused: {}", refusal.why);
+                    // A failed write changes nothing: the connection ends.
+                    let _ = self.conn.out.write_batch(
+                        self.conn.id,
+                        &self.shared.flushes,
+                        &refusal.response,
+                    );
+                    break Err(CloseReason::BadUpgrade(format!(
+                        "{} {}",
+                        refusal.status, refusal.why
+                    )));
+                }
+            }
+            if let Err(reason) = self.handshake_read(deadline, upgrade::MAX_REQUEST, |w| {
+                w.upgrade_timed_out(timeout)
+            }) {
+                break Err(reason);
+            }
+        };
+        let _ = self.conn.stream().set_read_timeout(None);
+        let (response, token) = outcome?;
+        self.count_upgrade("ok");
+        if let Err(e) = self
+            .conn
+            .out
+            .write_batch(self.conn.id, &self.shared.flushes, &response)
+        {
+            return Err(self.requested_or(CloseReason::from_write_error(&e)));
+        }
+        self.conn.out.start();
+        self.started = true;
+        Ok(token)
+    }
+
+    fn count_upgrade(&self, result: &'static str) {
+        self.shared
+            .metrics
+            .ws_upgrades
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    /// An upgrade request that did not arrive within the handshake
+    /// deadline: counted by stage, dropped without an answer.
+    fn upgrade_timed_out(&self, timeout: Duration) -> CloseReason {
+        self.shared
+            .metrics
+            .handshake_timeouts
+            .get_or_create(&[("stage", "websocket")])
+            .inc();
+        self.requested_or(CloseReason::BadUpgrade(format!(
+            "no upgrade request within the handshake timeout ({timeout:?})"
+        )))
     }
 
     /// Reads the PROXY protocol header that must open the connection and
@@ -302,7 +395,13 @@ impl Worker {
             self.handshake_read(deadline, limit, |w| w.auth_timed_out(timeout))?;
         };
         let _ = self.conn.stream().set_read_timeout(None);
-        let outcome = self.shared.handler.authenticate(&credentials);
+        self.check_credentials(&credentials)
+    }
+
+    /// Has the handler check a connection's credentials, counting the
+    /// result.
+    fn check_credentials(&self, credentials: &[u8]) -> Result<Identity, CloseReason> {
+        let outcome = self.shared.handler.authenticate(credentials);
         let result = if outcome.is_ok() { "ok" } else { "refused" };
         self.shared
             .metrics
@@ -378,6 +477,7 @@ impl Worker {
             id: self.conn.id,
             peer: self.conn.peer(),
             protocol: self.conn.protocol,
+            binary: false,
             out: &mut self.output,
             close: &mut close,
             sent: &mut self.sent,
@@ -433,6 +533,7 @@ impl Worker {
             // pending, so give the buffers back until the next ones.
             if self.shared.clock.now() >= waited_from + QUIET_TICKS {
                 self.input.release();
+                self.decoder.release();
                 self.output = Vec::new();
             }
         }
@@ -492,7 +593,11 @@ impl Worker {
     /// Decodes and answers every complete message in the input buffer.
     fn process(&mut self) -> Result<(), CloseReason> {
         let outcome = loop {
-            let (msg, used) = match self.decoder.decode(self.input.data()) {
+            let Decoded {
+                message: msg,
+                len: used,
+                binary,
+            } = match self.decoder.decode_message(self.input.data()) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(CloseReason::Protocol(e)),
@@ -505,6 +610,7 @@ impl Worker {
                 &mut self.output,
                 &mut self.sent,
                 msg,
+                binary,
             );
             self.input.consume(used);
             if let Err(reason) = answered {
@@ -542,7 +648,11 @@ impl Worker {
     #[inline(never)]
     fn finish(&mut self, reason: &CloseReason) {
         let conn = Arc::clone(&self.conn);
-        let close = close_frame(conn.protocol, reason);
+        // Before a WebSocket upgrade, there is no protocol to close.
+        let close = self
+            .started
+            .then(|| close_frame(conn.protocol, reason))
+            .flatten();
         // A write failure here changes nothing: the socket goes down next.
         let _ = conn
             .out
@@ -597,6 +707,7 @@ fn answer(
     output: &mut Vec<u8>,
     sent: &mut Tally,
     msg: Message<'_>,
+    binary: bool,
 ) -> Result<(), CloseReason> {
     let protocol = conn.protocol;
     match msg {
@@ -614,6 +725,7 @@ fn answer(
                 id: conn.id,
                 peer: conn.peer(),
                 protocol,
+                binary,
                 out: output,
                 close: &mut close,
                 sent,

@@ -87,15 +87,51 @@ impl Client {
         Client::connect_with(addr, Protocol::Frame)
     }
 
+    /// Connects; in WebSocket mode, upgrades at path `/` first.
     pub fn connect_with(addr: SocketAddr, protocol: Protocol) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client {
+        let mut client = Client {
             stream,
             protocol,
             reader: Reader::new(protocol, 16 << 20),
+        };
+        if protocol == Protocol::Ws {
+            let (status, _) = client.upgrade("/", "");
+            assert_eq!(status, 101, "WebSocket upgrade refused");
         }
+        client
+    }
+
+    /// Sends a WebSocket upgrade request for `path` with `extra` header
+    /// lines (each ending in CRLF) and reads the response head: its status
+    /// and the whole head. Bytes after the head stay for the reader.
+    pub fn upgrade(&mut self, path: &str, extra: &str) -> (u16, String) {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        );
+        self.send_raw(request.as_bytes());
+        self.http_head()
+    }
+
+    /// Reads an HTTP response head: its status and text.
+    pub fn http_head(&mut self) -> (u16, String) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, head)
     }
 
     /// A client over an already connected stream.
@@ -112,7 +148,7 @@ impl Client {
     pub fn try_ping(&mut self, payload: &[u8]) -> bool {
         let mut wire = Vec::new();
         self.protocol
-            .encode(&Message::Ping(payload), &mut wire)
+            .encode_as_client(&Message::Ping(payload), &mut wire)
             .unwrap();
         if self.stream.write_all(&wire).is_err() {
             return false;
@@ -125,7 +161,7 @@ impl Client {
 
     pub fn send(&mut self, msg: Message<'_>) {
         let mut wire = Vec::new();
-        self.protocol.encode(&msg, &mut wire).unwrap();
+        self.protocol.encode_as_client(&msg, &mut wire).unwrap();
         self.send_raw(&wire);
     }
 
