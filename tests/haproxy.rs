@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, ServerProcess, http_get, ms, sample, scrape};
+use util::{PATIENCE, ServerProcess, http_get, ms, sample, scrape, tool_or_skip};
 use wheel_server::client::{self, Backoff, ClientConfig, DeadReason, Event};
 
 const CLIENTS: usize = 300;
@@ -571,24 +571,6 @@ fn three_instances_behind_haproxy_with_drain_failover_and_rebalancing() {
         lossless && missing == 0 && doubled == 0,
         "{missing} DATA unanswered, {doubled} echoed twice"
     );
-}
-
-/// Whether `program --version` (or `version`) runs; under CI a missing one
-/// is a failure, elsewhere a skip.
-fn tool_or_skip(program: &str, arg: &str) -> bool {
-    let found = Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("{program} is not installed, and CI must run this test");
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {program} is not installed");
-    }
-    found
 }
 
 /// Python's own TLS client: connects to `port` trusting `ca`, prints its

@@ -89,6 +89,11 @@ impl Client {
 
     /// Connects; in WebSocket mode, upgrades at path `/` first.
     pub fn connect_with(addr: SocketAddr, protocol: Protocol) -> Client {
+        Client::connect_at(addr, protocol, "/")
+    }
+
+    /// Connects; in WebSocket mode, upgrades at `path` first.
+    pub fn connect_at(addr: SocketAddr, protocol: Protocol, path: &str) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -98,7 +103,7 @@ impl Client {
             reader: Reader::new(protocol, 16 << 20),
         };
         if protocol == Protocol::Ws {
-            let (status, _) = client.upgrade("/", "");
+            let (status, _) = client.upgrade(path, "");
             assert_eq!(status, 101, "WebSocket upgrade refused");
         }
         client
@@ -463,4 +468,46 @@ pub fn sample(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no sample {name} in the metrics"))
+}
+
+/// Whether `program --version` (or `version`) runs; under CI a missing one
+/// is a failure, elsewhere a skip.
+pub fn tool_or_skip(program: &str, arg: &str) -> bool {
+    let found = Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{program} is not installed, and CI must run this test");
+        }
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {program} is not installed");
+    }
+    found
+}
+
+/// Whether Python 3 with the `websockets` package is here (see
+/// [`tool_or_skip`] for what a missing one means).
+pub fn python_websockets_or_skip() -> bool {
+    if !tool_or_skip("python3", "--version") {
+        return false;
+    }
+    let found = Command::new("python3")
+        .args(["-c", "import websockets"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("Python's websockets package is not installed, and CI must run this test");
+        }
+        let _ = writeln!(
+            io::stderr(),
+            "SKIPPED: Python's websockets package is not installed"
+        );
+    }
+    found
 }
