@@ -191,7 +191,7 @@ fn pubsub_over_websocket_publishes_and_resumes() {
     if !util::python_websockets_or_skip() {
         return;
     }
-    let server = Server::with_handler(ws_config(), PubSub::default()).unwrap();
+    let server = Server::with_handler(ws_config(), PubSub).unwrap();
     let seen = python(&["pubsub", &url(server.local_addr())]);
     let values: Vec<&str> = seen.iter().map(|v| v["value"].as_str().unwrap()).collect();
     assert_eq!(
