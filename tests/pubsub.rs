@@ -193,6 +193,13 @@ fn resume_recovers_everything_within_history_and_reports_a_gap_beyond() {
     let mut f = Client::connect(server.local_addr());
     assert_eq!(ask(&mut f, "SUB feed 100"), "OK SUB feed 8 gap 1");
     assert_eq!(data(&mut f), "MSG feed 4 four");
+    // Even when history holds the topic from its first message: a client
+    // that saw 100 must be told the numbers started over, or it would drop
+    // 1..=3 as duplicates.
+    handle.publish("fresh", b"one").unwrap();
+    let mut g = Client::connect(server.local_addr());
+    assert_eq!(ask(&mut g, "SUB fresh 100"), "OK SUB fresh 1 gap 1");
+    assert_eq!(data(&mut g), "MSG fresh 1 one");
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The operations endpoint (`--metrics-listen`): `GET /metrics` (OpenMetrics
 //! when the `Accept` header asks for it, as Prometheus does, else the
-//! classic text format 0.0.4), `GET /connections`, `GET /healthz`.
+//! classic text format 0.0.4), `GET /connections`, `GET /healthz`, the
+//! pages under `web/` (`GET /`: the dashboard; `GET /demo` and
+//! `GET /wheel-client.js`: the browser client) and `GET /listeners` (what
+//! the demo connects to).
 //!
 //! A small HTTP/1.1 server of its own (requests are parsed by `httparse`),
 //! built so that no client can hold it up:
@@ -42,6 +45,16 @@ use crate::sys;
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
+
+/// The pages under `web/`, built in so that the binary serves them as is.
+mod web {
+    /// `GET /`: live connections, rates by close reason, topics.
+    pub(super) const DASHBOARD: &str = include_str!("../../web/dashboard.html");
+    /// `GET /demo`: the browser client against a WebSocket listener.
+    pub(super) const DEMO: &str = include_str!("../../web/demo.html");
+    /// `GET /wheel-client.js`: the browser client module.
+    pub(super) const CLIENT: &str = include_str!("../../web/wheel-client.js");
+}
 
 /// Threads serving HTTP connections.
 pub(crate) const WORKERS: usize = 4;
@@ -185,6 +198,14 @@ impl Response {
             body: body.to_owned(),
             allow: None,
             www_authenticate: false,
+        }
+    }
+
+    /// One of the built-in pages.
+    fn page(content_type: &'static str, body: &str) -> Response {
+        Response {
+            content_type,
+            ..Response::text(200, body)
         }
     }
 
@@ -353,7 +374,12 @@ impl Inner {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let read = head.method == "GET" || head.method == "HEAD";
         let post = head.method == "POST";
-        let open = matches!(path, "/metrics" | "/healthz");
+        // The pages hold no data of their own: what they show, they fetch
+        // (with the token where one is needed).
+        let open = matches!(
+            path,
+            "/metrics" | "/healthz" | "/" | "/demo" | "/wheel-client.js" | "/listeners"
+        );
         if !open && !self.authorized(head) {
             return Response {
                 www_authenticate: true,
@@ -361,6 +387,19 @@ impl Inner {
             };
         }
         match (segments.as_slice(), read, post) {
+            ([""], true, _) => Response::page("text/html; charset=utf-8", web::DASHBOARD),
+            (["demo"], true, _) => Response::page("text/html; charset=utf-8", web::DEMO),
+            (["wheel-client.js"], true, _) => {
+                Response::page("text/javascript; charset=utf-8", web::CLIENT)
+            }
+            (["listeners"], true, _) => {
+                let list: Vec<_> = shared
+                    .listeners
+                    .iter()
+                    .map(|l| json!({"addr": l.addr.to_string(), "protocol": l.protocol.as_str(), "path": l.path}))
+                    .collect();
+                Response::json(200, serde_json::Value::Array(list).to_string())
+            }
             (["metrics"], true, _) => {
                 let format = Format::negotiate(head.accept.as_deref());
                 Response {

@@ -346,8 +346,11 @@ impl Topics {
         t.expire(self.retention, Instant::now());
         let last = t.seq;
         // A `since` past the last number means the topic started over (the
-        // server restarted): everything retained is new to the client.
-        let since = since.map(|since| if since > last { 0 } else { since });
+        // server restarted): everything retained is new to the client, and
+        // the answer must say so (`gap 1`), or a client would drop the
+        // replay's small numbers as duplicates.
+        let started_over = since.is_some_and(|since| since > last);
+        let since = since.map(|since| if started_over { 0 } else { since });
         let replay: Vec<(u64, Arc<[u8]>)> = match since {
             Some(since) => t
                 .history
@@ -359,6 +362,10 @@ impl Topics {
         };
         let resumed = match since {
             None => Resumed::Live { last },
+            Some(_) if started_over => Resumed::Gap {
+                last,
+                first_missing: 1,
+            },
             Some(since) if since == last => Resumed::Recovered { last },
             Some(since) => match replay.first() {
                 Some(&(first, _)) if first == since + 1 => Resumed::Recovered { last },

@@ -1,0 +1,279 @@
+//! The browser pages in a real browser: headless Chromium loads the demo
+//! page (web/demo.html with web/wheel-client.js) and the dashboard from a
+//! running server, and the tests read what the pages log to the console
+//! (one `wheel: {json}` line per event).
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::{Client, ServerProcess, http};
+use wheel_server::protocol::Protocol;
+
+/// Flags for a headless Chromium run as root on a machine with no outside
+/// network: no sandbox, and none of the background traffic it would try.
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--hide-scrollbars",
+    "--window-size=1280,860",
+];
+
+/// A headless Chromium showing one page, and the events it logs.
+struct Browser {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+    profile: PathBuf,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = profile_dir("page");
+        let mut child = Command::new("chromium")
+            .args(CHROMIUM_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--enable-logging=stderr", "--v=0", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group, so that dropping it kills every
+            // process Chromium started.
+            .process_group(0)
+            .spawn()
+            .expect("start chromium");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(event) = console_event(&line)
+                    && tx.send(event).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Browser {
+            child,
+            events,
+            profile,
+        }
+    }
+
+    /// Events until one matches `want` (returned), or panics after
+    /// `timeout`; every event seen meanwhile goes to `seen`.
+    fn wait_for(
+        &self,
+        seen: &mut Vec<Value>,
+        timeout: Duration,
+        want: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    seen.push(event.clone());
+                    if want(&event) {
+                        return event;
+                    }
+                }
+                Err(_) => panic!("no such event within {timeout:?}; saw {seen:#?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// The JSON of a `console.log("wheel: ...")` line in Chromium's log:
+/// `[...:INFO:CONSOLE:12] "wheel: {...}", source: http://... (12)`.
+fn console_event(line: &str) -> Option<Value> {
+    let start = line.find("\"wheel: ")? + "\"wheel: ".len();
+    let end = line.rfind("\", source:")?;
+    serde_json::from_str(line.get(start..end)?).ok()
+}
+
+/// A fresh Chromium profile directory under the target directory.
+fn profile_dir(what: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "chromium-{what}-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn chromium_or_skip() -> bool {
+    util::tool_or_skip("chromium", "--version")
+}
+
+/// A loopback port free right now, for a server that must come back on
+/// the same one.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn publish(admin: SocketAddr, topic: &str, payload: &str) {
+    let request = format!(
+        "POST /publish/{topic} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    );
+    let (status, body) = http(admin, &request);
+    assert_eq!(status, 200, "{body}");
+}
+
+fn pubsub_server(port: u16) -> ServerProcess {
+    ServerProcess::start(&[
+        "--listen",
+        &format!("ws://127.0.0.1:{port}/ws"),
+        "--service",
+        "pubsub",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "30s",
+    ])
+}
+
+fn is(event: &Value, name: &str) -> bool {
+    event["event"] == name
+}
+
+#[test]
+fn the_demo_page_detects_a_dead_server_reconnects_and_loses_nothing() {
+    if !chromium_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let mut server = pubsub_server(port);
+    let admin = server.metrics_addr();
+    // The page finds the WebSocket listener through /listeners.
+    let page = format!(
+        "http://{admin}/demo?topic=news&interval=300&timeout=200&retries=2&backoffBase=100&backoffCap=400"
+    );
+    let browser = Browser::open(&page);
+    let mut seen = Vec::new();
+    let patience = Duration::from_secs(20);
+    browser.wait_for(&mut seen, patience, |e| is(e, "subscribed"));
+    for i in 1..=5 {
+        publish(admin, "news", &format!("a{i}"));
+    }
+    browser.wait_for(&mut seen, patience, |e| {
+        is(e, "message") && e["payload"] == "a5"
+    });
+
+    // A hung server (stopped: the kernel still holds the connection, the
+    // application answers nothing) is found by the heartbeat alone.
+    server.signal(libc::SIGSTOP);
+    let dead = browser.wait_for(&mut seen, patience, |e| is(e, "dead"));
+    let silent = dead["silentMs"].as_f64().unwrap();
+    // interval + timeout * retries = 700 ms, on the page's timers.
+    assert!(
+        (650.0..5000.0).contains(&silent),
+        "declared dead after {silent} ms of silence"
+    );
+
+    // Killed and restarted on the same port; messages published while the
+    // page is away come to it from history when it resumes.
+    server.signal(libc::SIGKILL);
+    server.wait_exit(Duration::from_secs(10));
+    let restarted = pubsub_server(port);
+    let admin = restarted.metrics_addr();
+    for i in 1..=3 {
+        publish(admin, "news", &format!("b{i}"));
+    }
+    browser.wait_for(&mut seen, patience, |e| {
+        is(e, "message") && e["payload"] == "b3"
+    });
+    let payloads: Vec<&str> = seen
+        .iter()
+        .filter(|e| is(e, "message"))
+        .map(|e| e["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads, ["a1", "a2", "a3", "a4", "a5", "b1", "b2", "b3"]);
+    // It came back by reconnecting, and said that the topic started over.
+    let opens = seen.iter().filter(|e| is(e, "open")).count();
+    assert!(opens >= 2, "{seen:#?}");
+    assert!(
+        seen.iter().any(|e| is(e, "gap") && e["first"] == 1),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn the_dashboard_shows_the_live_connection_count_and_renders() {
+    if !chromium_or_skip() {
+        return;
+    }
+    let server = ServerProcess::start(&[
+        "--listen",
+        "ws://127.0.0.1:0/ws",
+        "--listen",
+        "127.0.0.1:0",
+        "--service",
+        "pubsub",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let ws = server.addr;
+    let clients: Vec<Client> = (0..3)
+        .map(|_| Client::connect_at(ws, Protocol::Ws, "/ws"))
+        .collect();
+    let page = format!("http://{}/?every=200", server.metrics_addr());
+    let browser = Browser::open(&page);
+    let mut seen = Vec::new();
+    let shown = browser.wait_for(&mut seen, Duration::from_secs(20), |e| {
+        is(e, "dashboard") && e["open"] == 3
+    });
+    assert_eq!(shown["listed"], 3, "the connections table lists them");
+    drop(browser);
+
+    // A screenshot, kept as a test artifact.
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = profile_dir("shot");
+    let status = Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--virtual-time-budget=3000"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&page)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(status.success(), "{status:?}");
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(png.len() > 10_000, "a blank page? {} bytes", png.len());
+    drop(clients);
+}
