@@ -10,6 +10,10 @@
 //! cargo run --release --example loadgen -- storm  -n 15000
 //! ```
 //!
+//! With `--ws PATH` (idle, ping, echo) every connection upgrades to
+//! WebSocket at PATH first and speaks RFC 6455 (masked frames; PINGs are
+//! WebSocket Pings), against a `ws://` listener.
+//!
 //! One thread: a single-threaded tokio runtime drives every connection, so
 //! the generator stays light next to a thread-per-connection server. Progress
 //! goes to stderr; each run ends with one JSON summary line on stdout.
@@ -46,6 +50,43 @@ struct Common {
     /// Connection attempts in flight at once while opening.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Speak WebSocket: upgrade at this path first (idle, ping and echo).
+    #[arg(long, value_name = "PATH")]
+    ws: Option<String>,
+}
+
+/// The protocol every connection speaks, set once from `--ws`.
+static PROTOCOL: std::sync::OnceLock<Protocol> = std::sync::OnceLock::new();
+
+fn protocol() -> Protocol {
+    *PROTOCOL.get().unwrap_or(&Protocol::Frame)
+}
+
+/// Sends a WebSocket upgrade request for `path` and reads the response
+/// head; fails unless it is a 101.
+async fn upgrade(stream: &mut TcpStream, path: &str) -> io::Result<()> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: loadgen\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    // The server sends nothing after the head until spoken to, so reading
+    // byte by byte never takes a frame's bytes.
+    let mut head = Vec::with_capacity(160);
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    if head.starts_with(b"HTTP/1.1 101 ") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "upgrade refused: {}",
+            String::from_utf8_lossy(&head).lines().next().unwrap_or("")
+        )))
+    }
 }
 
 #[derive(Subcommand)]
@@ -162,6 +203,15 @@ enum Cmd {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
+    let common = match &args.command {
+        Cmd::Idle { common, .. } | Cmd::Ping { common, .. } | Cmd::Echo { common, .. } => {
+            Some(common)
+        }
+        _ => None,
+    };
+    if common.is_some_and(|c| c.ws.is_some()) {
+        let _ = PROTOCOL.set(Protocol::Ws);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -224,7 +274,7 @@ impl Conn {
     fn new(half: OwnedReadHalf) -> Conn {
         Conn {
             half,
-            reader: Reader::new(Protocol::Frame, 16 << 20),
+            reader: Reader::new(protocol(), 16 << 20),
         }
     }
 
@@ -250,7 +300,7 @@ impl Conn {
 
 async fn send(w: &mut OwnedWriteHalf, msg: Message<'_>) -> io::Result<()> {
     let mut wire = Vec::new();
-    Protocol::Frame.encode(&msg, &mut wire).unwrap();
+    protocol().encode_as_client(&msg, &mut wire).unwrap();
     w.write_all(&wire).await
 }
 
@@ -261,10 +311,14 @@ async fn open_all(common: &Common) -> (Vec<(TcpStream, Instant)>, usize) {
     for _ in 0..common.connections {
         let sem = Rc::clone(&sem);
         let addr = common.addr;
+        let path = common.ws.clone();
         tasks.push(tokio::task::spawn_local(async move {
             let _permit = sem.acquire().await.unwrap();
-            let stream = TcpStream::connect(addr).await?;
+            let mut stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
+            if let Some(path) = path {
+                upgrade(&mut stream, &path).await?;
+            }
             Ok::<_, io::Error>((stream, Instant::now()))
         }));
     }
@@ -422,6 +476,7 @@ async fn ping(common: Common, rate: f64, duration: Duration) -> io::Result<serde
     let total = (rate * duration.as_secs_f64()) as u64;
     let start = Instant::now() + Duration::from_millis(200);
     let scheduled = move |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+    let protocol = protocol();
     let sender = std::thread::spawn(move || {
         // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
@@ -436,8 +491,8 @@ async fn ping(common: Common, rate: f64, duration: Duration) -> io::Result<serde
             }
             while k < total && scheduled(k) <= Instant::now() {
                 wire.clear();
-                Protocol::Frame
-                    .encode(&Message::Ping(&k.to_be_bytes()), &mut wire)
+                protocol
+                    .encode_as_client(&Message::Ping(&k.to_be_bytes()), &mut wire)
                     .unwrap();
                 let w = &mut writers[(k % n as u64) as usize];
                 // Non-blocking (shared with the tokio reader): retry if full.

@@ -6,6 +6,12 @@
 #   scripts/compare.sh                 # everything, about 5 minutes
 #   scripts/compare.sh idle churn      # some figures only
 #   WHEEL_ARGS="--thread-cache 0" scripts/compare.sh churn   # extra server flags
+#   AGAINST=ws scripts/compare.sh idle ping echo1 echo8     # frame mode against WebSocket
+#
+# AGAINST picks the second column: tokio (the default: the tokio peer in
+# frame mode) or ws (wheel-server itself on a ws:// listener, the load
+# generator upgrading every connection with --ws; figures idle, ping, echo1
+# and echo8 only).
 #
 # Figures: idle (RSS and CPU at 15,000 idle connections, a PING each every
 # 20 s), ping (p99 at 20,000 PINGs/s over 1,000 connections), echo1 (64 B,
@@ -43,14 +49,23 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_server wheel|tokio IDLE_TIMEOUT: starts one fresh, waits until it
+against=${AGAINST:-tokio}
+case $against in
+    tokio) against_name="tokio peer" ;;
+    ws) against_name="wheel-server, WebSocket" ;;
+    *) echo "compare: AGAINST must be tokio or ws" >&2; exit 2 ;;
+esac
+
+# start_server wheel|tokio|ws IDLE_TIMEOUT: starts one fresh, waits until it
 # accepts, sets $server_pid and $addr.
 start_server() {
     local which=$1 idle=$2
     addr=127.0.0.1:$(free_port)
-    if [ "$which" = wheel ]; then
+    if [ "$which" = wheel ] || [ "$which" = ws ]; then
+        local listen=$addr
+        [ "$which" = ws ] && listen=ws://$addr/ws
         # shellcheck disable=SC2086
-        "$wheel" -q --listen "$addr" --max-connections 20000 --idle-timeout "$idle" \
+        "$wheel" -q --listen "$listen" --max-connections 20000 --idle-timeout "$idle" \
             --stats-interval 0s ${WHEEL_ARGS:-} &
     else
         "$peer" --listen "$addr" --idle-timeout "$idle" 2>/dev/null &
@@ -76,6 +91,7 @@ run() {
     for i in "${!args[@]}"; do
         [ "${args[$i]}" = PID ] && args[$i]=$server_pid
     done
+    [ "$which" = ws ] && args+=(--ws /ws)
     "$loadgen" "${args[0]}" --addr "$addr" "${args[@]:1}" 2>/dev/null >"$out/$figure-$which.json"
     stop_server
     sleep 1
@@ -86,13 +102,13 @@ row() {
     local name=$1 figure=$2 expr=$3 unit=$4
     local w t
     w=$(field "$out/$figure-wheel.json" "$expr")
-    t=$(field "$out/$figure-tokio.json" "$expr")
+    t=$(field "$out/$figure-$against.json" "$expr")
     python3 -c "import sys; w, t = float(sys.argv[1]), float(sys.argv[2]); print(f'| {sys.argv[3]} | {w:,.2f} {sys.argv[4]} | {t:,.2f} {sys.argv[4]} | {w / t:.2f}x |')" \
         "$w" "$t" "$name" "$unit"
 }
 
 for figure in "${figures[@]}"; do
-    for which in wheel tokio; do
+    for which in wheel "$against"; do
         echo "compare: $figure against $which" >&2
         case $figure in
             idle) run idle $which 60s idle -n 15000 --pid PID --ping-every 20s --measure 20s ;;
@@ -107,7 +123,7 @@ for figure in "${figures[@]}"; do
     done
 done
 
-echo "| figure | wheel-server | tokio peer | ratio |"
+echo "| figure | wheel-server | $against_name | ratio |"
 echo "|---|---|---|---|"
 for figure in "${figures[@]}"; do
     case $figure in

@@ -153,6 +153,57 @@ pub(crate) fn send_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usi
     SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
+/// Stack kept below the frame of [`trim_stack`]: the libc wrappers it calls
+/// after computing the range (`madvise` is a bare system call stub) use a
+/// few dozen bytes of it.
+const STACK_MARGIN: usize = 1024;
+
+/// Gives back to the kernel the whole pages of the calling thread's stack
+/// more than [`STACK_MARGIN`] below its current frame, which a deep call that has
+/// returned left resident: a worker that ran a WebSocket upgrade, a JWT
+/// check or a PROXY header parse would otherwise keep those pages for the
+/// rest of its connection, idle or not. The pages read as zeros when next
+/// touched, which is all an unused stack part ever holds.
+///
+/// Only for threads that own their stack (workers); never inline, so that
+/// its caller's frame is the one kept.
+#[inline(never)]
+#[allow(unsafe_code)]
+pub(crate) fn trim_stack() {
+    let marker = 0u8;
+    let here = std::hint::black_box(&marker) as *const u8 as usize;
+    // SAFETY: `pthread_getattr_np` fills `attr` for the calling thread,
+    // which is then read and destroyed; `madvise(MADV_DONTNEED)` is applied
+    // only to whole pages of this thread's own stack mapping that lie more
+    // than STACK_MARGIN below the current frame. Nothing lives there: the
+    // frames that used them have returned, and the one call made after the
+    // range is computed (the `madvise` stub) uses far less than the margin.
+    unsafe {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+            return;
+        }
+        let mut attr = attr.assume_init();
+        let mut low: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let got = libc::pthread_attr_getstack(&attr, &mut low, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        let page = match libc::sysconf(libc::_SC_PAGESIZE) {
+            n if n > 0 => n as usize,
+            _ => return,
+        };
+        let low = low as usize;
+        if !got || here <= low || here > low + size {
+            return;
+        }
+        let start = (low + page - 1) & !(page - 1);
+        let end = here.saturating_sub(STACK_MARGIN) & !(page - 1);
+        if end > start {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
 /// What an `accept` error means for the accept loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AcceptError {
@@ -235,6 +286,67 @@ pub(crate) fn listen(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Touches about `depth` bytes of stack, and returns a value that
+    /// depends on all of it.
+    #[inline(never)]
+    fn deep(depth: usize) -> u64 {
+        let mut block = [0u8; 1024];
+        for (i, b) in block.iter_mut().enumerate() {
+            *b = (i ^ depth) as u8;
+        }
+        let here: u64 = std::hint::black_box(&block)
+            .iter()
+            .map(|&b| u64::from(b))
+            .sum();
+        if depth <= 1024 {
+            here
+        } else {
+            here + deep(depth - 1024)
+        }
+    }
+
+    /// Resident KiB of the mapping holding `addr`, from /proc/self/smaps.
+    fn resident_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((lo, hi)) = range.split_once('-')
+                && let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = (lo..hi).contains(&addr);
+            } else if inside && let Some(kib) = line.strip_prefix("Rss:") {
+                return kib.trim().trim_end_matches(" kB").trim().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn trimming_the_stack_gives_its_deep_pages_back_and_keeps_it_working() {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(|| {
+                let marker = 0u8;
+                let stack = std::hint::black_box(&marker) as *const u8 as usize;
+                let expected = deep(512 * 1024);
+                let before = resident_kib(stack);
+                assert!(before >= 512, "the recursion touched {before} KiB");
+                trim_stack();
+                let after = resident_kib(stack);
+                assert!(
+                    after + 400 <= before,
+                    "{before} KiB resident, then {after} KiB"
+                );
+                // The pages come back, zeroed, as the stack grows again.
+                assert_eq!(deep(512 * 1024), expected);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     fn options() -> SocketOptions {
         SocketOptions {

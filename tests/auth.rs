@@ -424,3 +424,44 @@ fn the_client_authenticates_refreshes_from_its_file_and_backs_off_when_refused()
     client.close();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A WebSocket client authenticates with its upgrade: the `token` query
+/// parameter (what a browser can send) or an `Authorization: Bearer`
+/// header; a refused token gets Close 4001 after the 101, and a WebSocket
+/// without a token in its request must send `AUTH` first like any other.
+#[test]
+fn a_websocket_token_comes_with_the_upgrade_request() {
+    use wheel_server::protocol::{Protocol, code};
+    let server = server(Config {
+        protocol: Protocol::Ws,
+        ..config()
+    });
+    let addr = server.local_addr();
+    let exp = now_secs() + 60;
+    let good = token(json!({"sub": "alice", "exp": exp}));
+    let welcome = Msg::Data(format!("OK AUTH alice {exp}").into_bytes());
+
+    let mut query = Client::connect_at(addr, Protocol::Frame, "/");
+    assert_eq!(query.upgrade(&format!("/?token={good}"), "").0, 101);
+    let mut query = query.speaking(Protocol::Ws);
+    assert_eq!(query.recv_msg(), welcome);
+    query.send(Message::Data(b"hello"));
+    assert_eq!(query.recv_msg(), Msg::Data(b"hello".to_vec()));
+
+    let mut header = Client::connect_at(addr, Protocol::Frame, "/");
+    let bearer = format!("Authorization: Bearer {good}\r\n");
+    assert_eq!(header.upgrade("/", &bearer).0, 101);
+    assert_eq!(header.speaking(Protocol::Ws).recv_msg(), welcome);
+
+    let mut bad = Client::connect_at(addr, Protocol::Frame, "/");
+    assert_eq!(bad.upgrade("/?token=not.a.jwt", "").0, 101);
+    let (closed, reason) = bad.speaking(Protocol::Ws).expect_close();
+    assert_eq!(
+        (closed, reason.as_str()),
+        (code::UNAUTHORIZED, "unauthorized")
+    );
+
+    let mut first = Client::connect_at(addr, Protocol::Ws, "/");
+    auth(&mut first, &good);
+    assert_eq!(first.recv_msg(), welcome);
+}

@@ -54,6 +54,35 @@ pub fn encode_round_trip(data: &[u8]) {
     }
 }
 
+/// Reads `data` as a WebSocket upgrade request under a policy with a path
+/// and an origin list: never panics; an accepted request is whole, within
+/// the size bound, and answered 101; a refusal is an HTTP error; only a
+/// request shorter than the bound can be incomplete.
+pub fn upgrade(data: &[u8]) {
+    use wheel_server::server::upgrade::{MAX_REQUEST, Policy, Upgrade, upgrade};
+    let origins = ["https://app.example".to_owned()];
+    for policy in [
+        Policy::default(),
+        Policy {
+            path: Some("/ws"),
+            origins: &origins,
+        },
+    ] {
+        match upgrade(data, policy) {
+            Upgrade::Incomplete => assert!(data.len() < MAX_REQUEST),
+            Upgrade::Accept { response, len, .. } => {
+                assert!(len <= data.len() && len <= MAX_REQUEST);
+                assert!(response.starts_with(b"HTTP/1.1 101 "));
+            }
+            Upgrade::Refuse(refusal) => {
+                assert!((400..600).contains(&refusal.status));
+                let head = format!("HTTP/1.1 {} ", refusal.status);
+                assert!(refusal.response.starts_with(head.as_bytes()));
+            }
+        }
+    }
+}
+
 /// Parses `data` as a pub/sub command: never panics; a parsed topic is
 /// valid; a payload is the command's tail.
 pub fn parse_command(data: &[u8]) {

@@ -81,7 +81,7 @@ mod signals;
 mod threads;
 mod timer;
 mod topics;
-mod upgrade;
+pub mod upgrade;
 mod worker;
 
 pub use close::{CloseReason, TcpTimeout};

@@ -7,6 +7,21 @@
 //! server's policy on top: the listener's path, the allowed origins, the
 //! size bound, the token a client may carry in the request, and which
 //! HTTP status each refusal gets.
+//!
+//! Public so that embedders and the fuzz targets can check a request
+//! without a socket; the server runs it as an admission stage.
+//!
+//! ```
+//! use wheel_server::server::upgrade::{Policy, Upgrade, upgrade};
+//!
+//! let request = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+//!     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+//!     Sec-WebSocket-Version: 13\r\n\r\n";
+//! let policy = Policy { path: Some("/chat"), origins: &[] };
+//! assert!(matches!(upgrade(request, policy), Upgrade::Accept { .. }));
+//! let elsewhere = Policy { path: Some("/other"), origins: &[] };
+//! assert!(matches!(upgrade(request, elsewhere), Upgrade::Refuse(r) if r.status == 404));
+//! ```
 
 use tungstenite::error::{Error, ProtocolError};
 use tungstenite::handshake::machine::TryParse;
@@ -15,20 +30,20 @@ use tungstenite::http::header::{AUTHORIZATION, ORIGIN};
 
 /// The largest upgrade request, headers included: a longer one is refused
 /// (431) before it is complete.
-pub(crate) const MAX_REQUEST: usize = 8 * 1024;
+pub const MAX_REQUEST: usize = 8 * 1024;
 
 /// What a listener accepts.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Policy<'a> {
+pub struct Policy<'a> {
     /// The path upgrades must ask for; `None`: any.
-    pub(crate) path: Option<&'a str>,
+    pub path: Option<&'a str>,
     /// The `Origin`s a browser's upgrade may come from; empty: any.
-    pub(crate) origins: &'a [String],
+    pub origins: &'a [String],
 }
 
 /// What the bytes received so far amount to.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Upgrade {
+pub enum Upgrade {
     /// Not a whole request yet, and not too long to become one.
     Incomplete,
     /// A valid upgrade: send `response` (101), then WebSocket frames.
@@ -47,19 +62,19 @@ pub(crate) enum Upgrade {
 
 /// A refused upgrade.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Refusal {
+pub struct Refusal {
     /// The HTTP status sent.
-    pub(crate) status: u16,
+    pub status: u16,
     /// The metric label (`wheel_ws_upgrades_total{result}`).
-    pub(crate) label: &'static str,
+    pub label: &'static str,
     /// Why, for the log and the response body.
-    pub(crate) why: String,
+    pub why: String,
     /// The encoded response.
-    pub(crate) response: Vec<u8>,
+    pub response: Vec<u8>,
 }
 
 /// Every `result` label of `wheel_ws_upgrades_total`.
-pub(crate) const RESULTS: [&str; 6] = [
+pub const RESULTS: [&str; 6] = [
     "ok",
     "bad_request",
     "upgrade_required",
@@ -69,7 +84,7 @@ pub(crate) const RESULTS: [&str; 6] = [
 ];
 
 /// Reads the upgrade request at the front of `buf` and decides.
-pub(crate) fn upgrade(buf: &[u8], policy: Policy<'_>) -> Upgrade {
+pub fn upgrade(buf: &[u8], policy: Policy<'_>) -> Upgrade {
     let (len, request) = match Request::try_parse(buf) {
         Ok(Some(parsed)) => parsed,
         Ok(None) if buf.len() >= MAX_REQUEST => {
@@ -187,7 +202,7 @@ fn refuse(status: u16, label: &'static str, why: String, headers: &[(&str, &str)
 }
 
 /// A plain-text HTTP response that ends the connection.
-pub(crate) fn response(status: u16, reason: &str, body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+pub fn response(status: u16, reason: &str, body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len() + 1

@@ -141,6 +141,10 @@ impl Worker {
                 Ok(identity) => identity,
                 Err(reason) => return reason,
             };
+            if self.admission_ran() {
+                // Those stages ran deeper than serving ever does.
+                sys::trim_stack();
+            }
             opened = true;
             handler.on_open(id, self.conn.peer());
             if let Some(identity) = identity
@@ -319,6 +323,14 @@ impl Worker {
         self.requested_or(CloseReason::BadUpgrade(format!(
             "no upgrade request within the handshake timeout ({timeout:?})"
         )))
+    }
+
+    /// Whether the connection went through an admission stage (PROXY
+    /// header, WebSocket upgrade, authentication).
+    fn admission_ran(&self) -> bool {
+        self.shared.config.proxy_protocol
+            || self.conn.protocol == Protocol::Ws
+            || self.shared.handler.requires_auth()
     }
 
     /// Reads the PROXY protocol header that must open the connection and
@@ -501,6 +513,9 @@ impl Worker {
         {
             return reason;
         }
+        // Admission's buffer (a PROXY header, an upgrade request) is not
+        // kept: the connection waits for its first message holding none.
+        self.input.release();
         loop {
             // Everything read is answered: a close may come from the timer.
             self.conn.out.end_read();

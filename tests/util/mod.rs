@@ -139,6 +139,16 @@ impl Client {
         (status, head)
     }
 
+    /// The same connection, speaking `protocol` from now on (after an
+    /// upgrade the test made by hand).
+    pub fn speaking(self, protocol: Protocol) -> Client {
+        Client {
+            stream: self.stream,
+            protocol,
+            reader: Reader::new(protocol, 16 << 20),
+        }
+    }
+
     /// A client over an already connected stream.
     pub fn from_stream(stream: TcpStream) -> Client {
         Client {
