@@ -483,3 +483,26 @@ fn listeners_of_different_protocols_share_topics() {
     drop((device, console));
     assert!(drained.join().unwrap(), "both drained within the grace");
 }
+
+#[test]
+fn connections_shows_what_other_threads_pushed_to_a_subscriber() {
+    let server = pubsub(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let admin = server.metrics_addr().unwrap();
+    let mut sub = Client::connect(server.local_addr());
+    assert_eq!(ask(&mut sub, "SUB room"), "OK SUB room 0");
+    let handle = server.handle();
+    for (seq, text) in (1..).zip(["one", "two", "three"]) {
+        handle.publish("room", text.as_bytes()).unwrap();
+        assert_eq!(data(&mut sub), format!("MSG room {seq} {text}"));
+    }
+    let (status, body) = util::http_get(admin, "/connections");
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let conn = &list[0];
+    // The OK SUB and the three MSGs went out on the outbound path.
+    assert_eq!(conn["pushed_frames"], 4, "{conn}");
+    assert!(conn["pushed_bytes"].as_u64().unwrap() > 40, "{conn}");
+}

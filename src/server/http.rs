@@ -745,6 +745,7 @@ fn connections(shared: &Shared, limit: usize) -> String {
         .take(limit)
         .map(|conn| {
             let (received, sent) = conn.traffic.snapshot();
+            let pushed = conn.out.pushed();
             let idle_ticks = now_tick.saturating_sub(conn.activity.get());
             json!({
                 "id": conn.id.to_string(),
@@ -758,6 +759,8 @@ fn connections(shared: &Shared, limit: usize) -> String {
                 "idle_ms": (idle_ticks as f64 * tick_ms) as u64,
                 "frames_in": received.frames.iter().sum::<u64>(),
                 "frames_out": sent.frames.iter().sum::<u64>(),
+                "pushed_frames": pushed.0,
+                "pushed_bytes": pushed.1,
                 "bytes_in": received.bytes.iter().sum::<u64>(),
                 "bytes_out": sent.bytes.iter().sum::<u64>(),
             })

@@ -181,6 +181,10 @@ struct State {
     /// refused, and a drain or expiry sends no CLOSE (the worker, woken,
     /// just hangs up).
     started: bool,
+    /// Messages and bytes other threads handed to this path (pushes,
+    /// probes, drain CLOSEs), written or queued: the worker's own count
+    /// does not see them.
+    pushed: (u64, u64),
 }
 
 impl State {
@@ -298,6 +302,7 @@ impl Outbound {
                 listed: false,
                 progress_at: Instant::now(),
                 started,
+                pushed: (0, 0),
             }),
             queued: AtomicUsize::new(0),
             max_queued,
@@ -308,6 +313,12 @@ impl Outbound {
     /// The socket, for the worker's reads and for socket options.
     pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// Messages and bytes other threads handed to this path (see
+    /// `State::pushed`), for `/connections`.
+    pub(crate) fn pushed(&self) -> (u64, u64) {
+        self.state.lock().pushed
     }
 
     /// Marks the protocol as started (a WebSocket upgrade was answered):
@@ -350,6 +361,10 @@ impl Outbound {
             return Err(PushError::Full);
         }
         let delivery = self.enqueue(&mut st, msg);
+        if delivery.is_some() {
+            st.pushed.0 += 1;
+            st.pushed.1 += msg.len() as u64;
+        }
         self.list_if_pending(id, flushes, &mut st);
         delivery.ok_or(PushError::Closed)
     }
