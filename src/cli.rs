@@ -10,7 +10,7 @@ use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use tracing_subscriber::EnvFilter;
 use wheel_server::protocol::Protocol;
 use wheel_server::server::auth::Jwt;
-use wheel_server::server::{ConfigError, Listen};
+use wheel_server::server::{ConfigError, Listen, TlsFiles};
 use wheel_server::{Config, Keepalive, parse_duration};
 
 /// Long-connection TCP server: echo service with application heartbeats
@@ -27,9 +27,10 @@ use wheel_server::{Config, Keepalive, parse_duration};
 pub struct Args {
     /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port). Repeat it (or give
     /// a comma-separated list in the environment variable) to listen on several addresses, each
-    /// optionally written SCHEME://HOST:PORT[/PATH] to choose its protocol: frame://, line://, or
-    /// ws:// (WebSocket; with a path, upgrades to any other path get 404). Topics, limits,
-    /// metrics and shutdown span them all.
+    /// optionally written SCHEME://HOST:PORT[/PATH] to choose its protocol: frame://, line://,
+    /// ws:// (WebSocket; with a path, upgrades to any other path get 404), or the same over TLS:
+    /// tls://, tls+line://, wss:// (with --tls-cert and --tls-key). Topics, limits, metrics and
+    /// shutdown span them all.
     #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005", value_delimiter = ',', value_parser = listen_spec)]
     listen: Vec<ListenSpec>,
 
@@ -162,6 +163,15 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 
+    /// TLS listeners: the certificate chain, PEM, leaf first. Re-read on SIGHUP (and POST
+    /// /admin/reload-tls) for new handshakes; live connections keep theirs.
+    #[arg(long, env = "WHEEL_SERVER_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS listeners: the private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WHEEL_SERVER_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+
     /// WebSocket listeners: accept upgrades from browsers on this origin only, e.g.
     /// https://app.example.com (repeat for more). An upgrade with any other Origin header gets
     /// 403: a defence against cross-site WebSocket hijacking. Clients that send no Origin (not
@@ -280,36 +290,36 @@ struct ListenSpec {
     protocol: Option<Protocol>,
     /// A WebSocket listener's path.
     path: Option<String>,
+    /// TLS first.
+    tls: bool,
 }
 
 /// Parses a `--listen` value.
 fn listen_spec(s: &str) -> Result<ListenSpec, String> {
-    let (protocol, rest) = match s.split_once("://") {
-        None => (None, s),
+    let (protocol, tls, rest) = match s.split_once("://") {
+        None => (None, false, s),
         Some((scheme, rest)) => {
-            let protocol = match scheme {
-                "frame" => Protocol::Frame,
-                "line" => Protocol::Line,
-                "ws" => Protocol::Ws,
-                "wss" | "tls" | "tls+line" => {
-                    return Err(format!(
-                        "{scheme}:// listeners are not supported yet (supported: frame://, line://, ws://)"
-                    ));
-                }
+            let (protocol, tls) = match scheme {
+                "frame" => (Protocol::Frame, false),
+                "line" => (Protocol::Line, false),
+                "ws" => (Protocol::Ws, false),
+                "tls" => (Protocol::Frame, true),
+                "tls+line" => (Protocol::Line, true),
+                "wss" => (Protocol::Ws, true),
                 other => {
                     return Err(format!(
-                        "unknown scheme {other:?} (expected frame://, line:// or ws://, or no scheme)"
+                        "unknown scheme {other:?} (expected frame://, line://, ws://, tls://, tls+line:// or wss://, or no scheme)"
                     ));
                 }
             };
-            (Some(protocol), rest)
+            (Some(protocol), tls, rest)
         }
     };
     let (rest, path) = match rest.find('/') {
         None => (rest, None),
         Some(_) if protocol != Some(Protocol::Ws) => {
             return Err(format!(
-                "{s:?}: a path is only meaningful for WebSocket (ws://) listeners"
+                "{s:?}: a path is only meaningful for WebSocket (ws://, wss://) listeners"
             ));
         }
         Some(at) => (&rest[..at], Some(rest[at..].to_owned())),
@@ -325,6 +335,7 @@ fn listen_spec(s: &str) -> Result<ListenSpec, String> {
         addr: resolve(rest)?,
         protocol,
         path,
+        tls,
     })
 }
 
@@ -359,12 +370,33 @@ impl Args {
             listen: self.listen[0].addr,
             protocol: self.listen[0].protocol.unwrap_or(self.protocol),
             path: self.listen[0].path.clone(),
+            listen_tls: self.listen[0].tls,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (Some(_), None) => {
+                    return Err(ConfigError {
+                        setting: "tls_key",
+                        reason: "--tls-cert needs --tls-key".into(),
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError {
+                        setting: "tls_cert",
+                        reason: "--tls-key needs --tls-cert".into(),
+                    });
+                }
+                (None, None) => None,
+            },
             also_listen: self.listen[1..]
                 .iter()
                 .map(|spec| Listen {
                     addr: spec.addr,
                     protocol: spec.protocol.unwrap_or(self.protocol),
                     path: spec.path.clone(),
+                    tls: spec.tls,
                 })
                 .collect(),
             idle_timeout: nonzero(self.idle_timeout),

@@ -275,7 +275,8 @@ fn listen_repeats_with_a_scheme_per_address() {
 fn an_unsupported_listen_scheme_exits_2_naming_the_flag() {
     for (value, says) in [
         ("gopher://127.0.0.1:0", "unknown scheme"),
-        ("wss://127.0.0.1:0/chat", "not supported yet"),
+        ("quic://127.0.0.1:0", "unknown scheme"),
+        ("tls://127.0.0.1:0/path", "a path is only meaningful"),
         ("ws://127.0.0.1:0/chat?x=1", "plain path"),
         ("frame://127.0.0.1:0/path", "a path is only meaningful"),
         ("frame://nowhere.invalid:1", "cannot resolve"),

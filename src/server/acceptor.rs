@@ -11,7 +11,7 @@ use socket2::SockRef;
 use tracing::{debug, info, warn};
 
 use super::admission::{self, Refused};
-use super::conn::Conn;
+use super::conn::{Accepted, Conn};
 use super::shared::Shared;
 use super::timer::Event;
 use super::{upgrade, worker};
@@ -166,6 +166,9 @@ fn admit(
     peer: SocketAddr,
 ) -> Result<(), Rejected> {
     let protocol = shared.listeners[index].protocol;
+    // What a refusal is said in: nothing on a TLS listener, where no
+    // session exists yet to say it with.
+    let speaks = (!shared.listeners[index].tls).then_some(protocol);
     if let Err(e) = configure(shared, &stream) {
         // Typically the peer already reset the connection.
         debug!(%peer, "dropping connection: cannot set socket options: {e}");
@@ -187,7 +190,7 @@ fn admit(
             Ok(key) => key,
             Err(refused) => {
                 debug!(%peer, "rejected: {}", refused.reason());
-                reject(shared, protocol, &stream, refused.label(), refused.reason());
+                reject(shared, speaks, &stream, refused.label(), refused.reason());
                 return Err(Rejected::Address(refused));
             }
         }
@@ -197,18 +200,35 @@ fn admit(
             shared.per_ip.release(key);
         }
     };
+    let session = match (&shared.tls, shared.listeners[index].tls) {
+        (Some(tls), true) => match tls.session() {
+            Ok(session) => Some(session),
+            Err(e) => {
+                warn!(%peer, "dropping connection: cannot start a TLS session: {e}");
+                release(ip_key);
+                return Ok(());
+            }
+        },
+        _ => None,
+    };
     let tick = shared.clock.now();
     let config = &shared.config;
-    let mut stream = Some(stream);
+    let mut accepted = Some(Accepted {
+        stream,
+        peer,
+        listener: index,
+        protocol,
+        tls: session,
+    });
     let conn = shared.registry.insert(config.max_connections, |id| {
-        let stream = stream.take().expect("called once");
-        Conn::new(id, stream, peer, protocol, index, tick, config)
+        let accepted = accepted.take().expect("called once");
+        Conn::new(id, accepted, tick, config)
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
-        let stream = stream.expect("not taken when full");
+        let stream = accepted.expect("not taken when full").stream;
         release(ip_key);
-        reject(shared, protocol, &stream, "server_full", "server full");
+        reject(shared, speaks, &stream, "server_full", "server full");
         return Err(Rejected::Full);
     };
     if let Some(key) = ip_key {
@@ -225,7 +245,7 @@ fn admit(
         let _ = shared.events.send(Event::Deregister(id));
         reject(
             shared,
-            protocol,
+            speaks,
             conn.stream(),
             "no_thread",
             "server out of threads",
@@ -265,7 +285,7 @@ fn configure(shared: &Shared, stream: &TcpStream) -> std::io::Result<()> {
 /// `label` (one of `metrics::REJECT_REASONS`).
 fn reject(
     shared: &Shared,
-    protocol: Protocol,
+    protocol: Option<Protocol>,
     stream: &TcpStream,
     label: &'static str,
     reason: &str,
@@ -275,7 +295,9 @@ fn reject(
         .rejected
         .get_or_create(&[("reason", label)])
         .inc();
-    let close = if protocol == Protocol::Ws {
+    let close = if protocol.is_none() {
+        Vec::new()
+    } else if protocol == Some(Protocol::Ws) {
         // Before the upgrade, the answer is HTTP's.
         upgrade::response(503, "Service Unavailable", reason, &[("Retry-After", "1")])
     } else {
@@ -284,7 +306,7 @@ fn reject(
             code: code::TRY_AGAIN_LATER,
             reason,
         };
-        if protocol.encode(&msg, &mut close).is_err() {
+        if protocol.is_some_and(|p| p.encode(&msg, &mut close).is_err()) {
             return;
         }
         close

@@ -201,6 +201,9 @@ pub enum CloseReason {
     /// The connection's credentials expired without a refresh: CLOSE 4002
     /// `token expired`.
     TokenExpired,
+    /// The TLS handshake failed or did not complete within the handshake
+    /// timeout; why. No CLOSE: the protocol never started.
+    TlsHandshake(String),
     /// A WebSocket connection's upgrade request was refused (an HTTP error
     /// status was sent) or did not arrive within the handshake timeout;
     /// why. No CLOSE: the protocol never started.
@@ -212,7 +215,7 @@ pub enum CloseReason {
 impl CloseReason {
     /// Every [`label`](CloseReason::label), in the order metrics list them
     /// (each is reported from the start, at 0).
-    pub const LABELS: [&'static str; 21] = [
+    pub const LABELS: [&'static str; 22] = [
         "peer_closed",
         "peer_close_frame",
         "reset",
@@ -234,6 +237,7 @@ impl CloseReason {
         "unauthorized",
         "token_expired",
         "bad_upgrade",
+        "tls_handshake",
     ];
 
     /// A short stable name, for logs and metric labels.
@@ -259,6 +263,7 @@ impl CloseReason {
             CloseReason::Unauthorized(_) => "unauthorized",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::BadUpgrade(_) => "bad_upgrade",
+            CloseReason::TlsHandshake(_) => "tls_handshake",
             CloseReason::Io(_) => "io_error",
         }
     }
@@ -289,6 +294,7 @@ impl CloseReason {
             | CloseReason::WriteTimeout
             | CloseReason::HandlerPanic
             | CloseReason::BadUpgrade(_)
+            | CloseReason::TlsHandshake(_)
             | CloseReason::Io(_) => return None,
         })
     }
@@ -344,6 +350,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Unauthorized(why) => write!(f, "unauthorized: {why}"),
             CloseReason::TokenExpired => f.write_str("token expired"),
             CloseReason::BadUpgrade(why) => write!(f, "WebSocket upgrade refused: {why}"),
+            CloseReason::TlsHandshake(why) => write!(f, "TLS handshake failed: {why}"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
     }
@@ -381,6 +388,7 @@ mod tests {
             CloseReason::Unauthorized("x".into()),
             CloseReason::TokenExpired,
             CloseReason::BadUpgrade("x".into()),
+            CloseReason::TlsHandshake("x".into()),
             CloseReason::Io(io::ErrorKind::Other),
         ];
         for reason in &all {
@@ -405,6 +413,7 @@ mod tests {
                 | CloseReason::Unauthorized(_)
                 | CloseReason::TokenExpired
                 | CloseReason::BadUpgrade(_)
+                | CloseReason::TlsHandshake(_)
                 | CloseReason::Io(_) => {}
             }
         }

@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use super::tls::TlsFiles;
 use crate::protocol::Protocol;
 use crate::sys::{Keepalive, SocketOptions};
 
@@ -35,6 +36,10 @@ pub struct Config {
     /// WebSocket mode: the path `listen`'s upgrades must ask for (404
     /// otherwise); `None`: any path.
     pub path: Option<String>,
+    /// Whether `listen` speaks TLS (`tls://`, `tls+line://`, `wss://`).
+    pub listen_tls: bool,
+    /// The certificate chain and key of the TLS listeners.
+    pub tls: Option<TlsFiles>,
     /// More addresses to listen on, each with its own protocol. Topics,
     /// limits, metrics and shutdown span every listener.
     pub also_listen: Vec<Listen>,
@@ -210,6 +215,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5005)),
             protocol: Protocol::Frame,
             path: None,
+            listen_tls: false,
+            tls: None,
             also_listen: Vec::new(),
             idle_timeout: Some(Duration::from_secs(60)),
             tick: Duration::from_millis(100),
@@ -293,6 +300,22 @@ impl Config {
         }
         if self.max_outbox == 0 {
             return invalid("max_outbox", "must be at least 1 byte".into());
+        }
+        let tls_listener = self.listeners().iter().any(|l| l.tls);
+        match &self.tls {
+            None if tls_listener => {
+                return invalid(
+                    "tls_cert",
+                    "a tls://, tls+line:// or wss:// listener needs --tls-cert and --tls-key"
+                        .into(),
+                );
+            }
+            Some(files) => {
+                if let Err((setting, reason)) = super::tls::Tls::load(files) {
+                    return invalid(setting, reason);
+                }
+            }
+            None => {}
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be longer than zero".into());
@@ -415,15 +438,18 @@ pub struct Listen {
     pub protocol: Protocol,
     /// WebSocket mode: the path upgrades must ask for; `None`: any.
     pub path: Option<String>,
+    /// TLS first (with [`Config::tls`]'s certificate).
+    pub tls: bool,
 }
 
 impl Listen {
-    /// A listener on `addr` speaking `protocol`, any path.
+    /// A listener on `addr` speaking `protocol`, any path, no TLS.
     pub fn new(addr: SocketAddr, protocol: Protocol) -> Listen {
         Listen {
             addr,
             protocol,
             path: None,
+            tls: false,
         }
     }
 }
@@ -435,6 +461,7 @@ impl Config {
             addr: self.listen,
             protocol: self.protocol,
             path: self.path.clone(),
+            tls: self.listen_tls,
         })
         .chain(self.also_listen.iter().cloned())
         .collect()

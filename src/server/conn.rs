@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use rustls::ServerConnection;
 
 use super::admission::IpKey;
 use super::auth::Identity;
@@ -59,19 +60,29 @@ pub(crate) struct Conn {
     pub(crate) identity: Mutex<Option<Identity>>,
 }
 
+/// An accepted socket and what its listener says about it.
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    /// The listener's index in `Shared::listeners`.
+    pub(crate) listener: usize,
+    pub(crate) protocol: Protocol,
+    /// A TLS listener's session for this connection.
+    pub(crate) tls: Option<ServerConnection>,
+}
+
 impl Conn {
-    pub(crate) fn new(
-        id: ConnId,
-        stream: TcpStream,
-        peer: SocketAddr,
-        protocol: Protocol,
-        listener: usize,
-        now_tick: u64,
-        config: &Config,
-    ) -> Conn {
-        // A WebSocket connection speaks HTTP until its upgrade: nothing of
-        // the protocol goes out before.
-        let started = protocol != Protocol::Ws;
+    pub(crate) fn new(id: ConnId, accepted: Accepted, now_tick: u64, config: &Config) -> Conn {
+        let Accepted {
+            stream,
+            peer,
+            listener,
+            protocol,
+            tls,
+        } = accepted;
+        // A WebSocket connection speaks HTTP until its upgrade, a TLS one
+        // has a handshake first: nothing of the protocol goes out before.
+        let started = protocol != Protocol::Ws && tls.is_none();
         Conn {
             id,
             protocol,
@@ -81,7 +92,13 @@ impl Conn {
             opened: Instant::now(),
             activity: Stamp::new(now_tick),
             traffic: Traffic::default(),
-            out: Outbound::new(stream, config.max_outbox, config.write_timeout, started),
+            out: Outbound::new(
+                stream,
+                config.max_outbox,
+                config.write_timeout,
+                started,
+                tls,
+            ),
             subscriptions: Mutex::new(Vec::new()),
             app_close: OnceLock::new(),
             ip_key: OnceLock::new(),

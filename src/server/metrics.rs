@@ -45,7 +45,7 @@ pub(crate) const REJECT_REASONS: [&str; 4] =
     ["server_full", "no_thread", "per_ip_limit", "per_ip_rate"];
 
 /// Every stage a handshake can time out in.
-pub(crate) const HANDSHAKE_STAGES: [&str; 3] = ["proxy", "websocket", "auth"];
+pub(crate) const HANDSHAKE_STAGES: [&str; 4] = ["proxy", "tls", "websocket", "auth"];
 
 /// Everything the server counts.
 pub(crate) struct Metrics {
@@ -99,6 +99,8 @@ pub(crate) struct Metrics {
     pub(crate) handshake_timeouts: Family<Label, Counter>,
     /// WebSocket upgrade requests, by result (`ok` or why refused).
     pub(crate) ws_upgrades: Family<Label, Counter>,
+    /// TLS handshakes, by result (`full`, `resumed`, or why they failed).
+    pub(crate) tls_handshakes: Family<Label, Counter>,
     /// Messages published to topics.
     pub(crate) publishes: Counter,
     /// Published messages written or queued to subscribers.
@@ -302,6 +304,7 @@ impl Metrics {
             http_refused: Counter::default(),
             handshake_timeouts: Family::default(),
             ws_upgrades: Family::default(),
+            tls_handshakes: Family::default(),
             auth: Family::default(),
             rate_untracked: Counter::default(),
             publishes: Counter::default(),
@@ -331,6 +334,9 @@ impl Metrics {
         }
         for result in super::upgrade::RESULTS {
             drop(metrics.ws_upgrades.get_or_create(&[("result", result)]));
+        }
+        for result in super::tls::RESULTS {
+            drop(metrics.tls_handshakes.get_or_create(&[("result", result)]));
         }
         for kind in ["register", "deregister"] {
             drop(metrics.timer_events.get_or_create(&[("kind", kind)]));
@@ -429,6 +435,11 @@ impl Metrics {
             "wheel_handshake_timeouts",
             "Connections dropped because what comes before admission (the PROXY header, the WebSocket upgrade, AUTH) missed --handshake-timeout, by stage",
             m.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "wheel_tls_handshakes",
+            "TLS handshakes, by result: full, resumed (a session ticket or the session cache), or why they failed (timeout, not_tls, peer_refused, incompatible, error)",
+            m.tls_handshakes.clone(),
         );
         registry.register(
             "wheel_ws_upgrades",

@@ -80,12 +80,13 @@ mod shutdown;
 mod signals;
 mod threads;
 mod timer;
+mod tls;
 mod topics;
 pub mod upgrade;
 mod worker;
 
 pub use close::{CloseReason, TcpTimeout};
-pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK};
+pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
 pub use handle::{SendError, ServerHandle};
 pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use id::ConnId;
@@ -166,10 +167,18 @@ impl Server {
     pub fn with_handler(config: Config, handler: impl Handler) -> io::Result<Server> {
         config.validate()?;
         let mut listeners = Vec::new();
+        let tls = match &config.tls {
+            Some(files) => Some(
+                tls::Tls::load(files)
+                    .map_err(|(_, why)| io::Error::new(io::ErrorKind::InvalidInput, why))?,
+            ),
+            None => None,
+        };
         for Listen {
             addr,
             protocol,
             path,
+            tls,
         } in config.listeners()
         {
             let socket = sys::listen(addr, config.reuse_port)
@@ -184,6 +193,7 @@ impl Server {
                 addr,
                 protocol,
                 path,
+                tls,
             });
         }
         let local_addr = listeners[0].addr;
@@ -212,6 +222,7 @@ impl Server {
             connect_rate: admission::ConnectRate::new(config_rate),
             threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
             options_inherited: OnceLock::new(),
+            tls,
             metrics,
         });
         let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
@@ -290,8 +301,20 @@ impl Server {
                 addr: l.addr,
                 protocol: l.protocol,
                 path: l.path.clone(),
+                tls: l.tls,
             })
             .collect()
+    }
+
+    /// Re-reads the TLS certificate and key files: new handshakes get the
+    /// new certificate, live connections keep theirs. Logged either way.
+    ///
+    /// # Errors
+    ///
+    /// No TLS listener, or the new files were refused (why); the old
+    /// certificate then stays.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        tls::reload(self.shared.tls.as_ref())
     }
 
     /// A handle for reaching connections from any thread: send, close,
@@ -399,6 +422,7 @@ pub(crate) mod test_support {
                 addr: listener.local_addr().unwrap(),
                 protocol,
                 path: None,
+                tls: false,
             }],
             frames: Frames::new(),
             flushes: Flushes::default(),
@@ -410,6 +434,7 @@ pub(crate) mod test_support {
             connect_rate: admission::ConnectRate::new(None),
             threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
             options_inherited: OnceLock::new(),
+            tls: None,
             metrics,
         });
         (shared, listener)
@@ -423,7 +448,14 @@ pub(crate) mod test_support {
         let conn = shared
             .registry
             .insert(usize::MAX, |id| {
-                Conn::new(id, server_side, peer, config.protocol, 0, 0, config)
+                let accepted = conn::Accepted {
+                    stream: server_side,
+                    peer,
+                    listener: 0,
+                    protocol: config.protocol,
+                    tls: None,
+                };
+                Conn::new(id, accepted, 0, config)
             })
             .unwrap();
         (conn, client)

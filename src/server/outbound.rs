@@ -36,18 +36,27 @@
 //!
 //! # TLS
 //!
-//! This is where a TLS session will live: every outgoing byte already passes
-//! through this lock in order, so the session's encryption (and its own
-//! records: alerts, tickets) goes under it too.
+//! A TLS connection's `rustls` session lives under the same lock. The queue
+//! then holds plaintext, cut at message boundaries as before, and bytes are
+//! encrypted only as they go out: a non-blocking write hands the session at
+//! most [`TLS_CHUNK`] bytes of plaintext at a time, and only once its
+//! previous records are on the wire, so the records waiting inside the
+//! session stay bounded and a slow consumer's unbegun messages can still be
+//! dropped. The worker's blocking write encrypts its batch (after whatever
+//! the session holds) under the lock and writes the records outside it. The
+//! session's own records (handshake messages, alerts, tickets, key updates,
+//! `close_notify`) go out the same way. The worker reads the socket outside
+//! the lock and decrypts under it ([`Outbound::tls_pump`]).
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::mem;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rustls::ServerConnection;
 
 use super::close::{CloseRequest, CloseState};
 use super::id::ConnId;
@@ -185,12 +194,36 @@ struct State {
     /// probes, drain CLOSEs), written or queued: the worker's own count
     /// does not see them.
     pushed: (u64, u64),
+    /// A TLS connection's session (see the module docs).
+    tls: Option<Box<ServerConnection>>,
 }
 
 impl State {
+    /// Plaintext bytes queued.
     fn unwritten(&self) -> usize {
         self.queue.len()
     }
+
+    /// Whether anything waits to go out: queued bytes, or records inside
+    /// the TLS session.
+    fn pending(&self) -> bool {
+        self.queue.len() > 0 || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+}
+
+/// At most this much plaintext is handed to a TLS session by one
+/// non-blocking write (one record's worth).
+const TLS_CHUNK: usize = 16 * 1024;
+
+/// What [`Outbound::tls_pump`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// This many plaintext bytes were put in the worker's buffer.
+    Plaintext(usize),
+    /// Nothing to give yet: more bytes must be read from the socket.
+    NeedBytes,
+    /// The peer sent `close_notify`: the end of its stream.
+    Closed,
 }
 
 /// Encoded messages waiting to be written, and where each ends, so that a
@@ -213,6 +246,7 @@ impl Queue {
     }
 
     /// The unwritten bytes.
+    #[cfg(test)]
     fn unwritten(&self) -> &[u8] {
         &self.bytes[self.head..]
     }
@@ -288,6 +322,7 @@ impl Outbound {
         max_queued: usize,
         write_limit: Option<Duration>,
         started: bool,
+        tls: Option<ServerConnection>,
     ) -> Outbound {
         Outbound {
             stream,
@@ -303,6 +338,7 @@ impl Outbound {
                 progress_at: Instant::now(),
                 started,
                 pushed: (0, 0),
+                tls: tls.map(Box::new),
             }),
             queued: AtomicUsize::new(0),
             max_queued,
@@ -497,8 +533,8 @@ impl Outbound {
             return None;
         }
         let mut written = 0;
-        if st.unwritten() == 0 && !st.worker_mid_batch {
-            match sys::send_nonblocking(&self.stream, msg) {
+        if !st.pending() && !st.worker_mid_batch {
+            match self.send_now(st, msg) {
                 Ok(n) => written = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
@@ -510,7 +546,7 @@ impl Outbound {
                 return Some(Delivery::Written);
             }
             st.progress_at = Instant::now();
-        } else if st.unwritten() == 0 {
+        } else if !st.pending() {
             st.progress_at = Instant::now();
         }
         st.queue.push(&msg[written..], written > 0);
@@ -524,9 +560,22 @@ impl Outbound {
         if st.worker_mid_batch || st.broken {
             return;
         }
-        while st.unwritten() > 0 {
-            match sys::send_nonblocking(&self.stream, st.queue.unwritten()) {
-                Ok(0) => break,
+        loop {
+            let sent = if st.unwritten() > 0 {
+                let queued = mem::take(&mut st.queue.bytes);
+                let head = st.queue.head;
+                let sent = self.send_now(st, &queued[head..]);
+                st.queue.bytes = queued;
+                sent
+            } else if st.pending() {
+                // Only the TLS session's own records are left.
+                self.send_records(st).map(|()| 0)
+            } else {
+                break;
+            };
+            match sent {
+                Ok(0) if st.unwritten() > 0 || st.pending() => break,
+                Ok(0) => {}
                 Ok(n) => {
                     st.queue.advance(n);
                     st.progress_at = Instant::now();
@@ -542,8 +591,46 @@ impl Outbound {
         self.publish_len(st);
     }
 
+    /// Sends a prefix of `bytes` without blocking; returns how many of
+    /// them the connection took. Plain: what the kernel took. TLS: the
+    /// session's waiting records first (`WouldBlock` while they do not all
+    /// go), then at most [`TLS_CHUNK`] bytes of plaintext, encrypted and
+    /// sent as far as the socket takes them (the rest of those records
+    /// waits in the session).
+    fn send_now(&self, st: &mut State, bytes: &[u8]) -> io::Result<usize> {
+        if st.tls.is_none() {
+            return sys::send_nonblocking(&self.stream, bytes);
+        }
+        self.send_records(st)?;
+        let tls = st.tls.as_mut().expect("checked above");
+        let taken = tls.writer().write(&bytes[..bytes.len().min(TLS_CHUNK)])?;
+        match self.send_records(st) {
+            Ok(()) => Ok(taken),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(taken),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the TLS session's waiting records without blocking;
+    /// `WouldBlock` if some are left.
+    fn send_records(&self, st: &mut State) -> io::Result<()> {
+        let Some(tls) = st.tls.as_mut() else {
+            return Ok(());
+        };
+        let mut socket = NonBlocking(&self.stream);
+        while tls.wants_write() {
+            match tls.write_tls(&mut socket) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => st.progress_at = Instant::now(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn list_if_pending(&self, id: ConnId, flushes: &Flushes, st: &mut State) {
-        if st.unwritten() > 0 && !st.listed {
+        if st.pending() && !st.listed {
             st.listed = true;
             flushes.add(id);
         }
@@ -560,7 +647,7 @@ impl Outbound {
     pub(crate) fn flush_listed(&self, stall: Option<Duration>) -> Flushed {
         let mut st = self.state.lock();
         self.flush_nonblocking(&mut st);
-        if st.unwritten() == 0 || st.broken {
+        if !st.pending() || st.broken {
             st.listed = false;
             return Flushed::Empty;
         }
@@ -600,11 +687,11 @@ impl Outbound {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let mut rest = batch;
-        if st.unwritten() == 0 {
+        if !st.pending() {
             if batch.is_empty() {
                 return Ok(());
             }
-            match sys::send_nonblocking(&self.stream, batch) {
+            match self.send_now(&mut st, batch) {
                 Ok(n) => rest = &batch[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -612,13 +699,26 @@ impl Outbound {
                     return Err(e);
                 }
             }
-            if rest.is_empty() {
+            if rest.is_empty() && !st.pending() {
                 return Ok(());
             }
         }
         // Blocking from here: take what is queued (it goes first) and own
         // the stream until done.
         let mut backlog = st.queue.take();
+        if let Some(tls) = st.tls.as_mut() {
+            // Encrypted here, under the lock, after the records the session
+            // holds; written below, outside it.
+            match encrypt(tls, &backlog, rest) {
+                Ok(records) => backlog = records,
+                Err(e) => {
+                    st.broken = true;
+                    self.publish_len(&st);
+                    return Err(e);
+                }
+            }
+            rest = &[];
+        }
         // Only other producers' bytes count against the outbox bound: the
         // worker's own answers are bounded by the write timeout.
         st.taken = backlog.len();
@@ -697,7 +797,103 @@ impl Outbound {
             st.queue.push(close, false);
         }
         drop(st);
+        self.write_batch(id, flushes, &[])?;
+        // TLS: after everything else, `close_notify` (once the session
+        // has keys to say it with).
+        let mut st = self.state.lock();
+        if st.broken {
+            return Ok(());
+        }
+        match st.tls.as_mut() {
+            Some(tls) if !tls.is_handshaking() => tls.send_close_notify(),
+            _ => return Ok(()),
+        }
+        drop(st);
         self.write_batch(id, flushes, &[])
+    }
+
+    /// TLS: whether the session is still in its handshake.
+    pub(crate) fn tls_handshaking(&self) -> bool {
+        self.state
+            .lock()
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// TLS: whether the session holds decrypted bytes not yet read.
+    pub(crate) fn tls_buffered(&self) -> bool {
+        let mut st = self.state.lock();
+        let Some(tls) = st.tls.as_mut() else {
+            return false;
+        };
+        // With nothing new to process this only reports the state.
+        tls.process_new_packets()
+            .is_ok_and(|io| io.plaintext_bytes_to_read() > 0)
+    }
+
+    /// TLS: whether the handshake was a resumption.
+    pub(crate) fn tls_resumed(&self) -> bool {
+        self.state
+            .lock()
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
+
+    /// TLS: gives the session the bytes read from the socket in `raw`
+    /// (consuming what it takes) and moves what it decrypted into `plain`;
+    /// with an empty `plain` (during the handshake) only feeds it. The
+    /// records the session answers with (handshake messages, alerts,
+    /// tickets) go out without blocking, or wait for the next writer or the
+    /// timer's flush. Called by the worker, which reads the socket outside
+    /// the lock.
+    pub(crate) fn tls_pump(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        raw: &mut super::buffer::ReadBuf,
+        plain: &mut [u8],
+    ) -> Result<Pumped, rustls::Error> {
+        let mut st = self.state.lock();
+        let outcome = {
+            let tls = st.tls.as_mut().expect("a TLS connection");
+            loop {
+                if !plain.is_empty() {
+                    match tls.reader().read(plain) {
+                        Ok(0) => break Ok(Pumped::Closed),
+                        Ok(n) => break Ok(Pumped::Plaintext(n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break Ok(Pumped::Closed),
+                    }
+                }
+                if raw.data().is_empty() {
+                    break Ok(Pumped::NeedBytes);
+                }
+                let mut data = raw.data();
+                let before = data.len();
+                if tls.read_tls(&mut data).is_err() {
+                    // Its plaintext buffer is full: `plain` must be drained
+                    // first (the worker decodes, then comes back).
+                    break Ok(Pumped::NeedBytes);
+                }
+                let taken = before - data.len();
+                raw.consume(taken);
+                if let Err(e) = tls.process_new_packets() {
+                    break Err(e);
+                }
+                if plain.is_empty() && (raw.data().is_empty() || !tls.is_handshaking()) {
+                    break Ok(Pumped::NeedBytes);
+                }
+            }
+        };
+        match self.send_records(&mut st) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => st.broken = true,
+        }
+        self.list_if_pending(id, flushes, &mut st);
+        outcome
     }
 
     /// Holds the write right, as a producer writing does, for tests that
@@ -705,6 +901,30 @@ impl Outbound {
     #[cfg(test)]
     pub(crate) fn hold(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
         self.state.lock()
+    }
+}
+
+/// Hands `parts` to a TLS session and takes every record it then holds.
+fn encrypt(tls: &mut ServerConnection, first: &[u8], second: &[u8]) -> io::Result<Vec<u8>> {
+    tls.writer().write_all(first)?;
+    tls.writer().write_all(second)?;
+    let mut records = Vec::with_capacity(first.len() + second.len() + 64);
+    while tls.wants_write() {
+        tls.write_tls(&mut records)?;
+    }
+    Ok(records)
+}
+
+/// A socket as an `io::Write` that never blocks.
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sys::send_nonblocking(self.0, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

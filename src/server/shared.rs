@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     /// Whether accepted sockets inherit the listener's socket options
     /// (known after the first accept).
     pub(crate) options_inherited: OnceLock<bool>,
+    /// The TLS listeners' certificate and configuration.
+    pub(crate) tls: Option<super::tls::Tls>,
 }
 
 /// One listening socket and the protocol of its connections.
@@ -65,6 +67,8 @@ pub(crate) struct Listening {
     pub(crate) protocol: Protocol,
     /// WebSocket mode: the path upgrades must ask for; `None`: any.
     pub(crate) path: Option<String>,
+    /// TLS first.
+    pub(crate) tls: bool,
 }
 
 /// The messages the server sends most, encoded once for each protocol: the

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `SIGINT`, `SIGTERM` | graceful shutdown: stop accepting, CLOSE 1001 and drain every connection, force the rest after the grace period |
 //! | the same again, during the drain | exit at once with status 128 + signal |
-//! | `SIGHUP` | logged and ignored (nothing is reloaded yet; the process is not killed) |
+//! | `SIGHUP` | re-reads the TLS certificate and key (`--tls-cert`, `--tls-key`) for new handshakes; live connections are untouched, a bad file is refused with an error log and the old certificate stays; without TLS, logged and ignored |
 //!
 //! Every other signal keeps its default action.
 
@@ -43,9 +43,15 @@ impl ShutdownSignals {
     /// Blocks until `SIGINT` or `SIGTERM` arrives and returns it; a
     /// `SIGHUP` meanwhile is logged and ignored.
     pub fn wait(&mut self) -> i32 {
+        self.wait_with(|| info!("SIGHUP received: ignored (nothing to reload)"))
+    }
+
+    /// As [`wait`](ShutdownSignals::wait), calling `on_hangup` for every
+    /// `SIGHUP` meanwhile.
+    pub fn wait_with(&mut self, on_hangup: impl Fn()) -> i32 {
         loop {
             match self.signals.forever().next() {
-                Some(SIGHUP) => info!("SIGHUP received: ignored (nothing to reload)"),
+                Some(SIGHUP) => on_hangup(),
                 Some(signal) => return signal,
                 // The iterator ends only when closed, which nothing does.
                 None => return SIGTERM,
@@ -74,8 +80,8 @@ impl ShutdownSignals {
 impl Server {
     /// Serves until `SIGINT` or `SIGTERM`, then shuts down gracefully as
     /// [`shutdown`](Server::shutdown) does; a second such signal during the
-    /// drain exits the process at once (status 128 + signal). `SIGHUP` is
-    /// logged and ignored. Returns what `shutdown` returns: whether every
+    /// drain exits the process at once (status 128 + signal). `SIGHUP`
+    /// reloads the TLS certificate ([`reload_tls`](Server::reload_tls)). Returns what `shutdown` returns: whether every
     /// connection drained within the grace period.
     ///
     /// # Errors
@@ -95,7 +101,11 @@ impl Server {
     /// The thread that watches for a second signal could not be started
     /// (the server is then shut down before returning).
     pub fn run_until(self, mut signals: ShutdownSignals) -> io::Result<bool> {
-        let signal = signals.wait();
+        let signal = signals.wait_with(|| {
+            info!("SIGHUP received");
+            // The outcome is logged by the reload itself.
+            let _ = self.reload_tls();
+        });
         info!(
             signal,
             "signal received: shutting down (send another to exit at once)"

@@ -30,6 +30,7 @@ use super::buffer::ReadBuf;
 use super::close::{CloseReason, TcpTimeout};
 use super::conn::Conn;
 use super::handler::Session;
+use super::outbound::Pumped;
 use super::ping::PingPolicy;
 use super::proxy;
 use super::shared::{Shared, close_frame};
@@ -57,10 +58,17 @@ const QUIET_TICKS: u64 = 2;
 /// Output buffer capacity kept between writes.
 const RETAIN_OUTPUT: usize = 64 * 1024;
 
+/// TLS: the most undecrypted bytes read ahead of the session: one full
+/// record (16 KiB of plaintext and its overhead) and the next header.
+const RAW_LIMIT: usize = 16 * 1024 + 512;
+
 /// Starts the worker thread for `conn`.
 pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
+    let tls = shared.listeners[conn.listener].tls;
     let worker = Worker {
-        started: conn.protocol != Protocol::Ws,
+        started: conn.protocol != Protocol::Ws && !tls,
+        tls,
+        raw: ReadBuf::new(),
         decoder: Decoder::new(conn.protocol, shared.config.max_frame),
         input: ReadBuf::new(),
         output: Vec::new(),
@@ -94,8 +102,14 @@ struct Worker {
     /// The peer's PING rate.
     pings: PingPolicy,
     /// The protocol has started (a WebSocket connection: its upgrade was
-    /// answered), so a close is said with a CLOSE.
+    /// answered; a TLS one: its handshake completed), so a close is said
+    /// with a CLOSE.
     started: bool,
+    /// The connection speaks TLS: what is read goes to `raw`, and the
+    /// session decrypts it into `input`.
+    tls: bool,
+    /// TLS: bytes read from the socket that the session has not taken yet.
+    raw: ReadBuf,
 }
 
 /// Removes the connection from the registry (counting it in the metrics)
@@ -231,6 +245,20 @@ impl Worker {
                 }
             }
         }
+        if self.tls {
+            // What came after a PROXY header is the TLS session's.
+            let early = self.input.data().len();
+            if early > 0 {
+                self.raw.spare(RAW_LIMIT)[..early].copy_from_slice(self.input.data());
+                self.raw.filled(early);
+                self.input.consume(early);
+            }
+            self.tls_handshake()?;
+            if self.conn.protocol != Protocol::Ws {
+                self.conn.out.start();
+                self.started = true;
+            }
+        }
         let token = if self.conn.protocol == Protocol::Ws {
             self.upgrade_websocket()?
         } else {
@@ -283,9 +311,11 @@ impl Worker {
                     )));
                 }
             }
-            if let Err(reason) = self.handshake_read(deadline, upgrade::MAX_REQUEST, |w| {
-                w.upgrade_timed_out(timeout)
-            }) {
+            if let Err(reason) =
+                self.handshake_read(deadline, upgrade::MAX_REQUEST, Into::Input, |w| {
+                    w.upgrade_timed_out(timeout)
+                })
+            {
                 break Err(reason);
             }
         };
@@ -355,9 +385,11 @@ impl Worker {
                 }
                 proxy::Parsed::Incomplete => {}
             }
-            if let Err(reason) = self.handshake_read(deadline, proxy::MAX_HEADER, |w| {
-                w.handshake_timed_out(timeout)
-            }) {
+            if let Err(reason) =
+                self.handshake_read(deadline, proxy::MAX_HEADER, Into::Socket, |w| {
+                    w.handshake_timed_out(timeout)
+                })
+            {
                 break Err(reason);
             }
         };
@@ -404,7 +436,7 @@ impl Worker {
                 Ok(None) => {}
                 Err(e) => return Err(CloseReason::Protocol(e)),
             }
-            self.handshake_read(deadline, limit, |w| w.auth_timed_out(timeout))?;
+            self.handshake_read(deadline, limit, Into::Input, |w| w.auth_timed_out(timeout))?;
         };
         let _ = self.conn.stream().set_read_timeout(None);
         self.check_credentials(&credentials)
@@ -432,6 +464,7 @@ impl Worker {
         &mut self,
         deadline: Instant,
         limit: usize,
+        into: Into,
         timed_out: impl Fn(&Self) -> CloseReason,
     ) -> Result<(), CloseReason> {
         loop {
@@ -440,12 +473,18 @@ impl Worker {
             if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
                 return Err(timed_out(self));
             }
-            return match stream.read(self.input.spare(limit)) {
+            let read = match into {
+                Into::Input => self.read_input(limit),
+                Into::Socket => stream
+                    .read(self.input.spare(limit))
+                    .inspect(|&n| self.input.filled(n)),
+                Into::Raw => stream
+                    .read(self.raw.spare(RAW_LIMIT))
+                    .inspect(|&n| self.raw.filled(n)),
+            };
+            return match read {
                 Ok(0) => Err(self.requested_or(CloseReason::PeerClosed)),
-                Ok(n) => {
-                    self.input.filled(n);
-                    Ok(())
-                }
+                Ok(_) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
@@ -458,6 +497,106 @@ impl Worker {
                 Err(e) => Err(self.requested_or(self.read_error(&e))),
             };
         }
+    }
+
+    /// Reads the connection's protocol bytes into the input buffer (at most
+    /// `limit` in it): straight from the socket, or, with TLS, what the
+    /// session decrypts, reading the socket only when the session has
+    /// nothing. Ok(0) at the end of the peer's stream (TLS: its
+    /// `close_notify`, or the socket's end).
+    fn read_input(&mut self, limit: usize) -> io::Result<usize> {
+        if !self.tls {
+            let n = self.conn.stream().read(self.input.spare(limit))?;
+            self.input.filled(n);
+            return Ok(n);
+        }
+        loop {
+            let pumped = self.conn.out.tls_pump(
+                self.conn.id,
+                &self.shared.flushes,
+                &mut self.raw,
+                self.input.spare(limit),
+            );
+            match pumped {
+                Ok(Pumped::Plaintext(n)) => {
+                    self.input.filled(n);
+                    return Ok(n);
+                }
+                Ok(Pumped::Closed) => return Ok(0),
+                Ok(Pumped::NeedBytes) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            let n = self.conn.stream().read(self.raw.spare(RAW_LIMIT))?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.raw.filled(n);
+        }
+    }
+
+    /// TLS: whether bytes wait ahead of the socket (read and not yet
+    /// decrypted, or decrypted and not yet taken), so that waiting on the
+    /// socket would be wrong.
+    fn tls_holds_bytes(&self) -> bool {
+        self.tls && (!self.raw.data().is_empty() || self.conn.out.tls_buffered())
+    }
+
+    /// The TLS handshake, within the handshake deadline (counted from the
+    /// accept). Counted by result in `wheel_tls_handshakes_total`; a
+    /// failure is logged at debug with its reason and never reaches the
+    /// handler.
+    #[inline(never)]
+    fn tls_handshake(&mut self) -> Result<(), CloseReason> {
+        let timeout = self.shared.config.handshake_timeout;
+        let deadline = self.conn.opened + timeout;
+        let id = self.conn.id;
+        let shared = Arc::clone(&self.shared);
+        let flushes = &shared.flushes;
+        loop {
+            let pumped = self.conn.out.tls_pump(id, flushes, &mut self.raw, &mut []);
+            // The session's answer (or its alert) goes out, blocking if
+            // the socket is full: only this thread writes before the
+            // handshake is done.
+            let written = self.conn.out.write_batch(id, flushes, &[]);
+            if let Err(e) = pumped {
+                let label = super::tls::failure_label(&e);
+                self.count_tls(label);
+                debug!(conn = %id, peer = %self.conn.peer(), result = label, "TLS handshake failed: {e}");
+                return Err(CloseReason::TlsHandshake(e.to_string()));
+            }
+            if let Err(e) = written {
+                return Err(self.requested_or(CloseReason::from_write_error(&e)));
+            }
+            if !self.conn.out.tls_handshaking() {
+                let _ = self.conn.stream().set_read_timeout(None);
+                let kind = if self.conn.out.tls_resumed() {
+                    "resumed"
+                } else {
+                    "full"
+                };
+                self.count_tls(kind);
+                return Ok(());
+            }
+            self.handshake_read(deadline, RAW_LIMIT, Into::Raw, |w| {
+                w.count_tls("timeout");
+                w.shared
+                    .metrics
+                    .handshake_timeouts
+                    .get_or_create(&[("stage", "tls")])
+                    .inc();
+                w.requested_or(CloseReason::TlsHandshake(format!(
+                    "not complete within the handshake timeout ({timeout:?})"
+                )))
+            })?;
+        }
+    }
+
+    fn count_tls(&self, result: &'static str) {
+        self.shared
+            .metrics
+            .tls_handshakes
+            .get_or_create(&[("result", result)])
+            .inc();
     }
 
     fn auth_timed_out(&self, timeout: Duration) -> CloseReason {
@@ -520,7 +659,7 @@ impl Worker {
             // Everything read is answered: a close may come from the timer.
             self.conn.out.end_read();
             let waited_from = self.shared.clock.now();
-            if self.input.is_released() {
+            if self.input.is_released() && !self.tls_holds_bytes() {
                 // A quiet connection waits without a buffer; the read below
                 // then finds the bytes (or the end) at once.
                 match sys::wait_readable(self.conn.stream()) {
@@ -529,10 +668,9 @@ impl Worker {
                     Err(e) => return self.requested_or(self.read_error(&e)),
                 }
             }
-            let read = self.conn.stream().read(self.input.spare(limit));
-            match read {
+            match self.read_input(limit) {
                 Ok(0) => return self.requested_or(CloseReason::PeerClosed),
-                Ok(n) => self.input.filled(n),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.requested_or(self.read_error(&e)),
             }
@@ -548,6 +686,7 @@ impl Worker {
             // pending, so give the buffers back until the next ones.
             if self.shared.clock.now() >= waited_from + QUIET_TICKS {
                 self.input.release();
+                self.raw.release();
                 self.decoder.release();
                 self.output = Vec::new();
             }
@@ -711,6 +850,18 @@ impl Worker {
             debug!(conn = %self.conn.id, discarded, "discarded input after the CLOSE");
         }
     }
+}
+
+/// Where a read before admission puts its bytes.
+#[derive(Clone, Copy, Debug)]
+enum Into {
+    /// The socket's bytes into the input buffer (a PROXY header, which
+    /// comes before any TLS).
+    Socket,
+    /// The socket's bytes into the TLS session's read-ahead.
+    Raw,
+    /// The protocol's bytes (decrypted, with TLS) into the input buffer.
+    Input,
 }
 
 /// Answers one message. Free-standing so that it can borrow the worker's

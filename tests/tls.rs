@@ -1,0 +1,422 @@
+//! TLS listeners (`tls://`, `tls+line://`, `wss://`) against clients
+//! nobody here wrote (Python's `ssl`, `openssl s_client`, Python
+//! `websockets`) and rustls's own client: every protocol over TLS, session
+//! resumption, the idle timeout and `close_notify`, bad input (plaintext,
+//! garbage, a dribbled handshake), and certificate reload under load.
+//! Certificates are made at test time with rcgen.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use util::{PATIENCE, ServerProcess, http, ms, sample, scrape};
+use wheel_server::protocol::{Message, OwnedMessage as Msg, Protocol, Reader};
+
+/// A CA, and a certificate for localhost and 127.0.0.1 it signed, written
+/// as PEM files in a directory of their own.
+struct Pki {
+    dir: PathBuf,
+    ca: CertificateDer<'static>,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(test: &str) -> Pki {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tls-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wheel-server test CA");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+        let pki = Pki {
+            dir,
+            ca: issuer.der().clone(),
+            issuer,
+        };
+        pki.issue("server");
+        pki
+    }
+
+    /// Writes `<name>.pem` and `<name>.key`: a leaf for localhost and
+    /// 127.0.0.1 signed by the CA. Returns the leaf's DER.
+    fn issue(&self, name: &str) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("localhost ({name})"));
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        cert.der().clone()
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// rustls's client configuration trusting the CA.
+    fn client(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A server process with TLS listeners of every protocol (frame first)
+/// and the admin endpoint.
+fn server(pki: &Pki, extra: &[&str]) -> (ServerProcess, SocketAddr) {
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let mut args = vec!["--listen", "tls://127.0.0.1:0", "--tls-cert", &cert];
+    args.extend(["--tls-key", &key, "--admin-listen", "127.0.0.1:0"]);
+    args.extend(extra);
+    let server = ServerProcess::start(&args);
+    let admin = server.metrics_addr();
+    (server, admin)
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+fn connect(config: &Arc<ClientConfig>, addr: SocketAddr) -> Tls {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(Arc::clone(config), name).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
+fn send(tls: &mut Tls, msg: Message<'_>) -> std::io::Result<()> {
+    let mut wire = Vec::new();
+    Protocol::Frame.encode(&msg, &mut wire).unwrap();
+    tls.write_all(&wire)?;
+    tls.flush()
+}
+
+/// The next message; `None` at a clean end (after `close_notify`).
+fn recv(tls: &mut Tls, reader: &mut Reader) -> std::io::Result<Option<Msg>> {
+    reader.read_message(tls)
+}
+
+fn ping_pong(tls: &mut Tls, reader: &mut Reader, payload: &[u8]) -> bool {
+    send(tls, Message::Ping(payload)).is_ok()
+        && matches!(recv(tls, reader), Ok(Some(Msg::Pong(p))) if p == payload)
+}
+
+fn handshakes(admin: SocketAddr, result: &str) -> f64 {
+    sample(
+        &scrape(admin),
+        &format!("wheel_tls_handshakes_total{{result=\"{result}\"}}"),
+    )
+}
+
+#[test]
+fn rustls_frames_resume_and_end_with_an_idle_close_and_close_notify() {
+    let pki = Pki::new("frames");
+    let (server, admin) = server(&pki, &["--idle-timeout", "400ms", "--tick", "20ms"]);
+    let config = pki.client();
+    let mut tls = connect(&config, server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    assert!(ping_pong(&mut tls, &mut reader, b"over tls"));
+    let big = vec![7u8; 300_000];
+    send(&mut tls, Message::Data(&big)).unwrap();
+    assert_eq!(recv(&mut tls, &mut reader).unwrap(), Some(Msg::Data(big)));
+    // Silent now: the timer's CLOSE 4000 comes encrypted, then
+    // close_notify (a clean end, not a truncation).
+    let started = Instant::now();
+    assert_eq!(
+        recv(&mut tls, &mut reader).unwrap(),
+        Some(Msg::Close(4000, "idle timeout".into()))
+    );
+    assert!(started.elapsed() >= ms(350), "{:?}", started.elapsed());
+    assert_eq!(recv(&mut tls, &mut reader).unwrap(), None, "close_notify");
+    // The client's session cache holds a ticket: the next handshake is
+    // short.
+    let mut again = connect(&config, server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    assert!(ping_pong(&mut again, &mut reader, b"resumed"));
+    assert_eq!(
+        again.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert!(util::wait_until(ms(2000), || handshakes(admin, "resumed") == 1.0));
+    assert_eq!(handshakes(admin, "full"), 1.0);
+}
+
+#[test]
+fn python_ssl_openssl_and_websockets_speak_every_protocol_over_tls() {
+    if !util::tool_or_skip("python3", "--version") || !util::tool_or_skip("openssl", "version") {
+        return;
+    }
+    let pki = Pki::new("clients");
+    let line: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let ws: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (server, _admin) = server(
+        &pki,
+        &[
+            "--listen",
+            &format!("tls+line://{line}"),
+            "--listen",
+            &format!("wss://{ws}/ws"),
+        ],
+    );
+    // Python's ssl module, frame mode: a PING and a DATA.
+    let script = r#"
+import socket, ssl, struct, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[2]))), server_hostname="localhost")
+frame = lambda t, p: struct.pack(">I", len(p) + 1) + bytes([t]) + p
+s.sendall(frame(2, b"py") + frame(1, b"hello"))
+want, got = 2 * 5 + 2 + 5, b""
+while len(got) < want:
+    got += s.recv(want - len(got))
+print(got.hex())
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &pki.path("ca.pem"),
+            &server.addr.port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let mut expected = Vec::new();
+    Protocol::Frame
+        .encode(&Message::Pong(b"py"), &mut expected)
+        .unwrap();
+    Protocol::Frame
+        .encode(&Message::Data(b"hello"), &mut expected)
+        .unwrap();
+    let hex: String = expected.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex, "{out:?}");
+
+    // openssl s_client, line mode.
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &line.to_string()])
+        .args(["-CAfile", &pki.path("ca.pem"), "-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"PING s_client\nQUIT\n")
+        .unwrap();
+    let mut answer = String::new();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut answer)
+        .unwrap();
+    let _ = client.wait();
+    assert_eq!(answer, "PONG s_client\nCLOSE 1000 bye\n");
+
+    // Python websockets over wss://.
+    if util::python_websockets_or_skip() {
+        let script = r#"
+import asyncio, ssl, sys, websockets
+async def main():
+    ctx = ssl.create_default_context(cafile=sys.argv[1])
+    async with websockets.connect(f"wss://localhost:{sys.argv[2]}/ws", ssl=ctx) as ws:
+        await ws.send("over wss")
+        print(await ws.recv())
+asyncio.run(main())
+"#;
+        let out = Command::new("python3")
+            .args(["-c", script, &pki.path("ca.pem"), &ws.port().to_string()])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "over wss",
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn plaintext_garbage_and_a_dribbled_handshake_are_dropped_and_counted() {
+    let pki = Pki::new("bad");
+    let (server, admin) = server(&pki, &["--handshake-timeout", "500ms"]);
+    // A frame-mode client that forgot TLS.
+    let mut plain = TcpStream::connect(server.addr).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut wire = Vec::new();
+    Protocol::Frame
+        .encode(&Message::Ping(b"x"), &mut wire)
+        .unwrap();
+    plain.write_all(&wire).unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        answer.first().is_none_or(|&b| b == 0x15),
+        "only a TLS alert may come back: {answer:?}"
+    );
+    // Garbage that looks like a record header.
+    let mut garbage = TcpStream::connect(server.addr).unwrap();
+    garbage.set_read_timeout(Some(PATIENCE)).unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    let _ = garbage.read_to_end(&mut Vec::new());
+    // A real ClientHello, one byte at a time, slower than the deadline.
+    let mut hello = Vec::new();
+    let mut conn =
+        ClientConnection::new(pki.client(), ServerName::try_from("localhost").unwrap()).unwrap();
+    conn.write_tls(&mut hello).unwrap();
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    let started = Instant::now();
+    let mut dropped = false;
+    for byte in &hello {
+        if slow.write_all(&[*byte]).is_err() {
+            dropped = true;
+            break;
+        }
+        std::thread::sleep(ms(50));
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    slow.set_read_timeout(Some(PATIENCE)).unwrap();
+    let ended = dropped || matches!(slow.read(&mut [0u8; 64]), Ok(0) | Err(_));
+    assert!(ended, "a dribbled handshake outlived the deadline");
+    assert!(started.elapsed() >= ms(450), "{:?}", started.elapsed());
+    assert!(util::wait_until(ms(2000), || handshakes(admin, "timeout") == 1.0));
+    assert_eq!(handshakes(admin, "not_tls"), 2.0);
+    let text = scrape(admin);
+    assert_eq!(
+        sample(&text, "wheel_handshake_timeouts_total{stage=\"tls\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "wheel_connections_closed_total{reason=\"tls_handshake\"}"
+        ),
+        3.0
+    );
+    // And it still serves.
+    let mut tls = connect(&pki.client(), server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    assert!(ping_pong(&mut tls, &mut reader, b"still"));
+}
+
+#[test]
+fn a_reload_under_load_keeps_every_connection_and_serves_the_new_certificate() {
+    let pki = Pki::new("reload");
+    let (server, admin) = server(&pki, &["--idle-timeout", "60s"]);
+    let config = pki.client();
+    let mut conns: Vec<(Tls, Reader)> = (0..200)
+        .map(|_| {
+            let mut tls = connect(&config, server.addr);
+            let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+            assert!(ping_pong(&mut tls, &mut reader, b"before"));
+            (tls, reader)
+        })
+        .collect();
+    let old = conns[0].0.conn.peer_certificates().unwrap()[0].clone();
+    let new = pki.issue("next");
+    std::fs::rename(pki.dir.join("next.pem"), pki.dir.join("server.pem")).unwrap();
+    std::fs::rename(pki.dir.join("next.key"), pki.dir.join("server.key")).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        server
+            .wait_for_log("TLS certificate reloaded", PATIENCE)
+            .is_some()
+    );
+    for (tls, reader) in &mut conns {
+        assert!(ping_pong(tls, reader, b"after"), "a connection was lost");
+    }
+    // A client without a session to resume: a full handshake.
+    let mut fresh = connect(&pki.client(), server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    assert!(ping_pong(&mut fresh, &mut reader, b"new"));
+    let served = fresh.conn.peer_certificates().unwrap()[0].clone();
+    assert_ne!(served, old);
+    assert_eq!(served, new);
+    // A broken file is refused and the certificate stays.
+    std::fs::write(pki.dir.join("server.key"), "not a key").unwrap();
+    let (status, body) = http(
+        admin,
+        "POST /admin/reload-tls HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("server.key"), "{body}");
+    let mut after = connect(&pki.client(), server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    assert!(ping_pong(&mut after, &mut reader, b"kept"));
+    assert_eq!(after.conn.peer_certificates().unwrap()[0], new);
+}
+
+#[test]
+fn bad_tls_files_exit_2_naming_the_file() {
+    let pki = Pki::new("files");
+    pki.issue("other");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+            .args(["--listen", "tls://127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+    let missing = pki.path("missing.pem");
+    let (code, stderr) = run(&["--tls-cert", &missing, "--tls-key", &pki.path("server.key")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+    // A key that belongs to another certificate.
+    let (code, stderr) = run(&[
+        "--tls-cert",
+        &pki.path("server.pem"),
+        "--tls-key",
+        &pki.path("other.key"),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("other.key"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
