@@ -172,6 +172,11 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_TLS_KEY", value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
 
+    /// TLS listeners: require a client certificate issued by a CA in this PEM file; its subject
+    /// (common name) is the connection's identity in logs and /connections.
+    #[arg(long, env = "WHEEL_SERVER_TLS_CLIENT_CA", value_name = "FILE")]
+    tls_client_ca: Option<std::path::PathBuf>,
+
     /// WebSocket listeners: accept upgrades from browsers on this origin only, e.g.
     /// https://app.example.com (repeat for more). An upgrade with any other Origin header gets
     /// 403: a defence against cross-site WebSocket hijacking. Clients that send no Origin (not
@@ -375,6 +380,7 @@ impl Args {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
                 }),
                 (Some(_), None) => {
                     return Err(ConfigError {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use util::{PATIENCE, ServerProcess, http, ms, sample, scrape};
@@ -53,12 +54,28 @@ impl Pki {
     /// Writes `<name>.pem` and `<name>.key`: a leaf for localhost and
     /// 127.0.0.1 signed by the CA. Returns the leaf's DER.
     fn issue(&self, name: &str) -> CertificateDer<'static> {
+        self.issue_with(name, &format!("localhost ({name})"), None)
+    }
+
+    /// As `issue`, with this common name, valid until `until` (year, month,
+    /// day; else rcgen's default, far off).
+    fn issue_with(
+        &self,
+        name: &str,
+        common_name: &str,
+        until: Option<(i32, u8, u8)>,
+    ) -> CertificateDer<'static> {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("localhost ({name})"));
+            .push(rcgen::DnType::CommonName, common_name);
+        if let Some((year, month, day)) = until {
+            // Valid from a year before, or from 2025 for a future end.
+            params.not_before = rcgen::date_time_ymd((year - 1).min(2025), month, day);
+            params.not_after = rcgen::date_time_ymd(year, month, day);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
@@ -354,7 +371,7 @@ fn a_reload_under_load_keeps_every_connection_and_serves_the_new_certificate() {
         })
         .collect();
     let old = conns[0].0.conn.peer_certificates().unwrap()[0].clone();
-    let new = pki.issue("next");
+    let new = pki.issue_with("next", "localhost (next)", Some((2031, 6, 1)));
     std::fs::rename(pki.dir.join("next.pem"), pki.dir.join("server.pem")).unwrap();
     std::fs::rename(pki.dir.join("next.key"), pki.dir.join("server.key")).unwrap();
     server.signal(libc::SIGHUP);
@@ -373,6 +390,11 @@ fn a_reload_under_load_keeps_every_connection_and_serves_the_new_certificate() {
     let served = fresh.conn.peer_certificates().unwrap()[0].clone();
     assert_ne!(served, old);
     assert_eq!(served, new);
+    // 2031-06-01T00:00:00Z, the new certificate's end.
+    assert_eq!(
+        sample(&scrape(admin), "wheel_tls_cert_expiry_timestamp_seconds"),
+        1_938_038_400.0
+    );
     // A broken file is refused and the certificate stays.
     std::fs::write(pki.dir.join("server.key"), "not a key").unwrap();
     let (status, body) = http(
@@ -419,4 +441,54 @@ fn bad_tls_files_exit_2_naming_the_file() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("other.key"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn client_certificates_are_required_verified_and_name_the_connection() {
+    let pki = Pki::new("clientca");
+    let ca = pki.path("ca.pem");
+    let (server, admin) = server(&pki, &["--tls-client-ca", &ca]);
+    let with_cert = |name: &str| {
+        let chain =
+            vec![CertificateDer::from_pem_file(pki.dir.join(format!("{name}.pem"))).unwrap()];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(pki.dir.join(format!("{name}.key")))
+                .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(pki.ca.clone()).unwrap();
+        Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap(),
+        )
+    };
+    pki.issue_with("device", "device-42", None);
+    let mut tls = connect(&with_cert("device"), server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    assert!(ping_pong(&mut tls, &mut reader, b"me"));
+    let (status, body) = util::http_get(admin, "/connections");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"sub\":\"device-42\""), "{body}");
+    // No certificate, and an expired one: refused in the handshake.
+    let mut anonymous = connect(&pki.client(), server.addr);
+    assert!(!ping_pong(
+        &mut anonymous,
+        &mut Reader::new(Protocol::Frame, 1024),
+        b"x"
+    ));
+    pki.issue_with("old", "device-7", Some((2020, 1, 1)));
+    let mut expired = connect(&with_cert("old"), server.addr);
+    assert!(!ping_pong(
+        &mut expired,
+        &mut Reader::new(Protocol::Frame, 1024),
+        b"x"
+    ));
+    assert!(util::wait_until(ms(2000), || handshakes(
+        admin,
+        "bad_client_cert"
+    ) == 2.0));
+    assert_eq!(handshakes(admin, "full"), 1.0);
 }

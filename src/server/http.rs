@@ -433,10 +433,12 @@ impl Inner {
                     .collect();
                 Response::json(200, serde_json::Value::Array(list).to_string())
             }
-            (["admin", "reload-tls"], _, true) => match super::tls::reload(shared.tls.as_ref()) {
-                Ok(()) => Response::text(200, "reloaded\n"),
-                Err(why) => Response::text(409, &format!("not reloaded: {why}\n")),
-            },
+            (["admin", "reload-tls"], _, true) => {
+                match super::tls::reload(shared.tls.as_ref(), &shared.metrics) {
+                    Ok(()) => Response::text(200, "reloaded\n"),
+                    Err(why) => Response::text(409, &format!("not reloaded: {why}\n")),
+                }
+            }
             (["publish", topic], _, true) => match self.handle().publish(topic, body) {
                 Ok(p) => Response::json(
                     200,

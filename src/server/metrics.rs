@@ -79,6 +79,9 @@ pub(crate) struct Metrics {
     pub(crate) activity_rearms: Counter,
     /// Timers in the wheel.
     pub(crate) timers_armed: Gauge,
+    /// When the TLS certificate expires (seconds since the epoch);
+    /// registered only with TLS listeners.
+    pub(crate) tls_cert_expiry: Gauge,
     /// What the worker thread cache did.
     pub(crate) threads: Counters,
     /// How late each tick ran after its instant.
@@ -280,6 +283,16 @@ impl Collector for LiveCollector {
 }
 
 impl Metrics {
+    /// Registers the TLS certificate's expiry (servers with TLS listeners).
+    pub(crate) fn register_tls(&mut self, expires: i64) {
+        self.tls_cert_expiry.set(expires);
+        self.registry.register(
+            "wheel_tls_cert_expiry_timestamp_seconds",
+            "When the TLS certificate served to new handshakes expires, in seconds since the Unix epoch (updated by a reload)",
+            self.tls_cert_expiry.clone(),
+        );
+    }
+
     pub(crate) fn new() -> Metrics {
         let live = Arc::new(Live::default());
         let metrics = Metrics {
@@ -298,6 +311,7 @@ impl Metrics {
             timer_events: Family::default(),
             activity_rearms: Counter::default(),
             timers_armed: Gauge::default(),
+            tls_cert_expiry: Gauge::default(),
             threads: Counters::default(),
             // 0.1 ms to about 3.3 s: how late the timer thread ran a tick.
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),

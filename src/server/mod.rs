@@ -205,7 +205,16 @@ impl Server {
             ttl: config.history_ttl,
         };
         let source = TimeSource::new(Instant::now(), config.tick);
-        let metrics = metrics::Metrics::new();
+        let mut metrics = metrics::Metrics::new();
+        if let Some(tls) = &tls {
+            metrics.register_tls(tls.expires());
+            info!(
+                cert = %tls.files().cert.display(),
+                expires = %tls::expiry_text(tls.expires()),
+                client_certificates = tls.files().client_ca.is_some(),
+                "TLS certificate loaded"
+            );
+        }
         let thread_settings = config.thread_settings();
         let shared = Arc::new(Shared {
             config,
@@ -314,7 +323,7 @@ impl Server {
     /// No TLS listener, or the new files were refused (why); the old
     /// certificate then stays.
     pub fn reload_tls(&self) -> Result<(), String> {
-        tls::reload(self.shared.tls.as_ref())
+        tls::reload(self.shared.tls.as_ref(), &self.shared.metrics)
     }
 
     /// A handle for reaching connections from any thread: send, close,

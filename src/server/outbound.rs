@@ -832,6 +832,14 @@ impl Outbound {
             .is_ok_and(|io| io.plaintext_bytes_to_read() > 0)
     }
 
+    /// TLS: the subject of the client's certificate, if it presented one.
+    pub(crate) fn tls_peer_subject(&self) -> Option<String> {
+        let st = self.state.lock();
+        let cert = st.tls.as_ref()?.peer_certificates()?.first()?.clone();
+        drop(st);
+        super::tls::subject(&cert)
+    }
+
     /// TLS: whether the handshake was a resumption.
     pub(crate) fn tls_resumed(&self) -> bool {
         self.state

@@ -14,10 +14,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
@@ -34,6 +37,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to: with
+    /// it, every TLS client must present a valid certificate, whose subject
+    /// is the connection's identity. `None`: no client certificates.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The server's TLS state: one configuration for every TLS listener.
@@ -41,6 +48,9 @@ pub(crate) struct Tls {
     config: Arc<ServerConfig>,
     certs: Arc<Reloadable>,
     files: TlsFiles,
+    /// When the served certificate expires, in seconds since the Unix
+    /// epoch.
+    expires: AtomicI64,
 }
 
 impl Tls {
@@ -52,16 +62,33 @@ impl Tls {
     /// the file and what is wrong with it.
     pub(crate) fn load(files: &TlsFiles) -> Result<Tls, (&'static str, String)> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = certified_key(files, &provider)?;
+        let (key, expires) = certified_key(files, &provider)?;
         let setup = |e: String| ("tls_cert", e);
         let certs = Arc::new(Reloadable {
             current: RwLock::new(Arc::new(key)),
         });
-        let mut config = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| setup(format!("TLS configuration: {e}")))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>);
+            .map_err(|e| setup(format!("TLS configuration: {e}")))?;
+        let builder = match &files.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let bad = |e: String| ("tls_client_ca", format!("{}: {e}", path.display()));
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_chain(path).map_err(|e| ("tls_client_ca", e))? {
+                    roots.add(cert).map_err(|e| bad(e.to_string()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>);
         config.ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| setup(format!("TLS session tickets: {e}")))?;
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
@@ -69,6 +96,7 @@ impl Tls {
             config: Arc::new(config),
             certs,
             files: files.clone(),
+            expires: AtomicI64::new(expires),
         })
     }
 
@@ -88,10 +116,17 @@ impl Tls {
     ///
     /// Why the new files were refused.
     pub(crate) fn reload(&self) -> Result<(), String> {
-        let key = certified_key(&self.files, &self.config.crypto_provider().clone())
+        let (key, expires) = certified_key(&self.files, &self.config.crypto_provider().clone())
             .map_err(|(_, why)| why)?;
         *self.certs.current.write() = Arc::new(key);
+        self.expires.store(expires, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// When the served certificate expires, in seconds since the Unix
+    /// epoch.
+    pub(crate) fn expires(&self) -> i64 {
+        self.expires.load(Ordering::Relaxed)
     }
 
     /// The files, for logs.
@@ -107,14 +142,19 @@ impl Tls {
 ///
 /// There is no TLS listener, or the new files were refused (the old
 /// certificate stays).
-pub(crate) fn reload(tls: Option<&Tls>) -> Result<(), String> {
+pub(crate) fn reload(tls: Option<&Tls>, metrics: &super::metrics::Metrics) -> Result<(), String> {
     let Some(tls) = tls else {
         tracing::info!("TLS reload asked for: no TLS listener, nothing to reload");
         return Err("no TLS listener".into());
     };
     match tls.reload() {
         Ok(()) => {
-            tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded: new handshakes use it");
+            metrics.tls_cert_expiry.set(tls.expires());
+            tracing::info!(
+                cert = %tls.files().cert.display(),
+                expires = %expiry_text(tls.expires()),
+                "TLS certificate reloaded: new handshakes use it"
+            );
             Ok(())
         }
         Err(why) => {
@@ -124,19 +164,47 @@ pub(crate) fn reload(tls: Option<&Tls>) -> Result<(), String> {
     }
 }
 
-/// Reads and checks a certificate chain and its key.
+/// An expiry in seconds since the epoch, as RFC 3339.
+pub(crate) fn expiry_text(expires: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The subject of a client's certificate (its common name, else the whole
+/// distinguished name), the connection's identity.
+pub(crate) fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let subject = parsed.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    Some(cn.unwrap_or_else(|| subject.to_string()))
+}
+
+/// Reads and checks a certificate chain and its key; returns them with
+/// the leaf's expiry (seconds since the epoch).
 fn certified_key(
     files: &TlsFiles,
     provider: &Arc<CryptoProvider>,
-) -> Result<CertifiedKey, (&'static str, String)> {
+) -> Result<(CertifiedKey, i64), (&'static str, String)> {
     let chain = read_chain(&files.cert).map_err(|e| ("tls_cert", e))?;
+    let expires = x509_parser::parse_x509_certificate(&chain[0])
+        .map(|(_, leaf)| leaf.validity().not_after.timestamp())
+        .map_err(|e| {
+            (
+                "tls_cert",
+                format!("{}: not an X.509 certificate: {e}", files.cert.display()),
+            )
+        })?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         (
             "tls_key",
             format!("{}: no usable private key: {e}", files.key.display()),
         )
     })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         (
             "tls_key",
             format!(
@@ -145,7 +213,8 @@ fn certified_key(
                 files.cert.display()
             ),
         )
-    })
+    })?;
+    Ok((certified, expires))
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -177,12 +246,13 @@ impl ResolvesServerCert for Reloadable {
 }
 
 /// Every `result` label of `wheel_tls_handshakes_total`.
-pub(crate) const RESULTS: [&str; 7] = [
+pub(crate) const RESULTS: [&str; 8] = [
     "full",
     "resumed",
     "timeout",
     "not_tls",
     "peer_refused",
+    "bad_client_cert",
     "incompatible",
     "error",
 ];
@@ -192,8 +262,9 @@ pub(crate) fn failure_label(err: &rustls::Error) -> &'static str {
     use rustls::Error;
     match err {
         Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => "not_tls",
-        Error::AlertReceived(_) | Error::InvalidCertificate(_) => "peer_refused",
-        Error::PeerIncompatible(_) | Error::NoCertificatesPresented => "incompatible",
+        Error::AlertReceived(_) => "peer_refused",
+        Error::InvalidCertificate(_) | Error::NoCertificatesPresented => "bad_client_cert",
+        Error::PeerIncompatible(_) => "incompatible",
         _ => "error",
     }
 }

@@ -575,6 +575,14 @@ impl Worker {
                     "full"
                 };
                 self.count_tls(kind);
+                if let Some(sub) = self.conn.out.tls_peer_subject() {
+                    // A verified client certificate names the connection.
+                    *self.conn.identity.lock() = Some(Identity {
+                        sub,
+                        expires: None,
+                        topics: None,
+                    });
+                }
                 return Ok(());
             }
             self.handshake_read(deadline, RAW_LIMIT, Into::Raw, |w| {
