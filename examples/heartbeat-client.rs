@@ -25,7 +25,7 @@ use clap::Parser;
 use crossbeam_channel::select;
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use wheel_server::client::{Backoff, Client, ClientConfig, Event, ServerAddr, Token};
+use wheel_server::client::{Backoff, Client, ClientConfig, Event, ServerAddr, TlsClient, Token};
 use wheel_server::parse_duration;
 use wheel_server::protocol::Protocol;
 
@@ -107,6 +107,25 @@ struct Args {
     /// Send each line of stdin as PUB TOPIC <line> instead of as plain DATA.
     #[arg(long, value_name = "TOPIC")]
     publish: Option<String>,
+
+    /// Speak TLS (to a tls:// or tls+line:// listener), trusting the system's root certificates
+    /// unless --tls-ca is given. Reconnects resume the TLS session.
+    #[arg(long)]
+    tls: bool,
+
+    /// Trust the CA certificates in this PEM file (implies --tls); with --tls-system-roots,
+    /// in addition to the system's.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// With --tls-ca: trust the system's roots too.
+    #[arg(long, requires = "tls_ca")]
+    tls_system_roots: bool,
+
+    /// The name the server's certificate must carry, when connecting by address or through
+    /// a name the certificate does not hold (implies --tls).
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -129,7 +148,18 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let _ = stop_tx.send(());
         }
     });
+    let tls = if args.tls || args.tls_ca.is_some() || args.tls_server_name.is_some() {
+        let mut tls = TlsClient::new(
+            args.tls_ca.as_deref(),
+            args.tls_ca.is_none() || args.tls_system_roots,
+        )?;
+        tls.server_name = args.tls_server_name.clone();
+        Some(tls)
+    } else {
+        None
+    };
     let client = Client::start(ClientConfig {
+        tls,
         addrs: args.addrs.clone(),
         protocol: args.protocol,
         connect_timeout: args.connect_timeout,

@@ -492,3 +492,67 @@ fn client_certificates_are_required_verified_and_name_the_connection() {
     ) == 2.0));
     assert_eq!(handshakes(admin, "full"), 1.0);
 }
+
+/// The client library over TLS: it trusts the test CA, reconnects after
+/// the server drains it (maximum connection age), and resumes its TLS
+/// session on the reconnect; a certificate for another name is a failed
+/// connection attempt with the reason, backed off.
+#[test]
+fn the_client_library_speaks_tls_and_resumes_across_reconnects() {
+    use wheel_server::client::{Backoff, Client, ClientConfig, Event, TlsClient};
+    let pki = Pki::new("client");
+    let (server, admin) = server(
+        &pki,
+        &[
+            "--max-connection-age",
+            "300ms",
+            "--max-connection-age-grace",
+            "1s",
+        ],
+    );
+    let tls = TlsClient::new(Some(&pki.dir.join("ca.pem")), false).unwrap();
+    let config = ClientConfig {
+        tls: Some(tls.clone()),
+        heartbeat_interval: ms(100),
+        heartbeat_timeout: ms(500),
+        backoff: Backoff {
+            initial: ms(20),
+            max: ms(100),
+            multiplier: 2.0,
+        },
+        ..ClientConfig::new(server.addr)
+    };
+    let client = Client::start(config.clone()).unwrap();
+    let mut connected = 0;
+    let deadline = Instant::now() + PATIENCE;
+    while connected < 3 && Instant::now() < deadline {
+        match client.events().recv_timeout(PATIENCE) {
+            Ok(Event::Connected { .. }) => connected += 1,
+            Ok(Event::ConnectFailed { error, .. }) => panic!("connect failed: {error}"),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(connected, 3, "connected, drained, reconnected twice");
+    drop(client);
+    assert_eq!(handshakes(admin, "full"), 1.0, "only the first was full");
+    assert!(handshakes(admin, "resumed") >= 2.0);
+
+    let wrong = TlsClient {
+        server_name: Some("elsewhere.example".into()),
+        ..tls
+    };
+    let client = Client::start(ClientConfig {
+        tls: Some(wrong),
+        max_attempts: Some(1),
+        ..config
+    })
+    .unwrap();
+    match client.events().recv_timeout(PATIENCE) {
+        Ok(Event::ConnectFailed { error, .. }) => {
+            assert!(error.contains("TLS handshake"), "{error}");
+            assert!(error.contains("not valid for name"), "{error}");
+        }
+        other => panic!("expected a failed connection, got {other:?}"),
+    }
+}

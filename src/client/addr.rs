@@ -66,6 +66,16 @@ impl FromStr for ServerAddr {
     }
 }
 
+impl ServerAddr {
+    /// The host: the name, or the IP address as text.
+    pub fn host(&self) -> String {
+        match self {
+            ServerAddr::Socket(addr) => addr.ip().to_string(),
+            ServerAddr::Name { host, .. } => host.clone(),
+        }
+    }
+}
+
 impl fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -57,6 +57,9 @@ mod addr;
 mod backoff;
 mod heartbeat;
 mod session;
+mod tls;
+
+pub use tls::TlsClient;
 
 pub use addr::{Resolver, ServerAddr};
 pub use backoff::Backoff;
@@ -119,6 +122,12 @@ pub struct ClientConfig {
     /// makes the client wait at least half its backoff window; a CLOSE 4002
     /// (expired) makes it reconnect at once, with the token read again.
     pub token: Option<Token>,
+    /// Speak TLS (to a `tls://`, `tls+line://` server): the certificates
+    /// trusted and the name checked. One value for every connection, so
+    /// that reconnects resume their TLS session. A failed handshake is a
+    /// failed connection attempt (`ConnectFailed`, with the reason), backed
+    /// off like any other.
+    pub tls: Option<TlsClient>,
 }
 
 /// Where the client's token comes from.
@@ -152,6 +161,7 @@ impl ClientConfig {
             event_capacity: 1024,
             subscriptions: Vec::new(),
             token: None,
+            tls: None,
         }
     }
 

@@ -4,12 +4,16 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
+use parking_lot::Mutex;
+use rustls::ClientConnection;
 use tracing::debug;
 
 use super::heartbeat::{Action, Heartbeat};
+use super::tls::{self, TlsRead};
 use super::{ClientConfig, Command, DeadReason, Event, Events, ServerAddr, Token};
 use crate::protocol::{Message, OwnedMessage, Reader, code};
 use crate::sys::{self, SocketOptions};
@@ -186,11 +190,11 @@ impl Manager {
             let mut told_to_wait = false;
             let mut going_away = false;
             match self.connect(&target) {
-                Ok((stream, addr)) => {
-                    let local = stream.local_addr().unwrap_or(addr);
+                Ok((link, addr)) => {
+                    let local = link.stream.local_addr().unwrap_or(addr);
                     self.emit(Event::Connected { addr, local });
                     let opened = Instant::now();
-                    match self.serve(stream) {
+                    match self.serve(link) {
                         End::Closed => return,
                         End::Dead(reason) => {
                             if opened.elapsed() >= self.config.healthy_after {
@@ -262,8 +266,9 @@ impl Manager {
     }
 
     /// Connects to `target`: resolves it (again, if it is a name) and tries
-    /// its addresses in turn; returns the stream and the address it reached.
-    fn connect(&mut self, target: &ServerAddr) -> io::Result<(TcpStream, SocketAddr)> {
+    /// its addresses in turn; returns the connection and the address it
+    /// reached. With TLS, the handshake is part of connecting.
+    fn connect(&mut self, target: &ServerAddr) -> io::Result<(Link, SocketAddr)> {
         // Read again for every connection, so that a refreshed token is used.
         self.token = match &self.config.token {
             None => None,
@@ -280,8 +285,19 @@ impl Manager {
         };
         let mut failed = None;
         for addr in self.config.resolver.resolve(target)? {
-            match self.connect_to(addr) {
-                Ok(stream) => return Ok((stream, addr)),
+            let connected = self.connect_to(addr).and_then(|mut stream| {
+                let session = match &self.config.tls {
+                    Some(tls) => Some(tls.handshake(
+                        &mut stream,
+                        &target.host(),
+                        self.config.connect_timeout,
+                    )?),
+                    None => None,
+                };
+                Ok(Link { stream, session })
+            });
+            match connected {
+                Ok(link) => return Ok((link, addr)),
                 Err(e) => {
                     debug!("cannot connect to {addr} ({target}): {e}");
                     failed = Some(e);
@@ -339,21 +355,27 @@ impl Manager {
     }
 
     /// Serves one connection until it ends.
-    fn serve(&mut self, stream: TcpStream) -> End {
+    fn serve(&mut self, link: Link) -> End {
+        let Link { stream, session } = link;
         let reader = match stream.try_clone() {
             Ok(clone) => clone,
             Err(_) => return End::Dead(DeadReason::Reset),
         };
         let (incoming_tx, incoming) = crossbeam_channel::bounded(INCOMING_CAPACITY);
         let decoder = Reader::new(self.config.protocol, self.config.max_frame);
+        let reading = session.clone();
         let reader = std::thread::Builder::new()
             .name("wheel-client-reader".into())
-            .spawn(move || read_loop(reader, decoder, incoming_tx));
+            .spawn(move || match reading {
+                Some(session) => read_loop(TlsRead::new(reader, session), decoder, incoming_tx),
+                None => read_loop(reader, decoder, incoming_tx),
+            });
         let Ok(reader) = reader else {
             return End::Dead(DeadReason::Reset);
         };
         let mut conn = Conn {
             stream,
+            session,
             protocol: self.config.protocol,
         };
         let end = self.converse(&mut conn, &incoming);
@@ -510,9 +532,17 @@ impl Manager {
     }
 }
 
+/// A connected socket, and its TLS session when it speaks TLS.
+struct Link {
+    stream: TcpStream,
+    session: Option<Arc<Mutex<ClientConnection>>>,
+}
+
 /// The write side of a connection.
 struct Conn {
     stream: TcpStream,
+    /// With TLS: the session, shared with the reader thread.
+    session: Option<Arc<Mutex<ClientConnection>>>,
     protocol: crate::protocol::Protocol,
 }
 
@@ -532,14 +562,18 @@ impl Conn {
     /// heartbeat), because a write can fail for a connection that still
     /// delivers, and succeed into one that is long dead.
     fn send_wire(&mut self, wire: &[u8]) {
-        if let Err(e) = self.stream.write_all(wire) {
+        let written = match &self.session {
+            Some(session) => tls::write(session, &mut self.stream, wire),
+            None => self.stream.write_all(wire),
+        };
+        if let Err(e) = written {
             debug!("write failed: {e}");
         }
     }
 }
 
 /// The reader thread: decodes until end of stream or error.
-fn read_loop(mut stream: TcpStream, mut reader: Reader, out: Sender<Incoming>) {
+fn read_loop(mut stream: impl io::Read, mut reader: Reader, out: Sender<Incoming>) {
     loop {
         let incoming = match reader.read_message(&mut stream) {
             Ok(Some(msg)) => Incoming::Msg(msg),
