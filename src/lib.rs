@@ -34,8 +34,10 @@
 //! Put your own logic behind the same machinery with a [`Handler`].
 
 #![deny(missing_docs)]
-// No unsafe code but one audited function (`sys::trim_stack`, which gives
-// a worker's unused stack pages back to the kernel), allowed where it is.
+// No unsafe code but two audited functions, allowed where they are:
+// `sys::trim_stack` (gives a worker's unused stack pages back to the
+// kernel) and `sys::recv_nonblocking` (a receive with MSG_DONTWAIT into an
+// initialised buffer).
 #![deny(unsafe_code)]
 
 pub mod activity;

@@ -148,6 +148,17 @@ pub(crate) fn has_unread(stream: &TcpStream) -> bool {
     }
 }
 
+/// Receives without blocking: `WouldBlock` when nothing is there.
+#[allow(unsafe_code)]
+pub(crate) fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `recv` only
+    // writes bytes into the slice (never uninitialised ones), so the
+    // initialised buffer stays initialised; this is how socket2's own
+    // `Read` implementation calls it.
+    let uninit = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [std::mem::MaybeUninit<u8>]) };
+    SockRef::from(stream).recv_with_flags(uninit, libc::MSG_DONTWAIT)
+}
+
 /// Sends without blocking; returns how many bytes the kernel took.
 pub(crate) fn send_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)

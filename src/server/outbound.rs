@@ -45,8 +45,11 @@
 //! dropped. The worker's blocking write encrypts its batch (after whatever
 //! the session holds) under the lock and writes the records outside it. The
 //! session's own records (handshake messages, alerts, tickets, key updates,
-//! `close_notify`) go out the same way. The worker reads the socket outside
-//! the lock and decrypts under it ([`Outbound::tls_pump`]).
+//! `close_notify`) go out the same way. The worker waits for the socket to
+//! be readable outside the lock, then the session reads it without
+//! blocking and decrypts under the lock ([`Outbound::tls_pump`]): no lock
+//! is ever held across a blocking read, and no read-ahead buffer of ours
+//! sits beside the session's own.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -849,48 +852,61 @@ impl Outbound {
             .is_some_and(|tls| tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
     }
 
-    /// TLS: gives the session the bytes read from the socket in `raw`
-    /// (consuming what it takes) and moves what it decrypted into `plain`;
-    /// with an empty `plain` (during the handshake) only feeds it. The
-    /// records the session answers with (handshake messages, alerts,
-    /// tickets) go out without blocking, or wait for the next writer or the
-    /// timer's flush. Called by the worker, which reads the socket outside
-    /// the lock.
+    /// TLS: feeds the session bytes that came before it could read the
+    /// socket itself (those after a PROXY header).
+    pub(crate) fn tls_feed(&self, mut early: &[u8]) -> Result<(), rustls::Error> {
+        let mut st = self.state.lock();
+        let tls = st.tls.as_mut().expect("a TLS connection");
+        while !early.is_empty() {
+            if tls.read_tls(&mut early).is_err() {
+                break;
+            }
+            tls.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    /// TLS: moves what the session has decrypted into `plain`, reading the
+    /// socket for more without blocking (the worker waits for it to be
+    /// readable outside the lock); with an empty `plain` (during the
+    /// handshake) only feeds the session. The records the session answers
+    /// with (handshake messages, alerts, tickets) go out without blocking,
+    /// or wait for the next writer or the timer's flush.
     pub(crate) fn tls_pump(
         &self,
         id: ConnId,
         flushes: &Flushes,
-        raw: &mut super::buffer::ReadBuf,
         plain: &mut [u8],
     ) -> Result<Pumped, rustls::Error> {
         let mut st = self.state.lock();
         let outcome = {
             let tls = st.tls.as_mut().expect("a TLS connection");
+            let mut socket = NonBlockingRead(&self.stream);
             loop {
                 if !plain.is_empty() {
                     match tls.reader().read(plain) {
                         Ok(0) => break Ok(Pumped::Closed),
                         Ok(n) => break Ok(Pumped::Plaintext(n)),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // The socket ended without close_notify.
                         Err(_) => break Ok(Pumped::Closed),
                     }
                 }
-                if raw.data().is_empty() {
-                    break Ok(Pumped::NeedBytes);
+                match tls.read_tls(&mut socket) {
+                    // The end of the peer's stream: the session now says
+                    // so to the reader (above), or the handshake fails.
+                    Ok(0) if plain.is_empty() => break Ok(Pumped::Closed),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Nothing to read now, or the session's plaintext
+                    // buffer is full (`plain` must be drained first): the
+                    // worker decodes or waits, then comes back.
+                    Err(_) => break Ok(Pumped::NeedBytes),
                 }
-                let mut data = raw.data();
-                let before = data.len();
-                if tls.read_tls(&mut data).is_err() {
-                    // Its plaintext buffer is full: `plain` must be drained
-                    // first (the worker decodes, then comes back).
-                    break Ok(Pumped::NeedBytes);
-                }
-                let taken = before - data.len();
-                raw.consume(taken);
                 if let Err(e) = tls.process_new_packets() {
                     break Err(e);
                 }
-                if plain.is_empty() && (raw.data().is_empty() || !tls.is_handshaking()) {
+                if plain.is_empty() && !tls.is_handshaking() {
                     break Ok(Pumped::NeedBytes);
                 }
             }
@@ -921,6 +937,15 @@ fn encrypt(tls: &mut ServerConnection, first: &[u8], second: &[u8]) -> io::Resul
         tls.write_tls(&mut records)?;
     }
     Ok(records)
+}
+
+/// A socket as an `io::Read` that never blocks.
+struct NonBlockingRead<'a>(&'a TcpStream);
+
+impl Read for NonBlockingRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv_nonblocking(self.0, buf)
+    }
 }
 
 /// A socket as an `io::Write` that never blocks.

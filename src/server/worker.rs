@@ -58,9 +58,6 @@ const QUIET_TICKS: u64 = 2;
 /// Output buffer capacity kept between writes.
 const RETAIN_OUTPUT: usize = 64 * 1024;
 
-/// TLS: the most undecrypted bytes read ahead of the session: one full
-/// record (16 KiB of plaintext and its overhead) and the next header.
-const RAW_LIMIT: usize = 16 * 1024 + 512;
 
 /// Starts the worker thread for `conn`.
 pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
@@ -68,7 +65,6 @@ pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
     let worker = Worker {
         started: conn.protocol != Protocol::Ws && !tls,
         tls,
-        raw: ReadBuf::new(),
         decoder: Decoder::new(conn.protocol, shared.config.max_frame),
         input: ReadBuf::new(),
         output: Vec::new(),
@@ -105,11 +101,9 @@ struct Worker {
     /// answered; a TLS one: its handshake completed), so a close is said
     /// with a CLOSE.
     started: bool,
-    /// The connection speaks TLS: what is read goes to `raw`, and the
-    /// session decrypts it into `input`.
+    /// The connection speaks TLS: the session reads the socket and
+    /// decrypts into `input`.
     tls: bool,
-    /// TLS: bytes read from the socket that the session has not taken yet.
-    raw: ReadBuf,
 }
 
 /// Removes the connection from the registry (counting it in the metrics)
@@ -249,9 +243,11 @@ impl Worker {
             // What came after a PROXY header is the TLS session's.
             let early = self.input.data().len();
             if early > 0 {
-                self.raw.spare(RAW_LIMIT)[..early].copy_from_slice(self.input.data());
-                self.raw.filled(early);
+                let fed = self.conn.out.tls_feed(self.input.data());
                 self.input.consume(early);
+                if let Err(e) = fed {
+                    return Err(self.tls_failed(&e));
+                }
             }
             self.tls_handshake()?;
             if self.conn.protocol != Protocol::Ws {
@@ -356,9 +352,10 @@ impl Worker {
     }
 
     /// Whether the connection went through an admission stage (PROXY
-    /// header, WebSocket upgrade, authentication).
+    /// header, TLS handshake, WebSocket upgrade, authentication).
     fn admission_ran(&self) -> bool {
         self.shared.config.proxy_protocol
+            || self.tls
             || self.conn.protocol == Protocol::Ws
             || self.shared.handler.requires_auth()
     }
@@ -478,9 +475,8 @@ impl Worker {
                 Into::Socket => stream
                     .read(self.input.spare(limit))
                     .inspect(|&n| self.input.filled(n)),
-                Into::Raw => stream
-                    .read(self.raw.spare(RAW_LIMIT))
-                    .inspect(|&n| self.raw.filled(n)),
+                // The session reads it (`Outbound::tls_pump`).
+                Into::Tls => sys::wait_readable(stream).map(|()| 1),
             };
             return match read {
                 Ok(0) => Err(self.requested_or(CloseReason::PeerClosed)),
@@ -511,12 +507,10 @@ impl Worker {
             return Ok(n);
         }
         loop {
-            let pumped = self.conn.out.tls_pump(
-                self.conn.id,
-                &self.shared.flushes,
-                &mut self.raw,
-                self.input.spare(limit),
-            );
+            let pumped =
+                self.conn
+                    .out
+                    .tls_pump(self.conn.id, &self.shared.flushes, self.input.spare(limit));
             match pumped {
                 Ok(Pumped::Plaintext(n)) => {
                     self.input.filled(n);
@@ -526,19 +520,15 @@ impl Worker {
                 Ok(Pumped::NeedBytes) => {}
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
-            let n = self.conn.stream().read(self.raw.spare(RAW_LIMIT))?;
-            if n == 0 {
-                return Ok(0);
-            }
-            self.raw.filled(n);
+            // Outside the lock: wait until the socket has bytes (or ends).
+            sys::wait_readable(self.conn.stream())?;
         }
     }
 
-    /// TLS: whether bytes wait ahead of the socket (read and not yet
-    /// decrypted, or decrypted and not yet taken), so that waiting on the
-    /// socket would be wrong.
+    /// TLS: whether the session holds bytes decrypted and not yet taken,
+    /// so that waiting on the socket would be wrong.
     fn tls_holds_bytes(&self) -> bool {
-        self.tls && (!self.raw.data().is_empty() || self.conn.out.tls_buffered())
+        self.tls && self.conn.out.tls_buffered()
     }
 
     /// The TLS handshake, within the handshake deadline (counted from the
@@ -553,16 +543,17 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let flushes = &shared.flushes;
         loop {
-            let pumped = self.conn.out.tls_pump(id, flushes, &mut self.raw, &mut []);
+            let pumped = self.conn.out.tls_pump(id, flushes, &mut []);
             // The session's answer (or its alert) goes out, blocking if
             // the socket is full: only this thread writes before the
             // handshake is done.
             let written = self.conn.out.write_batch(id, flushes, &[]);
-            if let Err(e) = pumped {
-                let label = super::tls::failure_label(&e);
-                self.count_tls(label);
-                debug!(conn = %id, peer = %self.conn.peer(), result = label, "TLS handshake failed: {e}");
-                return Err(CloseReason::TlsHandshake(e.to_string()));
+            match pumped {
+                Err(e) => return Err(self.tls_failed(&e)),
+                Ok(Pumped::Closed) if self.conn.out.tls_handshaking() => {
+                    return Err(self.requested_or(CloseReason::PeerClosed));
+                }
+                Ok(_) => {}
             }
             if let Err(e) = written {
                 return Err(self.requested_or(CloseReason::from_write_error(&e)));
@@ -585,7 +576,7 @@ impl Worker {
                 }
                 return Ok(());
             }
-            self.handshake_read(deadline, RAW_LIMIT, Into::Raw, |w| {
+            self.handshake_read(deadline, 0, Into::Tls, |w| {
                 w.count_tls("timeout");
                 w.shared
                     .metrics
@@ -597,6 +588,14 @@ impl Worker {
                 )))
             })?;
         }
+    }
+
+    /// A failed handshake: counted by reason, logged at debug.
+    fn tls_failed(&self, e: &rustls::Error) -> CloseReason {
+        let label = super::tls::failure_label(e);
+        self.count_tls(label);
+        debug!(conn = %self.conn.id, peer = %self.conn.peer(), result = label, "TLS handshake failed: {e}");
+        CloseReason::TlsHandshake(e.to_string())
     }
 
     fn count_tls(&self, result: &'static str) {
@@ -694,7 +693,6 @@ impl Worker {
             // pending, so give the buffers back until the next ones.
             if self.shared.clock.now() >= waited_from + QUIET_TICKS {
                 self.input.release();
-                self.raw.release();
                 self.decoder.release();
                 self.output = Vec::new();
             }
@@ -866,8 +864,9 @@ enum Into {
     /// The socket's bytes into the input buffer (a PROXY header, which
     /// comes before any TLS).
     Socket,
-    /// The socket's bytes into the TLS session's read-ahead.
-    Raw,
+    /// None: waits until the socket is readable, for the TLS session to
+    /// read it.
+    Tls,
     /// The protocol's bytes (decrypted, with TLS) into the input buffer.
     Input,
 }
