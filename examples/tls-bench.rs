@@ -9,7 +9,15 @@
 //! tls-bench storm --addr 127.0.0.1:5443 --ca ca.pem -n 5000 [--resume]
 //! tls-bench idle --addr 127.0.0.1:5443 --ca ca.pem -n 10000 --pid "$server"
 //! tls-bench idle --addr 127.0.0.1:5005 -n 10000 --pid "$server"     # plain, to compare
+//! tls-bench ping --addr 127.0.0.1:5443 --ca ca.pem -n 1000 --rate 20000 --duration 10s
+//! tls-bench ping --addr 127.0.0.1:5005 -n 1000 --rate 20000 --duration 10s   # plain
 //! ```
+//!
+//! `ping` is open loop, as loadgen's: PING k is due at start + k / rate and
+//! its round trip counts from then. One reader thread per connection reads
+//! the socket outside the TLS session's lock and decrypts under it; one
+//! sender thread encrypts under the lock and writes outside it, so plain
+//! and TLS runs pay the same client-side threading.
 //!
 //! Every connection does its handshake, one PING and its PONG (so the
 //! server has really served it). Each run prints one JSON line.
@@ -18,6 +26,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -76,6 +85,17 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         threads: usize,
     },
+    /// Open-loop PINGs at --rate over N connections: round-trip percentiles.
+    Ping {
+        #[command(flatten)]
+        target: Target,
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
     /// Hold N connections; report the server's RSS per connection.
     Idle {
         #[command(flatten)]
@@ -107,6 +127,12 @@ fn main() -> io::Result<()> {
             connections,
             pid,
         } => idle(&target, connections, pid)?,
+        Cmd::Ping {
+            target,
+            connections,
+            rate,
+            duration,
+        } => ping(&target, connections, rate, duration)?,
     };
     println!("{summary}");
     Ok(())
@@ -115,9 +141,10 @@ fn main() -> io::Result<()> {
 /// A client configuration trusting `--ca`, with its own session store
 /// (or none).
 fn client_config(target: &Target, resume: bool) -> io::Result<Arc<ClientConfig>> {
-    let ca = target.ca.as_deref().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "TLS figures need --ca")
-    })?;
+    let ca = target
+        .ca
+        .as_deref()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS figures need --ca"))?;
     let base = TlsClient::new(Some(ca), false)?;
     let mut config = (*base.config).clone();
     config.resumption = if resume {
@@ -306,5 +333,160 @@ fn idle(target: &Target, connections: usize, pid: u32) -> io::Result<serde_json:
         "mode": "idle", "tls": config.is_some(), "connections": held.len(),
         "rss_before_kib": before, "rss_after_kib": after,
         "rss_per_connection_kib": (after - before) as f64 / held.len() as f64,
+    }))
+}
+
+/// A connection split for two threads: the socket (cloned), and the TLS
+/// session under a lock when there is one.
+struct Shared {
+    stream: TcpStream,
+    session: Option<Mutex<ClientConnection>>,
+}
+
+impl Shared {
+    /// Encrypts under the lock, writes outside it.
+    fn send(&self, plaintext: &[u8]) -> io::Result<()> {
+        let Some(session) = &self.session else {
+            return (&self.stream).write_all(plaintext);
+        };
+        let mut records = Vec::with_capacity(plaintext.len() + 64);
+        {
+            let mut tls = session.lock().unwrap();
+            tls.writer().write_all(plaintext)?;
+            while tls.wants_write() {
+                tls.write_tls(&mut records)?;
+            }
+        }
+        (&self.stream).write_all(&records)
+    }
+
+    /// Reads outside the lock, decrypts under it.
+    fn recv(&self, raw: &mut [u8], plain: &mut Vec<u8>) -> io::Result<usize> {
+        let n = (&self.stream).read(raw)?;
+        let Some(session) = &self.session else {
+            plain.extend_from_slice(&raw[..n]);
+            return Ok(n);
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut tls = session.lock().unwrap();
+        let mut data = &raw[..n];
+        while !data.is_empty() {
+            tls.read_tls(&mut data)?;
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let mut chunk = [0u8; 4096];
+            while let Ok(m) = tls.reader().read(&mut chunk) {
+                if m == 0 {
+                    break;
+                }
+                plain.extend_from_slice(&chunk[..m]);
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn ping(
+    target: &Target,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+) -> io::Result<serde_json::Value> {
+    let config = match target.ca {
+        Some(_) => Some(client_config(target, false)?),
+        None => None,
+    };
+    let mut shared = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let link = open(target, config.as_ref())?;
+        let (stream, session) = match link {
+            Link::Plain(s) => (s, None),
+            Link::Tls(s) => {
+                let StreamOwned { conn, sock } = *s;
+                (sock, Some(Mutex::new(conn)))
+            }
+        };
+        stream.set_read_timeout(Some(duration + Duration::from_secs(5)))?;
+        shared.push(Arc::new(Shared { stream, session }));
+    }
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let start = Instant::now() + Duration::from_millis(300);
+    let scheduled = move |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+    let rtts = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let n = shared.len() as u64;
+    let mut readers = Vec::new();
+    for (i, conn) in shared.iter().enumerate() {
+        let (conn, rtts) = (Arc::clone(conn), Arc::clone(&rtts));
+        let expected = total / n + u64::from((i as u64) < total % n);
+        readers.push(
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut reader = Reader::new(Protocol::Frame, 1024);
+                    let (mut raw, mut plain) = (vec![0u8; 4096], Vec::new());
+                    let mut got = 0;
+                    let mut local = Vec::new();
+                    while got < expected {
+                        match reader.next_message() {
+                            Ok(Some(OwnedMessage::Pong(p))) => {
+                                let k = u64::from_be_bytes(p.try_into().unwrap_or([0; 8]));
+                                local.push(scheduled(k).elapsed().as_secs_f64() * 1e3);
+                                got += 1;
+                                continue;
+                            }
+                            Ok(Some(_)) => continue,
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                        plain.clear();
+                        match conn.recv(&mut raw, &mut plain) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => reader.extend(&plain),
+                        }
+                    }
+                    rtts.lock().unwrap().extend(local);
+                })?,
+        );
+    }
+    let sender = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let mut wire = Vec::with_capacity(16);
+            let mut k = 0u64;
+            while k < total {
+                let now = Instant::now();
+                let at = scheduled(k);
+                if at > now {
+                    std::thread::sleep(at - now);
+                    continue;
+                }
+                while k < total && scheduled(k) <= Instant::now() {
+                    wire.clear();
+                    Protocol::Frame
+                        .encode(&Message::Ping(&k.to_be_bytes()), &mut wire)
+                        .unwrap();
+                    let _ = shared[(k % n) as usize].send(&wire);
+                    k += 1;
+                }
+            }
+        })
+    };
+    sender.join().expect("sender");
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let mut rtts = std::mem::take(&mut *rtts.lock().unwrap());
+    rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        rtts.get(((p / 100.0) * (rtts.len().max(1) - 1) as f64).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(json!({
+        "mode": "ping", "tls": config.is_some(), "connections": shared.len(),
+        "target_rate": rate, "sent": total, "answered": rtts.len(),
+        "rtt_ms": {"p50": pct(50.0), "p99": pct(99.0), "p99_9": pct(99.9), "max": rtts.last()},
     }))
 }

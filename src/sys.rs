@@ -155,7 +155,8 @@ pub(crate) fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result
     // writes bytes into the slice (never uninitialised ones), so the
     // initialised buffer stays initialised; this is how socket2's own
     // `Read` implementation calls it.
-    let uninit = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [std::mem::MaybeUninit<u8>]) };
+    let uninit =
+        unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [std::mem::MaybeUninit<u8>]) };
     SockRef::from(stream).recv_with_flags(uninit, libc::MSG_DONTWAIT)
 }
 

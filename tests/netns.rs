@@ -284,3 +284,96 @@ fn heartbeat_client_notices_a_pulled_cable_and_comes_back() {
     );
     assert!(plugged.elapsed() < Duration::from_secs(3));
 }
+
+/// The same over TLS: the session changes nothing about finding the dead
+/// peer. A rustls client in the client namespace, a CA and certificate for
+/// the server's address made with rcgen.
+#[test]
+fn application_idle_timeout_drops_a_pulled_cable_over_tls() {
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+    use wheel_server::protocol::{Message, OwnedMessage, Protocol, Reader};
+
+    let Some(pair) = Pair::create("application_idle_timeout_drops_a_pulled_cable_over_tls") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("netns-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "netns test CA");
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![SERVER_IP.to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let (cert, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+
+    let (idle, tick) = (ms(500), ms(20));
+    let mut cmd = pair.server_command(BIN);
+    cmd.args(["--listen", &format!("tls://{SERVER_IP}:0"), "-v"])
+        .args([
+            "--idle-timeout",
+            "500ms",
+            "--tick",
+            "20ms",
+            "--no-keepalive",
+        ])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key_file);
+    let server = ServerProcess::spawn(cmd);
+    let mut roots = RootCertStore::empty();
+    roots.add(issuer.der().clone()).unwrap();
+    let config = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let addr = server.addr;
+    let (_client, last_activity) = pair.in_client(move || {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = ServerName::IpAddress(std::net::IpAddr::V4(SERVER_IP).into());
+        let mut tls = StreamOwned::new(ClientConnection::new(config, name).unwrap(), tcp);
+        let mut wire = Vec::new();
+        Protocol::Frame
+            .encode(&Message::Ping(b"tls"), &mut wire)
+            .unwrap();
+        std::io::Write::write_all(&mut tls, &wire).unwrap();
+        let mut reader = Reader::new(Protocol::Frame, 1024);
+        let mut buf = [0u8; 1024];
+        let pong = loop {
+            if let Some(msg) = reader.next_message().unwrap() {
+                break msg;
+            }
+            let n = std::io::Read::read(&mut tls, &mut buf).unwrap();
+            assert!(n > 0, "the server hung up");
+            reader.extend(&buf[..n]);
+        };
+        assert_eq!(pong, OwnedMessage::Pong(b"tls".to_vec()));
+        (tls, Instant::now())
+    });
+    pair.pull_cable();
+    let (at, line) = server_close(&server, Duration::from_secs(10));
+    let took = at - last_activity;
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("idle timeout over TLS: dropped {took:?} after the last message");
+    assert!(line.contains("idle_timeout"), "{line}");
+    assert!(
+        took + ms(5) >= idle,
+        "dropped after {took:?}, before the idle timeout"
+    );
+    assert!(took <= idle + tick + ms(200), "dropped after {took:?}");
+}

@@ -58,7 +58,6 @@ const QUIET_TICKS: u64 = 2;
 /// Output buffer capacity kept between writes.
 const RETAIN_OUTPUT: usize = 64 * 1024;
 
-
 /// Starts the worker thread for `conn`.
 pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
     let tls = shared.listeners[conn.listener].tls;
