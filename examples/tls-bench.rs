@@ -84,6 +84,10 @@ enum Cmd {
         resume: bool,
         #[arg(long, default_value_t = 64)]
         threads: usize,
+        /// Reconnect here instead (the instance that replaced --addr, with
+        /// the same --tls-ticket-key): the storm after a restart.
+        #[arg(long)]
+        storm_addr: Option<SocketAddr>,
     },
     /// Open-loop PINGs at --rate over N connections: round-trip percentiles.
     Ping {
@@ -121,7 +125,8 @@ fn main() -> io::Result<()> {
             clients,
             resume,
             threads,
-        } => storm(&target, clients, resume, threads)?,
+            storm_addr,
+        } => storm(&target, clients, resume, threads, storm_addr)?,
         Cmd::Idle {
             target,
             connections,
@@ -257,6 +262,7 @@ fn storm(
     clients: usize,
     resume: bool,
     threads: usize,
+    storm_addr: Option<SocketAddr>,
 ) -> io::Result<serde_json::Value> {
     // Each client has its own session store, primed by one connection.
     let configs: Vec<Arc<ClientConfig>> = (0..clients)
@@ -268,6 +274,10 @@ fn storm(
         }
     }
     let configs = Arc::new(configs);
+    let target = &Target {
+        addr: storm_addr.unwrap_or(target.addr),
+        ..target.clone()
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let resumed = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();

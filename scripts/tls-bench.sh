@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # TLS figures of BENCHMARKS.md ("TLS, one sitting"), side by side with plain
 # TCP: handshakes per second (full, resumed), a storm of 5,000 reconnecting
-# clients (full, resumed), idle RSS per connection at 10,000, PING p99 at
+# clients (full, resumed, and resumed on a replacement instance sharing the
+# ticket key), idle RSS per connection at 10,000, PING p99 at
 # 20,000/s over 1,000 connections. About 3 minutes. Certificates are made
 # with openssl in a temporary directory; raw JSON lines go to
 # target/tls-bench/.
@@ -39,13 +40,16 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start: a fresh server with a TLS and a plain listener; sets $tls, $plain.
+openssl rand -hex 32 >"$pki/ticket.key"
+
+# start [ARGS]: a fresh server with a TLS and a plain listener (and ARGS);
+# sets $tls, $plain, $server_pid.
 start() {
     tls=127.0.0.1:$(free_port)
     plain=127.0.0.1:$(free_port)
     "$wheel" -q --max-connections 20000 --stats-interval 0s \
         --listen "tls://$tls" --listen "$plain" \
-        --tls-cert "$pki/cert.pem" --tls-key "$pki/key.pem" &
+        --tls-cert "$pki/cert.pem" --tls-key "$pki/key.pem" "$@" &
     server_pid=$!
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/${plain%:*}/${plain#*:}") 2>/dev/null && return
@@ -58,6 +62,19 @@ stop() {
     kill "$server_pid" && wait "$server_pid" 2>/dev/null || true
     server_pid=
     sleep 1
+}
+
+# The storm after a restart: clients primed on one instance reconnect at
+# once to its replacement, which has the same ticket key (--resume) or not.
+restart_storm() {
+    local name=$1
+    shift
+    start --tls-ticket-key "$pki/ticket.key"
+    local old=$tls old_pid=$server_pid
+    start --tls-ticket-key "$pki/ticket.key"
+    "$bench" storm --addr "$old" --storm-addr "$tls" --ca "$pki/ca.pem" "$@" | tee "$out/$name.json"
+    kill "$old_pid" && wait "$old_pid" 2>/dev/null || true
+    stop
 }
 
 # run NAME ARGS...: one figure against a fresh server, kept as NAME.json.
@@ -85,7 +102,8 @@ for figure in "${figures[@]}"; do
             run handshakes-resumed handshakes TLS --duration 5s --resume ;;
         storm)
             run storm-full storm TLS -n 5000
-            run storm-resumed storm TLS -n 5000 --resume ;;
+            run storm-resumed storm TLS -n 5000 --resume
+            restart_storm storm-restart-resumed -n 5000 --resume ;;
         idle)
             run idle-plain idle PLAIN -n 10000 PID
             run idle-tls idle TLS -n 10000 PID ;;

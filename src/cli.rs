@@ -177,6 +177,13 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_TLS_CLIENT_CA", value_name = "FILE")]
     tls_client_ca: Option<std::path::PathBuf>,
 
+    /// TLS listeners: the session-ticket key, 64 hex digits in a file (openssl rand -hex 32).
+    /// Instances and restarts sharing it resume each other's sessions, so a fleet's reconnect
+    /// storm after a restart makes short handshakes. Rotate it by replacing the file and SIGHUP
+    /// (the previous key still opens tickets). Default: a random key per process.
+    #[arg(long, env = "WHEEL_SERVER_TLS_TICKET_KEY", value_name = "FILE")]
+    tls_ticket_key: Option<std::path::PathBuf>,
+
     /// WebSocket listeners: accept upgrades from browsers on this origin only, e.g.
     /// https://app.example.com (repeat for more). An upgrade with any other Origin header gets
     /// 403: a defence against cross-site WebSocket hijacking. Clients that send no Origin (not
@@ -381,6 +388,7 @@ impl Args {
                     cert: cert.clone(),
                     key: key.clone(),
                     client_ca: self.tls_client_ca.clone(),
+                    ticket_key: self.tls_ticket_key.clone(),
                 }),
                 (Some(_), None) => {
                     return Err(ConfigError {

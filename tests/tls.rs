@@ -556,3 +556,56 @@ fn the_client_library_speaks_tls_and_resumes_across_reconnects() {
         other => panic!("expected a failed connection, got {other:?}"),
     }
 }
+
+/// With a shared ticket key, a session made with one instance resumes on
+/// another (or on the same one after a restart); without it, it cannot.
+#[test]
+fn a_shared_ticket_key_resumes_sessions_across_instances() {
+    let pki = Pki::new("tickets");
+    let key = pki.path("ticket.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let shared = ["--tls-ticket-key", key.as_str()];
+    let (first, _) = server(&pki, &shared);
+    let (second, second_admin) = server(&pki, &shared);
+    let (lone, lone_admin) = server(&pki, &[]);
+    let config = pki.client();
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    let mut primer = connect(&config, first.addr);
+    assert!(ping_pong(&mut primer, &mut reader, b"prime"));
+    drop(primer);
+    drop(first);
+    let mut elsewhere = connect(&config, second.addr);
+    assert!(ping_pong(&mut elsewhere, &mut reader, b"moved"));
+    assert_eq!(
+        elsewhere.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert_eq!(handshakes(second_admin, "resumed"), 1.0);
+    let mut stranger = connect(&config, lone.addr);
+    assert!(ping_pong(&mut stranger, &mut reader, b"full"));
+    assert_eq!(handshakes(lone_admin, "resumed"), 0.0);
+    assert_eq!(handshakes(lone_admin, "full"), 1.0);
+    // A key that is not 64 hex digits: exit 2 naming the file.
+    std::fs::write(&key, "short").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .args([
+            "--listen",
+            "tls://127.0.0.1:0",
+            "--tls-cert",
+            &pki.path("server.pem"),
+        ])
+        .args([
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-ticket-key",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ticket.key") && stderr.contains("--tls-ticket-key"),
+        "{stderr}"
+    );
+}

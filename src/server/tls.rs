@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::RwLock;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{
     ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier,
@@ -41,12 +43,18 @@ pub struct TlsFiles {
     /// it, every TLS client must present a valid certificate, whose subject
     /// is the connection's identity. `None`: no client certificates.
     pub client_ca: Option<PathBuf>,
+    /// The session-ticket key: 32 bytes as 64 hex digits (`openssl rand
+    /// -hex 32`). Instances (and restarts) sharing it resume each other's
+    /// sessions. `None`: a random key per process, rotated every few hours.
+    pub ticket_key: Option<PathBuf>,
 }
 
 /// The server's TLS state: one configuration for every TLS listener.
 pub(crate) struct Tls {
     config: Arc<ServerConfig>,
     certs: Arc<Reloadable>,
+    /// The ticket keys read from `files.ticket_key`, if any.
+    tickets: Option<Arc<FileTicketer>>,
     files: TlsFiles,
     /// When the served certificate expires, in seconds since the Unix
     /// epoch.
@@ -89,12 +97,24 @@ impl Tls {
         };
         let mut config =
             builder.with_cert_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>);
-        config.ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| setup(format!("TLS session tickets: {e}")))?;
+        let tickets = match &files.ticket_key {
+            Some(path) => {
+                let key = read_ticket_key(path).map_err(|e| ("tls_ticket_key", e))?;
+                let ticketer = Arc::new(FileTicketer::new(key));
+                config.ticketer = Arc::clone(&ticketer) as Arc<dyn rustls::server::ProducesTickets>;
+                Some(ticketer)
+            }
+            None => {
+                config.ticketer = rustls::crypto::ring::Ticketer::new()
+                    .map_err(|e| setup(format!("TLS session tickets: {e}")))?;
+                None
+            }
+        };
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
         Ok(Tls {
             config: Arc::new(config),
             certs,
+            tickets,
             files: files.clone(),
             expires: AtomicI64::new(expires),
         })
@@ -118,7 +138,14 @@ impl Tls {
     pub(crate) fn reload(&self) -> Result<(), String> {
         let (key, expires) = certified_key(&self.files, &self.config.crypto_provider().clone())
             .map_err(|(_, why)| why)?;
+        let ticket_key = match (&self.tickets, &self.files.ticket_key) {
+            (Some(_), Some(path)) => Some(read_ticket_key(path)?),
+            _ => None,
+        };
         *self.certs.current.write() = Arc::new(key);
+        if let (Some(tickets), Some(key)) = (&self.tickets, ticket_key) {
+            tickets.rotate(key);
+        }
         self.expires.store(expires, Ordering::Relaxed);
         Ok(())
     }
@@ -242,6 +269,108 @@ impl fmt::Debug for Reloadable {
 impl ResolvesServerCert for Reloadable {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current.read()))
+    }
+}
+
+/// Reads a ticket key file: 64 hex digits.
+fn read_ticket_key(path: &Path) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.trim();
+    let bad = || {
+        format!(
+            "{}: a ticket key is 64 hex digits (openssl rand -hex 32)",
+            path.display()
+        )
+    };
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(key)
+}
+
+/// Session tickets sealed with a key from a file (ChaCha20-Poly1305, a
+/// random nonce per ticket), so that every instance and restart holding the
+/// same file resumes the sessions of the others. A reload with a new key
+/// keeps the previous one for opening tickets, one rotation long.
+pub(crate) struct FileTicketer {
+    keys: RwLock<(LessSafeKey, Option<LessSafeKey>)>,
+    rng: SystemRandom,
+}
+
+impl FileTicketer {
+    fn new(key: [u8; 32]) -> FileTicketer {
+        FileTicketer {
+            keys: RwLock::new((sealing_key(&key), None)),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Seals new tickets with `key`; the current one still opens them.
+    fn rotate(&self, key: [u8; 32]) {
+        let mut keys = self.keys.write();
+        let previous = std::mem::replace(&mut keys.0, sealing_key(&key));
+        keys.1 = Some(previous);
+    }
+}
+
+fn sealing_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key"))
+}
+
+impl fmt::Debug for FileTicketer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FileTicketer")
+    }
+}
+
+/// Bytes of a ticket's nonce, before the sealed session.
+const NONCE_LEN: usize = 12;
+
+impl rustls::server::ProducesTickets for FileTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    /// A hint to clients; the key's life is the operator's rotation.
+    fn lifetime(&self) -> u32 {
+        6 * 60 * 60
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut sealed = plain.to_vec();
+        self.keys
+            .read()
+            .0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut sealed,
+            )
+            .ok()?;
+        let mut ticket = nonce.to_vec();
+        ticket.extend_from_slice(&sealed);
+        Some(ticket)
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        let (nonce, sealed) = ticket.split_at_checked(NONCE_LEN)?;
+        let keys = self.keys.read();
+        for key in std::iter::once(&keys.0).chain(keys.1.as_ref()) {
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            let mut buf = sealed.to_vec();
+            if let Ok(plain) = key.open_in_place(nonce, Aad::empty(), &mut buf) {
+                let len = plain.len();
+                buf.truncate(len);
+                return Some(buf);
+            }
+        }
+        None
     }
 }
 
