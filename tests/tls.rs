@@ -609,3 +609,27 @@ fn a_shared_ticket_key_resumes_sessions_across_instances() {
         "{stderr}"
     );
 }
+
+/// A drain over TLS: SIGTERM sends CLOSE 1001 through the session, the
+/// server goes on answering, and the client's half-close ends it cleanly.
+#[test]
+fn sigterm_drains_a_tls_connection() {
+    let pki = Pki::new("drain");
+    let (mut server, _admin) = server(&pki, &["--shutdown-grace", "5s"]);
+    let mut tls = connect(&pki.client(), server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    assert!(ping_pong(&mut tls, &mut reader, b"before"));
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        recv(&mut tls, &mut reader).unwrap(),
+        Some(Msg::Close(1001, "server shutting down".into()))
+    );
+    // Still answered after the CLOSE 1001.
+    assert!(ping_pong(&mut tls, &mut reader, b"during"));
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(recv(&mut tls, &mut reader).unwrap(), None, "a clean end");
+    let status = server.wait_exit(PATIENCE).expect("the server exits");
+    assert!(status.success(), "{status:?}");
+}
