@@ -88,15 +88,32 @@ impl Pki {
 
     /// rustls's client configuration trusting the CA.
     fn client(&self) -> Arc<ClientConfig> {
+        Arc::new(self.client_builder().with_no_client_auth())
+    }
+
+    /// As `client`, presenting the certificate `<name>.pem` (and its key).
+    fn client_with_cert(&self, name: &str) -> Arc<ClientConfig> {
+        let chain =
+            vec![CertificateDer::from_pem_file(self.dir.join(format!("{name}.pem"))).unwrap()];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(self.dir.join(format!("{name}.key")))
+                .unwrap();
+        Arc::new(
+            self.client_builder()
+                .with_client_auth_cert(chain, key)
+                .unwrap(),
+        )
+    }
+
+    fn client_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
-        Arc::new(
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
     }
 }
 
@@ -448,25 +465,8 @@ fn client_certificates_are_required_verified_and_name_the_connection() {
     let pki = Pki::new("clientca");
     let ca = pki.path("ca.pem");
     let (server, admin) = server(&pki, &["--tls-client-ca", &ca]);
-    let with_cert = |name: &str| {
-        let chain =
-            vec![CertificateDer::from_pem_file(pki.dir.join(format!("{name}.pem"))).unwrap()];
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_file(pki.dir.join(format!("{name}.key")))
-                .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(pki.ca.clone()).unwrap();
-        Arc::new(
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key)
-                .unwrap(),
-        )
-    };
     pki.issue_with("device", "device-42", None);
-    let mut tls = connect(&with_cert("device"), server.addr);
+    let mut tls = connect(&pki.client_with_cert("device"), server.addr);
     let mut reader = Reader::new(Protocol::Frame, 1 << 20);
     assert!(ping_pong(&mut tls, &mut reader, b"me"));
     let (status, body) = util::http_get(admin, "/connections");
@@ -480,7 +480,7 @@ fn client_certificates_are_required_verified_and_name_the_connection() {
         b"x"
     ));
     pki.issue_with("old", "device-7", Some((2020, 1, 1)));
-    let mut expired = connect(&with_cert("old"), server.addr);
+    let mut expired = connect(&pki.client_with_cert("old"), server.addr);
     assert!(!ping_pong(
         &mut expired,
         &mut Reader::new(Protocol::Frame, 1024),

@@ -110,16 +110,7 @@ impl Protocol {
     ///
     /// An [`EncodeError`] naming the problem.
     pub fn encode(self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        if let Message::Close { code, .. } = *msg
-            && !close_code_allowed(code)
-        {
-            return Err(EncodeError::ForbiddenCloseCode(code));
-        }
-        match self {
-            Protocol::Frame => frame::encode(msg, out),
-            Protocol::Line => line::encode(msg, out),
-            Protocol::Ws => ws::encode(msg, ws::DataOpcode::Detect, None, out),
-        }
+        self.encode_with(msg, ws::DataOpcode::Detect, None, out)
     }
 
     /// As [`encode`](Protocol::encode), for a client's side of the
@@ -130,18 +121,8 @@ impl Protocol {
     ///
     /// As for [`encode`](Protocol::encode).
     pub fn encode_as_client(self, msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        match self {
-            Protocol::Ws => {
-                if let Message::Close { code, .. } = *msg
-                    && !close_code_allowed(code)
-                {
-                    return Err(EncodeError::ForbiddenCloseCode(code));
-                }
-                let mask = fastrand::u32(..).to_ne_bytes();
-                ws::encode(msg, ws::DataOpcode::Detect, Some(mask), out)
-            }
-            _ => self.encode(msg, out),
-        }
+        let mask = (self == Protocol::Ws).then(|| fastrand::u32(..).to_ne_bytes());
+        self.encode_with(msg, ws::DataOpcode::Detect, mask, out)
     }
 
     /// Encodes a DATA reply to a message that was `binary` (a WebSocket
@@ -153,11 +134,33 @@ impl Protocol {
         binary: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
+        let data = if binary {
+            ws::DataOpcode::Binary
+        } else {
+            ws::DataOpcode::Detect
+        };
+        self.encode_with(&Message::Data(payload), data, None, out)
+    }
+
+    /// The one encoder behind the others: the CLOSE code check every
+    /// protocol shares, then the protocol's own; `data` and `mask` matter
+    /// in WebSocket mode only.
+    fn encode_with(
+        self,
+        msg: &Message<'_>,
+        data: ws::DataOpcode,
+        mask: Option<[u8; 4]>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if let Message::Close { code, .. } = *msg
+            && !close_code_allowed(code)
+        {
+            return Err(EncodeError::ForbiddenCloseCode(code));
+        }
         match self {
-            Protocol::Ws if binary => {
-                ws::encode(&Message::Data(payload), ws::DataOpcode::Binary, None, out)
-            }
-            _ => self.encode(&Message::Data(payload), out),
+            Protocol::Frame => frame::encode(msg, out),
+            Protocol::Line => line::encode(msg, out),
+            Protocol::Ws => ws::encode(msg, data, mask, out),
         }
     }
 

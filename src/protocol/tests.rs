@@ -518,30 +518,20 @@ fn ws_frames_breaking_rfc_6455_are_refused_with_their_codes() {
         other => panic!("expected an error, got {other:?}"),
     };
     let malformed = |why| DecodeError::WebSocket(why);
-    assert_eq!(
-        err(ws_frame(0x81, b"x", None)),
-        malformed("unmasked client frame")
-    );
-    assert_eq!(
-        err(ws_frame(0xc1, b"x", MASK)),
-        malformed("reserved bit set without an extension")
-    );
-    assert_eq!(
-        err(ws_frame(0x83, b"x", MASK)),
-        malformed("reserved opcode")
-    );
-    assert_eq!(
-        err(ws_frame(0x8b, b"x", MASK)),
-        malformed("reserved opcode")
-    );
-    assert_eq!(
-        err(ws_frame(0x09, b"x", MASK)),
-        malformed("fragmented control frame")
-    );
-    assert_eq!(
-        err(ws_frame(0x80, b"x", MASK)),
-        malformed("continuation frame without a message")
-    );
+    for (first, mask, why) in [
+        (0x81, None, "unmasked client frame"),
+        (0xc1, MASK, "reserved bit set without an extension"),
+        (0x83, MASK, "reserved opcode"),
+        (0x8b, MASK, "reserved opcode"),
+        (0x09, MASK, "fragmented control frame"),
+        (0x80, MASK, "continuation frame without a message"),
+    ] {
+        assert_eq!(
+            err(ws_frame(first, b"x", mask)),
+            malformed(why),
+            "{first:#x}"
+        );
+    }
     let mut twice = ws_frame(0x01, b"a", MASK);
     twice.extend(ws_frame(0x81, b"b", MASK));
     assert_eq!(err(twice), malformed("new message inside a fragmented one"));

@@ -280,9 +280,11 @@ fn configure(shared: &Shared, stream: &TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// Tells a connection the server cannot take it (CLOSE 1013 with `reason`)
-/// and closes it, without ever blocking the accept thread; counts it under
-/// `label` (one of `metrics::REJECT_REASONS`).
+/// Tells a connection the server cannot take it (CLOSE 1013 with `reason`
+/// in `protocol`; a 503 before a WebSocket upgrade; nothing where
+/// `protocol` is `None`, a TLS listener) and closes it, without ever
+/// blocking the accept thread; counts it under `label` (one of
+/// `metrics::REJECT_REASONS`).
 fn reject(
     shared: &Shared,
     protocol: Option<Protocol>,
@@ -295,21 +297,23 @@ fn reject(
         .rejected
         .get_or_create(&[("reason", label)])
         .inc();
-    let close = if protocol.is_none() {
-        Vec::new()
-    } else if protocol == Some(Protocol::Ws) {
+    let close = match protocol {
+        None => Vec::new(),
         // Before the upgrade, the answer is HTTP's.
-        upgrade::response(503, "Service Unavailable", reason, &[("Retry-After", "1")])
-    } else {
-        let mut close = Vec::new();
-        let msg = Message::Close {
-            code: code::TRY_AGAIN_LATER,
-            reason,
-        };
-        if protocol.is_some_and(|p| p.encode(&msg, &mut close).is_err()) {
-            return;
+        Some(Protocol::Ws) => {
+            upgrade::response(503, "Service Unavailable", reason, &[("Retry-After", "1")])
         }
-        close
+        Some(protocol) => {
+            let mut close = Vec::new();
+            let msg = Message::Close {
+                code: code::TRY_AGAIN_LATER,
+                reason,
+            };
+            if protocol.encode(&msg, &mut close).is_err() {
+                return;
+            }
+            close
+        }
     };
     if stream.set_nonblocking(true).is_err() {
         return;

@@ -212,6 +212,32 @@ impl State {
     fn pending(&self) -> bool {
         self.queue.len() > 0 || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }
+
+    /// Sends a prefix of `bytes` without blocking (see [`send_now`]).
+    fn send(&mut self, stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+        send_now(
+            stream,
+            self.tls.as_deref_mut(),
+            &mut self.progress_at,
+            bytes,
+        )
+    }
+
+    /// Sends a prefix of the queue without blocking, or, with nothing
+    /// queued, the TLS session's own records; returns how many queued
+    /// bytes went.
+    fn send_queued(&mut self, stream: &TcpStream) -> io::Result<usize> {
+        let State {
+            queue,
+            tls,
+            progress_at,
+            ..
+        } = self;
+        match tls.as_deref_mut() {
+            Some(tls) if queue.len() == 0 => send_records(stream, tls, progress_at).map(|()| 0),
+            tls => send_now(stream, tls, progress_at, queue.unwritten()),
+        }
+    }
 }
 
 /// At most this much plaintext is handed to a TLS session by one
@@ -249,7 +275,6 @@ impl Queue {
     }
 
     /// The unwritten bytes.
-    #[cfg(test)]
     fn unwritten(&self) -> &[u8] {
         &self.bytes[self.head..]
     }
@@ -537,7 +562,7 @@ impl Outbound {
         }
         let mut written = 0;
         if !st.pending() && !st.worker_mid_batch {
-            match self.send_now(st, msg) {
+            match st.send(&self.stream, msg) {
                 Ok(n) => written = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
@@ -563,21 +588,9 @@ impl Outbound {
         if st.worker_mid_batch || st.broken {
             return;
         }
-        loop {
-            let sent = if st.unwritten() > 0 {
-                let queued = mem::take(&mut st.queue.bytes);
-                let head = st.queue.head;
-                let sent = self.send_now(st, &queued[head..]);
-                st.queue.bytes = queued;
-                sent
-            } else if st.pending() {
-                // Only the TLS session's own records are left.
-                self.send_records(st).map(|()| 0)
-            } else {
-                break;
-            };
-            match sent {
-                Ok(0) if st.unwritten() > 0 || st.pending() => break,
+        while st.pending() {
+            match st.send_queued(&self.stream) {
+                Ok(0) if st.pending() => break,
                 Ok(0) => {}
                 Ok(n) => {
                     st.queue.advance(n);
@@ -592,44 +605,6 @@ impl Outbound {
             }
         }
         self.publish_len(st);
-    }
-
-    /// Sends a prefix of `bytes` without blocking; returns how many of
-    /// them the connection took. Plain: what the kernel took. TLS: the
-    /// session's waiting records first (`WouldBlock` while they do not all
-    /// go), then at most [`TLS_CHUNK`] bytes of plaintext, encrypted and
-    /// sent as far as the socket takes them (the rest of those records
-    /// waits in the session).
-    fn send_now(&self, st: &mut State, bytes: &[u8]) -> io::Result<usize> {
-        if st.tls.is_none() {
-            return sys::send_nonblocking(&self.stream, bytes);
-        }
-        self.send_records(st)?;
-        let tls = st.tls.as_mut().expect("checked above");
-        let taken = tls.writer().write(&bytes[..bytes.len().min(TLS_CHUNK)])?;
-        match self.send_records(st) {
-            Ok(()) => Ok(taken),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(taken),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Writes the TLS session's waiting records without blocking;
-    /// `WouldBlock` if some are left.
-    fn send_records(&self, st: &mut State) -> io::Result<()> {
-        let Some(tls) = st.tls.as_mut() else {
-            return Ok(());
-        };
-        let mut socket = NonBlocking(&self.stream);
-        while tls.wants_write() {
-            match tls.write_tls(&mut socket) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => st.progress_at = Instant::now(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     fn list_if_pending(&self, id: ConnId, flushes: &Flushes, st: &mut State) {
@@ -694,7 +669,7 @@ impl Outbound {
             if batch.is_empty() {
                 return Ok(());
             }
-            match self.send_now(&mut st, batch) {
+            match st.send(&self.stream, batch) {
                 Ok(n) => rest = &batch[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -911,11 +886,9 @@ impl Outbound {
                 }
             }
         };
-        match self.send_records(&mut st) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => st.broken = true,
-        }
+        // Like any holder of the lock, flush what waits: here above all
+        // the session's own answers.
+        self.flush_nonblocking(&mut st);
         self.list_if_pending(id, flushes, &mut st);
         outcome
     }
@@ -926,6 +899,48 @@ impl Outbound {
     pub(crate) fn hold(&self) -> parking_lot::MutexGuard<'_, impl Sized> {
         self.state.lock()
     }
+}
+
+/// Sends a prefix of `bytes` without blocking; returns how many of them
+/// the connection took. Plain: what the kernel took. TLS: the session's
+/// waiting records first (`WouldBlock` while they do not all go), then at
+/// most [`TLS_CHUNK`] bytes of plaintext, encrypted and sent as far as the
+/// socket takes them (the rest of those records waits in the session).
+fn send_now(
+    stream: &TcpStream,
+    tls: Option<&mut ServerConnection>,
+    progress_at: &mut Instant,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let Some(tls) = tls else {
+        return sys::send_nonblocking(stream, bytes);
+    };
+    send_records(stream, tls, progress_at)?;
+    let taken = tls.writer().write(&bytes[..bytes.len().min(TLS_CHUNK)])?;
+    match send_records(stream, tls, progress_at) {
+        Ok(()) => Ok(taken),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(taken),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a TLS session's waiting records without blocking (each write
+/// is progress); `WouldBlock` if some are left.
+fn send_records(
+    stream: &TcpStream,
+    tls: &mut ServerConnection,
+    progress_at: &mut Instant,
+) -> io::Result<()> {
+    let mut socket = NonBlocking(stream);
+    while tls.wants_write() {
+        match tls.write_tls(&mut socket) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => *progress_at = Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Hands `parts` to a TLS session and takes every record it then holds.

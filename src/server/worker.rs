@@ -62,7 +62,6 @@ const RETAIN_OUTPUT: usize = 64 * 1024;
 pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
     let tls = shared.listeners[conn.listener].tls;
     let worker = Worker {
-        started: conn.protocol != Protocol::Ws && !tls,
         tls,
         decoder: Decoder::new(conn.protocol, shared.config.max_frame),
         input: ReadBuf::new(),
@@ -96,10 +95,6 @@ struct Worker {
     sent: Tally,
     /// The peer's PING rate.
     pings: PingPolicy,
-    /// The protocol has started (a WebSocket connection: its upgrade was
-    /// answered; a TLS one: its handshake completed), so a close is said
-    /// with a CLOSE.
-    started: bool,
     /// The connection speaks TLS: the session reads the socket and
     /// decrypts into `input`.
     tls: bool,
@@ -251,7 +246,6 @@ impl Worker {
             self.tls_handshake()?;
             if self.conn.protocol != Protocol::Ws {
                 self.conn.out.start();
-                self.started = true;
             }
         }
         let token = if self.conn.protocol == Protocol::Ws {
@@ -307,8 +301,13 @@ impl Worker {
                 }
             }
             if let Err(reason) =
-                self.handshake_read(deadline, upgrade::MAX_REQUEST, Into::Input, |w| {
-                    w.upgrade_timed_out(timeout)
+                self.handshake_read(deadline, upgrade::MAX_REQUEST, ReadInto::Input, |w| {
+                    w.stage_timed_out(
+                        "websocket",
+                        CloseReason::BadUpgrade(format!(
+                            "no upgrade request within the handshake timeout ({timeout:?})"
+                        )),
+                    )
                 })
             {
                 break Err(reason);
@@ -325,7 +324,6 @@ impl Worker {
             return Err(self.requested_or(CloseReason::from_write_error(&e)));
         }
         self.conn.out.start();
-        self.started = true;
         Ok(token)
     }
 
@@ -335,19 +333,6 @@ impl Worker {
             .ws_upgrades
             .get_or_create(&[("result", result)])
             .inc();
-    }
-
-    /// An upgrade request that did not arrive within the handshake
-    /// deadline: counted by stage, dropped without an answer.
-    fn upgrade_timed_out(&self, timeout: Duration) -> CloseReason {
-        self.shared
-            .metrics
-            .handshake_timeouts
-            .get_or_create(&[("stage", "websocket")])
-            .inc();
-        self.requested_or(CloseReason::BadUpgrade(format!(
-            "no upgrade request within the handshake timeout ({timeout:?})"
-        )))
     }
 
     /// Whether the connection went through an admission stage (PROXY
@@ -382,8 +367,13 @@ impl Worker {
                 proxy::Parsed::Incomplete => {}
             }
             if let Err(reason) =
-                self.handshake_read(deadline, proxy::MAX_HEADER, Into::Socket, |w| {
-                    w.handshake_timed_out(timeout)
+                self.handshake_read(deadline, proxy::MAX_HEADER, ReadInto::Socket, |w| {
+                    w.stage_timed_out(
+                        "proxy",
+                        CloseReason::BadProxyHeader(format!(
+                            "none within the handshake timeout ({timeout:?})"
+                        )),
+                    )
                 })
             {
                 break Err(reason);
@@ -393,17 +383,16 @@ impl Worker {
         outcome
     }
 
-    /// A PROXY header that did not arrive within the handshake deadline:
-    /// counted by stage.
-    fn handshake_timed_out(&self, timeout: Duration) -> CloseReason {
+    /// A stage before admission that missed the handshake deadline:
+    /// counted by stage, and `reason` unless another thread asked for a
+    /// close first.
+    fn stage_timed_out(&self, stage: &'static str, reason: CloseReason) -> CloseReason {
         self.shared
             .metrics
             .handshake_timeouts
-            .get_or_create(&[("stage", "proxy")])
+            .get_or_create(&[("stage", stage)])
             .inc();
-        self.requested_or(CloseReason::BadProxyHeader(format!(
-            "none within the handshake timeout ({timeout:?})"
-        )))
+        self.requested_or(reason)
     }
 
     /// Reads the connection's first message, which must be `AUTH
@@ -432,7 +421,14 @@ impl Worker {
                 Ok(None) => {}
                 Err(e) => return Err(CloseReason::Protocol(e)),
             }
-            self.handshake_read(deadline, limit, Into::Input, |w| w.auth_timed_out(timeout))?;
+            self.handshake_read(deadline, limit, ReadInto::Input, |w| {
+                w.stage_timed_out(
+                    "auth",
+                    CloseReason::Unauthorized(format!(
+                        "no AUTH within the handshake timeout ({timeout:?})"
+                    )),
+                )
+            })?;
         };
         let _ = self.conn.stream().set_read_timeout(None);
         self.check_credentials(&credentials)
@@ -460,7 +456,7 @@ impl Worker {
         &mut self,
         deadline: Instant,
         limit: usize,
-        into: Into,
+        into: ReadInto,
         timed_out: impl Fn(&Self) -> CloseReason,
     ) -> Result<(), CloseReason> {
         loop {
@@ -470,12 +466,12 @@ impl Worker {
                 return Err(timed_out(self));
             }
             let read = match into {
-                Into::Input => self.read_input(limit),
-                Into::Socket => stream
+                ReadInto::Input => self.read_input(limit),
+                ReadInto::Socket => stream
                     .read(self.input.spare(limit))
                     .inspect(|&n| self.input.filled(n)),
                 // The session reads it (`Outbound::tls_pump`).
-                Into::Tls => sys::wait_readable(stream).map(|()| 1),
+                ReadInto::Tls => sys::wait_readable(stream).map(|()| 1),
             };
             return match read {
                 Ok(0) => Err(self.requested_or(CloseReason::PeerClosed)),
@@ -575,16 +571,14 @@ impl Worker {
                 }
                 return Ok(());
             }
-            self.handshake_read(deadline, 0, Into::Tls, |w| {
+            self.handshake_read(deadline, 0, ReadInto::Tls, |w| {
                 w.count_tls("timeout");
-                w.shared
-                    .metrics
-                    .handshake_timeouts
-                    .get_or_create(&[("stage", "tls")])
-                    .inc();
-                w.requested_or(CloseReason::TlsHandshake(format!(
-                    "not complete within the handshake timeout ({timeout:?})"
-                )))
+                w.stage_timed_out(
+                    "tls",
+                    CloseReason::TlsHandshake(format!(
+                        "not complete within the handshake timeout ({timeout:?})"
+                    )),
+                )
             })?;
         }
     }
@@ -603,17 +597,6 @@ impl Worker {
             .tls_handshakes
             .get_or_create(&[("result", result)])
             .inc();
-    }
-
-    fn auth_timed_out(&self, timeout: Duration) -> CloseReason {
-        self.shared
-            .metrics
-            .handshake_timeouts
-            .get_or_create(&[("stage", "auth")])
-            .inc();
-        self.requested_or(CloseReason::Unauthorized(format!(
-            "no AUTH within the handshake timeout ({timeout:?})"
-        )))
     }
 
     /// Records the connection's identity, tells the timer when it expires,
@@ -807,11 +790,9 @@ impl Worker {
     #[inline(never)]
     fn finish(&mut self, reason: &CloseReason) {
         let conn = Arc::clone(&self.conn);
-        // Before a WebSocket upgrade, there is no protocol to close.
-        let close = self
-            .started
-            .then(|| close_frame(conn.protocol, reason))
-            .flatten();
+        // Before the protocol starts (a WebSocket upgrade, a TLS handshake)
+        // the outbound path sends no CLOSE.
+        let close = close_frame(conn.protocol, reason);
         // A write failure here changes nothing: the socket goes down next.
         let _ = conn
             .out
@@ -859,7 +840,7 @@ impl Worker {
 
 /// Where a read before admission puts its bytes.
 #[derive(Clone, Copy, Debug)]
-enum Into {
+enum ReadInto {
     /// The socket's bytes into the input buffer (a PROXY header, which
     /// comes before any TLS).
     Socket,

@@ -483,41 +483,32 @@ pub fn sample(text: &str, name: &str) -> f64 {
 /// Whether `program --version` (or `version`) runs; under CI a missing one
 /// is a failure, elsewhere a skip.
 pub fn tool_or_skip(program: &str, arg: &str) -> bool {
-    let found = Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("{program} is not installed, and CI must run this test");
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {program} is not installed");
-    }
-    found
+    runs_or_skip(program, Command::new(program).arg(arg))
 }
 
 /// Whether Python 3 with the `websockets` package is here (see
 /// [`tool_or_skip`] for what a missing one means).
 pub fn python_websockets_or_skip() -> bool {
-    if !tool_or_skip("python3", "--version") {
-        return false;
-    }
-    let found = Command::new("python3")
-        .args(["-c", "import websockets"])
+    tool_or_skip("python3", "--version")
+        && runs_or_skip(
+            "Python's websockets package",
+            Command::new("python3").args(["-c", "import websockets"]),
+        )
+}
+
+/// Whether `check` succeeds; if not, under CI a failure naming `what`,
+/// elsewhere a skip said on stderr.
+fn runs_or_skip(what: &str, check: &mut Command) -> bool {
+    let found = check
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
         if std::env::var_os("CI").is_some() {
-            panic!("Python's websockets package is not installed, and CI must run this test");
+            panic!("{what} is not installed, and CI must run this test");
         }
-        let _ = writeln!(
-            io::stderr(),
-            "SKIPPED: Python's websockets package is not installed"
-        );
+        let _ = writeln!(io::stderr(), "SKIPPED: {what} is not installed");
     }
     found
 }
