@@ -226,6 +226,26 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_MAX_SUBSCRIPTIONS", default_value_t = 128)]
     max_subscriptions: usize,
 
+    /// Share topics with the other instances using this Redis
+    /// (redis://[:password@]host:port/db): sequence numbers and --history live in Redis, every
+    /// instance's subscribers get every message, and a client resumes on any instance. A PUB while
+    /// Redis is unreachable is refused (ERR redis unavailable, HTTP 503); /readyz answers 503.
+    #[arg(
+        long,
+        env = "WHEEL_SERVER_REDIS",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    redis: Option<String>,
+
+    /// Redis's password, if not in --redis's URL (overrides it; prefer the environment variable).
+    #[arg(long, env = "WHEEL_SERVER_REDIS_PASSWORD", hide_env_values = true)]
+    redis_password: Option<String>,
+
+    /// How long a Redis connect or command may take before the publish (or SUB) fails.
+    #[arg(long, env = "WHEEL_SERVER_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    redis_timeout: Duration,
+
     /// Log a one-line summary (connections, closes, frames) at info level this often (0 = off).
     #[arg(long, env = "WHEEL_SERVER_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     stats_interval: Duration,
@@ -444,6 +464,9 @@ impl Args {
             history: self.history,
             history_ttl: self.history_ttl,
             max_subscriptions: self.max_subscriptions,
+            redis: self.redis.clone(),
+            redis_password: self.redis_password.clone(),
+            redis_timeout: self.redis_timeout,
             stats_interval: nonzero(self.stats_interval),
             reuse_port: self.reuse_port,
             proxy_protocol: self.proxy_protocol,

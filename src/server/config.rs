@@ -143,6 +143,16 @@ pub struct Config {
     pub history_ttl: Duration,
     /// Topics one connection may subscribe to at most.
     pub max_subscriptions: usize,
+    /// Share topics with other instances through the Redis at this URL
+    /// (`redis://[:password@]host:port/db`): sequence numbers and history
+    /// live there, and every instance's subscribers get every message.
+    /// `None`: topics are this instance's own.
+    pub redis: Option<String>,
+    /// Redis's password, if not in the URL (it overrides the URL's).
+    pub redis_password: Option<String>,
+    /// How long a Redis connect or command may take, and how long a
+    /// publisher waits for one of the pooled connections.
+    pub redis_timeout: Duration,
     /// Bearer token the admin endpoints (publish, send, close, topics)
     /// require; `/healthz` and `/metrics` stay open. Required when
     /// `metrics_listen` is not a loopback address.
@@ -169,6 +179,9 @@ impl std::fmt::Debug for Config {
             .field("history", &self.history)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            // The URL may hold a password.
+            .field("redis", &self.redis.as_ref().map(|_| "<set>"))
+            .field("redis_timeout", &self.redis_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -248,6 +261,9 @@ impl Default for Config {
             history_ttl: Duration::from_secs(300),
             max_subscriptions: 128,
             admin_token: None,
+            redis: None,
+            redis_password: None,
+            redis_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -283,6 +299,19 @@ impl Config {
                 "history_ttl",
                 "must be longer than zero (use history 0 to turn history off)".into(),
             );
+        }
+        if self.redis_timeout.is_zero() {
+            return invalid("redis_timeout", "must be longer than zero".into());
+        }
+        if let Some(url) = &self.redis
+            && let Err(why) = super::redis::Redis::new(
+                url,
+                self.redis_password.as_deref(),
+                self.redis_timeout,
+                self.retention(),
+            )
+        {
+            return invalid("redis", why);
         }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return invalid("admin_token", "must not be empty".into());
@@ -469,6 +498,14 @@ impl Config {
 }
 
 impl Config {
+    /// The history settings.
+    pub(crate) fn retention(&self) -> super::topics::Retention {
+        super::topics::Retention {
+            count: self.history,
+            ttl: self.history_ttl,
+        }
+    }
+
     /// The worker thread cache's settings.
     pub(crate) fn thread_settings(&self) -> super::threads::Settings {
         super::threads::Settings {

@@ -31,6 +31,9 @@ pub enum SendError {
     InvalidTopic,
     /// The connection is at [`Config::max_subscriptions`](super::Config::max_subscriptions).
     TooManySubscriptions,
+    /// With [`Config::redis`](super::Config::redis): Redis could not be
+    /// reached (why). Nothing was published.
+    Unavailable(String),
 }
 
 impl fmt::Display for SendError {
@@ -44,6 +47,7 @@ impl fmt::Display for SendError {
             SendError::Encode(e) => e.fmt(f),
             SendError::InvalidTopic => f.write_str("invalid topic"),
             SendError::TooManySubscriptions => f.write_str("too many subscriptions"),
+            SendError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
         }
     }
 }
@@ -66,7 +70,14 @@ impl From<TopicError> for SendError {
             TopicError::TooManySubscriptions => SendError::TooManySubscriptions,
             TopicError::Closed => SendError::Closed,
             TopicError::OutboxFull => SendError::OutboxFull,
+            TopicError::Unavailable(e) => e.into(),
         }
+    }
+}
+
+impl From<super::redis::Unavailable> for SendError {
+    fn from(e: super::redis::Unavailable) -> SendError {
+        SendError::Unavailable(e.0)
     }
 }
 
@@ -210,15 +221,22 @@ impl ServerHandle {
     /// [`Config::history`](super::Config::history)), and writes or queues it
     /// to every subscriber.
     ///
+    /// With [`Config::redis`](super::Config::redis) the message is numbered
+    /// and stored in Redis and reaches subscribers on every instance
+    /// through it: [`Published::delivered`] is then 0.
+    ///
     /// # Errors
     ///
-    /// An invalid topic name.
+    /// An invalid topic name; with Redis, [`SendError::Unavailable`] when
+    /// Redis did not take the message.
     pub fn publish(&self, topic: &str, payload: &[u8]) -> Result<Published, SendError> {
         if !valid_topic(topic) {
             return Err(SendError::InvalidTopic);
         }
         let shared = &self.shared;
-        let published = shared.topics.publish(&shared.flushes, topic, payload, None);
+        let published = shared
+            .topics
+            .publish(&shared.flushes, topic, payload, None)?;
         shared.metrics.count_publish(&published);
         Ok(published)
     }

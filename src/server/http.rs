@@ -1,6 +1,9 @@
 //! The operations endpoint (`--metrics-listen`): `GET /metrics` (OpenMetrics
 //! when the `Accept` header asks for it, as Prometheus does, else the
-//! classic text format 0.0.4), `GET /connections`, `GET /healthz`, the
+//! classic text format 0.0.4), `GET /connections`, `GET /healthz` (200
+//! while serving, naming Redis's state with `--redis`), `GET /readyz` (503
+//! while draining or while Redis is down, for balancers that should prefer
+//! instances that can publish), the
 //! pages under `web/` (`GET /`: the dashboard; `GET /demo` and
 //! `GET /wheel-client.js`: the browser client) and `GET /listeners` (what
 //! the demo connects to).
@@ -378,7 +381,7 @@ impl Inner {
         // (with the token where one is needed).
         let open = matches!(
             path,
-            "/metrics" | "/healthz" | "/" | "/demo" | "/wheel-client.js" | "/listeners"
+            "/metrics" | "/healthz" | "/readyz" | "/" | "/demo" | "/wheel-client.js" | "/listeners"
         );
         if !open && !self.authorized(head) {
             return Response {
@@ -419,7 +422,19 @@ impl Inner {
             (["healthz"], true, _) if shared.stopping.load(Ordering::Acquire) => {
                 Response::text(503, "draining\n")
             }
-            (["healthz"], true, _) => Response::text(200, "ok\n"),
+            (["healthz"], true, _) => match shared.topics.redis() {
+                Some(redis) if !redis.is_up() => Response::text(200, "ok; redis down\n"),
+                Some(_) => Response::text(200, "ok; redis up\n"),
+                None => Response::text(200, "ok\n"),
+            },
+            // For balancers that should prefer instances that can publish.
+            (["readyz"], true, _) if shared.stopping.load(Ordering::Acquire) => {
+                Response::text(503, "draining\n")
+            }
+            (["readyz"], true, _) => match shared.topics.redis() {
+                Some(redis) if !redis.is_up() => Response::text(503, "redis down\n"),
+                _ => Response::text(200, "ready\n"),
+            },
             (["connections"], true, _) => match limit(query) {
                 Ok(limit) => Response::json(200, connections(shared, limit)),
                 Err(e) => Response::text(400, &format!("{e}\n")),
@@ -440,11 +455,16 @@ impl Inner {
                 }
             }
             (["publish", topic], _, true) => match self.handle().publish(topic, body) {
+                // With Redis, delivery follows the publish on every
+                // instance: nothing to count here.
+                Ok(p) if shared.topics.redis().is_some() => {
+                    Response::json(200, json!({"topic": topic, "seq": p.seq}).to_string())
+                }
                 Ok(p) => Response::json(
                     200,
                     json!({"topic": topic, "seq": p.seq, "delivered": p.delivered}).to_string(),
                 ),
-                Err(e) => Response::text(400, &format!("{e}\n")),
+                Err(e) => Response::text(send_status(&e), &format!("{e}\n")),
             },
             (["connections", id, "send"], _, true) => {
                 let Ok(id) = id.parse::<ConnId>() else {
@@ -490,7 +510,7 @@ impl Inner {
                 let status = if closed == 0 { 404 } else { 200 };
                 Response::json(status, json!({"sub": sub, "closed": closed}).to_string())
             }
-            (["metrics" | "healthz" | "connections" | "topics"], false, _) => Response {
+            (["metrics" | "healthz" | "readyz" | "connections" | "topics"], false, _) => Response {
                 allow: Some("GET, HEAD"),
                 ..Response::text(405, "method not allowed\n")
             },
@@ -528,7 +548,7 @@ fn send_status(e: &SendError) -> u16 {
     match e {
         SendError::UnknownConnection => 404,
         SendError::Closed => 409,
-        SendError::OutboxFull => 503,
+        SendError::OutboxFull | SendError::Unavailable(_) => 503,
         _ => 400,
     }
 }

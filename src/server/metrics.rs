@@ -293,6 +293,41 @@ impl Metrics {
         );
     }
 
+    /// Registers Redis's metrics (servers with `--redis`).
+    pub(crate) fn register_redis(&mut self, m: &super::redis::RedisMetrics) {
+        let r = &mut self.registry;
+        r.register(
+            "wheel_redis_up",
+            "1 while the Redis follower's connection is up (--redis)",
+            m.up.clone(),
+        );
+        r.register(
+            "wheel_redis_roundtrip_seconds",
+            "Redis command round trips (publish, last number, history reads)",
+            m.roundtrip.clone(),
+        );
+        r.register(
+            "wheel_redis_reconnects",
+            "Reconnects of the Redis follower after its connection was lost",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "wheel_redis_relayed",
+            "Messages published through Redis (direction out) and delivered from it to this instance's subscribers (direction in)",
+            m.relayed.clone(),
+        );
+        r.register(
+            "wheel_redis_filled",
+            "Messages read from a topic's Redis stream because their announcement was missed (a reconnect, a new subscription)",
+            m.filled.clone(),
+        );
+        r.register(
+            "wheel_redis_errors",
+            "Redis commands that failed (unreachable, timed out, refused)",
+            m.errors.clone(),
+        );
+    }
+
     pub(crate) fn new() -> Metrics {
         let live = Arc::new(Live::default());
         let metrics = Metrics {

@@ -74,6 +74,7 @@ mod outbound;
 mod ping;
 mod proxy;
 pub mod pubsub;
+mod redis;
 mod registry;
 mod shared;
 mod shutdown;
@@ -200,10 +201,19 @@ impl Server {
         let (events, events_rx) = crossbeam_channel::unbounded();
         let config_per_ip = config.max_connections_per_ip;
         let config_rate = config.max_connect_rate_per_ip.map(f64::from);
-        let retention = topics::Retention {
-            count: config.history,
-            ttl: config.history_ttl,
+        let redis = match &config.redis {
+            Some(url) => Some(
+                redis::Redis::new(
+                    url,
+                    config.redis_password.as_deref(),
+                    config.redis_timeout,
+                    config.retention(),
+                )
+                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?,
+            ),
+            None => None,
         };
+        let retention = config.retention();
         let source = TimeSource::new(Instant::now(), config.tick);
         let mut metrics = metrics::Metrics::new();
         if let Some(tls) = &tls {
@@ -214,6 +224,9 @@ impl Server {
                 client_certificates = tls.files().client_ca.is_some(),
                 "TLS certificate loaded"
             );
+        }
+        if let Some(redis) = &redis {
+            metrics.register_redis(&redis.metrics);
         }
         let thread_settings = config.thread_settings();
         let shared = Arc::new(Shared {
@@ -226,7 +239,7 @@ impl Server {
             listeners,
             frames: Frames::new(),
             flushes: Flushes::default(),
-            topics: topics::Topics::new(retention),
+            topics: topics::Topics::new(retention, redis),
             per_ip: admission::PerIp::new(config_per_ip),
             connect_rate: admission::ConnectRate::new(config_rate),
             threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
@@ -238,6 +251,10 @@ impl Server {
         let stop_timer = |e: io::Error| {
             timer::stop(&shared, timer.thread());
             e
+        };
+        let relay = match shared.topics.redis() {
+            Some(_) => Some(redis::spawn(Arc::clone(&shared)).map_err(stop_timer)?),
+            None => None,
         };
         let endpoint = match shared.config.metrics_listen {
             Some(addr) => {
@@ -290,6 +307,7 @@ impl Server {
                 acceptors,
                 timer,
                 endpoint,
+                relay,
             }),
         })
     }
@@ -435,10 +453,13 @@ pub(crate) mod test_support {
             }],
             frames: Frames::new(),
             flushes: Flushes::default(),
-            topics: topics::Topics::new(topics::Retention {
-                count: 100,
-                ttl: Duration::from_secs(300),
-            }),
+            topics: topics::Topics::new(
+                topics::Retention {
+                    count: 100,
+                    ttl: Duration::from_secs(300),
+                },
+                None,
+            ),
             per_ip: admission::PerIp::new(None),
             connect_rate: admission::ConnectRate::new(None),
             threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),

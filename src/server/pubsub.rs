@@ -197,10 +197,15 @@ fn publish(session: &mut Session<'_>, topic: &str, payload: &[u8]) {
             .expect("a topic and a number encode in every protocol");
         wire
     };
-    let published = shared
+    match shared
         .topics
-        .publish(&shared.flushes, topic, payload, Some((conn, &ack)));
-    shared.metrics.count_publish(&published);
+        .publish(&shared.flushes, topic, payload, Some((conn, &ack)))
+    {
+        Ok(published) => shared.metrics.count_publish(&published),
+        Err(e) => {
+            let _ = session.send(format!("ERR {e}").as_bytes());
+        }
+    }
 }
 
 /// `SUB`: the replies queued so far go out first, then (under the topic's

@@ -26,6 +26,8 @@ pub(crate) struct Threads {
     pub(crate) acceptors: Vec<JoinHandle<()>>,
     pub(crate) timer: JoinHandle<()>,
     pub(crate) endpoint: Option<http::Endpoint>,
+    /// The Redis follower (`--redis`).
+    pub(crate) relay: Option<JoinHandle<()>>,
 }
 
 /// Shuts the server down (see [`Server::shutdown`](super::Server::shutdown));
@@ -35,9 +37,15 @@ pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
         acceptors,
         timer,
         endpoint,
+        relay,
     } = threads;
     stop_accepting(shared, acceptors);
     let clean = drain(shared);
+    // Draining connections still get their topics' messages.
+    if let (Some(relay), Some(redis)) = (relay, shared.topics.redis()) {
+        redis.stop();
+        let _ = relay.join();
+    }
     timer::stop(shared, timer.thread());
     let _ = timer.join();
     // Every connection is gone: the parked threads exit.

@@ -11,6 +11,14 @@
 //!
 //! A topic with no subscribers and no retained messages is forgotten, so it
 //! costs nothing.
+//!
+//! With Redis (`--redis`, `redis.rs`), numbering and history live there:
+//! a publish goes to Redis, and the follower thread hands each message
+//! back through [`Topics::relay`], in sequence order, to the local
+//! subscribers; a topic's `seq` is then the last number delivered here, and
+//! a subscription's replay is read from the Redis stream under the topic's
+//! lock, so that it meets the relayed messages with no gap and no
+//! duplicate just as without Redis.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,6 +28,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::conn::Conn;
 use super::outbound::{Flushes, PushError};
+use super::redis::{Entry, Redis, Unavailable};
 use crate::protocol::{EncodeError, Message, Protocol};
 
 /// The longest topic name, in bytes.
@@ -53,8 +62,12 @@ struct Retained {
 /// One topic.
 #[derive(Default)]
 struct Topic {
-    /// The last sequence number given (0 before the first publish).
+    /// The last sequence number given (0 before the first publish); with
+    /// Redis, the last one delivered here.
     seq: u64,
+    /// With Redis: `seq` was read from Redis and the follower follows the
+    /// topic.
+    followed: bool,
     /// Subscribed connections.
     subscribers: Vec<Arc<Conn>>,
     /// The last messages, oldest first.
@@ -100,7 +113,8 @@ enum Outcome {
 pub struct Published {
     /// The message's sequence number in its topic.
     pub seq: u64,
-    /// Local subscribers it was written or queued to.
+    /// Local subscribers it was written or queued to (with Redis, where
+    /// delivery follows the publish, 0).
     pub delivered: usize,
     /// Subscribers it did not reach: closing, closed just now as slow
     /// consumers, or speaking a protocol that cannot carry it.
@@ -153,6 +167,27 @@ pub(crate) enum TopicError {
     /// The replay did not fit the connection's outbox: it is being closed as
     /// a slow consumer.
     OutboxFull,
+    /// Redis could not be reached to number the subscription or read its
+    /// replay.
+    Unavailable(Unavailable),
+}
+
+impl From<Unavailable> for TopicError {
+    fn from(e: Unavailable) -> TopicError {
+        TopicError::Unavailable(e)
+    }
+}
+
+/// What became of a message the Redis follower relayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Relayed {
+    /// Written or queued to `delivered` local subscribers; `dropped` did
+    /// not take it.
+    Delivered { delivered: usize, dropped: usize },
+    /// Already delivered, or nobody here follows the topic.
+    Stale,
+    /// Not the next number: the ones before it were missed.
+    Ahead,
 }
 
 /// The publishing connection, and how to build its acknowledgement from
@@ -163,6 +198,8 @@ pub(crate) type Ack<'a> = (&'a Conn, &'a dyn Fn(u64) -> Vec<u8>);
 pub(crate) struct Topics {
     by_name: RwLock<HashMap<String, Arc<Mutex<Topic>>>>,
     retention: Retention,
+    /// Numbering, history and delivery through Redis.
+    redis: Option<Redis>,
 }
 
 /// The DATA payload `MSG <topic> <seq> <payload>`, encoded in `protocol`.
@@ -186,12 +223,87 @@ fn encode_msg(
     Ok(out)
 }
 
+/// Writes or queues message `seq` to every subscriber of `t` (the topic
+/// `name`, locked); drops those that cannot take it. How many took it, and
+/// how many did not.
+fn fan_out(
+    t: &mut Topic,
+    flushes: &Flushes,
+    name: &str,
+    seq: u64,
+    payload: &[u8],
+) -> (usize, usize) {
+    // Encoded once per protocol in use.
+    let encoded: Vec<Option<Result<Vec<u8>, EncodeError>>> = Protocol::ALL
+        .iter()
+        .map(|&p| {
+            t.subscribers
+                .iter()
+                .any(|c| c.protocol == p)
+                .then(|| encode_msg(p, name, seq, payload))
+        })
+        .collect();
+    // Whether each subscriber stays; sends split over two threads for a
+    // large fan-out. The topic's lock is held until both are done, so
+    // the next publish still comes after this one for every subscriber.
+    let deliver = |subscribers: &[Arc<Conn>]| -> Vec<Outcome> {
+        subscribers
+            .iter()
+            .map(|conn| {
+                // `Protocol` lists its variants in the order of `Protocol::ALL`.
+                match &encoded[conn.protocol as usize] {
+                    Some(Ok(wire)) => match conn.out.push(conn.id, flushes, wire) {
+                        Ok(_) => Outcome::Delivered,
+                        // Closing, or closed just now as a slow consumer.
+                        Err(_) => Outcome::Gone,
+                    },
+                    // A message its protocol cannot carry (a line break,
+                    // for a line-mode subscriber) does not reach it.
+                    _ => Outcome::Skipped,
+                }
+            })
+            .collect()
+    };
+    let outcomes = if t.subscribers.len() >= PARALLEL_FANOUT {
+        let (first, second) = t.subscribers.split_at(t.subscribers.len() / 2);
+        std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("wheel-fanout".into())
+                .spawn_scoped(scope, || deliver(second));
+            let mut outcomes = deliver(first);
+            match helper {
+                Ok(helper) => outcomes.extend(helper.join().expect("fan-out thread panicked")),
+                // No thread to be had: this one does the rest.
+                Err(_) => outcomes.extend(deliver(second)),
+            }
+            outcomes
+        })
+    } else {
+        deliver(&t.subscribers)
+    };
+    let delivered = outcomes
+        .iter()
+        .filter(|&&o| o == Outcome::Delivered)
+        .count();
+    let dropped = outcomes.len() - delivered;
+    let mut outcome = outcomes.iter();
+    t.subscribers
+        .retain(|_| outcome.next() != Some(&Outcome::Gone));
+    (delivered, dropped)
+}
+
 impl Topics {
-    pub(crate) fn new(retention: Retention) -> Topics {
+    pub(crate) fn new(retention: Retention, redis: Option<Redis>) -> Topics {
         Topics {
             by_name: RwLock::new(HashMap::new()),
             retention,
+            redis,
         }
+    }
+
+    /// The link to Redis, with `--redis`.
+    pub(crate) fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
     }
 
     /// The topic, created if need be.
@@ -213,6 +325,9 @@ impl Topics {
             && topic.lock().is_idle()
         {
             map.remove(name);
+            if let Some(redis) = &self.redis {
+                redis.unfollow(name);
+            }
         }
     }
 
@@ -223,13 +338,33 @@ impl Topics {
     /// A subscriber that cannot take the message (closing, or its outbox
     /// full: then closed as a slow consumer) is dropped from the topic at
     /// once.
+    ///
+    /// With Redis the message is numbered and stored there, and reaches
+    /// subscribers (here too) through the follower: the acknowledgement
+    /// then goes out as soon as Redis has the message, and a subscribed
+    /// publisher may read its own `MSG` before it.
+    ///
+    /// # Errors
+    ///
+    /// With Redis, when Redis could not take the message.
     pub(crate) fn publish(
         &self,
         flushes: &Flushes,
         name: &str,
         payload: &[u8],
         ack: Option<Ack<'_>>,
-    ) -> Published {
+    ) -> Result<Published, Unavailable> {
+        if let Some(redis) = &self.redis {
+            let seq = redis.publish(name, payload)?;
+            if let Some((publisher, ack)) = ack {
+                let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
+            }
+            return Ok(Published {
+                seq,
+                delivered: 0,
+                dropped: 0,
+            });
+        }
         let topic = self.topic(name);
         let mut t = topic.lock();
         t.seq += 1;
@@ -247,73 +382,69 @@ impl Topics {
         if let Some((publisher, ack)) = ack {
             let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
         }
-        // Encoded once per protocol in use.
-        let encoded: Vec<Option<Result<Vec<u8>, EncodeError>>> = Protocol::ALL
-            .iter()
-            .map(|&p| {
-                t.subscribers
-                    .iter()
-                    .any(|c| c.protocol == p)
-                    .then(|| encode_msg(p, name, seq, payload))
-            })
-            .collect();
-        // Whether each subscriber stays; sends split over two threads for a
-        // large fan-out. The topic's lock is held until both are done, so
-        // the next publish still comes after this one for every subscriber.
-        let deliver = |subscribers: &[Arc<Conn>]| -> Vec<Outcome> {
-            subscribers
-                .iter()
-                .map(|conn| {
-                    // `Protocol` lists its variants in the order of `Protocol::ALL`.
-                    match &encoded[conn.protocol as usize] {
-                        Some(Ok(wire)) => match conn.out.push(conn.id, flushes, wire) {
-                            Ok(_) => Outcome::Delivered,
-                            // Closing, or closed just now as a slow consumer.
-                            Err(_) => Outcome::Gone,
-                        },
-                        // A message its protocol cannot carry (a line break,
-                        // for a line-mode subscriber) does not reach it.
-                        _ => Outcome::Skipped,
-                    }
-                })
-                .collect()
-        };
-        let outcomes = if t.subscribers.len() >= PARALLEL_FANOUT {
-            let (first, second) = t.subscribers.split_at(t.subscribers.len() / 2);
-            std::thread::scope(|scope| {
-                let helper = std::thread::Builder::new()
-                    .name("wheel-fanout".into())
-                    .spawn_scoped(scope, || deliver(second));
-                let mut outcomes = deliver(first);
-                match helper {
-                    Ok(helper) => outcomes.extend(helper.join().expect("fan-out thread panicked")),
-                    // No thread to be had: this one does the rest.
-                    Err(_) => outcomes.extend(deliver(second)),
-                }
-                outcomes
-            })
-        } else {
-            deliver(&t.subscribers)
-        };
-        let delivered = outcomes
-            .iter()
-            .filter(|&&o| o == Outcome::Delivered)
-            .count();
-        let dropped = outcomes.len() - delivered;
-        let mut outcome = outcomes.iter();
-        t.subscribers
-            .retain(|_| outcome.next() != Some(&Outcome::Gone));
+        let (delivered, dropped) = fan_out(&mut t, flushes, name, seq, payload);
         let idle = t.is_idle();
         drop(t);
         drop(topic);
         if idle {
             self.forget_if_idle(name);
         }
-        Published {
+        Ok(Published {
             seq,
             delivered,
             dropped,
+        })
+    }
+
+    /// Delivers message `seq` of `name`, read from Redis, to the local
+    /// subscribers if it is the next one (or, with `past_hole`, any later
+    /// one: the stream no longer holds those between).
+    pub(crate) fn relay(
+        &self,
+        flushes: &Flushes,
+        name: &str,
+        seq: u64,
+        payload: &[u8],
+        past_hole: bool,
+    ) -> Relayed {
+        let Some(topic) = self.by_name.read().get(name).cloned() else {
+            return Relayed::Stale;
+        };
+        let mut t = topic.lock();
+        if !t.followed || seq <= t.seq {
+            return Relayed::Stale;
         }
+        if seq > t.seq + 1 && !past_hole {
+            return Relayed::Ahead;
+        }
+        t.seq = seq;
+        let (delivered, dropped) = fan_out(&mut t, flushes, name, seq, payload);
+        let idle = t.is_idle();
+        drop(t);
+        drop(topic);
+        if idle {
+            self.forget_if_idle(name);
+        }
+        Relayed::Delivered { delivered, dropped }
+    }
+
+    /// With Redis: numbering of `name` goes on from `last`, which is below
+    /// what was delivered here (Redis lost data).
+    pub(crate) fn restart_numbering(&self, name: &str, last: u64) {
+        if let Some(topic) = self.by_name.read().get(name).cloned() {
+            let mut t = topic.lock();
+            if t.followed {
+                t.seq = last;
+            }
+        }
+    }
+
+    /// With Redis: the last sequence number of `name` delivered here, if
+    /// the topic is followed.
+    pub(crate) fn delivered(&self, name: &str) -> Option<u64> {
+        let topic = self.by_name.read().get(name).cloned()?;
+        let t = topic.lock();
+        t.followed.then_some(t.seq)
     }
 
     /// Subscribes `conn` to `name`, writing `ok` (built from the outcome;
@@ -344,22 +475,17 @@ impl Topics {
         let topic = self.topic(name);
         let mut t = topic.lock();
         t.expire(self.retention, Instant::now());
-        let last = t.seq;
-        // A `since` past the last number means the topic started over (the
-        // server restarted): everything retained is new to the client, and
-        // the answer must say so (`gap 1`), or a client would drop the
-        // replay's small numbers as duplicates.
-        let started_over = since.is_some_and(|since| since > last);
-        let since = since.map(|since| if started_over { 0 } else { since });
-        let replay: Vec<(u64, Arc<[u8]>)> = match since {
-            Some(since) => t
-                .history
-                .iter()
-                .filter(|m| m.seq > since)
-                .map(|m| (m.seq, Arc::clone(&m.payload)))
-                .collect(),
-            None => Vec::new(),
+        let found = self.find_replay(&mut t, name, since);
+        let (last, started_over, replay) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                drop(t);
+                drop(topic);
+                self.unsubscribe(conn, name);
+                return Err(e.into());
+            }
         };
+        let since = since.map(|since| if started_over { 0 } else { since });
         let resumed = match since {
             None => Resumed::Live { last },
             Some(_) if started_over => Resumed::Gap {
@@ -400,6 +526,46 @@ impl Topics {
             return Err(e);
         }
         Ok(resumed)
+    }
+
+    /// What a subscription to `t` (the topic `name`, locked) after `since`
+    /// finds: the last number, whether the topic started over, and the
+    /// retained messages to replay. With Redis, a topic nobody here
+    /// followed is looked up and followed from now on.
+    fn find_replay(
+        &self,
+        t: &mut Topic,
+        name: &str,
+        since: Option<u64>,
+    ) -> Result<(u64, bool, Vec<Entry>), Unavailable> {
+        if let Some(redis) = &self.redis
+            && !t.followed
+        {
+            t.seq = redis.last_seq(name)?;
+            t.followed = true;
+            redis.follow(name);
+        }
+        let last = t.seq;
+        // A `since` past the last number means the topic started over (the
+        // server restarted, or Redis lost its data): everything retained is
+        // new to the client, and the answer must say so (`gap 1`), or a
+        // client would drop the replay's small numbers as duplicates.
+        let started_over = since.is_some_and(|since| since > last);
+        let since = since.map(|since| if started_over { 0 } else { since });
+        let replay = match (since, &self.redis) {
+            (None, _) => Vec::new(),
+            (Some(since), _) if since >= last => Vec::new(),
+            (Some(since), Some(redis)) => {
+                redis.range(name, since + 1, Some(last), self.retention.count.max(1))?
+            }
+            (Some(since), None) => t
+                .history
+                .iter()
+                .filter(|m| m.seq > since)
+                .map(|m| (m.seq, Arc::clone(&m.payload)))
+                .collect(),
+        };
+        Ok((last, started_over, replay))
     }
 
     /// Unsubscribes `conn` from `name`; false if it was not subscribed.
@@ -501,10 +667,13 @@ mod tests {
     #[test]
     fn a_split_fan_out_keeps_order_and_drops_closing_subscribers() {
         let (shared, listener) = shared(Config::default());
-        let topics = Topics::new(Retention {
-            count: 0,
-            ttl: Duration::from_secs(1),
-        });
+        let topics = Topics::new(
+            Retention {
+                count: 0,
+                ttl: Duration::from_secs(1),
+            },
+            None,
+        );
         let mut clients = Vec::new();
         for _ in 0..PARALLEL_FANOUT + 10 {
             let (conn, client) = pair(&shared, &listener);
@@ -516,7 +685,9 @@ mod tests {
         // One subscriber is closing: it gets nothing and leaves.
         assert!(clients[5].0.out.request_close(CloseRequest::IdleTimeout));
         for n in 1..=3u64 {
-            let published = topics.publish(&shared.flushes, "wide", n.to_string().as_bytes(), None);
+            let published = topics
+                .publish(&shared.flushes, "wide", n.to_string().as_bytes(), None)
+                .unwrap();
             assert_eq!(published.seq, n);
             assert_eq!(published.delivered, PARALLEL_FANOUT + 9);
         }

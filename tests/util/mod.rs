@@ -4,7 +4,9 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod haproxy;
 pub mod netns;
+pub mod redis;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

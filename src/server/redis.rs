@@ -1,0 +1,697 @@
+//! Topics across instances, through Redis (`--redis URL`).
+//!
+//! # What is kept in Redis
+//!
+//! For a topic `t` (its name in braces, a hash tag, so that a Redis Cluster
+//! keeps a topic's keys on one shard):
+//!
+//! * `wheel:{t}:seq`, the topic's counter;
+//! * `wheel:{t}:log`, a stream of its messages: entry id `<seq>-0`, fields
+//!   `p` (the payload) and `t` (the publish time, ms since the epoch),
+//!   capped at `--history` entries and expiring `--history-ttl` after the
+//!   last publish;
+//! * the channel `wheel:{t}:msg`, on which each message is announced as
+//!   `<seq> <payload>`.
+//!
+//! A publish is one Lua script, so it is atomic: the counter, the stream and
+//! the announcement all happen or none does. The sequence number comes from
+//! Redis, so a message has the same number on every instance.
+//!
+//! # Following topics
+//!
+//! One thread per instance, `wheel-redis`, follows the topics that have
+//! local subscribers. It holds its own Redis connection in subscribed mode
+//! and hands each announcement to [`Topics::deliver`], which writes it to
+//! the local subscribers only if it is the next number; otherwise the
+//! follower reads what is missing from the stream first. The stream is the
+//! truth and the announcements only say "there is more", so nothing an
+//! announcement misses is lost: not while the follower reconnects, not
+//! between a first subscriber's `SUB` and its channel subscription. After a
+//! reconnect the follower re-subscribes and fills every topic from the
+//! stream before it reads announcements again.
+//!
+//! Pub/sub rather than blocking stream reads (`XREAD BLOCK`): an `XREAD`
+//! names every followed stream in every call, so its cost grows with the
+//! topics followed (one per user, with personal topics), and a change of the
+//! set needs the blocked call interrupted; a channel subscription is made
+//! once and costs nothing per message beyond the message. The price is the
+//! gap check above, which the stream makes cheap.
+//!
+//! Commands (a publish, a subscription's lookup and replay, the follower's
+//! fills) run on [`POOL_SIZE`] threads of their own, `wheel-redis-cmd`,
+//! each with one connection: a worker hands its command over a bounded
+//! queue ([`QUEUE`]) and waits at most `--redis-timeout` for room and then
+//! for the answer. So no worker runs the client's parser on its small
+//! stack, a slow Redis holds a bounded number of commands, and nothing
+//! grows without limit.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use redis::{Connection, RedisResult};
+use tracing::{debug, info, warn};
+
+use super::shared::Shared;
+use super::topics::{Relayed, Retention};
+use crate::client::Backoff;
+
+/// Command threads, each with its connection.
+pub(crate) const POOL_SIZE: usize = 4;
+
+/// Commands waiting for a command thread, at most.
+const QUEUE: usize = 1024;
+
+/// A command for a command thread: given the thread's connection (or why
+/// there is none), it runs, hands its answer back itself, and says whether
+/// the command succeeded.
+type Job = Box<dyn FnOnce(Result<&mut Connection, &str>) -> bool + Send>;
+
+/// How often the follower looks at its set of topics while no announcement
+/// arrives: the longest a newly followed topic waits for its channel
+/// subscription (its messages are filled from the stream meanwhile).
+const FOLLOW_POLL: Duration = Duration::from_millis(25);
+
+/// Stream entries read per `XRANGE` of a fill.
+const FILL_BATCH: usize = 1000;
+
+/// The follower's reconnect backoff.
+const RECONNECT: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    multiplier: 2.0,
+};
+
+/// Numbers a message, appends it to the topic's stream (capped, and
+/// expiring with the history TTL) and announces it.
+const PUBLISH: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+if tonumber(ARGV[1]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], seq .. '-0', 'p', ARGV[3], 't', ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[3])
+return seq
+";
+
+/// Why Redis could not be used: the reason, for `ERR` and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// Redis's metrics (registered with the server's when `--redis` is set).
+#[derive(Clone)]
+pub(crate) struct RedisMetrics {
+    /// 1 while the follower's connection is up.
+    pub(crate) up: Gauge,
+    /// Command round trips, in seconds.
+    pub(crate) roundtrip: Histogram,
+    /// Follower reconnects after a lost or refused connection.
+    pub(crate) reconnects: Counter,
+    /// Messages published through Redis (`out`) and delivered from it to
+    /// local subscribers (`in`).
+    pub(crate) relayed: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Messages read from a stream because their announcement was missed.
+    pub(crate) filled: Counter,
+    /// Commands that failed.
+    pub(crate) errors: Counter,
+}
+
+impl RedisMetrics {
+    fn new() -> RedisMetrics {
+        let metrics = RedisMetrics {
+            up: Gauge::default(),
+            // 50 µs to about 1.6 s.
+            roundtrip: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            reconnects: Counter::default(),
+            relayed: Family::default(),
+            filled: Counter::default(),
+            errors: Counter::default(),
+        };
+        for direction in ["in", "out"] {
+            drop(
+                metrics
+                    .relayed
+                    .get_or_create(&vec![("direction", direction)]),
+            );
+        }
+        metrics
+    }
+
+    fn relayed(&self, direction: &'static str) -> Counter {
+        self.relayed
+            .get_or_create(&vec![("direction", direction)])
+            .clone()
+    }
+}
+
+/// The key names of a topic.
+struct Keys {
+    seq: String,
+    log: String,
+    channel: String,
+}
+
+impl Keys {
+    fn of(topic: &str) -> Keys {
+        Keys {
+            seq: format!("wheel:{{{topic}}}:seq"),
+            log: format!("wheel:{{{topic}}}:log"),
+            channel: format!("wheel:{{{topic}}}:msg"),
+        }
+    }
+
+    /// The topic of an announcement's channel.
+    fn topic_of(channel: &str) -> Option<&str> {
+        channel.strip_prefix("wheel:{")?.strip_suffix("}:msg")
+    }
+}
+
+/// A message read from a topic's stream.
+pub(crate) type Entry = (u64, Arc<[u8]>);
+
+/// An instance's link to Redis: the connection pool, the set of topics to
+/// follow, and the follower's state.
+pub(crate) struct Redis {
+    client: redis::Client,
+    timeout: Duration,
+    retention: Retention,
+    /// Commands for the command threads.
+    jobs: (Sender<Job>, Receiver<Job>),
+    /// Counts the follower's lost connections: a command thread whose
+    /// connection is older reconnects before its next command, since Redis
+    /// may have restarted under it.
+    epoch: Arc<AtomicU64>,
+    script: redis::Script,
+    /// Topics with local subscribers, for the follower.
+    wanted: Mutex<Wanted>,
+    /// Set when the server stops.
+    stopping: AtomicBool,
+    /// Its metrics.
+    pub(crate) metrics: RedisMetrics,
+    relayed_in: Counter,
+    relayed_out: Counter,
+    /// The follower's thread, once spawned.
+    follower: OnceLock<std::thread::Thread>,
+}
+
+/// The topics the follower should follow, and whether that changed since it
+/// last looked.
+#[derive(Default)]
+struct Wanted {
+    topics: std::collections::HashSet<String>,
+    changed: bool,
+}
+
+impl Redis {
+    /// A link to the Redis at `url` (`redis://[:password@]host:port/db`);
+    /// `password`, if given, overrides the URL's. Connects lazily.
+    ///
+    /// # Errors
+    ///
+    /// A URL the `redis` crate does not accept.
+    pub(crate) fn new(
+        url: &str,
+        password: Option<&str>,
+        timeout: Duration,
+        retention: Retention,
+    ) -> Result<Redis, String> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| format!("invalid URL: {e}"))?;
+        if let Some(password) = password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(|e| format!("invalid URL: {e}"))?;
+        let metrics = RedisMetrics::new();
+        Ok(Redis {
+            client,
+            timeout,
+            retention,
+            jobs: crossbeam_channel::bounded(QUEUE),
+            epoch: Arc::default(),
+            script: redis::Script::new(PUBLISH),
+            wanted: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            relayed_in: metrics.relayed("in"),
+            relayed_out: metrics.relayed("out"),
+            metrics,
+            follower: OnceLock::new(),
+        })
+    }
+
+    /// Whether the follower's connection is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.metrics.up.get() == 1
+    }
+
+    /// The command threads' part of the link.
+    fn command_thread(&self) -> CommandThread {
+        CommandThread {
+            jobs: self.jobs.1.clone(),
+            epoch: Arc::clone(&self.epoch),
+            client: self.client.clone(),
+            timeout: self.timeout,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Runs `f` on a command thread's connection and waits for its answer.
+    fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T> + Send + 'static,
+    ) -> Result<T, Unavailable> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job: Job = Box::new(move |conn| {
+            let answer = match conn {
+                Ok(conn) => f(conn).map_err(|e| e.to_string()),
+                Err(why) => Err(why.to_owned()),
+            };
+            let ok = answer.is_ok();
+            let _ = tx.send(answer);
+            ok
+        });
+        let deadline = Instant::now() + self.timeout;
+        self.jobs
+            .0
+            .send_deadline(job, deadline)
+            .map_err(|_| Unavailable("too many commands waiting".into()))?;
+        // The command thread's own timeouts end every command; this bound
+        // only covers a thread that is stuck.
+        match rx.recv_deadline(deadline + self.timeout * 2) {
+            Ok(answer) => answer.map_err(Unavailable),
+            Err(_) => Err(Unavailable("timed out".into())),
+        }
+    }
+
+    /// Publishes `payload` to `topic`: its sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Redis unreachable or failing. The message may still have been stored
+    /// if the connection failed after Redis ran the script (the publisher
+    /// cannot know; subscribers then get it like any other).
+    pub(crate) fn publish(&self, topic: &str, payload: &[u8]) -> Result<u64, Unavailable> {
+        let keys = Keys::of(topic);
+        let retention = self.retention;
+        let script = self.script.clone();
+        let payload = payload.to_vec();
+        let seq = self.with(move |conn| {
+            script
+                .key(&keys.seq)
+                .key(&keys.log)
+                .arg(retention.count)
+                .arg(now_ms())
+                .arg(&payload)
+                .arg(retention.ttl.as_millis().max(1) as u64)
+                .arg(&keys.channel)
+                .invoke::<u64>(conn)
+        })?;
+        self.relayed_out.inc();
+        Ok(seq)
+    }
+
+    /// The topic's latest sequence number (0 before its first message).
+    pub(crate) fn last_seq(&self, topic: &str) -> Result<u64, Unavailable> {
+        let key = Keys::of(topic).seq;
+        self.with(move |conn| {
+            redis::cmd("GET")
+                .arg(&key)
+                .query::<Option<u64>>(conn)
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// The retained messages of `topic` numbered `from..=to` (`to`: `None`
+    /// for the latest), at most `limit` of them, oldest first; messages
+    /// older than the history TTL are left out.
+    pub(crate) fn range(
+        &self,
+        topic: &str,
+        from: u64,
+        to: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Unavailable> {
+        let key = Keys::of(topic).log;
+        let end = to.map_or_else(|| "+".to_owned(), |to| format!("{to}-0"));
+        let raw: Vec<(String, Vec<Vec<u8>>)> = self.with(move |conn| {
+            redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("{from}-0"))
+                .arg(&end)
+                .arg("COUNT")
+                .arg(limit)
+                .query(conn)
+        })?;
+        let oldest = now_ms().saturating_sub(self.retention.ttl.as_millis() as u64);
+        Ok(raw
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let seq = id.split_once('-')?.0.parse().ok()?;
+                let (mut payload, mut at) = (None, 0u64);
+                for pair in fields.chunks_exact(2) {
+                    match pair[0].as_slice() {
+                        b"p" => payload = Some(Arc::from(pair[1].as_slice())),
+                        b"t" => {
+                            at = std::str::from_utf8(&pair[1])
+                                .ok()
+                                .and_then(|t| t.parse().ok())
+                                .unwrap_or(0);
+                        }
+                        _ => {}
+                    }
+                }
+                (at > oldest).then_some((seq, payload?))
+            })
+            .collect())
+    }
+
+    /// Follows `topic` (its first local subscriber came).
+    pub(crate) fn follow(&self, topic: &str) {
+        let mut wanted = self.wanted.lock();
+        if wanted.topics.insert(topic.to_owned()) {
+            wanted.changed = true;
+        }
+    }
+
+    /// Stops following `topic` (its last local subscriber left).
+    pub(crate) fn unfollow(&self, topic: &str) {
+        let mut wanted = self.wanted.lock();
+        if wanted.topics.remove(topic) {
+            wanted.changed = true;
+        }
+    }
+
+    /// Stops the follower (at the server's shutdown).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(thread) = self.follower.get() {
+            thread.unpark();
+        }
+    }
+}
+
+fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
+    let conn = client.get_connection_with_timeout(timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    Ok(conn)
+}
+
+/// What a command thread holds: not the server's state, so that the
+/// thread ends when the server is dropped (the queue's sender with it).
+struct CommandThread {
+    jobs: Receiver<Job>,
+    epoch: Arc<AtomicU64>,
+    client: redis::Client,
+    timeout: Duration,
+    metrics: RedisMetrics,
+}
+
+impl CommandThread {
+    /// Runs commands on one connection, reconnecting after a failure (a
+    /// connection on which a command failed is not reused).
+    fn run(self) {
+        let mut conn: Option<(Connection, u64)> = None;
+        while let Ok(job) = self.jobs.recv() {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            if conn.as_ref().is_none_or(|(_, of)| *of != epoch) {
+                match connect(&self.client, self.timeout) {
+                    Ok(c) => conn = Some((c, epoch)),
+                    Err(e) => {
+                        self.metrics.errors.inc();
+                        debug!("redis connect failed: {e}");
+                        job(Err(&e.to_string()));
+                        continue;
+                    }
+                }
+            }
+            let start = Instant::now();
+            if job(Ok(&mut conn.as_mut().expect("connected above").0)) {
+                self.metrics
+                    .roundtrip
+                    .observe(start.elapsed().as_secs_f64());
+            } else {
+                self.metrics.errors.inc();
+                conn = None;
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the command threads (they end with the server) and the follower
+/// (stopped by [`Redis::stop`]).
+pub(crate) fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    let redis = shared.topics.redis().expect("spawned only with --redis");
+    for _ in 0..POOL_SIZE {
+        let commands = redis.command_thread();
+        std::thread::Builder::new()
+            .name("wheel-redis-cmd".into())
+            .spawn(move || commands.run())?;
+    }
+    let handle = std::thread::Builder::new()
+        .name("wheel-redis".into())
+        .spawn(move || {
+            let redis = shared.topics.redis().expect("spawned only with --redis");
+            run(&shared, redis);
+        })?;
+    Ok(handle)
+}
+
+/// The follower: connect, subscribe, fill, relay; on any failure, back off
+/// and start over.
+fn run(shared: &Shared, redis: &Redis) {
+    let _ = redis.follower.set(std::thread::current());
+    let mut rng = fastrand::Rng::new();
+    let mut failures = 0u32;
+    let mut ever_up = false;
+    while !redis.stopping.load(Ordering::Acquire) {
+        let conn = redis.client.get_connection_with_timeout(redis.timeout);
+        let mut conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                failures += 1;
+                redis.metrics.up.set(0);
+                let delay = RECONNECT.delay(failures, &mut rng);
+                if failures == 1 {
+                    warn!("redis unreachable: {e}; retrying with backoff");
+                } else {
+                    debug!(attempt = failures, ?delay, "redis unreachable: {e}");
+                }
+                std::thread::park_timeout(delay);
+                continue;
+            }
+        };
+        if ever_up {
+            redis.metrics.reconnects.inc();
+        }
+        ever_up = true;
+        match relay(shared, redis, &mut conn) {
+            Ok(()) => break,
+            Err(e) => {
+                redis.metrics.up.set(0);
+                redis.epoch.fetch_add(1, Ordering::AcqRel);
+                warn!("redis connection lost: {e}; reconnecting");
+                failures = 1;
+                std::thread::park_timeout(RECONNECT.delay(1, &mut rng));
+            }
+        }
+    }
+    redis.metrics.up.set(0);
+}
+
+/// One connection's life: subscribe to every wanted topic, fill each from
+/// its stream, then deliver announcements until the connection fails or
+/// the server stops.
+fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<()> {
+    let mut pubsub = conn.as_pubsub();
+    pubsub.set_read_timeout(Some(FOLLOW_POLL))?;
+    let mut followed = std::collections::HashSet::<String>::new();
+    // Everything wanted is new on this connection.
+    redis.wanted.lock().changed = true;
+    let mut first = true;
+    while !redis.stopping.load(Ordering::Acquire) {
+        let changes = {
+            let mut wanted = redis.wanted.lock();
+            std::mem::take(&mut wanted.changed).then(|| {
+                let add: Vec<String> = wanted.topics.difference(&followed).cloned().collect();
+                let remove: Vec<String> = followed.difference(&wanted.topics).cloned().collect();
+                (add, remove)
+            })
+        };
+        if let Some((add, remove)) = changes {
+            if !add.is_empty() {
+                let channels: Vec<String> = add.iter().map(|t| Keys::of(t).channel).collect();
+                pubsub.subscribe(&channels)?;
+            }
+            if !remove.is_empty() {
+                let channels: Vec<String> = remove.iter().map(|t| Keys::of(t).channel).collect();
+                pubsub.unsubscribe(&channels)?;
+            }
+            for topic in &remove {
+                followed.remove(topic);
+            }
+            // Anything published before the subscription took effect is in
+            // the stream.
+            for topic in add {
+                fill(shared, redis, &topic, None);
+                followed.insert(topic);
+            }
+            if first {
+                first = false;
+                redis.metrics.up.set(1);
+                info!(topics = followed.len(), "redis connected; following topics");
+            }
+        }
+        let msg = match pubsub.get_message() {
+            Ok(msg) => msg,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(topic) = Keys::topic_of(msg.get_channel_name()) else {
+            continue;
+        };
+        let body = msg.get_payload_bytes();
+        let Some((seq, payload)) = split_announcement(body) else {
+            warn!(topic, "malformed announcement ignored");
+            continue;
+        };
+        let relayed = shared
+            .topics
+            .relay(&shared.flushes, topic, seq, payload, false);
+        if relayed == Relayed::Ahead {
+            // An announcement was missed: the stream has it.
+            fill(shared, redis, topic, Some(seq));
+        } else {
+            count(shared, redis, relayed);
+        }
+    }
+    Ok(())
+}
+
+/// Counts a relayed message's deliveries; whether it was delivered.
+fn count(shared: &Shared, redis: &Redis, relayed: Relayed) -> bool {
+    let Relayed::Delivered { delivered, dropped } = relayed else {
+        return false;
+    };
+    redis.relayed_in.inc();
+    shared.metrics.deliveries.inc_by(delivered as u64);
+    shared.metrics.undelivered.inc_by(dropped as u64);
+    true
+}
+
+/// `<seq> <payload>`.
+fn split_announcement(body: &[u8]) -> Option<(u64, &[u8])> {
+    let space = body.iter().position(|&b| b == b' ')?;
+    let seq = std::str::from_utf8(&body[..space]).ok()?.parse().ok()?;
+    Some((seq, &body[space + 1..]))
+}
+
+/// Delivers what the stream holds after what `topic`'s local subscribers
+/// have seen, up to `until` (or all of it). A failure is left to the next
+/// announcement or reconnect, which fill again.
+fn fill(shared: &Shared, redis: &Redis, topic: &str, until: Option<u64>) {
+    if until.is_none() {
+        // After a reconnect: a Redis that lost data (restarted without its
+        // append-only file, or fail-over to a replica that lagged) numbers
+        // from where it is, below what was delivered here. Its new messages
+        // must not be taken for old ones.
+        if let (Ok(last), Some(delivered)) = (redis.last_seq(topic), shared.topics.delivered(topic))
+            && last < delivered
+        {
+            warn!(
+                topic,
+                redis_last = last,
+                delivered,
+                "redis numbers this topic below what was delivered: it lost data; numbering follows redis from here"
+            );
+            shared.topics.restart_numbering(topic, last);
+        }
+    }
+    loop {
+        let Some(next) = shared.topics.delivered(topic).map(|seq| seq + 1) else {
+            return; // nobody local follows it any more
+        };
+        if until.is_some_and(|until| next > until) {
+            return;
+        }
+        let entries = match redis.range(topic, next, until, FILL_BATCH) {
+            Ok(entries) => entries,
+            Err(e) => {
+                debug!(topic, "fill failed: {e}");
+                return;
+            }
+        };
+        let n = entries.len();
+        for (seq, payload) in entries {
+            // Past a hole the stream no longer holds (trimmed by the cap or
+            // the TTL before this instance read it), delivery goes on.
+            let relayed = shared
+                .topics
+                .relay(&shared.flushes, topic, seq, &payload, true);
+            if count(shared, redis, relayed) {
+                redis.metrics.filled.inc();
+            }
+        }
+        if n < FILL_BATCH {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_announcements() {
+        let keys = Keys::of("chat:1/a");
+        assert_eq!(keys.seq, "wheel:{chat:1/a}:seq");
+        assert_eq!(keys.log, "wheel:{chat:1/a}:log");
+        assert_eq!(Keys::topic_of(&keys.channel), Some("chat:1/a"));
+        assert_eq!(Keys::topic_of("other"), None);
+        assert_eq!(split_announcement(b"12 a b"), Some((12, &b"a b"[..])));
+        assert_eq!(split_announcement(b"7 "), Some((7, &b""[..])));
+        assert_eq!(split_announcement(b"x y"), None);
+        assert_eq!(split_announcement(b"12"), None);
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        let retention = Retention {
+            count: 10,
+            ttl: Duration::from_secs(1),
+        };
+        assert!(Redis::new("http://x", None, Duration::from_secs(1), retention).is_err());
+        assert!(
+            Redis::new(
+                "redis://127.0.0.1:1/0",
+                Some("pw"),
+                Duration::from_secs(1),
+                retention
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! Topics across instances through a real Redis (`--redis`): every
+//! subscriber on every instance gets every message once and in order,
+//! resume works on any instance from the shared history, concurrent
+//! publishers on two instances get unique contiguous numbers, and a Redis
+//! outage refuses publishes visibly and loses nothing accepted.
+//!
+//! Each test starts its own `redis-server` (see `util/redis.rs`). The
+//! fail-over through HAProxy with killed instances is in `failover.rs`.
+
+mod util;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use util::redis::{RedisServer, redis_or_skip};
+use util::{Client, Msg, PATIENCE, config, http, http_get, sample, scrape, wait_until};
+use wheel_server::protocol::Message;
+use wheel_server::server::pubsub::PubSub;
+use wheel_server::{Config, Server};
+
+fn instance(redis: &RedisServer, history: usize) -> Server {
+    util::init_logging();
+    Server::with_handler(
+        Config {
+            redis: Some(redis.url()),
+            history,
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..config()
+        },
+        PubSub,
+    )
+    .unwrap()
+}
+
+fn ask(c: &mut Client, text: &str) -> String {
+    c.send(Message::Data(text.as_bytes()));
+    data(c)
+}
+
+fn data(c: &mut Client) -> String {
+    match c.recv_msg() {
+        Msg::Data(p) => String::from_utf8(p).unwrap(),
+        other => panic!("expected DATA, got {other:?}"),
+    }
+}
+
+/// `MSG <topic> <seq> <payload>` as (seq, payload).
+fn msg(c: &mut Client, topic: &str) -> (u64, String) {
+    let text = data(c);
+    let rest = text
+        .strip_prefix(&format!("MSG {topic} "))
+        .unwrap_or_else(|| panic!("expected a MSG of {topic}, got {text:?}"));
+    let (seq, payload) = rest.split_once(' ').unwrap();
+    (seq.parse().unwrap(), payload.to_owned())
+}
+
+/// The sequence number in `OK PUB <topic> <seq>`.
+fn acked(reply: &str, topic: &str) -> u64 {
+    reply
+        .strip_prefix(&format!("OK PUB {topic} "))
+        .unwrap_or_else(|| panic!("expected OK PUB, got {reply:?}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn three_instances_deliver_every_message_once_in_the_same_order() {
+    if !redis_or_skip() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let servers: Vec<Server> = (0..3).map(|_| instance(&redis, 100)).collect();
+    let mut subscribers: Vec<Client> = servers
+        .iter()
+        .map(|s| Client::connect(s.local_addr()))
+        .collect();
+    for s in &mut subscribers {
+        assert_eq!(ask(s, "SUB room"), "OK SUB room 0");
+    }
+    let mut publishers: Vec<Client> = servers
+        .iter()
+        .map(|s| Client::connect(s.local_addr()))
+        .collect();
+    // Publishes on every instance, interleaved: what each was numbered.
+    let mut sent = HashMap::new();
+    for round in 0..20 {
+        for (i, p) in publishers.iter_mut().enumerate() {
+            let payload = format!("from-{i}-{round}");
+            let seq = acked(&ask(p, &format!("PUB room {payload}")), "room");
+            assert!(sent.insert(seq, payload).is_none(), "seq {seq} given twice");
+        }
+    }
+    assert_eq!(sent.len(), 60);
+    for (i, s) in subscribers.iter_mut().enumerate() {
+        for want in 1..=60u64 {
+            let (seq, payload) = msg(s, "room");
+            assert_eq!(seq, want, "subscriber on instance {i}");
+            assert_eq!(payload, sent[&seq], "subscriber on instance {i}");
+        }
+        assert!(
+            s.try_recv(util::ms(100)).is_none(),
+            "nothing after the last message"
+        );
+    }
+    let metrics = scrape(servers[0].metrics_addr().unwrap());
+    assert_eq!(
+        sample(&metrics, "wheel_redis_relayed_total{direction=\"out\"}"),
+        20.0
+    );
+    assert_eq!(
+        sample(&metrics, "wheel_redis_relayed_total{direction=\"in\"}"),
+        60.0
+    );
+    assert_eq!(sample(&metrics, "wheel_redis_up"), 1.0);
+}
+
+#[test]
+fn a_subscriber_resumes_on_another_instance_from_the_shared_history() {
+    if !redis_or_skip() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, 5), instance(&redis, 5));
+    let mut publisher = Client::connect(a.local_addr());
+    for n in 1..=8 {
+        assert_eq!(
+            ask(&mut publisher, &format!("PUB news m{n}")),
+            format!("OK PUB news {n}")
+        );
+    }
+    // Everything after 5 is still held: recovered.
+    let mut resumed = Client::connect(b.local_addr());
+    assert_eq!(ask(&mut resumed, "SUB news 5"), "OK SUB news 8 recovered");
+    for n in 6..=8 {
+        assert_eq!(msg(&mut resumed, "news"), (n, format!("m{n}")));
+    }
+    // Live messages follow the replay, from any instance.
+    assert_eq!(ask(&mut publisher, "PUB news m9"), "OK PUB news 9");
+    assert_eq!(msg(&mut resumed, "news"), (9, "m9".into()));
+    // History holds 5..9: after 1, messages 2..4 are lost.
+    let mut late = Client::connect(b.local_addr());
+    assert_eq!(ask(&mut late, "SUB news 1"), "OK SUB news 9 gap 2");
+    for n in 5..=9 {
+        assert_eq!(msg(&mut late, "news"), (n, format!("m{n}")));
+    }
+    // A number past the last: the topic started over.
+    let mut stranger = Client::connect(b.local_addr());
+    assert_eq!(ask(&mut stranger, "SUB news 100"), "OK SUB news 9 gap 1");
+    for n in 5..=9 {
+        assert_eq!(msg(&mut stranger, "news"), (n, format!("m{n}")));
+    }
+    // The same numbers on the instance that published.
+    let mut local = Client::connect(a.local_addr());
+    assert_eq!(ask(&mut local, "SUB news 7"), "OK SUB news 9 recovered");
+    assert_eq!(msg(&mut local, "news"), (8, "m8".into()));
+    assert_eq!(msg(&mut local, "news"), (9, "m9".into()));
+}
+
+#[test]
+fn two_instances_racing_on_one_topic_get_unique_contiguous_numbers() {
+    if !redis_or_skip() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let servers = [instance(&redis, 10), instance(&redis, 10)];
+    const THREADS: usize = 4;
+    const EACH: usize = 250;
+    let mut seqs: Vec<u64> = std::thread::scope(|scope| {
+        let workers: Vec<_> = servers
+            .iter()
+            .flat_map(|s| (0..THREADS).map(move |_| s.handle()))
+            .map(|handle| {
+                scope.spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            handle
+                                .publish("race", format!("{i}").as_bytes())
+                                .unwrap()
+                                .seq
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    seqs.sort_unstable();
+    let total = (2 * THREADS * EACH) as u64;
+    assert_eq!(seqs, (1..=total).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_redis_outage_refuses_publishes_and_loses_nothing_accepted() {
+    if !redis_or_skip() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let (a, b) = (instance(&redis, 100), instance(&redis, 100));
+    let (a_http, b_http) = (a.metrics_addr().unwrap(), b.metrics_addr().unwrap());
+    let mut sub = Client::connect(b.local_addr());
+    assert_eq!(ask(&mut sub, "SUB feed"), "OK SUB feed 0");
+    let mut publisher = Client::connect(a.local_addr());
+    for n in 1..=5 {
+        assert_eq!(
+            ask(&mut publisher, &format!("PUB feed {n}")),
+            format!("OK PUB feed {n}")
+        );
+    }
+    for n in 1..=5 {
+        assert_eq!(msg(&mut sub, "feed"), (n, n.to_string()));
+    }
+    assert_eq!(http_get(b_http, "/readyz").0, 200);
+
+    redis.kill();
+    // Refused, visibly, on both paths.
+    let reply = ask(&mut publisher, "PUB feed lost");
+    assert!(reply.starts_with("ERR redis unavailable"), "{reply}");
+    let (status, body) = post(a_http, "/publish/feed", "lost");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("redis unavailable"), "{body}");
+    // A subscription cannot be numbered either.
+    let mut newcomer = Client::connect(a.local_addr());
+    let reply = ask(&mut newcomer, "SUB other");
+    assert!(reply.starts_with("ERR redis unavailable"), "{reply}");
+    // Still serving: healthy, not ready; the subscriber keeps its
+    // connection.
+    assert!(wait_until(PATIENCE, || http_get(b_http, "/readyz").0 == 503));
+    assert_eq!(
+        http_get(b_http, "/healthz"),
+        (200, "ok; redis down\n".into())
+    );
+    assert_eq!(ask(&mut sub, "PING still"), "PONG still");
+
+    redis.restart();
+    assert!(wait_until(PATIENCE, || http_get(b_http, "/readyz").0 == 200));
+    assert!(wait_until(PATIENCE, || http_get(a_http, "/readyz").0 == 200));
+    for n in 6..=10 {
+        assert_eq!(
+            ask(&mut publisher, &format!("PUB feed {n}")),
+            format!("OK PUB feed {n}")
+        );
+    }
+    // Nothing refused arrives, nothing accepted is missing.
+    for n in 6..=10 {
+        assert_eq!(msg(&mut sub, "feed"), (n, n.to_string()));
+    }
+    let metrics = scrape(b_http);
+    assert!(sample(&metrics, "wheel_redis_reconnects_total") >= 1.0);
+
+    // The follower's connection alone dropped while publishes go on: what
+    // it missed is filled from the stream.
+    let killed = redis.command("CLIENT KILL TYPE pubsub").unwrap();
+    assert!(killed.starts_with(':'), "{killed}");
+    for n in 11..=40 {
+        assert_eq!(
+            ask(&mut publisher, &format!("PUB feed {n}")),
+            format!("OK PUB feed {n}")
+        );
+    }
+    let start = Instant::now();
+    for n in 11..=40 {
+        assert_eq!(msg(&mut sub, "feed"), (n, n.to_string()));
+    }
+    eprintln!(
+        "after the follower's connection was killed: caught up in {:?}, {} filled from the stream",
+        start.elapsed(),
+        sample(&scrape(b_http), "wheel_redis_filled_total")
+    );
+}
+
+fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}

@@ -1,0 +1,113 @@
+//! A real `redis-server` per test: on a free loopback port, with an
+//! append-only file in a directory of its own (so that a restart keeps the
+//! data, as a production Redis must), killed and its directory removed on
+//! drop.
+//!
+//! Needs Debian's `redis-server` (`.ci/run` installs it). Without it a test
+//! says SKIPPED on stderr; under CI it fails.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{PATIENCE, tool_or_skip, wait_until};
+
+pub fn redis_or_skip() -> bool {
+    tool_or_skip("redis-server", "--version")
+}
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts one on a free port and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "wheel-redis-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = RedisServer {
+            child: None,
+            addr,
+            dir,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    /// Kills it (SIGKILL: no goodbye to its clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data, and waits until
+    /// it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.addr.port().to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        assert!(
+            wait_until(PATIENCE, || self
+                .command("PING")
+                .is_some_and(|r| r == "+PONG")),
+            "redis-server did not answer on {}",
+            self.addr
+        );
+    }
+
+    /// One inline command's first reply line, if Redis answered.
+    pub fn command(&self, line: &str) -> Option<String> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        Some(text.lines().next().unwrap_or_default().to_owned())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
