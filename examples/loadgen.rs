@@ -41,9 +41,13 @@ struct Args {
 
 #[derive(clap::Args, Clone)]
 struct Common {
-    /// Server address.
+    /// Server address (the publisher's, in fanout).
     #[arg(long, default_value = "127.0.0.1:5005")]
     addr: SocketAddr,
+    /// More server addresses: the connections are spread over --addr and
+    /// these in turn (several instances sharing topics through Redis).
+    #[arg(long = "also-addr", value_name = "ADDR")]
+    also: Vec<SocketAddr>,
     /// Number of connections.
     #[arg(short = 'n', long, default_value_t = 100)]
     connections: usize,
@@ -308,9 +312,12 @@ async fn send(w: &mut OwnedWriteHalf, msg: Message<'_>) -> io::Result<()> {
 async fn open_all(common: &Common) -> (Vec<(TcpStream, Instant)>, usize) {
     let sem = Rc::new(tokio::sync::Semaphore::new(common.connect_concurrency));
     let mut tasks = Vec::with_capacity(common.connections);
-    for _ in 0..common.connections {
+    let addrs: Vec<SocketAddr> = std::iter::once(common.addr)
+        .chain(common.also.iter().copied())
+        .collect();
+    for i in 0..common.connections {
         let sem = Rc::clone(&sem);
-        let addr = common.addr;
+        let addr = addrs[i % addrs.len()];
         let path = common.ws.clone();
         tasks.push(tokio::task::spawn_local(async move {
             let _permit = sem.acquire().await.unwrap();
