@@ -150,6 +150,10 @@ enum Cmd {
         /// Payload bytes (at least 32).
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Publish through this instance instead of --addr (subscribers on
+        /// one instance, the publisher on another).
+        #[arg(long, value_name = "ADDR")]
+        publish_addr: Option<SocketAddr>,
     },
     /// N connections authenticate with HS256 tokens whose `exp` is spread
     /// over `--spread` whole seconds; how long after its `exp` each gets
@@ -250,7 +254,8 @@ fn main() -> io::Result<()> {
                 rate,
                 count,
                 size,
-            } => fanout(common, target, rate, count, size).await,
+                publish_addr,
+            } => fanout(common, target, rate, count, size, publish_addr).await,
             Cmd::AuthExpiry {
                 common,
                 secret,
@@ -801,6 +806,7 @@ async fn fanout(
     rate: f64,
     count: usize,
     size: usize,
+    publish_addr: Option<SocketAddr>,
 ) -> io::Result<serde_json::Value> {
     const TOPIC: &str = "bench";
     let size = size.max(32);
@@ -883,7 +889,7 @@ async fn fanout(
     }
     // Every subscriber confirmed before the first publish.
     let _all = subscribed.acquire_many(n as u32).await.unwrap();
-    let publisher = TcpStream::connect(common.addr).await?;
+    let publisher = TcpStream::connect(publish_addr.unwrap_or(common.addr)).await?;
     publisher.set_nodelay(true)?;
     let (mut pr, mut pw) = publisher.into_split();
     // Drain the publisher's acknowledgements.

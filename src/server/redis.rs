@@ -21,9 +21,10 @@
 //!
 //! One thread per instance, `wheel-redis`, follows the topics that have
 //! local subscribers. It holds its own Redis connection in subscribed mode
-//! and hands each announcement to [`Topics::deliver`], which writes it to
-//! the local subscribers only if it is the next number; otherwise the
-//! follower reads what is missing from the stream first. The stream is the
+//! and hands each announcement to
+//! [`Topics::relay`](super::topics::Topics::relay), which writes it to the
+//! local subscribers only if it is the next number; otherwise the follower
+//! reads what is missing from the stream first. The stream is the
 //! truth and the announcements only say "there is more", so nothing an
 //! announcement misses is lost: not while the follower reconnects, not
 //! between a first subscriber's `SUB` and its channel subscription. After a
@@ -675,6 +676,22 @@ mod tests {
         assert_eq!(split_announcement(b"7 "), Some((7, &b""[..])));
         assert_eq!(split_announcement(b"x y"), None);
         assert_eq!(split_announcement(b"12"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever Redis sends on a channel: an announcement or nothing,
+        /// never a panic; a well-formed one comes back whole.
+        #[test]
+        fn any_announcement_parses_or_is_ignored(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            if let Some((_, payload)) = split_announcement(&body) {
+                proptest::prop_assert!(body.ends_with(payload));
+            }
+            let wire = [seq.to_string().as_bytes(), b" ", &body].concat();
+            proptest::prop_assert_eq!(split_announcement(&wire), Some((seq, &body[..])));
+        }
     }
 
     #[test]
