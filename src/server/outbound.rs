@@ -49,7 +49,10 @@
 //! be readable outside the lock, then the session reads it without
 //! blocking and decrypts under the lock ([`Outbound::tls_pump`]): no lock
 //! is ever held across a blocking read, and no read-ahead buffer of ours
-//! sits beside the session's own.
+//! sits beside the session's own. While the session handshakes, its work
+//! runs on the TLS handshake threads
+//! ([`HandshakePool`]), the worker waiting with
+//! the lock held, as the session's only user then.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -63,6 +66,7 @@ use rustls::ServerConnection;
 
 use super::close::{CloseRequest, CloseState};
 use super::id::ConnId;
+use super::tls::HandshakePool;
 use crate::sys;
 
 /// Queue capacity kept once a queue empties; more is given back, so a
@@ -829,14 +833,18 @@ impl Outbound {
 
     /// TLS: feeds the session bytes that came before it could read the
     /// socket itself (those after a PROXY header).
-    pub(crate) fn tls_feed(&self, mut early: &[u8]) -> Result<(), rustls::Error> {
+    pub(crate) fn tls_feed(
+        &self,
+        handshakes: &HandshakePool,
+        mut early: &[u8],
+    ) -> Result<(), rustls::Error> {
         let mut st = self.state.lock();
-        let tls = st.tls.as_mut().expect("a TLS connection");
         while !early.is_empty() {
+            let tls = st.tls.as_mut().expect("a TLS connection");
             if tls.read_tls(&mut early).is_err() {
                 break;
             }
-            tls.process_new_packets()?;
+            handshakes.process(&mut st.tls)?;
         }
         Ok(())
     }
@@ -851,13 +859,14 @@ impl Outbound {
         &self,
         id: ConnId,
         flushes: &Flushes,
+        handshakes: &HandshakePool,
         plain: &mut [u8],
     ) -> Result<Pumped, rustls::Error> {
         let mut st = self.state.lock();
         let outcome = {
-            let tls = st.tls.as_mut().expect("a TLS connection");
             let mut socket = NonBlockingRead(&self.stream);
             loop {
+                let tls = st.tls.as_mut().expect("a TLS connection");
                 if !plain.is_empty() {
                     match tls.reader().read(plain) {
                         Ok(0) => break Ok(Pumped::Closed),
@@ -878,9 +887,15 @@ impl Outbound {
                     // worker decodes or waits, then comes back.
                     Err(_) => break Ok(Pumped::NeedBytes),
                 }
-                if let Err(e) = tls.process_new_packets() {
+                let processed = if tls.is_handshaking() {
+                    handshakes.process(&mut st.tls)
+                } else {
+                    tls.process_new_packets().map(drop)
+                };
+                if let Err(e) = processed {
                     break Err(e);
                 }
+                let tls = st.tls.as_ref().expect("a TLS connection");
                 if plain.is_empty() && !tls.is_handshaking() {
                     break Ok(Pumped::NeedBytes);
                 }

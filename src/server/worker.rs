@@ -237,7 +237,8 @@ impl Worker {
             // What came after a PROXY header is the TLS session's.
             let early = self.input.data().len();
             if early > 0 {
-                let fed = self.conn.out.tls_feed(self.input.data());
+                let handshakes = &self.shared.tls.as_ref().expect("a TLS listener").handshakes;
+                let fed = self.conn.out.tls_feed(handshakes, self.input.data());
                 self.input.consume(early);
                 if let Err(e) = fed {
                     return Err(self.tls_failed(&e));
@@ -502,10 +503,12 @@ impl Worker {
             return Ok(n);
         }
         loop {
-            let pumped =
-                self.conn
-                    .out
-                    .tls_pump(self.conn.id, &self.shared.flushes, self.input.spare(limit));
+            let pumped = self.conn.out.tls_pump(
+                self.conn.id,
+                &self.shared.flushes,
+                &self.shared.tls.as_ref().expect("a TLS listener").handshakes,
+                self.input.spare(limit),
+            );
             match pumped {
                 Ok(Pumped::Plaintext(n)) => {
                     self.input.filled(n);
@@ -538,7 +541,8 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let flushes = &shared.flushes;
         loop {
-            let pumped = self.conn.out.tls_pump(id, flushes, &mut []);
+            let handshakes = &shared.tls.as_ref().expect("a TLS listener").handshakes;
+            let pumped = self.conn.out.tls_pump(id, flushes, handshakes, &mut []);
             // The session's answer (or its alert) goes out, blocking if
             // the socket is full: only this thread writes before the
             // handshake is done.
