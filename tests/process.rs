@@ -51,6 +51,9 @@ fn help_lists_every_flag_and_its_environment_variable() {
         "--history",
         "--history-ttl",
         "--max-subscriptions",
+        "--redis",
+        "--redis-password",
+        "--redis-timeout",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -101,6 +104,33 @@ fn invalid_values_are_refused_before_listening() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("power of two"), "stderr: {stderr}");
     assert!(!stderr.contains("listening on"));
+}
+
+/// Bad Redis settings: exit 2 with one line naming the flag, and no
+/// password in it.
+#[test]
+fn bad_redis_settings_are_one_line_and_exit_2() {
+    for (args, want) in [
+        (
+            &["--redis", "http://secret@x"][..],
+            "invalid value for --redis: invalid URL",
+        ),
+        (
+            &["--redis", "redis://127.0.0.1:1/0", "--redis-timeout", "0s"],
+            "invalid value for --redis-timeout: must be longer than zero",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
 }
 
 #[test]
