@@ -747,3 +747,77 @@ fn subscriptions_resume_after_reconnects_with_nothing_lost_or_repeated() {
     let (next, _) = until(&client, |e| matches!(e, Event::Message { .. }));
     assert!(matches!(next, Event::Message { seq: 5, .. }), "{next:?}");
 }
+
+/// A server that started over (restarted without its history, or a Redis
+/// that lost its data) numbers the topic from 1 again: the resumed
+/// subscription answers `gap 1`, and the client delivers the new numbers
+/// instead of taking them for messages it has seen.
+#[test]
+fn a_topic_that_started_over_is_delivered_after_the_gap() {
+    use std::sync::{Arc, Mutex};
+    use wheel_server::server::pubsub::PubSub;
+    let start = || {
+        wheel_server::Server::with_handler(
+            Config {
+                history: 10,
+                ..config()
+            },
+            PubSub,
+        )
+        .unwrap()
+    };
+    let (first, second) = (start(), start());
+    let target = Arc::new(Mutex::new(first.local_addr()));
+    let resolver = {
+        let target = Arc::clone(&target);
+        wheel_server::client::Resolver::new(move |_, _| Ok(vec![*target.lock().unwrap()]))
+    };
+    let client = Client::start(ClientConfig {
+        subscriptions: vec!["news".into()],
+        resolver,
+        ..fast_to(wheel_server::client::ServerAddr::Name {
+            host: "news.test".into(),
+            port: 1,
+        })
+    })
+    .unwrap();
+    let old = first.handle();
+    assert!(util::wait_until(PATIENCE, || old.subscribers("news") == 1));
+    for n in 1..=3 {
+        old.publish("news", format!("old{n}").as_bytes()).unwrap();
+    }
+    until(&client, |e| matches!(e, Event::Message { seq: 3, .. }));
+    // The replacement has numbered two messages of its own.
+    let new = second.handle();
+    new.publish("news", b"new1").unwrap();
+    new.publish("news", b"new2").unwrap();
+    *target.lock().unwrap() = second.local_addr();
+    old.close(first.connection_ids()[0], 1001, "restarting")
+        .unwrap();
+    // Heartbeat events keep coming: the wait is bounded by time.
+    let deadline = Instant::now() + PATIENCE;
+    let mut got = Vec::new();
+    while got.len() < 3 && Instant::now() < deadline {
+        match client.events().recv_timeout(ms(100)) {
+            Ok(e @ (Event::Gap { .. } | Event::Message { .. })) => got.push(e),
+            _ => {}
+        }
+    }
+    let message = |seq, payload: &str| Event::Message {
+        topic: "news".into(),
+        seq,
+        payload: payload.into(),
+    };
+    assert_eq!(
+        got,
+        [
+            Event::Gap {
+                topic: "news".into(),
+                first_missing: 1
+            },
+            message(1, "new1"),
+            message(2, "new2")
+        ]
+    );
+    client.close();
+}

@@ -289,7 +289,10 @@ pub enum Event {
     },
     /// A resumed subscription could not be filled: messages from
     /// `first_missing` on were published while the client was away and are
-    /// no longer in the server's history.
+    /// no longer in the server's history. A `first_missing` at or below a
+    /// number already delivered means the topic started over (the server
+    /// restarted, or its Redis lost its data): the messages that follow
+    /// carry the new numbers and are delivered.
     Gap {
         /// The topic.
         topic: String,

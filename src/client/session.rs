@@ -160,7 +160,14 @@ impl Manager {
                 let latest = words.get(1).and_then(|w| w.parse::<u64>().ok());
                 match words.get(2..) {
                     Some(["gap", first]) => {
-                        let first_missing = first.parse().unwrap_or(0);
+                        let first_missing: u64 = first.parse().unwrap_or(0);
+                        // The replay starts after the hole. A hole below
+                        // what was seen means the topic started over (the
+                        // server restarted, or its Redis lost its data):
+                        // its numbers are new messages, not repeats.
+                        if first_missing > 0 {
+                            *last = Some(first_missing - 1);
+                        }
                         let topic = name.clone();
                         self.emit(Event::Gap {
                             topic,
