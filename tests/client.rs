@@ -798,9 +798,10 @@ fn a_topic_that_started_over_is_delivered_after_the_gap() {
     let deadline = Instant::now() + PATIENCE;
     let mut got = Vec::new();
     while got.len() < 3 && Instant::now() < deadline {
-        match client.events().recv_timeout(ms(100)) {
-            Ok(e @ (Event::Gap { .. } | Event::Message { .. })) => got.push(e),
-            _ => {}
+        if let Ok(e @ (Event::Gap { .. } | Event::Message { .. })) =
+            client.events().recv_timeout(ms(100))
+        {
+            got.push(e);
         }
     }
     let message = |seq, payload: &str| Event::Message {
