@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use util::haproxy::{HaProxy, free_addr, haproxy_or_skip};
+use util::haproxy::{HaProxy, fleet_client, free_addr, haproxy_or_skip};
 use util::redis::{RedisServer, redis_or_skip};
-use util::{PATIENCE, ServerProcess, http, http_get, ms, wait_until};
-use wheel_server::client::{self, Backoff, ClientConfig, Event};
+use util::{PATIENCE, ServerProcess, http, http_get, wait_until};
+use wheel_server::client::{self, ClientConfig, Event};
 
 const CLIENTS: usize = 300;
 const TOPICS: usize = 10;
@@ -96,19 +96,9 @@ fn killed_instances_lose_no_message_of_any_subscriber() {
     let clients: Vec<client::Client> = (0..CLIENTS)
         .map(|i| {
             client::Client::start(ClientConfig {
-                heartbeat_interval: ms(300),
-                heartbeat_timeout: ms(300),
-                heartbeat_retries: 2,
-                connect_timeout: ms(500),
-                backoff: Backoff {
-                    initial: ms(200),
-                    max: ms(1000),
-                    multiplier: 2.0,
-                },
-                seed: Some(i as u64),
                 subscriptions: vec![topic(i), topic(i + 3)],
                 event_capacity: 100_000,
-                ..ClientConfig::new(front)
+                ..fleet_client(front, i as u64)
             })
             .unwrap()
         })

@@ -30,9 +30,9 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::haproxy::{HaProxy, free_addr, haproxy_or_skip};
+use util::haproxy::{HaProxy, fleet_client, free_addr, haproxy_or_skip};
 use util::{PATIENCE, ServerProcess, http_get, ms, sample, scrape, tool_or_skip};
-use wheel_server::client::{self, Backoff, ClientConfig, DeadReason, Event};
+use wheel_server::client::{self, DeadReason, Event};
 
 const CLIENTS: usize = 300;
 /// `--max-connection-age` of every instance.
@@ -118,20 +118,7 @@ impl Fleet {
     fn start(front: SocketAddr) -> Fleet {
         let members = (0..CLIENTS)
             .map(|i| Member {
-                client: client::Client::start(ClientConfig {
-                    heartbeat_interval: ms(300),
-                    heartbeat_timeout: ms(300),
-                    heartbeat_retries: 2,
-                    connect_timeout: ms(500),
-                    backoff: Backoff {
-                        initial: ms(200),
-                        max: ms(1000),
-                        multiplier: 2.0,
-                    },
-                    seed: Some(i as u64),
-                    ..ClientConfig::new(front)
-                })
-                .unwrap(),
+                client: client::Client::start(fleet_client(front, i as u64)).unwrap(),
                 sent: 0,
                 echoed: Vec::new(),
                 local: None,

@@ -10,6 +10,7 @@
 mod util;
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::time::Instant;
 
 use util::redis::{RedisServer, redis_or_skip};
@@ -52,6 +53,24 @@ fn msg(c: &mut Client, topic: &str) -> (u64, String) {
         .unwrap_or_else(|| panic!("expected a MSG of {topic}, got {text:?}"));
     let (seq, payload) = rest.split_once(' ').unwrap();
     (seq.parse().unwrap(), payload.to_owned())
+}
+
+/// Publishes `<prefix><n>` to `topic` for each `n`, expecting each to be
+/// numbered `n`.
+fn publish_numbered(c: &mut Client, topic: &str, prefix: &str, ns: RangeInclusive<u64>) {
+    for n in ns {
+        assert_eq!(
+            ask(c, &format!("PUB {topic} {prefix}{n}")),
+            format!("OK PUB {topic} {n}")
+        );
+    }
+}
+
+/// Expects `MSG <topic> <n> <prefix><n>` for each `n`, in order.
+fn expect_numbered(c: &mut Client, topic: &str, prefix: &str, ns: RangeInclusive<u64>) {
+    for n in ns {
+        assert_eq!(msg(c, topic), (n, format!("{prefix}{n}")));
+    }
 }
 
 /// The sequence number in `OK PUB <topic> <seq>`.
@@ -122,33 +141,22 @@ fn a_subscriber_resumes_on_another_instance_from_the_shared_history() {
     let redis = RedisServer::start();
     let (a, b) = (instance(&redis, 5), instance(&redis, 5));
     let mut publisher = Client::connect(a.local_addr());
-    for n in 1..=8 {
-        assert_eq!(
-            ask(&mut publisher, &format!("PUB news m{n}")),
-            format!("OK PUB news {n}")
-        );
-    }
+    publish_numbered(&mut publisher, "news", "m", 1..=8);
     // Everything after 5 is still held: recovered.
     let mut resumed = Client::connect(b.local_addr());
     assert_eq!(ask(&mut resumed, "SUB news 5"), "OK SUB news 8 recovered");
-    for n in 6..=8 {
-        assert_eq!(msg(&mut resumed, "news"), (n, format!("m{n}")));
-    }
+    expect_numbered(&mut resumed, "news", "m", 6..=8);
     // Live messages follow the replay, from any instance.
     assert_eq!(ask(&mut publisher, "PUB news m9"), "OK PUB news 9");
     assert_eq!(msg(&mut resumed, "news"), (9, "m9".into()));
     // History holds 5..9: after 1, messages 2..4 are lost.
     let mut late = Client::connect(b.local_addr());
     assert_eq!(ask(&mut late, "SUB news 1"), "OK SUB news 9 gap 2");
-    for n in 5..=9 {
-        assert_eq!(msg(&mut late, "news"), (n, format!("m{n}")));
-    }
+    expect_numbered(&mut late, "news", "m", 5..=9);
     // A number past the last: the topic started over.
     let mut stranger = Client::connect(b.local_addr());
     assert_eq!(ask(&mut stranger, "SUB news 100"), "OK SUB news 9 gap 1");
-    for n in 5..=9 {
-        assert_eq!(msg(&mut stranger, "news"), (n, format!("m{n}")));
-    }
+    expect_numbered(&mut stranger, "news", "m", 5..=9);
     // The same numbers on the instance that published.
     let mut local = Client::connect(a.local_addr());
     assert_eq!(ask(&mut local, "SUB news 7"), "OK SUB news 9 recovered");
@@ -203,15 +211,8 @@ fn a_redis_outage_refuses_publishes_and_loses_nothing_accepted() {
     let mut sub = Client::connect(b.local_addr());
     assert_eq!(ask(&mut sub, "SUB feed"), "OK SUB feed 0");
     let mut publisher = Client::connect(a.local_addr());
-    for n in 1..=5 {
-        assert_eq!(
-            ask(&mut publisher, &format!("PUB feed {n}")),
-            format!("OK PUB feed {n}")
-        );
-    }
-    for n in 1..=5 {
-        assert_eq!(msg(&mut sub, "feed"), (n, n.to_string()));
-    }
+    publish_numbered(&mut publisher, "feed", "", 1..=5);
+    expect_numbered(&mut sub, "feed", "", 1..=5);
     assert_eq!(http_get(b_http, "/readyz").0, 200);
 
     redis.kill();
@@ -237,16 +238,9 @@ fn a_redis_outage_refuses_publishes_and_loses_nothing_accepted() {
     redis.restart();
     assert!(wait_until(PATIENCE, || http_get(b_http, "/readyz").0 == 200));
     assert!(wait_until(PATIENCE, || http_get(a_http, "/readyz").0 == 200));
-    for n in 6..=10 {
-        assert_eq!(
-            ask(&mut publisher, &format!("PUB feed {n}")),
-            format!("OK PUB feed {n}")
-        );
-    }
+    publish_numbered(&mut publisher, "feed", "", 6..=10);
     // Nothing refused arrives, nothing accepted is missing.
-    for n in 6..=10 {
-        assert_eq!(msg(&mut sub, "feed"), (n, n.to_string()));
-    }
+    expect_numbered(&mut sub, "feed", "", 6..=10);
     let metrics = scrape(b_http);
     assert!(sample(&metrics, "wheel_redis_reconnects_total") >= 1.0);
 
@@ -254,16 +248,9 @@ fn a_redis_outage_refuses_publishes_and_loses_nothing_accepted() {
     // it missed is filled from the stream.
     let killed = redis.command("CLIENT KILL TYPE pubsub").unwrap();
     assert!(killed.starts_with(':'), "{killed}");
-    for n in 11..=40 {
-        assert_eq!(
-            ask(&mut publisher, &format!("PUB feed {n}")),
-            format!("OK PUB feed {n}")
-        );
-    }
+    publish_numbered(&mut publisher, "feed", "", 11..=40);
     let start = Instant::now();
-    for n in 11..=40 {
-        assert_eq!(msg(&mut sub, "feed"), (n, n.to_string()));
-    }
+    expect_numbered(&mut sub, "feed", "", 11..=40);
     eprintln!(
         "after the follower's connection was killed: caught up in {:?}, {} filled from the stream",
         start.elapsed(),

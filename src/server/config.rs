@@ -151,7 +151,7 @@ pub struct Config {
     /// Redis's password, if not in the URL (it overrides the URL's).
     pub redis_password: Option<String>,
     /// How long a Redis connect or command may take, and how long a
-    /// publisher waits for one of the pooled connections.
+    /// publisher waits for room in the Redis command queue.
     pub redis_timeout: Duration,
     /// Bearer token the admin endpoints (publish, send, close, topics)
     /// require; `/healthz` and `/metrics` stay open. Required when
@@ -304,12 +304,7 @@ impl Config {
             return invalid("redis_timeout", "must be longer than zero".into());
         }
         if let Some(url) = &self.redis
-            && let Err(why) = super::redis::Redis::new(
-                url,
-                self.redis_password.as_deref(),
-                self.redis_timeout,
-                self.retention(),
-            )
+            && let Err(why) = super::redis::client(url, self.redis_password.as_deref())
         {
             return invalid("redis", why);
         }

@@ -202,15 +202,15 @@ impl Server {
         let config_per_ip = config.max_connections_per_ip;
         let config_rate = config.max_connect_rate_per_ip.map(f64::from);
         let redis = match &config.redis {
-            Some(url) => Some(
-                redis::Redis::new(
-                    url,
-                    config.redis_password.as_deref(),
+            Some(url) => {
+                let client = redis::client(url, config.redis_password.as_deref())
+                    .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+                Some(redis::Redis::new(
+                    client,
                     config.redis_timeout,
                     config.retention(),
-                )
-                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?,
-            ),
+                ))
+            }
             None => None,
         };
         let retention = config.retention();

@@ -61,6 +61,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redis::{Connection, RedisResult};
 use tracing::{debug, info, warn};
 
+use super::metrics::Label;
 use super::shared::Shared;
 use super::topics::{Relayed, Retention};
 use crate::client::Backoff;
@@ -126,7 +127,7 @@ pub(crate) struct RedisMetrics {
     pub(crate) reconnects: Counter,
     /// Messages published through Redis (`out`) and delivered from it to
     /// local subscribers (`in`).
-    pub(crate) relayed: Family<Vec<(&'static str, &'static str)>, Counter>,
+    pub(crate) relayed: Family<Label, Counter>,
     /// Messages read from a stream because their announcement was missed.
     pub(crate) filled: Counter,
     /// Commands that failed.
@@ -135,7 +136,7 @@ pub(crate) struct RedisMetrics {
 
 impl RedisMetrics {
     fn new() -> RedisMetrics {
-        let metrics = RedisMetrics {
+        RedisMetrics {
             up: Gauge::default(),
             // 50 µs to about 1.6 s.
             roundtrip: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
@@ -143,20 +144,12 @@ impl RedisMetrics {
             relayed: Family::default(),
             filled: Counter::default(),
             errors: Counter::default(),
-        };
-        for direction in ["in", "out"] {
-            drop(
-                metrics
-                    .relayed
-                    .get_or_create(&vec![("direction", direction)]),
-            );
         }
-        metrics
     }
 
     fn relayed(&self, direction: &'static str) -> Counter {
         self.relayed
-            .get_or_create(&vec![("direction", direction)])
+            .get_or_create(&[("direction", direction)])
             .clone()
     }
 }
@@ -198,7 +191,8 @@ pub(crate) struct Redis {
     /// connection is older reconnects before its next command, since Redis
     /// may have restarted under it.
     epoch: Arc<AtomicU64>,
-    script: redis::Script,
+    /// The publish script (sent by its hash; loaded again if Redis lost it).
+    script: Arc<redis::Script>,
     /// Topics with local subscribers, for the follower.
     wanted: Mutex<Wanted>,
     /// Set when the server stops.
@@ -220,40 +214,24 @@ struct Wanted {
 }
 
 impl Redis {
-    /// A link to the Redis at `url` (`redis://[:password@]host:port/db`);
-    /// `password`, if given, overrides the URL's. Connects lazily.
-    ///
-    /// # Errors
-    ///
-    /// A URL the `redis` crate does not accept.
-    pub(crate) fn new(
-        url: &str,
-        password: Option<&str>,
-        timeout: Duration,
-        retention: Retention,
-    ) -> Result<Redis, String> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| format!("invalid URL: {e}"))?;
-        if let Some(password) = password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(|e| format!("invalid URL: {e}"))?;
+    /// A link to the Redis `client` names (see [`client`]). Connects
+    /// lazily.
+    pub(crate) fn new(client: redis::Client, timeout: Duration, retention: Retention) -> Redis {
         let metrics = RedisMetrics::new();
-        Ok(Redis {
+        Redis {
             client,
             timeout,
             retention,
             jobs: crossbeam_channel::bounded(QUEUE),
             epoch: Arc::default(),
-            script: redis::Script::new(PUBLISH),
+            script: Arc::new(redis::Script::new(PUBLISH)),
             wanted: Mutex::default(),
             stopping: AtomicBool::new(false),
             relayed_in: metrics.relayed("in"),
             relayed_out: metrics.relayed("out"),
             metrics,
             follower: OnceLock::new(),
-        })
+        }
     }
 
     /// Whether the follower's connection is up.
@@ -310,7 +288,7 @@ impl Redis {
     pub(crate) fn publish(&self, topic: &str, payload: &[u8]) -> Result<u64, Unavailable> {
         let keys = Keys::of(topic);
         let retention = self.retention;
-        let script = self.script.clone();
+        let script = Arc::clone(&self.script);
         let payload = payload.to_vec();
         let seq = self.with(move |conn| {
             script
@@ -405,6 +383,22 @@ impl Redis {
             thread.unpark();
         }
     }
+}
+
+/// The client for the Redis at `url` (`redis://[:password@]host:port/db`);
+/// `password`, if given, overrides the URL's.
+///
+/// # Errors
+///
+/// A URL the `redis` crate does not accept (the message holds no password).
+pub(crate) fn client(url: &str, password: Option<&str>) -> Result<redis::Client, String> {
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| format!("invalid URL: {e}"))?;
+    if let Some(password) = password {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info).map_err(|e| format!("invalid URL: {e}"))
 }
 
 fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
@@ -696,19 +690,26 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused() {
-        let retention = Retention {
-            count: 10,
-            ttl: Duration::from_secs(1),
+        let refused = client("http://secret@x", None).unwrap_err();
+        assert!(refused.starts_with("invalid URL"), "{refused}");
+        assert!(!refused.contains("secret"), "{refused}");
+        // The password of its own overrides the URL's.
+        let password = |url, own| {
+            client(url, own)
+                .unwrap()
+                .get_connection_info()
+                .redis_settings()
+                .password()
+                .map(str::to_owned)
         };
-        assert!(Redis::new("http://x", None, Duration::from_secs(1), retention).is_err());
-        assert!(
-            Redis::new(
-                "redis://127.0.0.1:1/0",
-                Some("pw"),
-                Duration::from_secs(1),
-                retention
-            )
-            .is_ok()
+        assert_eq!(
+            password("redis://:inurl@127.0.0.1:1/0", None),
+            Some("inurl".into())
         );
+        assert_eq!(
+            password("redis://:inurl@127.0.0.1:1/0", Some("own")),
+            Some("own".into())
+        );
+        assert_eq!(password("redis://127.0.0.1:1/0", None), None);
     }
 }

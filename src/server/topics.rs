@@ -365,23 +365,46 @@ impl Topics {
                 dropped: 0,
             });
         }
-        let topic = self.topic(name);
+        let numbered = self.deliver(self.topic(name), flushes, name, payload, |t| {
+            t.seq += 1;
+            let seq = t.seq;
+            let now = Instant::now();
+            if self.retention.count > 0 {
+                t.history_bytes += payload.len();
+                t.history.push_back(Retained {
+                    seq,
+                    at: now,
+                    payload: payload.into(),
+                });
+            }
+            t.expire(self.retention, now);
+            if let Some((publisher, ack)) = ack {
+                let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
+            }
+            Ok::<u64, std::convert::Infallible>(seq)
+        });
+        let Ok((seq, delivered, dropped)) = numbered;
+        Ok(Published {
+            seq,
+            delivered,
+            dropped,
+        })
+    }
+
+    /// Under `topic`'s lock, lets `number` give the message its sequence
+    /// number (or refuse it), writes or queues it to every subscriber, and
+    /// forgets the topic if that left it idle. The number, and how many
+    /// subscribers took it and did not.
+    fn deliver<E>(
+        &self,
+        topic: Arc<Mutex<Topic>>,
+        flushes: &Flushes,
+        name: &str,
+        payload: &[u8],
+        number: impl FnOnce(&mut Topic) -> Result<u64, E>,
+    ) -> Result<(u64, usize, usize), E> {
         let mut t = topic.lock();
-        t.seq += 1;
-        let seq = t.seq;
-        let now = Instant::now();
-        if self.retention.count > 0 {
-            t.history_bytes += payload.len();
-            t.history.push_back(Retained {
-                seq,
-                at: now,
-                payload: payload.into(),
-            });
-        }
-        t.expire(self.retention, now);
-        if let Some((publisher, ack)) = ack {
-            let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
-        }
+        let seq = number(&mut t)?;
         let (delivered, dropped) = fan_out(&mut t, flushes, name, seq, payload);
         let idle = t.is_idle();
         drop(t);
@@ -389,11 +412,7 @@ impl Topics {
         if idle {
             self.forget_if_idle(name);
         }
-        Ok(Published {
-            seq,
-            delivered,
-            dropped,
-        })
+        Ok((seq, delivered, dropped))
     }
 
     /// Delivers message `seq` of `name`, read from Redis, to the local
@@ -410,22 +429,20 @@ impl Topics {
         let Some(topic) = self.by_name.read().get(name).cloned() else {
             return Relayed::Stale;
         };
-        let mut t = topic.lock();
-        if !t.followed || seq <= t.seq {
-            return Relayed::Stale;
+        let relayed = self.deliver(topic, flushes, name, payload, |t| {
+            if !t.followed || seq <= t.seq {
+                return Err(Relayed::Stale);
+            }
+            if seq > t.seq + 1 && !past_hole {
+                return Err(Relayed::Ahead);
+            }
+            t.seq = seq;
+            Ok(seq)
+        });
+        match relayed {
+            Ok((_, delivered, dropped)) => Relayed::Delivered { delivered, dropped },
+            Err(refused) => refused,
         }
-        if seq > t.seq + 1 && !past_hole {
-            return Relayed::Ahead;
-        }
-        t.seq = seq;
-        let (delivered, dropped) = fan_out(&mut t, flushes, name, seq, payload);
-        let idle = t.is_idle();
-        drop(t);
-        drop(topic);
-        if idle {
-            self.forget_if_idle(name);
-        }
-        Relayed::Delivered { delivered, dropped }
     }
 
     /// With Redis: numbering of `name` goes on from `last`, which is below

@@ -9,7 +9,27 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use super::{PATIENCE, tool_or_skip};
+use wheel_server::client::{Backoff, ClientConfig};
+
+use super::{PATIENCE, ms, tool_or_skip};
+
+/// A client of a fleet behind HAProxy: quick heartbeats (dead after about
+/// 900 ms of silence), a short jittered backoff seeded with `seed`.
+pub fn fleet_client(front: SocketAddr, seed: u64) -> ClientConfig {
+    ClientConfig {
+        heartbeat_interval: ms(300),
+        heartbeat_timeout: ms(300),
+        heartbeat_retries: 2,
+        connect_timeout: ms(500),
+        backoff: Backoff {
+            initial: ms(200),
+            max: ms(1000),
+            multiplier: 2.0,
+        },
+        seed: Some(seed),
+        ..ClientConfig::new(front)
+    }
+}
 
 pub fn haproxy_or_skip() -> bool {
     tool_or_skip("haproxy", "-v")
