@@ -287,6 +287,19 @@ fn clients_dying_mid_frame_or_mid_echo_free_everything() {
         .unwrap();
     big.write_all(&frame).unwrap();
     reset(big);
+    // Both must have been accepted and closed: a count of zero alone also
+    // holds before the server has accepted them (a busy machine).
+    let closed_by_reset = || {
+        sample(
+            &util::scrape(metrics),
+            "wheel_connections_closed_total{reason=\"reset\"}",
+        )
+    };
+    assert!(
+        wait_until(PATIENCE, || closed_by_reset() >= 2.0),
+        "{}",
+        util::scrape(metrics)
+    );
     assert!(wait_until(PATIENCE, || server.connection_count() == 0));
     let text = util::scrape(metrics);
     assert_eq!(

@@ -470,10 +470,30 @@ pub(crate) mod test_support {
         (shared, listener)
     }
 
+    /// The kernel buffers of a [`pair`]: the client's receive buffer and
+    /// the server side's send buffer. Set explicitly, so the kernel's
+    /// autotuning cannot grow them while a test relies on a full socket:
+    /// what the kernel can hold is then bounded by [`KERNEL_HOLDS`].
+    const PAIR_BUFFER: usize = 16 * 1024;
+
+    /// More than the kernel can ever take from a [`pair`] whose client does
+    /// not read: both buffers (Linux doubles what is set, for bookkeeping)
+    /// with a wide margin.
+    pub(crate) const KERNEL_HOLDS: usize = 8 * PAIR_BUFFER;
+
     /// A registered connection (no worker) and the client end of its socket.
     pub(crate) fn pair(shared: &Shared, listener: &TcpListener) -> (Arc<Conn>, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(PAIR_BUFFER).unwrap();
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let client: TcpStream = socket.into();
         let (server_side, peer) = listener.accept().unwrap();
+        SockRef::from(&server_side)
+            .set_send_buffer_size(PAIR_BUFFER)
+            .unwrap();
         let config = &shared.config;
         let conn = shared
             .registry

@@ -997,7 +997,7 @@ mod tests {
     use crate::protocol::{Message, OwnedMessage, Protocol, Reader, code};
     use crate::server::Config;
     use crate::server::conn::Conn;
-    use crate::server::test_support::{pair, shared};
+    use crate::server::test_support::{KERNEL_HOLDS, pair, shared};
     use std::io::Read;
     use std::net::TcpStream;
     use std::sync::{Arc, Barrier};
@@ -1316,6 +1316,12 @@ mod tests {
         let (conn, _client) = pair(&shared, &listener);
         let data = encode(Message::Data(&[1; 1000]));
         fill(&conn, &shared.flushes, &data);
+        // A full socket may still take a little (acknowledgements free its
+        // send buffer later on a busy machine): queue more than it can
+        // ever take, so the queue cannot drain before the stall check.
+        while conn.out.queued_bytes() <= KERNEL_HOLDS {
+            conn.out.push(conn.id, &shared.flushes, &data).unwrap();
+        }
         assert_eq!(
             conn.out.flush_listed(Some(Duration::from_secs(60))),
             Flushed::Pending
