@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use wheel_server::protocol::Protocol;
 use wheel_server::server::auth::Jwt;
 use wheel_server::server::{ConfigError, Listen, TlsFiles};
-use wheel_server::{Config, Keepalive, parse_duration};
+use wheel_server::{Config, Keepalive, parse_bytes, parse_duration};
 
 /// Long-connection TCP server: echo service with application heartbeats
 /// (PING/PONG), an idle timeout enforced by a hashed timing wheel, and TCP
@@ -114,11 +114,12 @@ pub struct Args {
     #[arg(long, env = "WHEEL_SERVER_MAX_CONNECT_RATE_PER_IP")]
     max_connect_rate_per_ip: Option<u32>,
 
-    /// Most bytes that may wait to be written to one connection (probes and CLOSEs queued
-    /// while its socket buffer is full); a connection that would need more is closed as a slow
-    /// consumer with CLOSE 4003.
-    #[arg(long, env = "WHEEL_SERVER_MAX_OUTBOX", default_value_t = 1_048_576)]
-    max_outbox: usize,
+    /// Most bytes that may wait to be written to one connection (messages pushed to it, probes,
+    /// CLOSEs, while its socket buffer is full); a connection whose queue would pass it is closed
+    /// as a slow consumer with CLOSE 4003. Must hold the largest message (--max-frame plus 14
+    /// bytes of framing). Default: twice --max-frame.
+    #[arg(long, env = "WHEEL_SERVER_MAX_OUTBOX", value_parser = parse_bytes, value_name = "BYTES")]
+    max_outbox: Option<usize>,
 
     /// On SIGINT/SIGTERM, send CLOSE 1001 and let connections drain this long (the server keeps
     /// answering until each client hangs up), then force the rest closed.
@@ -221,6 +222,31 @@ pub struct Args {
     /// How long a topic keeps a message for resuming subscribers.
     #[arg(long, env = "WHEEL_SERVER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
     history_ttl: Duration,
+
+    /// Bytes of history kept per topic (each message counted with 128 bytes of overhead); past
+    /// it the topic's oldest messages are dropped first. Accepts KiB, MiB, GiB.
+    #[arg(long, env = "WHEEL_SERVER_HISTORY_BYTES", default_value = "4MiB", value_parser = parse_bytes, value_name = "BYTES")]
+    history_bytes: usize,
+
+    /// Bytes of history kept over all topics; past it the oldest message of any topic is dropped
+    /// first (resumes that needed it get gap). Accepts KiB, MiB, GiB.
+    #[arg(long, env = "WHEEL_SERVER_HISTORY_MEMORY", default_value = "256MiB", value_parser = parse_bytes, value_name = "BYTES")]
+    history_memory: usize,
+
+    /// Topics at most; a PUB or SUB that would create another gets ERR too many topics (HTTP
+    /// 503).
+    #[arg(long, env = "WHEEL_SERVER_MAX_TOPICS", default_value_t = 100_000)]
+    max_topics: usize,
+
+    /// PUBs one connection may send per second (a burst of one second's worth); more get ERR
+    /// rate limited, and 100 refused in a row close the connection with CLOSE 1008 (0 = off).
+    #[arg(long, env = "WHEEL_SERVER_MAX_PUBLISH_RATE", default_value_t = 1000)]
+    max_publish_rate: u32,
+
+    /// Payload bytes one connection may publish per second (a burst of one second's worth, at
+    /// least one largest message); more get ERR rate limited (0 = off). Accepts KiB, MiB, GiB.
+    #[arg(long, env = "WHEEL_SERVER_MAX_PUBLISH_BYTES", default_value = "64MiB", value_parser = parse_bytes, value_name = "BYTES")]
+    max_publish_bytes: usize,
 
     /// Topics one connection may subscribe to at most (then ERR too many subscriptions).
     #[arg(long, env = "WHEEL_SERVER_MAX_SUBSCRIPTIONS", default_value_t = 128)]
@@ -448,7 +474,9 @@ impl Args {
             }),
             user_timeout: self.user_timeout,
             write_timeout: nonzero(self.write_timeout),
-            max_outbox: self.max_outbox,
+            max_outbox: self
+                .max_outbox
+                .unwrap_or_else(|| self.max_frame.saturating_mul(2)),
             handshake_timeout: self.handshake_timeout,
             max_connections_per_ip: self.max_connections_per_ip,
             max_connect_rate_per_ip: self.max_connect_rate_per_ip,
@@ -463,6 +491,12 @@ impl Args {
             allowed_origins: self.allowed_origin.clone(),
             history: self.history,
             history_ttl: self.history_ttl,
+            history_bytes: self.history_bytes,
+            history_memory: self.history_memory,
+            max_topics: self.max_topics,
+            max_publish_rate: (self.max_publish_rate > 0).then_some(self.max_publish_rate),
+            max_publish_bytes: (self.max_publish_bytes > 0)
+                .then_some(self.max_publish_bytes as u64),
             max_subscriptions: self.max_subscriptions,
             redis: self.redis.clone(),
             redis_password: self.redis_password.clone(),

@@ -42,15 +42,15 @@
 
 pub mod activity;
 pub mod client;
-mod duration;
 pub mod protocol;
 pub mod server;
 mod sys;
 pub mod time;
 pub mod traffic;
+mod units;
 pub mod wheel;
 
-pub use duration::parse_duration;
+pub use units::{parse_bytes, parse_duration};
 
 /// The README's Rust examples, compiled as doc tests (`cargo test --doc`)
 /// so that they cannot go stale.

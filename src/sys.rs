@@ -160,6 +160,35 @@ pub(crate) fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result
     SockRef::from(stream).recv_with_flags(uninit, libc::MSG_DONTWAIT)
 }
 
+/// Waits up to `timeout` for any of `streams` to have bytes to read (or
+/// their end, or an error); which ones do. An interrupted wait reports
+/// none.
+#[allow(unsafe_code)]
+pub(crate) fn poll_readable(streams: &[&TcpStream], timeout: Duration) -> io::Result<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = streams
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs that
+    // lives across the call; the descriptors are borrowed from open
+    // streams.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(fds.iter().map(|f| f.revents != 0).collect())
+}
+
 /// Sends without blocking; returns how many bytes the kernel took.
 pub(crate) fn send_nonblocking(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)

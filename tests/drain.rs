@@ -198,12 +198,20 @@ fn max_age_grace_forces_a_connection_that_keeps_talking() {
 fn the_client_drains_on_1001_so_no_data_is_lost() {
     // The client streams numbered DATA while its server shuts down; every
     // message is echoed exactly once, by the first server or the second.
-    let first = start(config());
+    // The promise holds while the client hangs up within the grace and its
+    // drain reads the answers within its heartbeat timeout: both are wide
+    // here, so that a busy machine (a client thread not scheduled for a
+    // while) tests the protocol, not the scheduler. The drain still ends
+    // as soon as the client hangs up.
+    let first = start(Config {
+        shutdown_grace: PATIENCE,
+        ..config()
+    });
     let second = start(config());
     let config = ClientConfig {
         addrs: vec![first.local_addr().into(), second.local_addr().into()],
-        heartbeat_interval: ms(200),
-        heartbeat_timeout: ms(500),
+        heartbeat_interval: ms(500),
+        heartbeat_timeout: ms(5000),
         backoff: Backoff {
             initial: ms(40),
             max: ms(200),

@@ -70,7 +70,8 @@ fn subscribers_on(metrics: SocketAddr) -> usize {
     if status != 200 {
         return 0;
     }
-    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let list = page["topics"].as_array().cloned().unwrap_or_default();
     list.iter()
         .map(|t| t["subscribers"].as_u64().unwrap_or(0) as usize)
         .sum()

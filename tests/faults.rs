@@ -331,6 +331,7 @@ fn a_trickling_reader_is_ended_by_the_write_timeout_for_the_whole_batch() {
         write_timeout: Some(ms(1000)),
         idle_timeout: Some(ms(2000)),
         max_frame: 2 << 20,
+        max_outbox: 4 << 20,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..config()
     });
@@ -410,19 +411,7 @@ fn running_out_of_threads_keeps_the_counters_adding_up_and_warns_once() {
         "--worker-stack",
         "268435456",
     ]);
-    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 2 << 30,
-                rlim_max: 2 << 30,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    util::limit_address_space(&mut cmd, 2 << 30);
     let mut server = ServerProcess::spawn(cmd);
     let metrics = server.metrics_addr();
     let mut clients: Vec<Client> = (0..12).map(|_| Client::connect(server.addr)).collect();

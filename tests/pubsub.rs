@@ -205,6 +205,7 @@ fn resume_recovers_everything_within_history_and_reports_a_gap_beyond() {
 #[test]
 fn a_stalled_subscriber_is_closed_as_a_slow_consumer_and_the_rest_keep_receiving() {
     let server = pubsub(Config {
+        max_frame: 16 * 1024,
         max_outbox: 64 * 1024,
         write_timeout: Some(Duration::from_secs(30)),
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -407,7 +408,11 @@ fn the_admin_api_publishes_sends_closes_and_lists_behind_its_token() {
         serde_json::from_str(topics.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(
         topics,
-        serde_json::json!([{"topic": "alerts", "subscribers": 1, "last_seq": 1}])
+        serde_json::json!({
+            "total": 1,
+            "topics": [{"topic": "alerts", "subscribers": 1, "last_seq": 1}],
+            "next": null
+        })
     );
 
     let (status, _) = http_post(

@@ -72,6 +72,11 @@ pub fn close_code_allowed(code: u16) -> bool {
 /// The largest PING payload, in bytes.
 pub const MAX_PING_PAYLOAD: usize = 125;
 
+/// The most bytes any protocol adds around a DATA payload: a WebSocket
+/// header (up to 14, with a mask the server never sends); frame mode adds
+/// 5, line mode 1 (a newline).
+pub const MAX_FRAMING: usize = ws::MAX_HEADER_LEN;
+
 /// Which codec a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Protocol {

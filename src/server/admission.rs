@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::rate::TokenBucket;
+
 /// An address as the limits count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum IpKey {
@@ -142,20 +144,13 @@ pub(crate) fn admit_address(
 /// not limited (and counted) until the timer thread's sweep frees room.
 pub(crate) const MAX_RATE_ENTRIES: usize = 65_536;
 
-/// A token bucket: `tokens` as of `updated`.
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// Connects per address per second, with a burst of one second's worth
 /// (at least 1).
 #[derive(Debug)]
 pub(crate) struct ConnectRate {
     /// Connects per second; `None`: no limit (and no table).
     rate: Option<f64>,
-    buckets: Mutex<HashMap<IpKey, Bucket>>,
+    buckets: Mutex<HashMap<IpKey, TokenBucket>>,
 }
 
 /// What the connect-rate check said.
@@ -195,16 +190,11 @@ impl ConnectRate {
             std::collections::hash_map::Entry::Vacant(_) if len >= MAX_RATE_ENTRIES => {
                 return RateCheck::Untracked;
             }
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Bucket {
-                tokens: burst,
-                updated: now,
-            }),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(TokenBucket::new(rate, burst, now))
+            }
         };
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.take(1.0, now) {
             RateCheck::Allowed
         } else {
             RateCheck::Refused
@@ -214,13 +204,10 @@ impl ConnectRate {
     /// Forgets the addresses whose buckets have refilled: they hold no
     /// information (the timer thread calls this on its tick).
     pub(crate) fn sweep(&self, now: Instant) {
-        let Some(rate) = self.rate else {
+        if self.rate.is_none() {
             return;
-        };
-        let burst = ConnectRate::burst(rate);
-        self.buckets.lock().retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
-        });
+        }
+        self.buckets.lock().retain(|_, b| !b.is_full_at(now));
     }
 
     /// Addresses in the table.

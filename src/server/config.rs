@@ -141,6 +141,26 @@ pub struct Config {
     pub history: usize,
     /// How long a retained message is kept.
     pub history_ttl: Duration,
+    /// Payload bytes retained per topic, at most (each message counted with
+    /// a fixed overhead of 128 bytes for its bookkeeping): past it, the
+    /// topic's oldest messages go first.
+    pub history_bytes: usize,
+    /// Bytes retained over all topics, at most (counted as for
+    /// `history_bytes`): past it, the oldest message of any topic goes
+    /// first, and resumes that needed it get `gap`.
+    pub history_memory: usize,
+    /// Topics at most (with or without subscribers and history); a publish
+    /// or subscription that would create another is refused (`ERR too many
+    /// topics`, HTTP 503).
+    pub max_topics: usize,
+    /// Publishes one connection may make per second (a burst of one
+    /// second's worth); more get `ERR rate limited`, and
+    /// [`RATE_LIMIT_STRIKES`](super::RATE_LIMIT_STRIKES) in a row close the
+    /// connection with CLOSE 1008. `None`: no limit.
+    pub max_publish_rate: Option<u32>,
+    /// Payload bytes one connection may publish per second (a burst of one
+    /// second's worth, at least one largest message). `None`: no limit.
+    pub max_publish_bytes: Option<u64>,
     /// Topics one connection may subscribe to at most.
     pub max_subscriptions: usize,
     /// Share topics with other instances through the Redis at this URL
@@ -177,6 +197,11 @@ impl std::fmt::Debug for Config {
             .field("max_outbox", &self.max_outbox)
             .field("metrics_listen", &self.metrics_listen)
             .field("history", &self.history)
+            .field("history_bytes", &self.history_bytes)
+            .field("history_memory", &self.history_memory)
+            .field("max_topics", &self.max_topics)
+            .field("max_publish_rate", &self.max_publish_rate)
+            .field("max_publish_bytes", &self.max_publish_bytes)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             // The URL may hold a password.
@@ -242,7 +267,7 @@ impl Default for Config {
             keepalive: Some(Keepalive::default()),
             user_timeout: None,
             write_timeout: Some(Duration::from_secs(5)),
-            max_outbox: 1 << 20,
+            max_outbox: 2 << 20,
             shutdown_grace: Duration::from_secs(5),
             max_connection_age: None,
             max_connection_age_grace: Some(Duration::from_secs(30)),
@@ -259,6 +284,11 @@ impl Default for Config {
             max_connect_rate_per_ip: None,
             history: 100,
             history_ttl: Duration::from_secs(300),
+            history_bytes: 4 << 20,
+            history_memory: 256 << 20,
+            max_topics: 100_000,
+            max_publish_rate: Some(1000),
+            max_publish_bytes: Some(64 << 20),
             max_subscriptions: 128,
             admin_token: None,
             redis: None,
@@ -322,8 +352,31 @@ impl Config {
                 ),
             );
         }
-        if self.max_outbox == 0 {
-            return invalid("max_outbox", "must be at least 1 byte".into());
+        if self.max_outbox < self.largest_message() {
+            return invalid(
+                "max_outbox",
+                format!(
+                    "must hold the largest message, {} bytes (--max-frame {} plus up to {} of framing), got {}",
+                    self.largest_message(),
+                    self.max_frame,
+                    crate::protocol::MAX_FRAMING,
+                    self.max_outbox
+                ),
+            );
+        }
+        if self.max_topics == 0 {
+            return invalid("max_topics", "must be at least 1".into());
+        }
+        if self.max_publish_rate == Some(0) || self.max_publish_bytes == Some(0) {
+            let setting = if self.max_publish_rate == Some(0) {
+                "max_publish_rate"
+            } else {
+                "max_publish_bytes"
+            };
+            return invalid(
+                setting,
+                "must be at least 1 (leave it unset for no limit)".into(),
+            );
         }
         let tls_listener = self.listeners().iter().any(|l| l.tls);
         match &self.tls {
@@ -406,6 +459,14 @@ impl Config {
     /// sentence for a warning: the server starts, and says so.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.history > 0
+            && self.history_bytes < self.max_frame + super::topics::RETAINED_OVERHEAD
+        {
+            warnings.push(format!(
+                "--history-bytes {} is smaller than one largest message (--max-frame {}): such messages are delivered but not kept for resumes",
+                self.history_bytes, self.max_frame
+            ));
+        }
         if let Some(idle) = self.idle_timeout {
             if idle < self.tick {
                 warnings.push(format!(
@@ -493,11 +554,30 @@ impl Config {
 }
 
 impl Config {
+    /// The largest message the server sends: a DATA of `max_frame` bytes
+    /// (a publish whose `MSG` would be larger is refused) with the most
+    /// framing any protocol adds. `max_outbox` must hold it.
+    pub fn largest_message(&self) -> usize {
+        self.max_frame.saturating_add(crate::protocol::MAX_FRAMING)
+    }
+
     /// The history settings.
     pub(crate) fn retention(&self) -> super::topics::Retention {
         super::topics::Retention {
             count: self.history,
             ttl: self.history_ttl,
+            bytes: self.history_bytes,
+            memory: self.history_memory,
+        }
+    }
+
+    /// What topics may hold beside their history.
+    pub(crate) fn topic_bounds(&self) -> super::topics::Bounds {
+        super::topics::Bounds {
+            max_topics: self.max_topics,
+            max_frame: self.max_frame,
+            // Half the outbox, so live messages still fit behind a replay.
+            replay_budget: self.max_outbox / 2,
         }
     }
 

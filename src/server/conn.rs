@@ -14,6 +14,7 @@ use super::close::{CloseReason, CloseRequest};
 use super::config::Config;
 use super::id::ConnId;
 use super::outbound::Outbound;
+use super::rate::PublishLimit;
 use crate::activity::Stamp;
 use crate::protocol::Protocol;
 use crate::traffic::Traffic;
@@ -58,6 +59,9 @@ pub(crate) struct Conn {
     /// Who the connection belongs to, once authenticated (a refresh updates
     /// the expiry).
     pub(crate) identity: Mutex<Option<Identity>>,
+    /// Its publish rate, from its first publish on (a connection that never
+    /// publishes holds no buckets).
+    pub(crate) publish_limit: Mutex<Option<Box<PublishLimit>>>,
 }
 
 /// An accepted socket and what its listener says about it.
@@ -103,6 +107,7 @@ impl Conn {
             app_close: OnceLock::new(),
             ip_key: OnceLock::new(),
             identity: Mutex::new(None),
+            publish_limit: Mutex::new(None),
         }
     }
 

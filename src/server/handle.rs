@@ -31,6 +31,14 @@ pub enum SendError {
     InvalidTopic,
     /// The connection is at [`Config::max_subscriptions`](super::Config::max_subscriptions).
     TooManySubscriptions,
+    /// The topic does not exist and the server is at
+    /// [`Config::max_topics`](super::Config::max_topics).
+    TooManyTopics,
+    /// The message is larger than a peer may be sent: for a publish, its
+    /// `MSG` would pass [`Config::max_frame`](super::Config::max_frame)
+    /// (the largest payload for that topic); for a send, it is larger than
+    /// the whole outbox. Nothing was sent, published or retained.
+    TooLarge(usize),
     /// With [`Config::redis`](super::Config::redis): Redis could not be
     /// reached (why). Nothing was published.
     Unavailable(String),
@@ -47,6 +55,8 @@ impl fmt::Display for SendError {
             SendError::Encode(e) => e.fmt(f),
             SendError::InvalidTopic => f.write_str("invalid topic"),
             SendError::TooManySubscriptions => f.write_str("too many subscriptions"),
+            SendError::TooManyTopics => f.write_str("too many topics"),
+            SendError::TooLarge(max) => write!(f, "too large: at most {max} bytes"),
             SendError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
         }
     }
@@ -59,6 +69,9 @@ impl From<PushError> for SendError {
         match e {
             PushError::Closed => SendError::Closed,
             PushError::Full => SendError::OutboxFull,
+            // Never for the server's own messages: `max_outbox` holds the
+            // largest one (checked at start).
+            PushError::TooLarge => SendError::TooLarge(0),
         }
     }
 }
@@ -68,6 +81,8 @@ impl From<TopicError> for SendError {
         match e {
             TopicError::InvalidTopic => SendError::InvalidTopic,
             TopicError::TooManySubscriptions => SendError::TooManySubscriptions,
+            TopicError::TooManyTopics => SendError::TooManyTopics,
+            TopicError::TooLarge(max) => SendError::TooLarge(max),
             TopicError::Closed => SendError::Closed,
             TopicError::OutboxFull => SendError::OutboxFull,
             TopicError::Unavailable(e) => e.into(),
@@ -135,6 +150,10 @@ impl ServerHandle {
     /// closed as a slow consumer), or a payload its protocol cannot carry.
     pub fn send(&self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
         let conn = self.conn(id)?;
+        let max = self.shared.config.max_frame;
+        if payload.len() > max {
+            return Err(SendError::TooLarge(max));
+        }
         let mut wire = Vec::with_capacity(payload.len() + 8);
         conn.protocol
             .encode(&Message::Data(payload), &mut wire)
@@ -227,8 +246,10 @@ impl ServerHandle {
     ///
     /// # Errors
     ///
-    /// An invalid topic name; with Redis, [`SendError::Unavailable`] when
-    /// Redis did not take the message.
+    /// An invalid topic name, a payload too large for the topic
+    /// ([`SendError::TooLarge`]), a new topic past the topic limit; with
+    /// Redis, [`SendError::Unavailable`] when Redis did not take the
+    /// message.
     pub fn publish(&self, topic: &str, payload: &[u8]) -> Result<Published, SendError> {
         if !valid_topic(topic) {
             return Err(SendError::InvalidTopic);
@@ -277,9 +298,17 @@ impl ServerHandle {
         self.shared.topics.subscribers(topic)
     }
 
-    /// Every topic with subscribers or retained messages.
+    /// Every topic with subscribers or retained messages, by name. With
+    /// many topics, page through them with
+    /// [`topics_after`](ServerHandle::topics_after) instead.
     pub fn topics(&self) -> Vec<TopicInfo> {
-        self.shared.topics.list()
+        self.shared.topics.list(None, usize::MAX).0
+    }
+
+    /// Up to `limit` topics named after `after` (from the first, without
+    /// it), by name, and how many topics there are.
+    pub fn topics_after(&self, after: Option<&str>, limit: usize) -> (Vec<TopicInfo>, usize) {
+        self.shared.topics.list(after, limit)
     }
 }
 

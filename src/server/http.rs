@@ -11,11 +11,17 @@
 //! A small HTTP/1.1 server of its own (requests are parsed by `httparse`),
 //! built so that no client can hold it up:
 //!
-//! * a fixed pool of [`WORKERS`] threads serves connections, one at a time
-//!   each; at most [`QUEUED`] more wait for a worker, and further ones are
-//!   answered `503` at once and counted (`wheel_http_refused_total`), so
-//!   idle or hostile HTTP clients cost no threads and never take a
-//!   connection worker's thread budget;
+//! * every new connection first waits in the lane, one thread that reads
+//!   up to [`LANE`] first heads at once without blocking: a slow head holds
+//!   no worker, and when every worker is busy `/healthz` and `/readyz` are
+//!   answered there at once (a load balancer's checks never fail because
+//!   of slow clients);
+//! * a fixed pool of [`WORKERS`] threads serves the connections whose head
+//!   is whole, one at a time each; at most [`QUEUED`] more wait for a
+//!   worker ([`LANE`] for the lane), and further ones are answered
+//!   `503` at once and counted (`wheel_http_refused_total`), so idle or
+//!   hostile HTTP clients cost no threads and never take a connection
+//!   worker's thread budget;
 //! * a request head must arrive whole within [`HEAD_TIMEOUT`] (from accept,
 //!   or from the previous response) and within [`MAX_HEAD`] bytes; a
 //!   response must be written whole within [`WRITE_TIMEOUT`]; a connection
@@ -49,6 +55,13 @@ use crate::sys;
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
 
+/// `GET /topics` lists this many per page unless `?limit=` says.
+const DEFAULT_TOPICS: usize = 100;
+
+/// The largest `?limit=` of `GET /topics`: a page stays small however many
+/// topics there are (the dashboard polls it every second).
+const MAX_TOPICS_PAGE: usize = 1000;
+
 /// The pages under `web/`, built in so that the binary serves them as is.
 mod web {
     /// `GET /`: live connections, rates by close reason, topics.
@@ -64,6 +77,15 @@ pub(crate) const WORKERS: usize = 4;
 
 /// Accepted connections waiting for a worker, at most; more are refused.
 pub(crate) const QUEUED: usize = 16;
+
+/// Connections whose first head the lane reads at once (see
+/// [`Inner::lane`]); as many more wait for it, and further ones get `503`
+/// at once.
+pub(crate) const LANE: usize = 256;
+
+/// How long the lane waits for its connections' bytes before it
+/// looks for new connections and deadlines.
+const LANE_POLL: Duration = Duration::from_millis(10);
 
 /// How long a request head may take to arrive.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
@@ -95,9 +117,9 @@ struct Inner {
     stopping: AtomicBool,
     /// The connection each worker serves, so that stopping can shut it down.
     serving: [Mutex<Option<TcpStream>>; WORKERS],
-    /// Connections waiting for a worker (a clone of the workers' receiver,
-    /// to see its length).
-    waiting: Receiver<TcpStream>,
+    /// Connections waiting for a worker, with the bytes of their first
+    /// head (a clone of the workers' receiver, to see its length).
+    waiting: Receiver<(TcpStream, Vec<u8>)>,
 }
 
 impl Endpoint {
@@ -129,8 +151,8 @@ impl Endpoint {
             let thread = std::thread::Builder::new()
                 .name(format!("wheel-http-{slot}"))
                 .spawn(move || {
-                    for stream in connections {
-                        inner.serve(slot, stream);
+                    for (stream, head) in connections {
+                        inner.serve(slot, stream, head);
                     }
                 });
             match thread {
@@ -141,15 +163,24 @@ impl Endpoint {
                 }
             }
         }
+        // New connections wait for the lane in a queue as long as the lane.
+        let (lane, lane_incoming) = crossbeam_channel::bounded(LANE);
+        let probing = Arc::clone(&inner);
         let accepting = Arc::clone(&inner);
-        match std::thread::Builder::new()
-            .name("wheel-http".into())
-            .spawn(move || accepting.accept(&queue))
-        {
-            Ok(thread) => endpoint.threads.push(thread),
-            Err(e) => {
-                endpoint.stop();
-                return Err(e);
+        for thread in [
+            std::thread::Builder::new()
+                .name("wheel-http-lane".into())
+                .spawn(move || probing.lane(&lane_incoming, &queue)),
+            std::thread::Builder::new()
+                .name("wheel-http".into())
+                .spawn(move || accepting.accept(&lane)),
+        ] {
+            match thread {
+                Ok(thread) => endpoint.threads.push(thread),
+                Err(e) => {
+                    endpoint.stop();
+                    return Err(e);
+                }
             }
         }
         Ok(endpoint)
@@ -244,6 +275,34 @@ struct Head {
     len: usize,
 }
 
+/// A connection in the lane, its head on its way.
+struct Pending {
+    stream: TcpStream,
+    /// What arrived of its head.
+    buf: Vec<u8>,
+    /// When its head must be whole.
+    deadline: Instant,
+}
+
+/// What a read in the lane came to.
+enum LaneRead {
+    /// More of the head is to come.
+    Partial,
+    /// The head is whole: a request for the workers.
+    Head(Head),
+    /// Answered (a health check, a refusal) or gone.
+    Done,
+}
+
+impl Head {
+    /// Whether it asks `GET` or `HEAD` of `/healthz` or `/readyz`: what a
+    /// load balancer checks, answered even when every worker is busy.
+    fn is_probe(&self) -> bool {
+        let path = self.target.split('?').next().unwrap_or_default();
+        matches!(path, "/healthz" | "/readyz") && matches!(self.method.as_str(), "GET" | "HEAD")
+    }
+}
+
 /// What reading a request head came to.
 enum HeadRead {
     Head(Head),
@@ -258,7 +317,7 @@ enum HeadRead {
 impl Inner {
     /// The accept loop: hands connections to the workers, refuses those
     /// that would wait too long.
-    fn accept(&self, queue: &crossbeam_channel::Sender<TcpStream>) {
+    fn accept(&self, lane: &crossbeam_channel::Sender<TcpStream>) {
         loop {
             let accepted = self.listener.accept();
             if self.stopping.load(Ordering::Acquire) {
@@ -269,12 +328,126 @@ impl Inner {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             };
-            match queue.try_send(stream) {
+            match lane.try_send(stream) {
                 Ok(()) => {}
                 Err(TrySendError::Full(stream)) => self.refuse(&stream),
                 Err(TrySendError::Disconnected(_)) => return,
             }
         }
+    }
+
+    /// The lane: every new connection waits here until its first request
+    /// head is whole, and one thread reads up to [`LANE`] of them at once
+    /// without blocking. So a slow client never holds a worker while it
+    /// dribbles its head. A whole head goes to the workers' queue with its
+    /// bytes; when that is full, `GET /healthz` and `GET /readyz` are
+    /// answered here at once (a load balancer's checks never fail because
+    /// clients keep the workers busy) and anything else gets `503` (counted
+    /// in `wheel_http_refused_total`). A head must arrive within
+    /// [`HEAD_TIMEOUT`] (else the connection is counted in
+    /// `wheel_http_timeouts_total` and closed).
+    fn lane(
+        &self,
+        incoming: &Receiver<TcpStream>,
+        workers: &crossbeam_channel::Sender<(TcpStream, Vec<u8>)>,
+    ) {
+        let admit = |pending: &mut Vec<Pending>, stream: TcpStream| {
+            if stream.set_nonblocking(true).is_ok() {
+                pending.push(Pending {
+                    stream,
+                    buf: Vec::new(),
+                    deadline: Instant::now() + HEAD_TIMEOUT,
+                });
+            }
+        };
+        let mut pending: Vec<Pending> = Vec::new();
+        while !self.stopping.load(Ordering::Acquire) {
+            while pending.len() < LANE {
+                match incoming.try_recv() {
+                    Ok(stream) => admit(&mut pending, stream),
+                    Err(_) => break,
+                }
+            }
+            if pending.is_empty() {
+                match incoming.recv_timeout(LANE_POLL) {
+                    Ok(stream) => admit(&mut pending, stream),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                }
+                continue;
+            }
+            let streams: Vec<&TcpStream> = pending.iter().map(|p| &p.stream).collect();
+            let ready = sys::poll_readable(&streams, LANE_POLL)
+                .unwrap_or_else(|_| vec![true; streams.len()]);
+            drop(streams);
+            let now = Instant::now();
+            let mut ready = ready.into_iter();
+            let mut kept = Vec::with_capacity(pending.len());
+            for mut p in pending.drain(..) {
+                if ready.next() == Some(true) {
+                    match self.lane_read(&p.stream, &mut p.buf) {
+                        LaneRead::Partial => {}
+                        LaneRead::Done => continue,
+                        LaneRead::Head(head) => {
+                            let Pending { stream, buf, .. } = p;
+                            if stream.set_nonblocking(false).is_err() {
+                                continue;
+                            }
+                            match workers.try_send((stream, buf)) {
+                                Ok(()) => {}
+                                // Every worker busy, the queue full: a
+                                // health check is answered here.
+                                Err(TrySendError::Full((stream, _))) if head.is_probe() => {
+                                    let response = self.respond(&head, &[]);
+                                    let wire = encode(&response, head.method == "HEAD", true);
+                                    let _ = sys::send_nonblocking(&stream, &wire);
+                                    let _ = stream.shutdown(Shutdown::Both);
+                                }
+                                Err(TrySendError::Full((stream, _))) => self.refuse(&stream),
+                                Err(TrySendError::Disconnected(_)) => return,
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if now >= p.deadline {
+                    self.shared.metrics.http_timeouts.inc();
+                    let _ = p.stream.shutdown(Shutdown::Both);
+                    continue;
+                }
+                kept.push(p);
+            }
+            pending = kept;
+        }
+    }
+
+    /// Reads what `stream` has (without blocking) into `buf`, and answers
+    /// a malformed head itself.
+    fn lane_read(&self, stream: &TcpStream, buf: &mut Vec<u8>) -> LaneRead {
+        let mut chunk = [0u8; 2048];
+        loop {
+            let room = chunk.len().min(MAX_HEAD.saturating_sub(buf.len()).max(1));
+            match sys::recv_nonblocking(stream, &mut chunk[..room]) {
+                Ok(0) => return LaneRead::Done,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return LaneRead::Done,
+            }
+            if buf.len() >= MAX_HEAD {
+                break;
+            }
+        }
+        let response = match parse_head(buf) {
+            None => return LaneRead::Partial,
+            Some(HeadRead::Head(head)) => return LaneRead::Head(head),
+            Some(HeadRead::Refuse(response)) => encode(&response, false, true),
+            Some(HeadRead::Gone | HeadRead::TimedOut) => return LaneRead::Done,
+        };
+        // A few hundred bytes into an empty socket buffer: one send.
+        let _ = sys::send_nonblocking(stream, &response);
+        let _ = stream.shutdown(Shutdown::Both);
+        LaneRead::Done
     }
 
     /// Answers `503` without waiting and closes.
@@ -289,7 +462,7 @@ impl Inner {
 
     /// Serves one connection on worker `slot` until it closes, misses a
     /// deadline, or has had its share of requests.
-    fn serve(&self, slot: usize, stream: TcpStream) {
+    fn serve(&self, slot: usize, stream: TcpStream, mut buf: Vec<u8>) {
         if let Ok(clone) = stream.try_clone() {
             *self.serving[slot].lock() = Some(clone);
         }
@@ -297,7 +470,6 @@ impl Inner {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let _ = stream.set_nodelay(true);
-        let mut buf = Vec::new();
         for served in 1..=MAX_REQUESTS_PER_CONNECTION {
             let head = match read_head(&stream, &mut buf) {
                 HeadRead::Head(head) => head,
@@ -322,6 +494,7 @@ impl Inner {
                 )
             } else if head.content_length > max_body {
                 // Refused from the header alone: the body is never read.
+                self.shared.metrics.count_refused("too_large");
                 (
                     Response::text(413, &format!("body over the maximum of {max_body} bytes\n")),
                     false,
@@ -440,13 +613,30 @@ impl Inner {
                 Err(e) => Response::text(400, &format!("{e}\n")),
             },
             (["topics"], true, _) => {
-                let list: Vec<_> = self
-                    .handle()
-                    .topics()
+                let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+                    None => DEFAULT_TOPICS,
+                    Some(Ok(limit)) if (1..=MAX_TOPICS_PAGE).contains(&limit) => limit,
+                    Some(_) => {
+                        return Response::text(
+                            400,
+                            &format!("limit must be 1 to {MAX_TOPICS_PAGE}\n"),
+                        );
+                    }
+                };
+                let after = query_param(query, "after");
+                let (page, total) = self.handle().topics_after(after.as_deref(), limit);
+                // The last name of a full page: where the next one starts.
+                let next = (page.len() == limit)
+                    .then(|| page.last().map(|t| t.topic.clone()))
+                    .flatten();
+                let list: Vec<_> = page
                     .into_iter()
                     .map(|t| json!({"topic": t.topic, "subscribers": t.subscribers, "last_seq": t.last_seq}))
                     .collect();
-                Response::json(200, serde_json::Value::Array(list).to_string())
+                Response::json(
+                    200,
+                    json!({"total": total, "topics": list, "next": next}).to_string(),
+                )
             }
             (["admin", "reload-tls"], _, true) => {
                 match super::tls::reload(shared.tls.as_ref(), &shared.metrics) {
@@ -454,7 +644,11 @@ impl Inner {
                     Err(why) => Response::text(409, &format!("not reloaded: {why}\n")),
                 }
             }
-            (["publish", topic], _, true) => match self.handle().publish(topic, body) {
+            (["publish", topic], _, true) => match self
+                .handle()
+                .publish(topic, body)
+                .inspect_err(|e| shared.metrics.count_refusal(e))
+            {
                 // With Redis, delivery follows the publish on every
                 // instance: nothing to count here.
                 Ok(p) if shared.topics.redis().is_some() => {
@@ -548,7 +742,8 @@ fn send_status(e: &SendError) -> u16 {
     match e {
         SendError::UnknownConnection => 404,
         SendError::Closed => 409,
-        SendError::OutboxFull | SendError::Unavailable(_) => 503,
+        SendError::OutboxFull | SendError::Unavailable(_) | SendError::TooManyTopics => 503,
+        SendError::TooLarge(_) => 413,
         _ => 400,
     }
 }
@@ -599,15 +794,8 @@ fn read_head(stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
     let deadline = Instant::now() + HEAD_TIMEOUT;
     let mut chunk = [0u8; 2048];
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => return HeadRead::Head(head(&request, len)),
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return HeadRead::Refuse(Response::text(431, "request head too large\n"));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return HeadRead::Refuse(Response::text(400, &format!("bad request: {e}\n"))),
+        if let Some(read) = parse_head(buf) {
+            return read;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
@@ -628,6 +816,24 @@ fn read_head(stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
             }
             Err(_) => return HeadRead::Gone,
         }
+    }
+}
+
+/// The head at the start of `buf`, a refusal, or `None` while it is
+/// incomplete.
+fn parse_head(buf: &[u8]) -> Option<HeadRead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Some(HeadRead::Head(head(&request, len))),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Some(HeadRead::Refuse(
+            Response::text(431, "request head too large\n"),
+        )),
+        Ok(httparse::Status::Partial) => None,
+        Err(e) => Some(HeadRead::Refuse(Response::text(
+            400,
+            &format!("bad request: {e}\n"),
+        ))),
     }
 }
 

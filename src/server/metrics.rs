@@ -111,6 +111,9 @@ pub(crate) struct Metrics {
     /// Published messages that did not reach a subscriber (closing, slow,
     /// or its protocol cannot carry them).
     pub(crate) undelivered: Counter,
+    /// What a client asked for past a bound and was refused (the
+    /// connection stays), by reason.
+    pub(crate) refused: Family<Label, Counter>,
     /// Connections closed, all reasons (for the summary log line).
     pub(crate) closed_total: AtomicU64,
 }
@@ -216,7 +219,7 @@ impl Collector for LiveCollector {
             ),
             (
                 "wheel_pubsub_history_bytes",
-                "Payload bytes retained for resuming subscribers, all topics.",
+                "Bytes retained for resuming subscribers, all topics (payloads plus a fixed overhead per message), bounded by --history-memory.",
             ),
             (
                 "wheel_pubsub_subscriptions",
@@ -359,6 +362,7 @@ impl Metrics {
             publishes: Counter::default(),
             deliveries: Counter::default(),
             undelivered: Counter::default(),
+            refused: Family::default(),
             http_timeouts: Counter::default(),
             closed_total: AtomicU64::new(0),
         };
@@ -521,6 +525,11 @@ impl Metrics {
             m.undelivered.clone(),
         );
         registry.register(
+            "wheel_refused",
+            "Requests refused at a bound, the connection kept, by reason: too_large (a message over --max-frame, or an HTTP body over it: 413), too_many_topics (--max-topics), too_many_subscriptions (--max-subscriptions), publish_rate (--max-publish-rate, --max-publish-bytes)",
+            m.refused.clone(),
+        );
+        registry.register(
             "wheel_timer_tick_lag_seconds",
             "How late each tick ran after its instant",
             m.tick_lag.clone(),
@@ -536,6 +545,33 @@ impl Metrics {
         self.publishes.inc();
         self.deliveries.inc_by(published.delivered as u64);
         self.undelivered.inc_by(published.dropped as u64);
+    }
+
+    /// Counts a request refused at a bound (see `wheel_refused_total`).
+    pub(crate) fn count_refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts a failed topic operation that hit a bound.
+    pub(crate) fn count_refusal(&self, e: &super::handle::SendError) {
+        use super::handle::SendError;
+        let reason = match e {
+            SendError::TooLarge(_) => "too_large",
+            SendError::TooManyTopics => "too_many_topics",
+            SendError::TooManySubscriptions => "too_many_subscriptions",
+            _ => return,
+        };
+        self.count_refused(reason);
+    }
+
+    /// Registers the counter of retained messages dropped for the history
+    /// memory bound.
+    pub(crate) fn register_history(&mut self, evicted: &Counter) {
+        self.registry.register(
+            "wheel_pubsub_history_evicted",
+            "Retained messages dropped because all topics' history reached --history-memory (the oldest of any topic first)",
+            evicted.clone(),
+        );
     }
 
     /// Counts a closed connection under its reason's label.

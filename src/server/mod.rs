@@ -73,6 +73,8 @@ mod metrics;
 mod outbound;
 mod ping;
 mod proxy;
+mod rate;
+pub use rate::RATE_LIMIT_STRIKES;
 pub mod pubsub;
 mod redis;
 mod registry;
@@ -214,6 +216,7 @@ impl Server {
             None => None,
         };
         let retention = config.retention();
+        let topic_bounds = config.topic_bounds();
         let source = TimeSource::new(Instant::now(), config.tick);
         let mut metrics = metrics::Metrics::new();
         if let Some(tls) = &tls {
@@ -228,6 +231,8 @@ impl Server {
         if let Some(redis) = &redis {
             metrics.register_redis(&redis.metrics);
         }
+        let topics = topics::Topics::new(retention, topic_bounds, redis);
+        metrics.register_history(topics.evicted());
         let thread_settings = config.thread_settings();
         let shared = Arc::new(Shared {
             config,
@@ -239,7 +244,7 @@ impl Server {
             listeners,
             frames: Frames::new(),
             flushes: Flushes::default(),
-            topics: topics::Topics::new(retention, redis),
+            topics,
             per_ip: admission::PerIp::new(config_per_ip),
             connect_rate: admission::ConnectRate::new(config_rate),
             threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
@@ -457,6 +462,13 @@ pub(crate) mod test_support {
                 topics::Retention {
                     count: 100,
                     ttl: Duration::from_secs(300),
+                    bytes: 4 << 20,
+                    memory: 64 << 20,
+                },
+                topics::Bounds {
+                    max_topics: 1000,
+                    max_frame: 1 << 20,
+                    replay_budget: 1 << 20,
                 },
                 None,
             ),

@@ -28,8 +28,9 @@
 //! Bytes other threads queue for a connection (including those its worker
 //! took from the queue to write) never exceed the outbox bound; the
 //! worker's own answers are bounded by the write timeout instead. A message
-//! that would take the queue past the bound closes the connection as a slow
-//! consumer: the queued messages not yet begun are dropped, and the worker,
+//! larger than the whole bound is refused (the connection is not to blame).
+//! A message that would take the queue past the bound closes the
+//! connection as a slow consumer: the queued messages not yet begun are dropped, and the worker,
 //! woken, sends CLOSE 4003 after the message on the wire. A queue that makes
 //! no progress for the write timeout is closed as a stalled writer by the
 //! timer thread.
@@ -92,6 +93,12 @@ pub(crate) enum PushError {
     /// The message would take the outbox past its bound: the connection is
     /// now being closed as a slow consumer.
     Full,
+    /// The message alone is larger than the whole outbox: it is refused and
+    /// the connection stays open (what is queued, not one message, makes a
+    /// slow consumer). The server refuses such messages before they get
+    /// here (`--max-outbox` is at least the largest message, and a publish
+    /// whose `MSG` would pass `--max-frame` is refused).
+    TooLarge,
 }
 
 /// Why a drain did not start.
@@ -421,6 +428,11 @@ impl Outbound {
         let mut st = self.state.lock();
         if st.close != CloseState::Open || st.close_sent.is_some() || st.broken || !st.started {
             return Err(PushError::Closed);
+        }
+        if msg.len() > self.max_queued {
+            // No queue could hold it: the message is refused, the
+            // connection is not to blame.
+            return Err(PushError::TooLarge);
         }
         if st.unwritten() + st.taken + msg.len() > self.max_queued {
             self.slow_consumer(&mut st);

@@ -7,16 +7,18 @@
 //! | `SUB <topic>` | `OK SUB <topic> <last>`, then live messages |
 //! | `SUB <topic> <since>` | `OK SUB <topic> <last> recovered` (or `... gap <first-missing>`), every retained message after `since`, then live ones |
 //! | `UNSUB <topic>` | `OK UNSUB <topic>` |
-//! | `PUB <topic> <payload>` | `OK PUB <topic> <seq>`; subscribers get `MSG <topic> <seq> <payload>` |
+//! | `PUB <topic> <payload>` | `OK PUB <topic> <seq>`; subscribers get `MSG <topic> <seq> <payload>`; or `ERR too large: at most N bytes`, `ERR too many topics`, `ERR rate limited` |
 //! | `PING [text]` | `PONG [text]` |
 //! | anything else | `ERR <reason>`; the connection stays open |
 
 use std::str;
+use std::time::Instant;
 
 use super::handle::SendError;
 use super::handler::{Handler, Session};
+use super::rate::{PublishCheck, PublishLimit};
 use super::topics::{Resumed, valid_topic};
-use crate::protocol::Message;
+use crate::protocol::{Message, code};
 
 /// A parsed command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,11 +183,37 @@ pub fn personal_topic(sub: &str) -> String {
 /// `PUB`: the replies queued so far go out first, then `OK PUB` and (to
 /// every subscriber, the publisher too if subscribed) `MSG`, in that order.
 fn publish(session: &mut Session<'_>, topic: &str, payload: &[u8]) {
+    let shared = session.shared;
+    let conn = session.conn;
+    let config = &shared.config;
+    let check = conn
+        .publish_limit
+        .lock()
+        .get_or_insert_with(|| {
+            Box::new(PublishLimit::new(
+                config.max_publish_rate,
+                config.max_publish_bytes,
+                config.max_frame,
+                Instant::now(),
+            ))
+        })
+        .check(payload.len(), Instant::now());
+    match check {
+        PublishCheck::Allowed => {}
+        PublishCheck::Refused => {
+            shared.metrics.count_refused("publish_rate");
+            let _ = session.send(b"ERR rate limited");
+            return;
+        }
+        PublishCheck::Abuse => {
+            shared.metrics.count_refused("publish_rate");
+            session.close(code::POLICY_VIOLATION, "publishing too fast");
+            return;
+        }
+    }
     if session.flush_replies().is_err() {
         return;
     }
-    let shared = session.shared;
-    let conn = session.conn;
     let protocol = conn.protocol;
     let ack = |seq: u64| {
         let mut wire = Vec::new();
@@ -203,6 +231,8 @@ fn publish(session: &mut Session<'_>, topic: &str, payload: &[u8]) {
     {
         Ok(published) => shared.metrics.count_publish(&published),
         Err(e) => {
+            let e = SendError::from(e);
+            shared.metrics.count_refusal(&e);
             let _ = session.send(format!("ERR {e}").as_bytes());
         }
     }
@@ -241,7 +271,9 @@ fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>) {
         ok,
     );
     if let Err(e) = subscribed {
-        let _ = session.send(format!("ERR {}", SendError::from(e)).as_bytes());
+        let e = SendError::from(e);
+        shared.metrics.count_refusal(&e);
+        let _ = session.send(format!("ERR {e}").as_bytes());
     }
 }
 

@@ -179,6 +179,12 @@ impl Keys {
 /// A message read from a topic's stream.
 pub(crate) type Entry = (u64, Arc<[u8]>);
 
+/// Stream entries as Redis answers `XRANGE`: id, then field-value pairs.
+type RawEntries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// Stream entries read per `XREVRANGE` of a replay.
+const REPLAY_PAGE: usize = 16;
+
 /// An instance's link to Redis: the connection pool, the set of topics to
 /// follow, and the follower's state.
 pub(crate) struct Redis {
@@ -328,7 +334,7 @@ impl Redis {
     ) -> Result<Vec<Entry>, Unavailable> {
         let key = Keys::of(topic).log;
         let end = to.map_or_else(|| "+".to_owned(), |to| format!("{to}-0"));
-        let raw: Vec<(String, Vec<Vec<u8>>)> = self.with(move |conn| {
+        let raw: RawEntries = self.with(move |conn| {
             redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(format!("{from}-0"))
@@ -337,9 +343,57 @@ impl Redis {
                 .arg(limit)
                 .query(conn)
         })?;
+        Ok(self.entries(raw))
+    }
+
+    /// The newest retained messages of `topic` numbered above `after`,
+    /// newest first, read in pages of [`REPLAY_PAGE`] until their payloads
+    /// add up to `budget` bytes (so a resume never reads more of a large
+    /// history than it can send).
+    pub(crate) fn newest(
+        &self,
+        topic: &str,
+        after: u64,
+        budget: usize,
+    ) -> Result<Vec<Entry>, Unavailable> {
+        let mut got: Vec<Entry> = Vec::new();
+        let mut spent = 0;
+        let mut end = "+".to_owned();
+        loop {
+            let key = Keys::of(topic).log;
+            let start = format!("{}-0", after + 1);
+            let page_end = end.clone();
+            let raw: RawEntries = self.with(move |conn| {
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg(&page_end)
+                    .arg(&start)
+                    .arg("COUNT")
+                    .arg(REPLAY_PAGE)
+                    .query(conn)
+            })?;
+            let full_page = raw.len() == REPLAY_PAGE;
+            let oldest_read = raw
+                .last()
+                .and_then(|(id, _)| id.split_once('-')?.0.parse::<u64>().ok());
+            for entry in self.entries(raw) {
+                spent += entry.1.len();
+                got.push(entry);
+            }
+            match oldest_read {
+                Some(oldest) if full_page && spent < budget && oldest > after + 1 => {
+                    end = format!("{}-0", oldest - 1);
+                }
+                _ => return Ok(got),
+            }
+        }
+    }
+
+    /// The messages of raw stream entries, those older than the history
+    /// TTL left out.
+    fn entries(&self, raw: RawEntries) -> Vec<Entry> {
         let oldest = now_ms().saturating_sub(self.retention.ttl.as_millis() as u64);
-        Ok(raw
-            .into_iter()
+        raw.into_iter()
             .filter_map(|(id, fields)| {
                 let seq = id.split_once('-')?.0.parse().ok()?;
                 let (mut payload, mut at) = (None, 0u64);
@@ -357,7 +411,7 @@ impl Redis {
                 }
                 (at > oldest).then_some((seq, payload?))
             })
-            .collect())
+            .collect()
     }
 
     /// Follows `topic` (its first local subscriber came).

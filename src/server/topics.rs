@@ -12,16 +12,36 @@
 //! A topic with no subscribers and no retained messages is forgotten, so it
 //! costs nothing.
 //!
+//! # Bounds
+//!
+//! Everything a client can make topics hold is bounded ([`Bounds`],
+//! [`Retention`]): the number of topics (a publish or subscription that
+//! would create one more is refused), the history of one topic (by count,
+//! age and bytes) and of all of them together (by bytes: past it the
+//! oldest retained message of any topic is dropped first, so resumes then
+//! get `gap`), the size of a message (one whose `MSG` would pass the
+//! largest frame is refused at publish, so it can never be retained or
+//! make a subscriber look slow), and the size of a replay (the newest
+//! retained messages that fit half the outbox; older ones are reported as
+//! a gap). A retained message is counted as its payload plus
+//! [`RETAINED_OVERHEAD`].
+//!
 //! With Redis (`--redis`, `redis.rs`), numbering and history live there:
 //! a publish goes to Redis, and the follower thread hands each message
 //! back through [`Topics::relay`], in sequence order, to the local
 //! subscribers; a topic's `seq` is then the last number delivered here, and
-//! a subscription's replay is read from the Redis stream under the topic's
-//! lock, so that it meets the relayed messages with no gap and no
-//! duplicate just as without Redis.
+//! a subscription's replay is read from the Redis stream, in pages and
+//! within the replay budget, *without* the topic's lock; relayed messages
+//! are also kept in the local history (under the same bounds), so under the
+//! lock the replay is completed from memory up to the last number delivered
+//! here, and meets the relayed messages with no gap and no duplicate just
+//! as without Redis.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -50,6 +70,43 @@ pub(crate) struct Retention {
     pub(crate) count: usize,
     /// How long a message is kept.
     pub(crate) ttl: Duration,
+    /// Bytes kept per topic (each message counted with
+    /// [`RETAINED_OVERHEAD`]): past it the topic's oldest go first.
+    pub(crate) bytes: usize,
+    /// Bytes kept over all topics: past it the oldest message of any topic
+    /// goes first.
+    pub(crate) memory: usize,
+}
+
+/// What a client can make topics hold, beside their history.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// Topics at most; a publish or subscription that would create one
+    /// more is refused.
+    pub(crate) max_topics: usize,
+    /// The largest message (`--max-frame`): a publish whose `MSG` would be
+    /// larger is refused.
+    pub(crate) max_frame: usize,
+    /// Encoded bytes one replay may send at most (the newest that fit; at
+    /// least one message).
+    pub(crate) replay_budget: usize,
+}
+
+/// Bytes a retained message is counted for beyond its payload: its slot in
+/// its topic's queue (40), the shared payload's header (16) and allocation
+/// rounding, and its entry in the age index (about 48 with the map's node
+/// overhead). Measured figures are in BENCHMARKS.md.
+pub const RETAINED_OVERHEAD: usize = 128;
+
+/// The longest sequence number, in digits (`u64::MAX`).
+const MAX_SEQ_DIGITS: usize = 20;
+
+/// The largest payload a `PUB` to `topic` may carry when the largest frame
+/// is `max_frame`: the `MSG <topic> <seq> ` header (with a sequence number
+/// of the most digits) plus the payload must fit one frame, or subscribers
+/// could not read it.
+pub fn max_payload(max_frame: usize, topic: &str) -> usize {
+    max_frame.saturating_sub("MSG ".len() + topic.len() + 1 + MAX_SEQ_DIGITS + 1)
 }
 
 /// One retained message.
@@ -57,6 +114,39 @@ struct Retained {
     seq: u64,
     at: Instant,
     payload: Arc<[u8]>,
+    /// Its place in the age order of all retained messages.
+    age: u64,
+}
+
+impl Retained {
+    /// The bytes it is counted for.
+    fn cost(&self) -> usize {
+        self.payload.len() + RETAINED_OVERHEAD
+    }
+}
+
+/// The history of all topics together: its size, and its messages by age,
+/// so that the oldest of any topic can be found and dropped first.
+///
+/// Lock order: a topic's lock, then `by_age` (never the other way round).
+#[derive(Default)]
+struct Memory {
+    /// Bytes retained over all topics (as [`Retained::cost`]).
+    bytes: AtomicUsize,
+    /// Every retained message's age, with its topic's name.
+    by_age: parking_lot::Mutex<BTreeMap<u64, Arc<str>>>,
+    /// The next age to give.
+    next_age: AtomicU64,
+    /// Messages dropped because all topics' history was at its bound.
+    evicted: Counter,
+}
+
+impl Memory {
+    /// Counts `msg` out (it left its topic's history).
+    fn forget(&self, msg: &Retained) {
+        self.bytes.fetch_sub(msg.cost(), Ordering::Relaxed);
+        self.by_age.lock().remove(&msg.age);
+    }
 }
 
 /// One topic.
@@ -72,22 +162,51 @@ struct Topic {
     subscribers: Vec<Arc<Conn>>,
     /// The last messages, oldest first.
     history: VecDeque<Retained>,
-    /// Payload bytes in `history`.
+    /// Bytes `history` is counted for.
     history_bytes: usize,
 }
 
 impl Topic {
-    /// Drops retained messages past the count or older than the TTL.
-    fn expire(&mut self, retention: Retention, now: Instant) {
+    /// Drops retained messages past the count, the bytes, or older than the
+    /// TTL.
+    fn expire(&mut self, retention: Retention, memory: &Memory, now: Instant) {
         while self.history.len() > retention.count
+            || self.history_bytes > retention.bytes
             || self
                 .history
                 .front()
                 .is_some_and(|m| now.duration_since(m.at) >= retention.ttl)
         {
             let gone = self.history.pop_front().expect("checked non-empty");
-            self.history_bytes -= gone.payload.len();
+            self.history_bytes -= gone.cost();
+            memory.forget(&gone);
         }
+    }
+
+    /// Retains message `seq` (then drops what that put past the bounds).
+    fn retain(
+        &mut self,
+        name: &Arc<str>,
+        retention: Retention,
+        memory: &Memory,
+        seq: u64,
+        payload: &[u8],
+    ) {
+        if retention.count == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let msg = Retained {
+            seq,
+            at: now,
+            payload: payload.into(),
+            age: memory.next_age.fetch_add(1, Ordering::Relaxed),
+        };
+        self.history_bytes += msg.cost();
+        memory.bytes.fetch_add(msg.cost(), Ordering::Relaxed);
+        memory.by_age.lock().insert(msg.age, Arc::clone(name));
+        self.history.push_back(msg);
+        self.expire(retention, memory, now);
     }
 
     fn is_idle(&self) -> bool {
@@ -162,6 +281,11 @@ pub(crate) enum TopicError {
     InvalidTopic,
     /// The connection is at its subscription limit.
     TooManySubscriptions,
+    /// The topic does not exist and the server is at its topic limit.
+    TooManyTopics,
+    /// The message's `MSG` would pass the largest frame: refused, never
+    /// retained. The largest payload for this topic.
+    TooLarge(usize),
     /// The connection is closing.
     Closed,
     /// The replay did not fit the connection's outbox: it is being closed as
@@ -196,8 +320,12 @@ pub(crate) type Ack<'a> = (&'a Conn, &'a dyn Fn(u64) -> Vec<u8>);
 
 /// All topics.
 pub(crate) struct Topics {
-    by_name: RwLock<HashMap<String, Arc<Mutex<Topic>>>>,
+    /// By name, in order (`GET /topics` pages through it).
+    by_name: RwLock<BTreeMap<Arc<str>, Arc<Mutex<Topic>>>>,
     retention: Retention,
+    bounds: Bounds,
+    /// All topics' history.
+    memory: Memory,
     /// Numbering, history and delivery through Redis.
     redis: Option<Redis>,
 }
@@ -254,8 +382,12 @@ fn fan_out(
                 match &encoded[conn.protocol as usize] {
                     Some(Ok(wire)) => match conn.out.push(conn.id, flushes, wire) {
                         Ok(_) => Outcome::Delivered,
+                        // Larger than its whole outbox (a smaller outbox
+                        // than the server's, which refuses such messages
+                        // at publish): not the subscriber's fault.
+                        Err(PushError::TooLarge) => Outcome::Skipped,
                         // Closing, or closed just now as a slow consumer.
-                        Err(_) => Outcome::Gone,
+                        Err(PushError::Closed | PushError::Full) => Outcome::Gone,
                     },
                     // A message its protocol cannot carry (a line break,
                     // for a line-mode subscriber) does not reach it.
@@ -293,10 +425,12 @@ fn fan_out(
 }
 
 impl Topics {
-    pub(crate) fn new(retention: Retention, redis: Option<Redis>) -> Topics {
+    pub(crate) fn new(retention: Retention, bounds: Bounds, redis: Option<Redis>) -> Topics {
         Topics {
-            by_name: RwLock::new(HashMap::new()),
+            by_name: RwLock::new(BTreeMap::new()),
             retention,
+            bounds,
+            memory: Memory::default(),
             redis,
         }
     }
@@ -306,12 +440,28 @@ impl Topics {
         self.redis.as_ref()
     }
 
-    /// The topic, created if need be.
-    fn topic(&self, name: &str) -> Arc<Mutex<Topic>> {
-        if let Some(topic) = self.by_name.read().get(name) {
-            return Arc::clone(topic);
+    /// The topic, if it exists.
+    fn get(&self, name: &str) -> Option<Arc<Mutex<Topic>>> {
+        self.by_name.read().get(name).cloned()
+    }
+
+    /// The topic, created if need be (and if the topic limit allows): with
+    /// its name, shared with the age index.
+    fn topic(&self, name: &str) -> Result<(Arc<str>, Arc<Mutex<Topic>>), TopicError> {
+        if let Some((name, topic)) = self.by_name.read().get_key_value(name) {
+            return Ok((Arc::clone(name), Arc::clone(topic)));
         }
-        Arc::clone(self.by_name.write().entry(name.to_owned()).or_default())
+        let mut map = self.by_name.write();
+        if let Some((name, topic)) = map.get_key_value(name) {
+            return Ok((Arc::clone(name), Arc::clone(topic)));
+        }
+        if map.len() >= self.bounds.max_topics {
+            return Err(TopicError::TooManyTopics);
+        }
+        let name: Arc<str> = name.into();
+        let topic = Arc::new(Mutex::new(Topic::default()));
+        map.insert(Arc::clone(&name), Arc::clone(&topic));
+        Ok((name, topic))
     }
 
     /// Forgets `name` if it is idle (under the map's write lock, so that
@@ -331,6 +481,36 @@ impl Topics {
         }
     }
 
+    /// Drops the oldest retained messages of any topic while all topics'
+    /// history is past its bound. Called with no topic locked.
+    fn enforce_memory(&self) {
+        while self.memory.bytes.load(Ordering::Relaxed) > self.retention.memory {
+            let Some((age, name)) = self.memory.by_age.lock().pop_first() else {
+                return;
+            };
+            let Some(topic) = self.get(&name) else {
+                continue;
+            };
+            let idle = {
+                let mut t = topic.lock();
+                // Its messages are in age order: drop up to this one (any
+                // older ones were taken off the index by another thread
+                // that has not locked the topic yet).
+                while t.history.front().is_some_and(|m| m.age <= age) {
+                    let gone = t.history.pop_front().expect("checked non-empty");
+                    t.history_bytes -= gone.cost();
+                    self.memory.forget(&gone);
+                    self.memory.evicted.inc();
+                }
+                t.is_idle()
+            };
+            drop(topic);
+            if idle {
+                self.forget_if_idle(&name);
+            }
+        }
+    }
+
     /// Publishes `payload` to `name`; returns its sequence number and how
     /// many subscribers it reached. With `ack`, its message (built from the
     /// sequence number) goes to the publishing connection first, so that a
@@ -346,15 +526,25 @@ impl Topics {
     ///
     /// # Errors
     ///
-    /// With Redis, when Redis could not take the message.
+    /// A payload too large for a subscriber to read ([`max_payload`]), a
+    /// new topic past the topic limit, or with Redis, Redis that could not
+    /// take the message.
     pub(crate) fn publish(
         &self,
         flushes: &Flushes,
         name: &str,
         payload: &[u8],
         ack: Option<Ack<'_>>,
-    ) -> Result<Published, Unavailable> {
+    ) -> Result<Published, TopicError> {
+        let max = max_payload(self.bounds.max_frame, name);
+        if payload.len() > max {
+            return Err(TopicError::TooLarge(max));
+        }
         if let Some(redis) = &self.redis {
+            // Redis holds the topic; here it exists only while followed.
+            if self.get(name).is_none() && self.by_name.read().len() >= self.bounds.max_topics {
+                return Err(TopicError::TooManyTopics);
+            }
             let seq = redis.publish(name, payload)?;
             if let Some((publisher, ack)) = ack {
                 let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
@@ -365,25 +555,18 @@ impl Topics {
                 dropped: 0,
             });
         }
-        let numbered = self.deliver(self.topic(name), flushes, name, payload, |t| {
+        let (name, topic) = self.topic(name)?;
+        let numbered = self.deliver(topic, flushes, &name, payload, |t| {
             t.seq += 1;
             let seq = t.seq;
-            let now = Instant::now();
-            if self.retention.count > 0 {
-                t.history_bytes += payload.len();
-                t.history.push_back(Retained {
-                    seq,
-                    at: now,
-                    payload: payload.into(),
-                });
-            }
-            t.expire(self.retention, now);
+            t.retain(&name, self.retention, &self.memory, seq, payload);
             if let Some((publisher, ack)) = ack {
                 let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
             }
             Ok::<u64, std::convert::Infallible>(seq)
         });
         let Ok((seq, delivered, dropped)) = numbered;
+        self.enforce_memory();
         Ok(Published {
             seq,
             delivered,
@@ -417,7 +600,8 @@ impl Topics {
 
     /// Delivers message `seq` of `name`, read from Redis, to the local
     /// subscribers if it is the next one (or, with `past_hole`, any later
-    /// one: the stream no longer holds those between).
+    /// one: the stream no longer holds those between), and keeps it in the
+    /// local history for resumes.
     pub(crate) fn relay(
         &self,
         flushes: &Flushes,
@@ -426,10 +610,15 @@ impl Topics {
         payload: &[u8],
         past_hole: bool,
     ) -> Relayed {
-        let Some(topic) = self.by_name.read().get(name).cloned() else {
+        let Some((name, topic)) = self
+            .by_name
+            .read()
+            .get_key_value(name)
+            .map(|(n, t)| (Arc::clone(n), Arc::clone(t)))
+        else {
             return Relayed::Stale;
         };
-        let relayed = self.deliver(topic, flushes, name, payload, |t| {
+        let relayed = self.deliver(topic, flushes, &name, payload, |t| {
             if !t.followed || seq <= t.seq {
                 return Err(Relayed::Stale);
             }
@@ -437,8 +626,10 @@ impl Topics {
                 return Err(Relayed::Ahead);
             }
             t.seq = seq;
+            t.retain(&name, self.retention, &self.memory, seq, payload);
             Ok(seq)
         });
+        self.enforce_memory();
         match relayed {
             Ok((_, delivered, dropped)) => Relayed::Delivered { delivered, dropped },
             Err(refused) => refused,
@@ -446,12 +637,17 @@ impl Topics {
     }
 
     /// With Redis: numbering of `name` goes on from `last`, which is below
-    /// what was delivered here (Redis lost data).
+    /// what was delivered here (Redis lost data). The local history, whose
+    /// numbers Redis no longer knows, is dropped.
     pub(crate) fn restart_numbering(&self, name: &str, last: u64) {
-        if let Some(topic) = self.by_name.read().get(name).cloned() {
+        if let Some(topic) = self.get(name) {
             let mut t = topic.lock();
             if t.followed {
                 t.seq = last;
+                while let Some(gone) = t.history.pop_front() {
+                    t.history_bytes -= gone.cost();
+                    self.memory.forget(&gone);
+                }
             }
         }
     }
@@ -459,15 +655,15 @@ impl Topics {
     /// With Redis: the last sequence number of `name` delivered here, if
     /// the topic is followed.
     pub(crate) fn delivered(&self, name: &str) -> Option<u64> {
-        let topic = self.by_name.read().get(name).cloned()?;
+        let topic = self.get(name)?;
         let t = topic.lock();
         t.followed.then_some(t.seq)
     }
 
     /// Subscribes `conn` to `name`, writing `ok` (built from the outcome;
     /// nothing if it is empty) and then, with `since`, the retained messages
-    /// after it, on the connection's outbound path before any later live
-    /// message.
+    /// after it (the newest that fit the replay budget), on the
+    /// connection's outbound path before any later live message.
     pub(crate) fn subscribe(
         &self,
         flushes: &Flushes,
@@ -489,20 +685,59 @@ impl Topics {
                 subscriptions.push(name.to_owned());
             }
         }
-        let topic = self.topic(name);
-        let mut t = topic.lock();
-        t.expire(self.retention, Instant::now());
-        let found = self.find_replay(&mut t, name, since);
-        let (last, started_over, replay) = match found {
-            Ok(found) => found,
-            Err(e) => {
-                drop(t);
-                drop(topic);
-                self.unsubscribe(conn, name);
-                return Err(e.into());
+        let subscribed = self.subscribe_listed(flushes, conn, name, since, ok);
+        if subscribed.is_err() {
+            self.unsubscribe(conn, name);
+        }
+        subscribed
+    }
+
+    /// [`subscribe`](Topics::subscribe) once the connection lists the
+    /// topic.
+    fn subscribe_listed(
+        &self,
+        flushes: &Flushes,
+        conn: &Arc<Conn>,
+        name: &str,
+        since: Option<u64>,
+        ok: impl FnOnce(Resumed) -> Vec<u8>,
+    ) -> Result<Resumed, TopicError> {
+        let (_, topic) = self.topic(name)?;
+        // With Redis, Redis round trips happen without the topic's lock:
+        // first the number to follow from, then the replay's pages.
+        let mut fetched = Vec::new();
+        if let Some(redis) = &self.redis {
+            if !topic.lock().followed {
+                let last = redis.last_seq(name)?;
+                let mut t = topic.lock();
+                if !t.followed {
+                    t.seq = last;
+                    t.followed = true;
+                    redis.follow(name);
+                }
             }
-        };
+            if let Some(since) = since {
+                let last = topic.lock().seq;
+                // A `since` past the last number: everything is replayed.
+                let after = if since > last { 0 } else { since };
+                if after < last {
+                    fetched = redis.newest(name, after, self.bounds.replay_budget)?;
+                }
+            }
+        }
+        let mut t = topic.lock();
+        t.expire(self.retention, &self.memory, Instant::now());
+        let last = t.seq;
+        // A `since` past the last number means the topic started over (the
+        // server restarted, or Redis lost its data): everything retained is
+        // new to the client, and the answer must say so (`gap 1`), or a
+        // client would drop the replay's small numbers as duplicates.
+        let started_over = since.is_some_and(|since| since > last);
         let since = since.map(|since| if started_over { 0 } else { since });
+        let replay = match since {
+            Some(since) if since < last => self.plan_replay(conn, name, &t, since, fetched),
+            _ => Vec::new(),
+        };
         let resumed = match since {
             None => Resumed::Live { last },
             Some(_) if started_over => Resumed::Gap {
@@ -521,68 +756,63 @@ impl Topics {
         let push = |wire: &[u8]| match conn.out.push(conn.id, flushes, wire) {
             Ok(_) => Ok(()),
             Err(PushError::Full) => Err(TopicError::OutboxFull),
-            Err(PushError::Closed) => Err(TopicError::Closed),
+            Err(PushError::Closed | PushError::TooLarge) => Err(TopicError::Closed),
         };
         let ack = ok(resumed);
         let acked = if ack.is_empty() { Ok(()) } else { push(&ack) };
-        let outcome = acked.and_then(|()| {
-            for (seq, payload) in &replay {
-                if let Ok(wire) = encode_msg(conn.protocol, name, *seq, payload) {
-                    push(&wire)?;
-                }
+        acked.and_then(|()| {
+            for (_, wire) in &replay {
+                push(wire)?;
             }
             Ok(())
-        });
-        if outcome.is_ok() && !t.subscribers.iter().any(|c| c.id == conn.id) {
+        })?;
+        if !t.subscribers.iter().any(|c| c.id == conn.id) {
             t.subscribers.push(Arc::clone(conn));
-        }
-        drop(t);
-        drop(topic);
-        if let Err(e) = outcome {
-            self.unsubscribe(conn, name);
-            return Err(e);
         }
         Ok(resumed)
     }
 
-    /// What a subscription to `t` (the topic `name`, locked) after `since`
-    /// finds: the last number, whether the topic started over, and the
-    /// retained messages to replay. With Redis, a topic nobody here
-    /// followed is looked up and followed from now on.
-    fn find_replay(
+    /// The replay after `since` for `conn` from `t` (the topic `name`,
+    /// locked, its last number above `since`): the newest messages, encoded,
+    /// that run without a hole up to the last number and fit the replay
+    /// budget (at least the newest one), oldest first. Taken from the local
+    /// history and, with Redis, from what was `fetched` from the stream.
+    fn plan_replay(
         &self,
-        t: &mut Topic,
+        conn: &Conn,
         name: &str,
-        since: Option<u64>,
-    ) -> Result<(u64, bool, Vec<Entry>), Unavailable> {
-        if let Some(redis) = &self.redis
-            && !t.followed
-        {
-            t.seq = redis.last_seq(name)?;
-            t.followed = true;
-            redis.follow(name);
+        t: &Topic,
+        since: u64,
+        fetched: Vec<Entry>,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut held: BTreeMap<u64, Arc<[u8]>> = fetched
+            .into_iter()
+            .filter(|&(seq, _)| seq > since && seq <= t.seq)
+            .collect();
+        for m in t.history.iter().filter(|m| m.seq > since) {
+            held.insert(m.seq, Arc::clone(&m.payload));
         }
-        let last = t.seq;
-        // A `since` past the last number means the topic started over (the
-        // server restarted, or Redis lost its data): everything retained is
-        // new to the client, and the answer must say so (`gap 1`), or a
-        // client would drop the replay's small numbers as duplicates.
-        let started_over = since.is_some_and(|since| since > last);
-        let since = since.map(|since| if started_over { 0 } else { since });
-        let replay = match (since, &self.redis) {
-            (None, _) => Vec::new(),
-            (Some(since), _) if since >= last => Vec::new(),
-            (Some(since), Some(redis)) => {
-                redis.range(name, since + 1, Some(last), self.retention.count.max(1))?
+        let mut replay = Vec::new();
+        let mut spent = 0;
+        let mut next = t.seq;
+        for (&seq, payload) in held.iter().rev() {
+            if seq != next {
+                break; // a hole: older ones could not be told apart from it
             }
-            (Some(since), None) => t
-                .history
-                .iter()
-                .filter(|m| m.seq > since)
-                .map(|m| (m.seq, Arc::clone(&m.payload)))
-                .collect(),
-        };
-        Ok((last, started_over, replay))
+            let Ok(wire) = encode_msg(conn.protocol, name, seq, payload) else {
+                // A message its protocol cannot carry is skipped as live.
+                next -= 1;
+                continue;
+            };
+            if !replay.is_empty() && spent + wire.len() > self.bounds.replay_budget {
+                break;
+            }
+            spent += wire.len();
+            replay.push((seq, wire));
+            next -= 1;
+        }
+        replay.reverse();
+        replay
     }
 
     /// Unsubscribes `conn` from `name`; false if it was not subscribed.
@@ -593,7 +823,7 @@ impl Topics {
             subscriptions.retain(|s| s != name);
             subscriptions.len() != before
         };
-        let Some(topic) = self.by_name.read().get(name).cloned() else {
+        let Some(topic) = self.get(name) else {
             return was;
         };
         let idle = {
@@ -618,49 +848,60 @@ impl Topics {
 
     /// Local subscribers of `name`.
     pub(crate) fn subscribers(&self, name: &str) -> usize {
-        self.by_name
-            .read()
-            .get(name)
-            .map_or(0, |t| t.lock().subscribers.len())
+        self.get(name).map_or(0, |t| t.lock().subscribers.len())
     }
 
-    /// Every topic, by name.
-    pub(crate) fn list(&self) -> Vec<TopicInfo> {
+    /// Up to `limit` topics named after `after` (from the first without
+    /// it), in name order, and how many topics there are.
+    pub(crate) fn list(&self, after: Option<&str>, limit: usize) -> (Vec<TopicInfo>, usize) {
+        use std::ops::Bound;
         let map = self.by_name.read();
-        let mut list: Vec<TopicInfo> = map
-            .iter()
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let page = map
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
             .map(|(name, t)| {
                 let t = t.lock();
                 TopicInfo {
-                    topic: name.clone(),
+                    topic: name.to_string(),
                     subscribers: t.subscribers.len(),
                     last_seq: t.seq,
                 }
             })
             .collect();
-        list.sort_by(|a, b| a.topic.cmp(&b.topic));
-        list
+        (page, map.len())
     }
 
-    /// Topics, and payload bytes retained over all of them.
+    /// Topics, and bytes retained over all of them.
     pub(crate) fn totals(&self) -> (usize, usize) {
-        let map = self.by_name.read();
-        let bytes = map.values().map(|t| t.lock().history_bytes).sum();
-        (map.len(), bytes)
+        (
+            self.by_name.read().len(),
+            self.memory.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The count of retained messages dropped because all topics' history
+    /// was at its bound.
+    pub(crate) fn evicted(&self) -> &Counter {
+        &self.memory.evicted
     }
 
     /// Forgets topics whose history expired and that have no subscribers
     /// (the timer thread calls this now and then).
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
-        let idle: Vec<String> = self
+        let topics: Vec<(Arc<str>, Arc<Mutex<Topic>>)> = self
             .by_name
             .read()
             .iter()
+            .map(|(n, t)| (Arc::clone(n), Arc::clone(t)))
+            .collect();
+        let idle: Vec<Arc<str>> = topics
+            .into_iter()
             .filter_map(|(name, t)| {
                 let mut t = t.lock();
-                t.expire(self.retention, now);
-                t.is_idle().then(|| name.clone())
+                t.expire(self.retention, &self.memory, now);
+                t.is_idle().then_some(name)
             })
             .collect();
         for name in idle {
@@ -678,6 +919,226 @@ mod tests {
     use crate::server::test_support::{pair, shared};
     use std::time::Duration;
 
+    fn retention() -> Retention {
+        Retention {
+            count: 100,
+            ttl: Duration::from_secs(60),
+            bytes: 1 << 20,
+            memory: 8 << 20,
+        }
+    }
+
+    fn bounds() -> Bounds {
+        Bounds {
+            max_topics: 1000,
+            max_frame: 1 << 20,
+            replay_budget: 1 << 20,
+        }
+    }
+
+    fn publish(topics: &Topics, flushes: &Flushes, name: &str, payload: &[u8]) -> u64 {
+        topics.publish(flushes, name, payload, None).unwrap().seq
+    }
+
+    /// The sequence numbers a subscriber resuming after `since` is sent,
+    /// and what the subscription said.
+    fn resume(topics: &Topics, name: &str, since: u64) -> (Resumed, Vec<u64>) {
+        let (shared, listener) = shared(Config::default());
+        let (conn, mut client) = pair(&shared, &listener);
+        let resumed = topics
+            .subscribe(&shared.flushes, &conn, name, Some(since), 8, |_| Vec::new())
+            .unwrap();
+        // Everything was written or queued; let the queue go out.
+        while conn.out.flush_listed(None) == super::super::outbound::Flushed::Pending {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        topics.unsubscribe(&conn, name);
+        drop(conn);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reader = Reader::new(Protocol::Frame, 4 << 20);
+        let mut seqs = Vec::new();
+        while let Ok(Some(OwnedMessage::Data(msg))) = reader.read_message(&mut client) {
+            let text = String::from_utf8_lossy(&msg[..msg.len().min(64)]).into_owned();
+            seqs.push(text.split(' ').nth(2).unwrap().parse().unwrap());
+        }
+        (resumed, seqs)
+    }
+
+    #[test]
+    fn a_message_whose_msg_would_pass_the_largest_frame_is_refused_and_not_retained() {
+        let (shared, _listener) = shared(Config::default());
+        let topics = Topics::new(
+            Retention {
+                bytes: 2 << 20,
+                ..retention()
+            },
+            bounds(),
+            None,
+        );
+        let max = max_payload(1 << 20, "news");
+        assert_eq!(max, (1 << 20) - "MSG news  ".len() - 20);
+        assert_eq!(
+            topics.publish(&shared.flushes, "news", &vec![b'x'; max + 1], None),
+            Err(TopicError::TooLarge(max))
+        );
+        assert_eq!(topics.totals(), (0, 0), "nothing created or retained");
+        assert_eq!(
+            publish(&topics, &shared.flushes, "news", &vec![b'x'; max]),
+            1
+        );
+        assert_eq!(topics.totals(), (1, max + RETAINED_OVERHEAD));
+    }
+
+    #[test]
+    fn no_topic_is_created_past_the_limit() {
+        let (shared, listener) = shared(Config::default());
+        let topics = Topics::new(
+            retention(),
+            Bounds {
+                max_topics: 3,
+                ..bounds()
+            },
+            None,
+        );
+        for name in ["a", "b", "c"] {
+            publish(&topics, &shared.flushes, name, b"m");
+        }
+        assert_eq!(
+            topics.publish(&shared.flushes, "d", b"m", None),
+            Err(TopicError::TooManyTopics)
+        );
+        let (conn, _client) = pair(&shared, &listener);
+        assert_eq!(
+            topics.subscribe(&shared.flushes, &conn, "d", None, 8, |_| Vec::new()),
+            Err(TopicError::TooManyTopics)
+        );
+        assert!(
+            conn.subscriptions.lock().is_empty(),
+            "the refusal is not listed"
+        );
+        // Existing topics still take messages and subscribers.
+        assert_eq!(publish(&topics, &shared.flushes, "a", b"m"), 2);
+        topics
+            .subscribe(&shared.flushes, &conn, "b", None, 8, |_| Vec::new())
+            .unwrap();
+        assert_eq!(topics.list(None, 10).1, 3);
+    }
+
+    #[test]
+    fn all_topics_history_drops_the_oldest_message_of_any_topic_first() {
+        let (shared, _listener) = shared(Config::default());
+        let cost = 1000 + RETAINED_OVERHEAD;
+        let topics = Topics::new(
+            Retention {
+                memory: 5 * cost,
+                ..retention()
+            },
+            bounds(),
+            None,
+        );
+        let m = [b'm'; 1000];
+        publish(&topics, &shared.flushes, "old", &m);
+        publish(&topics, &shared.flushes, "new", &m);
+        publish(&topics, &shared.flushes, "old", &m);
+        for _ in 0..3 {
+            publish(&topics, &shared.flushes, "new", &m);
+        }
+        // Six retained: the first of "old" went.
+        assert_eq!(topics.totals(), (2, 5 * cost));
+        assert_eq!(topics.evicted().get(), 1);
+        let (resumed, seqs) = resume(&topics, "old", 0);
+        assert_eq!(
+            resumed,
+            Resumed::Gap {
+                last: 2,
+                first_missing: 1
+            }
+        );
+        assert_eq!(seqs, [2]);
+        // Six more to "new": every message of "old" goes, and with it the
+        // topic (no subscribers, no history).
+        for _ in 0..6 {
+            publish(&topics, &shared.flushes, "new", &m);
+        }
+        assert_eq!(topics.totals(), (1, 5 * cost));
+        assert_eq!(resume(&topics, "new", 5).1, [6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn one_topics_history_is_bounded_in_bytes() {
+        let (shared, _listener) = shared(Config::default());
+        let topics = Topics::new(
+            Retention {
+                bytes: 3 * (100 + RETAINED_OVERHEAD),
+                ..retention()
+            },
+            bounds(),
+            None,
+        );
+        for _ in 0..10 {
+            publish(&topics, &shared.flushes, "t", &[b'x'; 100]);
+        }
+        assert_eq!(topics.totals().1, 3 * (100 + RETAINED_OVERHEAD));
+        let (resumed, seqs) = resume(&topics, "t", 0);
+        assert_eq!(
+            resumed,
+            Resumed::Gap {
+                last: 10,
+                first_missing: 1
+            }
+        );
+        assert_eq!(seqs, [8, 9, 10]);
+    }
+
+    #[test]
+    fn a_replay_sends_the_newest_messages_that_fit_its_budget_and_reports_the_rest_as_a_gap() {
+        let (shared, _listener) = shared(Config::default());
+        let topics = Topics::new(
+            retention(),
+            Bounds {
+                replay_budget: 25_000,
+                ..bounds()
+            },
+            None,
+        );
+        for _ in 0..10 {
+            publish(&topics, &shared.flushes, "big", &[b'x'; 10_000]);
+        }
+        let (resumed, seqs) = resume(&topics, "big", 0);
+        assert_eq!(
+            resumed,
+            Resumed::Gap {
+                last: 10,
+                first_missing: 1
+            }
+        );
+        assert_eq!(seqs, [9, 10]);
+        // A resume that fits is recovered whole.
+        let (resumed, seqs) = resume(&topics, "big", 8);
+        assert_eq!(resumed, Resumed::Recovered { last: 10 });
+        assert_eq!(seqs, [9, 10]);
+        // A message larger than the budget alone still goes.
+        publish(&topics, &shared.flushes, "big", &[b'x'; 50_000]);
+        assert_eq!(resume(&topics, "big", 0).1, [11]);
+    }
+
+    #[test]
+    fn topics_page_by_name_and_count_them_all() {
+        let (shared, _listener) = shared(Config::default());
+        let topics = Topics::new(retention(), bounds(), None);
+        for name in ["d", "a", "c", "b", "e"] {
+            publish(&topics, &shared.flushes, name, b"m");
+        }
+        let names = |page: Vec<TopicInfo>| page.into_iter().map(|t| t.topic).collect::<Vec<_>>();
+        let (first, total) = topics.list(None, 2);
+        assert_eq!((names(first), total), (vec!["a".into(), "b".into()], 5));
+        assert_eq!(names(topics.list(Some("b"), 2).0), ["c", "d"]);
+        assert_eq!(names(topics.list(Some("d"), 2).0), ["e"]);
+        assert!(topics.list(Some("e"), 2).0.is_empty());
+    }
+
     /// A fan-out large enough to be split over two threads still reaches
     /// every subscriber once per publish, in publish order, and drops the
     /// ones that are closing.
@@ -687,8 +1148,9 @@ mod tests {
         let topics = Topics::new(
             Retention {
                 count: 0,
-                ttl: Duration::from_secs(1),
+                ..retention()
             },
+            bounds(),
             None,
         );
         let mut clients = Vec::new();

@@ -514,3 +514,21 @@ fn runs_or_skip(what: &str, check: &mut Command) -> bool {
     }
     found
 }
+
+/// Starts `cmd` with its address space limited to `bytes` (`RLIMIT_AS`).
+pub fn limit_address_space(cmd: &mut Command, bytes: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
