@@ -365,15 +365,9 @@ fn bad_http_heads_get_400_or_431_and_keep_alive_works() {
 /// (promtool does not read OpenMetrics).
 #[test]
 fn promtool_finds_nothing_in_the_default_format() {
-    let promtool = std::process::Command::new("promtool")
-        .arg("--version")
-        .output();
-    if promtool.is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is missing under CI"
-        );
-        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+    // Skipped visibly outside CI (said on the real stderr, which the test
+    // harness does not capture); a failure under CI.
+    if !util::tool_or_skip("promtool", "--version") {
         return;
     }
     let server = start(metrics_config());

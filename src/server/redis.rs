@@ -5,7 +5,9 @@
 //! For a topic `t` (its name in braces, a hash tag, so that a Redis Cluster
 //! keeps a topic's keys on one shard):
 //!
-//! * `wheel:{t}:seq`, the topic's counter;
+//! * `wheel:{t}:seq`, the topic's counter, expiring an hour
+//!   ([`SEQ_GRACE`]) after the history would, refreshed by every publish
+//!   and every [`SEQ_REFRESH`] by each instance that follows the topic;
 //! * `wheel:{t}:log`, a stream of its messages: entry id `<seq>-0`, fields
 //!   `p` (the payload) and `t` (the publish time, ms since the epoch),
 //!   capped at `--history` entries and expiring `--history-ttl` after the
@@ -92,10 +94,23 @@ const RECONNECT: Backoff = Backoff {
     multiplier: 2.0,
 };
 
+/// How long a topic's counter outlives its last publish or the last time
+/// an instance that follows the topic refreshed it, beyond the history
+/// TTL. The counter expires only once no message is retained, nobody has
+/// published for this long and no instance follows the topic: numbering
+/// then starts over at 1, and a client resuming past it is told `gap 1`.
+const SEQ_GRACE: Duration = Duration::from_secs(3600);
+
+/// How often the follower refreshes the counters of the topics it follows
+/// (well within [`SEQ_GRACE`]).
+const SEQ_REFRESH: Duration = Duration::from_secs(300);
+
 /// Numbers a message, appends it to the topic's stream (capped, and
-/// expiring with the history TTL) and announces it.
+/// expiring with the history TTL) and announces it. The counter expires
+/// [`SEQ_GRACE`] after the history would.
 const PUBLISH: &str = r"
 local seq = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if tonumber(ARGV[1]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], seq .. '-0', 'p', ARGV[3], 't', ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -305,6 +320,7 @@ impl Redis {
                 .arg(&payload)
                 .arg(retention.ttl.as_millis().max(1) as u64)
                 .arg(&keys.channel)
+                .arg(seq_ttl_ms(retention))
                 .invoke::<u64>(conn)
         })?;
         self.relayed_out.inc();
@@ -570,6 +586,32 @@ fn run(shared: &Shared, redis: &Redis) {
     redis.metrics.up.set(0);
 }
 
+/// How long a topic's counter lives after a publish or a refresh, in ms.
+fn seq_ttl_ms(retention: Retention) -> u64 {
+    (retention.ttl + SEQ_GRACE).as_millis() as u64
+}
+
+/// Refreshes the counters' expiry of the topics this instance follows, so
+/// that a quiet topic with subscribers keeps its numbering.
+fn refresh_counters(redis: &Redis, topics: &std::collections::HashSet<String>) {
+    let ttl = seq_ttl_ms(redis.retention);
+    let keys: Vec<String> = topics.iter().map(|t| Keys::of(t).seq).collect();
+    for chunk in keys.chunks(FILL_BATCH) {
+        let chunk = chunk.to_vec();
+        let refreshed = redis.with(move |conn| {
+            let mut pipe = redis::pipe();
+            for key in &chunk {
+                pipe.cmd("PEXPIRE").arg(key).arg(ttl).ignore();
+            }
+            pipe.query::<()>(conn)
+        });
+        if let Err(e) = refreshed {
+            debug!("counter refresh failed (retried in {SEQ_REFRESH:?}): {e}");
+            return;
+        }
+    }
+}
+
 /// One connection's life: subscribe to every wanted topic, fill each from
 /// its stream, then deliver announcements until the connection fails or
 /// the server stops.
@@ -580,7 +622,12 @@ fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<(
     // Everything wanted is new on this connection.
     redis.wanted.lock().changed = true;
     let mut first = true;
+    let mut refreshed = Instant::now();
     while !redis.stopping.load(Ordering::Acquire) {
+        if refreshed.elapsed() >= SEQ_REFRESH {
+            refresh_counters(redis, &followed);
+            refreshed = Instant::now();
+        }
         let changes = {
             let mut wanted = redis.wanted.lock();
             std::mem::take(&mut wanted.changed).then(|| {

@@ -498,8 +498,10 @@ pub fn python_websockets_or_skip() -> bool {
         )
 }
 
-/// Whether `check` succeeds; if not, under CI a failure naming `what`,
-/// elsewhere a skip said on stderr.
+/// Whether `check` succeeds; if not, under CI (`CI` set, as `.ci/run`
+/// does) a failure naming `what`, elsewhere a skip said on stderr. Written
+/// to the process's stderr directly, not with `eprintln!`, which the test
+/// harness captures for a passing test: a skip must be seen.
 fn runs_or_skip(what: &str, check: &mut Command) -> bool {
     let found = check
         .stdout(Stdio::null())
