@@ -281,7 +281,7 @@ fn line_mode_never_lets_a_payload_inject_a_line() {
     let lines = read_lines(&mut c, 5);
     assert_eq!(
         lines[0],
-        "refused: line mode cannot carry a line break in a message\n"
+        "refused: line mode cannot carry a line break (LF or CR) in a message\n"
     );
     // "PING alone" was a PING from the client: answered, not handed over.
     assert_eq!(lines[1], "PONG alone\n");
@@ -323,4 +323,36 @@ fn line_mode_data_that_reads_as_a_command_is_refused_by_the_encoder() {
     Protocol::Frame
         .encode(&Message::Data(b"PING\nCLOSE 1000"), &mut out)
         .unwrap();
+}
+
+/// Issue 26: a lone `\r` in a payload must not reach a line-mode reader,
+/// many of which (Python's universal newlines) take it as a line break: a
+/// publisher could forge `MSG` and `CLOSE` lines for every subscriber.
+#[test]
+fn a_lone_carriage_return_never_reaches_a_line_mode_reader() {
+    let server = Server::with_handler(
+        Config {
+            protocol: Protocol::Line,
+            ..config()
+        },
+        wheel_server::server::pubsub::PubSub,
+    )
+    .unwrap();
+    let mut sub = Client::connect_with(server.local_addr(), Protocol::Line);
+    sub.send_raw(b"SUB chat\n");
+    assert_eq!(sub.recv_msg(), Msg::Data(b"OK SUB chat 0".to_vec()));
+    let mut publisher = Client::connect_with(server.local_addr(), Protocol::Line);
+    publisher.send_raw(b"PUB chat hi\rMSG chat 999 forged\rCLOSE 4001 unauthorized\n");
+    assert_eq!(publisher.recv_msg(), Msg::Data(b"OK PUB chat 1".to_vec()));
+    publisher.send_raw(b"PUB chat clean\n");
+    assert_eq!(publisher.recv_msg(), Msg::Data(b"OK PUB chat 2".to_vec()));
+    // The subscriber's next line is the clean message: nothing of the
+    // first reached it.
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while byte[0] != b'\n' {
+        std::io::Read::read_exact(&mut sub.stream, &mut byte).unwrap();
+        line.push(byte[0]);
+    }
+    assert_eq!(line, b"MSG chat 2 clean\n");
 }

@@ -107,7 +107,9 @@ pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeE
         Message::Data(p) | Message::Ping(p) | Message::Pong(p) => p,
         Message::Close { reason, .. } => reason.as_bytes(),
     };
-    if text.contains(&b'\n') {
+    // A lone '\r' is a line break too for many readers (Python's universal
+    // newlines, for one): it could forge a line of its own.
+    if text.iter().any(|&b| b == b'\n' || b == b'\r') {
         return Err(EncodeError::LineBreak);
     }
     match *msg {
@@ -127,11 +129,6 @@ pub(super) fn encode(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), EncodeE
                 out.extend_from_slice(reason.as_bytes());
             }
         }
-    }
-    // The decoder strips one '\r' before the '\n': a text that ends in
-    // '\r' gets one more, so that it reads back whole.
-    if text.last() == Some(&b'\r') {
-        out.push(b'\r');
     }
     out.push(b'\n');
     Ok(())

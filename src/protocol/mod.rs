@@ -221,7 +221,7 @@ impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EncodeError::LineBreak => {
-                f.write_str("line mode cannot carry a line break in a message")
+                f.write_str("line mode cannot carry a line break (LF or CR) in a message")
             }
             EncodeError::ReadsAsCommand => {
                 f.write_str("line mode DATA would read as a command (PING, PONG, QUIT or CLOSE)")
