@@ -218,6 +218,9 @@ fn the_client_drains_on_1001_so_no_data_is_lost() {
             multiplier: 2.0,
         },
         seed: Some(7),
+        // Every echo is an event: room for all of them, so that a test
+        // thread the scheduler leaves aside for a while loses none.
+        event_capacity: 8192,
         ..ClientConfig::new(first.local_addr())
     };
     let client = client::Client::start(config).unwrap();
@@ -270,6 +273,7 @@ fn the_client_drains_on_1001_so_no_data_is_lost() {
         .filter(|&(_, &count)| count > 1)
         .map(|(&n, _)| n)
         .collect();
+    assert_eq!(client.dropped_events(), 0, "events dropped by the client");
     assert!(missing.is_empty(), "never echoed: {missing:?}");
     assert!(twice.is_empty(), "echoed twice: {twice:?}");
     client.close();

@@ -11,6 +11,8 @@ mod util;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use util::redis::{RedisServer, redis_or_skip};
@@ -289,19 +291,27 @@ fn publishes_under_load_across_a_redis_restart_are_acknowledged_or_refused_and_n
         assert_eq!(ask(s, "SUB load"), "OK SUB load 0");
     }
     let handle = a.handle();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Acknowledged and refused so far, for the test to wait on.
+    let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
     let publisher = {
-        let stop = std::sync::Arc::clone(&stop);
+        let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
         std::thread::spawn(move || {
             let (mut acked, mut refused) = (Vec::new(), Vec::new());
             for n in 0..20_000u32 {
-                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                if stop.load(Ordering::Acquire) {
                     break;
                 }
                 let payload = format!("p{n}");
                 match handle.publish("load", payload.as_bytes()) {
-                    Ok(p) => acked.push((p.seq, payload)),
-                    Err(wheel_server::server::SendError::Unavailable(_)) => refused.push(payload),
+                    Ok(p) => {
+                        acked.push((p.seq, payload));
+                        counts.0.fetch_add(1, Ordering::Release);
+                    }
+                    Err(wheel_server::server::SendError::Unavailable(_)) => {
+                        refused.push(payload);
+                        counts.1.fetch_add(1, Ordering::Release);
+                    }
                     Err(e) => panic!("unexpected error: {e}"),
                 }
                 std::thread::sleep(util::ms(2));
@@ -309,16 +319,20 @@ fn publishes_under_load_across_a_redis_restart_are_acknowledged_or_refused_and_n
             (acked, refused)
         })
     };
-    std::thread::sleep(util::ms(150));
+    // Waits on what the publisher saw, not on the clock: a busy machine
+    // publishes fewer per second.
+    let acked_now = || counts.0.load(Ordering::Acquire);
+    assert!(wait_until(PATIENCE, || acked_now() >= 25));
     redis.kill();
-    std::thread::sleep(util::ms(300));
+    assert!(wait_until(PATIENCE, || counts.1.load(Ordering::Acquire) >= 1));
     redis.restart();
     // Publishing resumes once the command threads reconnect.
-    std::thread::sleep(util::ms(500));
-    stop.store(true, std::sync::atomic::Ordering::Release);
+    let at_restart = acked_now();
+    assert!(wait_until(PATIENCE, || acked_now() >= at_restart + 25));
+    stop.store(true, Ordering::Release);
     let (acked, refused) = publisher.join().unwrap();
     assert!(
-        acked.len() > 50,
+        acked.len() >= 50,
         "publishes before and after: {}",
         acked.len()
     );
