@@ -13,9 +13,11 @@ use wheel_server::server::auth::Jwt;
 use wheel_server::server::{ConfigError, Listen, TlsFiles};
 use wheel_server::{Config, Keepalive, parse_bytes, parse_duration};
 
-/// Long-connection TCP server: echo service with application heartbeats
-/// (PING/PONG), an idle timeout enforced by a hashed timing wheel, and TCP
-/// keepalive / TCP_USER_TIMEOUT tuning.
+/// Long-connection TCP server that keeps live peers and finds dead ones
+/// fast: echo or pub/sub with history (frame, line, WebSocket; TLS; JWT;
+/// topics across instances through Redis), with PING/PONG heartbeats, an
+/// idle timeout on a hashed timing wheel, and tuned TCP keepalive and
+/// TCP_USER_TIMEOUT.
 ///
 /// Every flag can also be set through the environment variable shown, e.g.
 /// WHEEL_SERVER_IDLE_TIMEOUT=30s. Durations are written like 250ms, 5s, 2m;
@@ -31,225 +33,333 @@ pub struct Args {
     /// ws:// (WebSocket; with a path, upgrades to any other path get 404), or the same over TLS:
     /// tls://, tls+line://, wss:// (with --tls-cert and --tls-key). Topics, limits, metrics and
     /// shutdown span them all.
-    #[arg(long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005", value_delimiter = ',', value_parser = listen_spec)]
+    #[arg(help_heading = "Listeners and protocols", long, env = "WHEEL_SERVER_LISTEN", default_value = "127.0.0.1:5005", value_delimiter = ',', value_parser = listen_spec)]
     listen: Vec<ListenSpec>,
 
     /// Wire protocol of the --listen addresses written without a scheme: length-prefixed frames,
     /// text lines (for nc), or WebSocket (any path).
-    #[arg(long, env = "WHEEL_SERVER_PROTOCOL", default_value = "frame", value_parser = protocol_parser())]
+    #[arg(help_heading = "Listeners and protocols", long, env = "WHEEL_SERVER_PROTOCOL", default_value = "frame", value_parser = protocol_parser())]
     protocol: Protocol,
 
     /// Close connections silent for this long with CLOSE 4000 (0 = off).
-    #[arg(long, env = "WHEEL_SERVER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
 
     /// Timer resolution: idle connections close at most one tick late.
-    #[arg(long, env = "WHEEL_SERVER_TICK", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_TICK", default_value = "100ms", value_parser = parse_duration)]
     tick: Duration,
 
     /// Slots of the timing wheel (a power of two).
-    #[arg(long, env = "WHEEL_SERVER_WHEEL_SLOTS", default_value_t = 512)]
+    #[arg(
+        help_heading = "Timeouts and heartbeats",
+        long,
+        env = "WHEEL_SERVER_WHEEL_SLOTS",
+        default_value_t = 512
+    )]
     wheel_slots: usize,
 
     /// Send PING to a connection idle this long (and again as long as it stays silent);
     /// its PONG counts as activity. Off unless set.
-    #[arg(long, env = "WHEEL_SERVER_PROBE_AFTER", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_PROBE_AFTER", value_parser = parse_duration)]
     probe_after: Option<Duration>,
 
     /// Connections above this many get CLOSE 1013 (try again later).
-    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "WHEEL_SERVER_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
     max_connections: usize,
 
     /// Largest frame or line in bytes; larger gets CLOSE 1009.
-    #[arg(long, env = "WHEEL_SERVER_MAX_FRAME", default_value_t = 1_048_576)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "WHEEL_SERVER_MAX_FRAME",
+        default_value_t = 1_048_576
+    )]
     max_frame: usize,
 
     /// PINGs closer together than this count as strikes. Off unless set.
-    #[arg(long, env = "WHEEL_SERVER_MIN_PING_INTERVAL", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_MIN_PING_INTERVAL", value_parser = parse_duration)]
     min_ping_interval: Option<Duration>,
 
     /// More consecutive strikes than this get CLOSE 1008.
-    #[arg(long, env = "WHEEL_SERVER_PING_STRIKES", default_value_t = 3)]
+    #[arg(
+        help_heading = "Timeouts and heartbeats",
+        long,
+        env = "WHEEL_SERVER_PING_STRIKES",
+        default_value_t = 3
+    )]
     ping_strikes: u32,
 
     /// TCP keepalive: idle time before the first probe (whole seconds).
-    #[arg(long, env = "WHEEL_SERVER_KEEPALIVE_IDLE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_KEEPALIVE_IDLE", default_value = "30s", value_parser = parse_duration)]
     keepalive_idle: Duration,
 
     /// TCP keepalive: time between probes (whole seconds).
-    #[arg(long, env = "WHEEL_SERVER_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     keepalive_interval: Duration,
 
     /// TCP keepalive: unanswered probes before the peer is declared dead.
-    #[arg(long, env = "WHEEL_SERVER_KEEPALIVE_COUNT", default_value_t = 3)]
+    #[arg(
+        help_heading = "Timeouts and heartbeats",
+        long,
+        env = "WHEEL_SERVER_KEEPALIVE_COUNT",
+        default_value_t = 3
+    )]
     keepalive_count: u32,
 
     /// Turn TCP keepalive off.
-    #[arg(long, env = "WHEEL_SERVER_NO_KEEPALIVE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_NO_KEEPALIVE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     no_keepalive: bool,
 
     /// TCP_USER_TIMEOUT: drop a connection whose sent data stays unacknowledged this long
     /// (0 = off). Unset: keepalive idle + interval x count while keepalive is on (keepalive
     /// sends no probes while data is in flight; without this a dead peer would then take
     /// ~15 minutes of retransmissions to find), off otherwise.
-    #[arg(long, env = "WHEEL_SERVER_USER_TIMEOUT", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_USER_TIMEOUT", value_parser = parse_duration)]
     user_timeout: Option<Duration>,
 
     /// Close a connection whose peer does not read for this long while the server writes (0 = off).
-    #[arg(long, env = "WHEEL_SERVER_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
 
-    /// Everything before a connection is admitted (the PROXY protocol header) must arrive within
-    /// this long of the accept, or the connection is dropped and counted.
-    #[arg(long, env = "WHEEL_SERVER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Everything before a connection is admitted (the PROXY protocol header, the TLS handshake,
+    /// the WebSocket upgrade, AUTH with --auth jwt) must arrive within this long of the accept, or
+    /// the connection is dropped and counted.
+    #[arg(help_heading = "Listeners and protocols", long, env = "WHEEL_SERVER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
 
     /// Connections one client address may hold at once (IPv6 grouped by /64; the PROXY protocol's
     /// address when that is on); more get CLOSE 1013. Off unless set.
-    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTIONS_PER_IP")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "WHEEL_SERVER_MAX_CONNECTIONS_PER_IP"
+    )]
     max_connections_per_ip: Option<usize>,
 
     /// Connects per second one client address may make (with a burst of one second's worth);
     /// more get CLOSE 1013. Off unless set.
-    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECT_RATE_PER_IP")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "WHEEL_SERVER_MAX_CONNECT_RATE_PER_IP"
+    )]
     max_connect_rate_per_ip: Option<u32>,
 
     /// Most bytes that may wait to be written to one connection (messages pushed to it, probes,
     /// CLOSEs, while its socket buffer is full); a connection whose queue would pass it is closed
     /// as a slow consumer with CLOSE 4003. Must hold the largest message (--max-frame plus 14
     /// bytes of framing). Default: twice --max-frame.
-    #[arg(long, env = "WHEEL_SERVER_MAX_OUTBOX", value_parser = parse_bytes, value_name = "BYTES")]
+    #[arg(help_heading = "Limits", long, env = "WHEEL_SERVER_MAX_OUTBOX", value_parser = parse_bytes, value_name = "BYTES")]
     max_outbox: Option<usize>,
 
     /// On SIGINT/SIGTERM, send CLOSE 1001 and let connections drain this long (the server keeps
     /// answering until each client hangs up), then force the rest closed.
-    #[arg(long, env = "WHEEL_SERVER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
 
     /// Send CLOSE 1001 to connections this old (each gets its own age within +/-10%), so that
     /// clients reconnect and spread over instances added since (0 = off).
-    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTION_AGE", default_value = "0", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_MAX_CONNECTION_AGE", default_value = "0", value_parser = parse_duration)]
     max_connection_age: Duration,
 
     /// How long a connection past its maximum age may drain before it is forced closed
     /// (0 = until the client hangs up or goes idle).
-    #[arg(long, env = "WHEEL_SERVER_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(help_heading = "Timeouts and heartbeats", long, env = "WHEEL_SERVER_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_duration)]
     max_connection_age_grace: Duration,
 
     /// Stack size of each connection's thread, in bytes.
-    #[arg(long, env = "WHEEL_SERVER_WORKER_STACK", default_value_t = 65_536)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "WHEEL_SERVER_WORKER_STACK",
+        default_value_t = 65_536
+    )]
     worker_stack: usize,
 
     /// Keep up to this many finished connection threads parked for new connections instead of
     /// ending them: a new connection then costs a hand-over, not a thread spawn and teardown.
     /// Still one thread per live connection. 0 = off.
-    #[arg(long, env = "WHEEL_SERVER_THREAD_CACHE", default_value_t = 1024)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "WHEEL_SERVER_THREAD_CACHE",
+        default_value_t = 1024
+    )]
     thread_cache: usize,
 
     /// A parked thread that gets no connection for this long exits, so that an idle server
     /// gives its threads back.
-    #[arg(long, env = "WHEEL_SERVER_THREAD_CACHE_IDLE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(help_heading = "Limits", long, env = "WHEEL_SERVER_THREAD_CACHE_IDLE", default_value = "60s", value_parser = parse_duration)]
     thread_cache_idle: Duration,
 
     /// Serve the admin endpoint over HTTP on this address: Prometheus metrics (GET /metrics),
     /// live connections (GET /connections), health (GET /healthz), topics (GET /topics), and
     /// publish / send / close (POST). Off unless set. --admin-listen is the same flag.
-    #[arg(long, visible_alias = "admin-listen", env = "WHEEL_SERVER_METRICS_LISTEN", value_parser = resolve)]
+    #[arg(help_heading = "Admin endpoint and metrics", long, visible_alias = "admin-listen", env = "WHEEL_SERVER_METRICS_LISTEN", value_parser = resolve)]
     metrics_listen: Option<SocketAddr>,
 
-    /// Bearer token the admin endpoint's publish, send, close and topics paths require
-    /// (Authorization: Bearer TOKEN); /healthz and /metrics stay open. Required when the admin
+    /// Bearer token every admin path requires (Authorization: Bearer TOKEN) but /healthz, /readyz,
+    /// /metrics and the pages that hold no data of their own (/, /demo, /wheel-client.js,
+    /// /listeners). Required when the admin
     /// endpoint listens on a non-loopback address. Prefer the environment variable to the flag,
     /// which other users can see in the process list.
-    #[arg(long, env = "WHEEL_SERVER_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        help_heading = "Admin endpoint and metrics",
+        long,
+        env = "WHEEL_SERVER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     admin_token: Option<String>,
 
     /// TLS listeners: the certificate chain, PEM, leaf first. Re-read on SIGHUP (and POST
     /// /admin/reload-tls) for new handshakes; live connections keep theirs.
-    #[arg(long, env = "WHEEL_SERVER_TLS_CERT", value_name = "FILE")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "WHEEL_SERVER_TLS_CERT",
+        value_name = "FILE"
+    )]
     tls_cert: Option<std::path::PathBuf>,
 
     /// TLS listeners: the private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "WHEEL_SERVER_TLS_KEY", value_name = "FILE")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "WHEEL_SERVER_TLS_KEY",
+        value_name = "FILE"
+    )]
     tls_key: Option<std::path::PathBuf>,
 
     /// TLS listeners: require a client certificate issued by a CA in this PEM file; its subject
     /// (common name) is the connection's identity in logs and /connections.
-    #[arg(long, env = "WHEEL_SERVER_TLS_CLIENT_CA", value_name = "FILE")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "WHEEL_SERVER_TLS_CLIENT_CA",
+        value_name = "FILE"
+    )]
     tls_client_ca: Option<std::path::PathBuf>,
 
     /// TLS listeners: the session-ticket key, 64 hex digits in a file (openssl rand -hex 32).
     /// Instances and restarts sharing it resume each other's sessions, so a fleet's reconnect
     /// storm after a restart makes short handshakes. Rotate it by replacing the file and SIGHUP
     /// (the previous key still opens tickets). Default: a random key per process.
-    #[arg(long, env = "WHEEL_SERVER_TLS_TICKET_KEY", value_name = "FILE")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "WHEEL_SERVER_TLS_TICKET_KEY",
+        value_name = "FILE"
+    )]
     tls_ticket_key: Option<std::path::PathBuf>,
 
     /// WebSocket listeners: accept upgrades from browsers on this origin only, e.g.
     /// https://app.example.com (repeat for more). An upgrade with any other Origin header gets
     /// 403: a defence against cross-site WebSocket hijacking. Clients that send no Origin (not
     /// browsers) are not affected. Default: any origin.
-    #[arg(long, env = "WHEEL_SERVER_ALLOWED_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Listeners and protocols",
+        long,
+        env = "WHEEL_SERVER_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
     allowed_origin: Vec<String>,
 
     /// The service behind the heartbeat machinery: echo (DATA comes back), or pubsub (DATA is a
     /// command: SUB, UNSUB, PUB, PING; see docs/PROTOCOL.md).
-    #[arg(long, env = "WHEEL_SERVER_SERVICE", value_enum, default_value_t = Service::Echo)]
+    #[arg(help_heading = "Listeners and protocols", long, env = "WHEEL_SERVER_SERVICE", value_enum, default_value_t = Service::Echo)]
     pub service: Service,
 
     /// Authentication: none, or jwt (every connection's first message must be AUTH <jwt>; the
     /// token's exp closes the connection with CLOSE 4002 unless refreshed).
-    #[arg(long, env = "WHEEL_SERVER_AUTH", value_enum, default_value_t = AuthMode::None)]
+    #[arg(help_heading = "Authentication", long, env = "WHEEL_SERVER_AUTH", value_enum, default_value_t = AuthMode::None)]
     pub auth: AuthMode,
 
     /// HS256 secret for --auth jwt. Prefer the environment variable or --jwt-secret-file: a
     /// flag's value is visible in the process list.
-    #[arg(long, env = "WHEEL_SERVER_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "WHEEL_SERVER_JWT_SECRET",
+        hide_env_values = true
+    )]
     jwt_secret: Option<String>,
 
     /// File holding the HS256 secret for --auth jwt (trailing newline ignored).
-    #[arg(long, env = "WHEEL_SERVER_JWT_SECRET_FILE")]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "WHEEL_SERVER_JWT_SECRET_FILE"
+    )]
     jwt_secret_file: Option<std::path::PathBuf>,
 
     /// PEM public key for --auth jwt with RS256 (RSA) or ES256 (P-256) tokens, by the key's type.
-    #[arg(long, env = "WHEEL_SERVER_JWT_PUBLIC_KEY")]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "WHEEL_SERVER_JWT_PUBLIC_KEY"
+    )]
     jwt_public_key: Option<std::path::PathBuf>,
 
     /// Messages kept per topic for subscribers that resume with SUB <topic> <since> (0 = off).
-    #[arg(long, env = "WHEEL_SERVER_HISTORY", default_value_t = 100)]
+    #[arg(
+        help_heading = "Pub/sub",
+        long,
+        env = "WHEEL_SERVER_HISTORY",
+        default_value_t = 100
+    )]
     history: usize,
 
     /// How long a topic keeps a message for resuming subscribers.
-    #[arg(long, env = "WHEEL_SERVER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(help_heading = "Pub/sub", long, env = "WHEEL_SERVER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
     history_ttl: Duration,
 
     /// Bytes of history kept per topic (each message counted with 128 bytes of overhead); past
     /// it the topic's oldest messages are dropped first. Accepts KiB, MiB, GiB.
-    #[arg(long, env = "WHEEL_SERVER_HISTORY_BYTES", default_value = "4MiB", value_parser = parse_bytes, value_name = "BYTES")]
+    #[arg(help_heading = "Pub/sub", long, env = "WHEEL_SERVER_HISTORY_BYTES", default_value = "4MiB", value_parser = parse_bytes, value_name = "BYTES")]
     history_bytes: usize,
 
     /// Bytes of history kept over all topics; past it the oldest message of any topic is dropped
     /// first (resumes that needed it get gap). Accepts KiB, MiB, GiB.
-    #[arg(long, env = "WHEEL_SERVER_HISTORY_MEMORY", default_value = "256MiB", value_parser = parse_bytes, value_name = "BYTES")]
+    #[arg(help_heading = "Pub/sub", long, env = "WHEEL_SERVER_HISTORY_MEMORY", default_value = "256MiB", value_parser = parse_bytes, value_name = "BYTES")]
     history_memory: usize,
 
     /// Topics at most; a PUB or SUB that would create another gets ERR too many topics (HTTP
     /// 503).
-    #[arg(long, env = "WHEEL_SERVER_MAX_TOPICS", default_value_t = 100_000)]
+    #[arg(
+        help_heading = "Pub/sub",
+        long,
+        env = "WHEEL_SERVER_MAX_TOPICS",
+        default_value_t = 100_000
+    )]
     max_topics: usize,
 
     /// PUBs one connection may send per second (a burst of one second's worth); more get ERR
     /// rate limited, and 100 refused in a row close the connection with CLOSE 1008 (0 = off).
-    #[arg(long, env = "WHEEL_SERVER_MAX_PUBLISH_RATE", default_value_t = 1000)]
+    #[arg(
+        help_heading = "Pub/sub",
+        long,
+        env = "WHEEL_SERVER_MAX_PUBLISH_RATE",
+        default_value_t = 1000
+    )]
     max_publish_rate: u32,
 
     /// Payload bytes one connection may publish per second (a burst of one second's worth, at
     /// least one largest message); more get ERR rate limited (0 = off). Accepts KiB, MiB, GiB.
-    #[arg(long, env = "WHEEL_SERVER_MAX_PUBLISH_BYTES", default_value = "64MiB", value_parser = parse_bytes, value_name = "BYTES")]
+    #[arg(help_heading = "Pub/sub", long, env = "WHEEL_SERVER_MAX_PUBLISH_BYTES", default_value = "64MiB", value_parser = parse_bytes, value_name = "BYTES")]
     max_publish_bytes: usize,
 
     /// Topics one connection may subscribe to at most (then ERR too many subscriptions).
-    #[arg(long, env = "WHEEL_SERVER_MAX_SUBSCRIPTIONS", default_value_t = 128)]
+    #[arg(
+        help_heading = "Pub/sub",
+        long,
+        env = "WHEEL_SERVER_MAX_SUBSCRIPTIONS",
+        default_value_t = 128
+    )]
     max_subscriptions: usize,
 
     /// Share topics with the other instances using this Redis
@@ -257,6 +367,7 @@ pub struct Args {
     /// instance's subscribers get every message, and a client resumes on any instance. A PUB while
     /// Redis is unreachable is refused (ERR redis unavailable, HTTP 503); /readyz answers 503.
     #[arg(
+        help_heading = "Redis (topics across instances)",
         long,
         env = "WHEEL_SERVER_REDIS",
         hide_env_values = true,
@@ -265,38 +376,43 @@ pub struct Args {
     redis: Option<String>,
 
     /// Redis's password, if not in --redis's URL (overrides it; prefer the environment variable).
-    #[arg(long, env = "WHEEL_SERVER_REDIS_PASSWORD", hide_env_values = true)]
+    #[arg(
+        help_heading = "Redis (topics across instances)",
+        long,
+        env = "WHEEL_SERVER_REDIS_PASSWORD",
+        hide_env_values = true
+    )]
     redis_password: Option<String>,
 
     /// How long a Redis connect or command may take before the publish (or SUB) fails.
-    #[arg(long, env = "WHEEL_SERVER_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(help_heading = "Redis (topics across instances)", long, env = "WHEEL_SERVER_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     redis_timeout: Duration,
 
     /// Log a one-line summary (connections, closes, frames) at info level this often (0 = off).
-    #[arg(long, env = "WHEEL_SERVER_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(help_heading = "Admin endpoint and metrics", long, env = "WHEEL_SERVER_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     stats_interval: Duration,
 
     /// Share the listening port with other processes (SO_REUSEPORT): run one instance per core
     /// on the same address and the kernel spreads connections across them.
-    #[arg(long, env = "WHEEL_SERVER_REUSE_PORT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Listeners and protocols", long, env = "WHEEL_SERVER_REUSE_PORT", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     reuse_port: bool,
 
     /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy) on every connection;
     /// logs, metrics and /connections then show the real client address. A connection without
     /// one is refused with CLOSE 1002.
-    #[arg(long, env = "WHEEL_SERVER_PROXY_PROTOCOL", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    #[arg(help_heading = "Listeners and protocols", long, env = "WHEEL_SERVER_PROXY_PROTOCOL", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     proxy_protocol: bool,
 
     /// Log format: human-readable text, or one JSON object per line for log shippers.
-    #[arg(long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Logging", long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
     /// More log output (-v: debug from wheel-server itself, -vv: trace). Overrides RUST_LOG.
-    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    #[arg(help_heading = "Logging", short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
 
     /// Less log output (-q warnings, -qq errors only). Overrides RUST_LOG.
-    #[arg(short, long, action = ArgAction::Count)]
+    #[arg(help_heading = "Logging", short, long, action = ArgAction::Count)]
     quiet: u8,
 }
 

@@ -3,6 +3,7 @@
 
 mod util;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -592,4 +593,49 @@ fn auth_jwt_needs_a_usable_key_or_exits_2_naming_the_flag() {
     let mut c = Client::connect(server.addr);
     c.send(Message::Ping(b"no auth"));
     assert_eq!(c.expect_close().0, 4001);
+}
+
+/// README's flag table and `--help` list the same flags: a flag added
+/// without its row (or a row left for a flag that went) fails here.
+#[test]
+fn the_readme_flag_table_lists_exactly_the_flags_of_help() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let flags_in = |text: &str| -> BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(str::to_owned)
+            .collect()
+    };
+    // The flags each option line of --help names (its first words).
+    let mut in_help: BTreeSet<String> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-') || l.starts_with("[alias"))
+        .flat_map(|l| flags_in(l.split(" <").next().unwrap_or_default()))
+        .collect();
+    in_help.remove("--help");
+    in_help.remove("--version");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Command line\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a '## Command line' section");
+    // The first cell of every table row.
+    let in_readme: BTreeSet<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `-"))
+        .flat_map(|l| flags_in(l.split(" | ").next().unwrap_or_default()))
+        .collect();
+    let missing: Vec<_> = in_help.difference(&in_readme).collect();
+    let stale: Vec<_> = in_readme.difference(&in_help).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "README's flag table lacks {missing:?}; lists flags --help does not: {stale:?}"
+    );
 }

@@ -6,7 +6,11 @@
 //! instances that can publish), the
 //! pages under `web/` (`GET /`: the dashboard; `GET /demo` and
 //! `GET /wheel-client.js`: the browser client) and `GET /listeners` (what
-//! the demo connects to).
+//! the demo connects to); and the admin API: `GET /topics` (paged),
+//! `POST /publish/<topic>`, `POST /connections/<id>/send`,
+//! `POST /connections/<id>/close`, `POST /users/<sub>/send`,
+//! `POST /users/<sub>/close` and `POST /admin/reload-tls` (README, "HTTP
+//! API for backends").
 //!
 //! A small HTTP/1.1 server of its own (requests are parsed by `httparse`),
 //! built so that no client can hold it up:

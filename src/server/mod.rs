@@ -15,8 +15,9 @@
 //!   threads left queued (`timer/`).
 //!
 //! Workers and the acceptor reach the timer thread over a `crossbeam-channel`
-//! (register and deregister only, taken at the next tick; activity goes
-//! through an atomic stamp per connection). The registry of live connections (`registry.rs`) is a slab
+//! (register, deregister, a token's expiry and stop, taken at the next
+//! tick; activity goes through an atomic stamp per connection, never the
+//! channel). The registry of live connections (`registry.rs`) is a slab
 //! behind a `parking_lot` mutex; what the threads share is in `shared.rs`.
 //!
 //! # The outbound path

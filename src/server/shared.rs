@@ -29,7 +29,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// The coarse clock the timer thread publishes and workers stamp.
     pub(crate) clock: Clock,
-    /// Register and deregister events for the timer thread.
+    /// Events for the timer thread: register, deregister, a token's expiry,
+    /// stop.
     pub(crate) events: Sender<Event>,
     /// The application.
     pub(crate) handler: Arc<dyn Handler>,
@@ -72,7 +73,8 @@ pub(crate) struct Listening {
 }
 
 /// The messages the server sends most, encoded once for each protocol: the
-/// probe PING and the two drain CLOSEs (1001).
+/// probe PING, the two drain CLOSEs (1001: shutdown, maximum age), and the
+/// idle timeout's and token expiry's CLOSEs.
 pub(crate) struct Frames {
     /// Indexed by [`Frames::index`].
     by_protocol: [Encoded; Protocol::ALL.len()],

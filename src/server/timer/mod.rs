@@ -13,7 +13,8 @@
 //! activity since, it re-arms the timer for the time that remains; only if
 //! not does it act. A busy connection thus costs the timer thread one wheel
 //! operation per idle timeout, however many messages it carries, and the
-//! channel carries only register and deregister events.
+//! channel carries only a connection's register, deregister and token
+//! expiry events (and the stop), never its activity.
 //!
 //! Nor does an event wake the timer thread: it sleeps until its next tick
 //! and takes the events that arrived meanwhile before ticking, so a
