@@ -465,3 +465,32 @@ fn a_websocket_token_comes_with_the_upgrade_request() {
     auth(&mut first, &good);
     assert_eq!(first.recv_msg(), welcome);
 }
+
+/// A token that is valid now but expires before the next tick (here: in
+/// the current second) is refused at AUTH with the expiry's code, instead
+/// of being admitted and closed at once (issue 32: a client then
+/// reconnected with it three times in 0.6 s).
+#[test]
+fn a_token_expiring_within_a_tick_is_refused_at_auth_with_4002() {
+    let server = Server::with_handler(
+        Config {
+            tick: Duration::from_secs(2),
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..config()
+        },
+        Authenticated::new(Echo, Jwt::hs256(SECRET).unwrap()),
+    )
+    .unwrap();
+    let mut c = Client::connect(server.local_addr());
+    // Valid (exp is not yet past), but within the 2 s tick.
+    auth(
+        &mut c,
+        &token(json!({"sub": "alice", "exp": now_secs() + 1})),
+    );
+    assert_eq!(c.expect_close(), (4002, "token expired".to_owned()));
+    let text = util::scrape(server.metrics_addr().unwrap());
+    assert_eq!(
+        util::sample(&text, "wheel_auth_total{result=\"refused\"}"),
+        1.0
+    );
+}

@@ -356,3 +356,20 @@ fn a_lone_carriage_return_never_reaches_a_line_mode_reader() {
     }
     assert_eq!(line, b"MSG chat 2 clean\n");
 }
+
+/// `nc` against a frame listener: the first bytes, `hell`, would be a
+/// 1.7 GB frame; the CLOSE says what happened instead (issue 32).
+#[test]
+fn text_sent_to_a_frame_listener_is_told_which_protocol_it_speaks() {
+    let server = start(config());
+    let mut c = Client::connect(server.local_addr());
+    c.send_raw(b"hello\n");
+    assert_eq!(
+        c.expect_close(),
+        (
+            1002,
+            "this listener speaks the frame protocol; for text use --protocol line or line://"
+                .to_owned()
+        )
+    );
+}

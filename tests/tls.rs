@@ -633,3 +633,84 @@ fn sigterm_drains_a_tls_connection() {
     let status = server.wait_exit(PATIENCE).expect("the server exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// README's certificate recipe, made by `openssl`, works with the client
+/// library; the usual one-liner without it (a `CA:TRUE` certificate) is
+/// refused with a reason that says what is wrong and how to fix it.
+#[test]
+fn the_readme_certificate_recipe_works_and_the_usual_one_liner_is_explained() {
+    use wheel_server::client::{Client, ClientConfig, Event, TlsClient};
+    if !util::tool_or_skip("openssl", "version") {
+        return;
+    }
+    let pki = Pki::new("recipe");
+    let make = |name: &str, extra: &[&str]| {
+        let (cert, key) = (
+            pki.path(&format!("{name}.pem")),
+            pki.path(&format!("{name}.key")),
+        );
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "365",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-subj",
+            "/CN=localhost",
+        ];
+        args.extend(extra);
+        let made = Command::new("openssl").args(&args).output().unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        (cert, key)
+    };
+    let recipe = make(
+        "recipe",
+        &[
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
+    let one_liner = make("oneliner", &[]);
+    for ((cert, key), works) in [(recipe, true), (one_liner, false)] {
+        let server = ServerProcess::start(&[
+            "--listen",
+            "tls://127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]);
+        let tls = TlsClient {
+            server_name: Some("localhost".into()),
+            ..TlsClient::new(Some(std::path::Path::new(&cert)), false).unwrap()
+        };
+        let client = Client::start(ClientConfig {
+            tls: Some(tls),
+            max_attempts: Some(1),
+            ..ClientConfig::new(server.addr)
+        })
+        .unwrap();
+        match client.events().recv_timeout(PATIENCE) {
+            Ok(Event::Connected { .. }) => assert!(works, "the one-liner's CA:TRUE was accepted"),
+            Ok(Event::ConnectFailed { error, .. }) => {
+                assert!(!works, "the recipe failed: {error}");
+                assert!(error.contains("CA:FALSE"), "{error}");
+            }
+            other => panic!("expected a connection attempt's outcome, got {other:?}"),
+        }
+    }
+}

@@ -129,9 +129,44 @@ impl TlsClient {
         })();
         stream.set_read_timeout(read_timeout)?;
         stream.set_write_timeout(write_timeout)?;
-        done.map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {name}: {e}")))?;
+        done.map_err(|e| {
+            let why = e.to_string();
+            let advice = explain(&why).map_or_else(String::new, |a| format!(" ({a})"));
+            io::Error::new(
+                e.kind(),
+                format!("TLS handshake with {name}: {why}{advice}"),
+            )
+        })?;
         Ok(Arc::new(Mutex::new(session)))
     }
+}
+
+/// What a certificate error means and how to fix it, in words, for the
+/// failures a new user meets (rustls names them in Rust's debug syntax).
+fn explain(error: &str) -> Option<&'static str> {
+    const ADVICE: [(&str, &str); 5] = [
+        (
+            "CaUsedAsEndEntity",
+            "the server's certificate is a CA certificate (basicConstraints CA:TRUE, what a plain `openssl req -x509` makes), which is refused as a server's own: make it with `-addext basicConstraints=critical,CA:FALSE` and a subjectAltName (README, TLS)",
+        ),
+        (
+            "UnknownIssuer",
+            "the server's certificate is not signed by a CA in --tls-ca (or the system roots, with --tls-system-roots)",
+        ),
+        (
+            "NotValidForName",
+            "the certificate does not name the host connected to: use a name from its subjectAltName, or set --tls-server-name",
+        ),
+        ("Expired", "the server's certificate has expired"),
+        (
+            "NotValidYet",
+            "the server's certificate is not valid yet: is either clock wrong?",
+        ),
+    ];
+    ADVICE
+        .iter()
+        .find(|(needle, _)| error.contains(needle))
+        .map(|&(_, advice)| advice)
 }
 
 /// Encrypts `plaintext` under the session's lock and writes the records
@@ -204,5 +239,18 @@ impl Read for TlsRead {
             }
             self.raw.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_are_explained_in_words() {
+        let ca_as_leaf = "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))";
+        assert!(explain(ca_as_leaf).unwrap().contains("CA:FALSE"));
+        assert!(explain("invalid peer certificate: UnknownIssuer").is_some());
+        assert_eq!(explain("connection reset by peer"), None);
     }
 }

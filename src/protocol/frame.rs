@@ -32,6 +32,9 @@ pub(super) fn decode(
         return Err(DecodeError::EmptyFrame);
     }
     if u64::from(len) > max_frame as u64 {
+        if header.iter().all(|&b| b.is_ascii_graphic() || b == b' ') {
+            return Err(DecodeError::TextOnFrameListener);
+        }
         return Err(DecodeError::TooBig {
             len: len.into(),
             max: max_frame,

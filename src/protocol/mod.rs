@@ -282,6 +282,12 @@ pub enum DecodeError {
     /// WebSocket mode: a text message or close reason that is not UTF-8
     /// (CLOSE 1007).
     InvalidUtf8,
+    /// Frame mode: a length field that reads as text (four printable
+    /// ASCII bytes, such as `hell`) and announces a frame over the
+    /// maximum: a text client (`nc`, telnet) on a frame listener. Answered
+    /// with 1002 and a reason that says so, rather than a baffling 1009
+    /// for a frame of 1.7 GB.
+    TextOnFrameListener,
     /// A frame or line longer than the configured maximum.
     TooBig {
         /// The announced frame length; for a line, `max + 1` (a lower bound,
@@ -325,6 +331,9 @@ impl fmt::Display for DecodeError {
             DecodeError::TooBig { len, max } => {
                 write!(f, "message of {len} bytes exceeds the maximum of {max}")
             }
+            DecodeError::TextOnFrameListener => f.write_str(
+                "this listener speaks the frame protocol; for text use --protocol line or line://",
+            ),
         }
     }
 }

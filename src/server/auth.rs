@@ -140,9 +140,14 @@ impl Jwt {
         if claims.sub.is_empty() {
             return Err("empty sub".into());
         }
+        // An `exp` past what the clock can hold (2^64 - 1, say) is refused,
+        // not added: arithmetic on a claim must never panic.
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .ok_or_else(|| format!("exp {} is out of range", claims.exp))?;
         Ok(Identity {
             sub: claims.sub,
-            expires: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            expires: Some(expires),
             topics: claims.topics,
         })
     }
@@ -185,5 +190,42 @@ impl<H: Handler> Handler for Authenticated<H> {
 
     fn on_authenticated(&self, session: &mut Session<'_>, identity: &Identity) {
         self.inner.on_authenticated(session, identity);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"a secret for the tests";
+
+    fn signed(exp: u64, nbf: u64) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "alice", "exp": exp, "nbf": nbf}),
+            &EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_exp_past_what_the_clock_holds_is_refused_not_a_panic() {
+        let jwt = Jwt::hs256(SECRET).unwrap();
+        let refused = jwt.verify(signed(u64::MAX, 0).as_bytes()).unwrap_err();
+        assert!(refused.contains("out of range"), "{refused}");
+    }
+
+    proptest! {
+        /// Any claim values: a verdict, never a panic; an accepted token's
+        /// expiry is its `exp`.
+        #[test]
+        fn any_claim_values_are_verified_without_panicking(exp in any::<u64>(), nbf in any::<u64>()) {
+            let jwt = Jwt::hs256(SECRET).unwrap();
+            if let Ok(identity) = jwt.verify(signed(exp, nbf).as_bytes()) {
+                prop_assert_eq!(identity.expires_unix(), Some(exp));
+            }
+        }
     }
 }

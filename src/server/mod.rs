@@ -283,8 +283,11 @@ impl Server {
             }
         }
         let c = &shared.config;
+        let first = &shared.listeners[0];
         info!(
             protocol = %c.protocol,
+            tls = first.tls,
+            path = %first.path_label(),
             idle_timeout = %show(c.idle_timeout),
             tick = %show(Some(c.tick)),
             probe_after = %show(c.probe_after),
@@ -298,7 +301,13 @@ impl Server {
             "listening on {local_addr}"
         );
         for listening in &shared.listeners[1..] {
-            info!(protocol = %listening.protocol, "listening on {}", listening.addr);
+            info!(
+                protocol = %listening.protocol,
+                tls = listening.tls,
+                path = %listening.path_label(),
+                "listening on {}",
+                listening.addr
+            );
         }
         if let Some(endpoint) = &endpoint {
             info!(

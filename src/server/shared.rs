@@ -72,6 +72,18 @@ pub(crate) struct Listening {
     pub(crate) tls: bool,
 }
 
+impl Listening {
+    /// The path a WebSocket listener upgrades (`any`), `-` for the others:
+    /// for the `listening on` line.
+    pub(crate) fn path_label(&self) -> &str {
+        match (self.protocol, &self.path) {
+            (Protocol::Ws, Some(path)) => path,
+            (Protocol::Ws, None) => "any",
+            _ => "-",
+        }
+    }
+}
+
 /// The messages the server sends most, encoded once for each protocol: the
 /// probe PING, the two drain CLOSEs (1001: shutdown, maximum age), and the
 /// idle timeout's and token expiry's CLOSEs.

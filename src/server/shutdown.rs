@@ -62,6 +62,9 @@ pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
     info!(
         data_received = received.frames[data],
         data_sent = sent.frames[data],
+        // Published messages pushed to subscribers by other threads, which
+        // `data_sent` (the workers' answers) does not count.
+        deliveries = shared.metrics.deliveries.get(),
         discarded_bytes = shared.metrics.discarded_bytes.get(),
         drains_forced = shared.metrics.drains_forced.get(),
         "shut down"

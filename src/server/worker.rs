@@ -46,6 +46,11 @@ use crate::traffic::{Kind, Tally};
 /// it.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// A token that expires later than this from now gets no expiry timer: no
+/// connection lives that long, and the wheel's arithmetic stays far from
+/// overflow.
+const MAX_TIMED_TOKEN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// At most this many bytes are discarded while lingering.
 const LINGER_BYTES: usize = 64 * 1024;
 
@@ -438,14 +443,28 @@ impl Worker {
     /// Has the handler check a connection's credentials, counting the
     /// result.
     fn check_credentials(&self, credentials: &[u8]) -> Result<Identity, CloseReason> {
-        let outcome = self.shared.handler.authenticate(credentials);
+        let mut outcome = self
+            .shared
+            .handler
+            .authenticate(credentials)
+            .map_err(CloseReason::Unauthorized);
+        // A token that expires before the timer's next tick would be
+        // admitted only to be closed at once (and the client would
+        // reconnect with it at once): refused now, with the expiry's code.
+        if let Ok(identity) = &outcome
+            && identity
+                .expires
+                .is_some_and(|at| at <= std::time::SystemTime::now() + self.shared.config.tick)
+        {
+            outcome = Err(CloseReason::TokenExpired);
+        }
         let result = if outcome.is_ok() { "ok" } else { "refused" };
         self.shared
             .metrics
             .auth
             .get_or_create(&[("result", result)])
             .inc();
-        outcome.map_err(CloseReason::Unauthorized)
+        outcome
     }
 
     /// One read before admission, bounded by `deadline` (counted from the
@@ -924,10 +943,13 @@ fn record_identity(
         let left = expires
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default();
-        let _ = shared.events.send(Event::Expires {
-            id: conn.id,
-            at: Instant::now() + left,
-        });
+        // A token good for longer than any connection lives needs no timer
+        // (and a far `exp` must not overflow the clock's arithmetic).
+        if left < MAX_TIMED_TOKEN
+            && let Some(at) = Instant::now().checked_add(left)
+        {
+            let _ = shared.events.send(Event::Expires { id: conn.id, at });
+        }
     }
     let exp = identity
         .expires_unix()
