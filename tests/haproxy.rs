@@ -580,3 +580,99 @@ fn tls_terminated_at_haproxy_reaches_the_server_with_the_client_address() {
         let _ = std::fs::remove_file(file);
     }
 }
+
+/// `deploy/pubsub-cluster/run.sh` with this run's ports and the test build.
+fn cluster_script(extra_args: &str) -> Command {
+    let port = || free_addr().port().to_string();
+    let mut cmd = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/pubsub-cluster/run.sh"
+    ));
+    cmd.env("WHEEL_SERVER", env!("CARGO_BIN_EXE_wheel-server"))
+        .env("WHEEL_SERVER_ARGS", extra_args)
+        .env("FRONT_PORT", port())
+        .env("REDIS_PORT", port())
+        .env("INSTANCE_PORTS", [port(), port(), port()].join(" "))
+        .env("ADMIN_PORTS", [port(), port(), port()].join(" "))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The shipped cluster script starts on this box's descriptor limit (no
+/// fixed HAProxy maxconn), lets one instance drain while the others serve,
+/// reports a component that cannot start in one line, and stops
+/// everything it started.
+#[test]
+fn the_cluster_script_drains_one_instance_and_names_a_failed_start() {
+    use std::io::{BufRead, BufReader};
+    if !haproxy_or_skip() || !tool_or_skip("redis-server", "--version") {
+        return;
+    }
+    let mut script = cluster_script("").spawn().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = script.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    /// The next line containing `needle` (every line read is kept).
+    fn wait_for(
+        lines: &std::sync::mpsc::Receiver<String>,
+        seen: &mut Vec<String>,
+        needle: &str,
+    ) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("no line with {needle:?} in {seen:#?}");
+    }
+    let mut seen = Vec::new();
+    let ready = wait_for(&lines, &mut seen, "ready: clients on ");
+    let front: SocketAddr = ready.rsplit(' ').next().unwrap().parse().unwrap();
+    let pids: Vec<i32> = seen
+        .iter()
+        .filter_map(|l| l.split(" started, pid ").nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 5, "redis, three instances, haproxy: {seen:#?}");
+    let pong_through = |front: SocketAddr| {
+        let mut c = util::Client::connect(front);
+        c.ping(b"hi") == util::Msg::Pong(b"hi".to_vec())
+    };
+    assert!(util::wait_until(PATIENCE, || pong_through(front)));
+    // Drain the second instance: it exits, the script and the rest go on.
+    // SAFETY: kill(2) on a pid this test's script started.
+    unsafe { libc::kill(pids[2], libc::SIGTERM) };
+    wait_for(&lines, &mut seen, "wheel2 (pid");
+    assert!(script.try_wait().unwrap().is_none(), "the script stopped");
+    assert!(pong_through(front));
+    // Stopping the script stops everything it started.
+    // SAFETY: kill(2) on the script's own pid.
+    unsafe { libc::kill(script.id() as i32, libc::SIGTERM) };
+    let status = script.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(util::wait_until(PATIENCE, || pids
+        .iter()
+        // SAFETY: signal 0 only asks whether the process exists.
+        .all(|&pid| unsafe { libc::kill(pid, 0) } != 0)));
+
+    // A bad flag: one line naming the instance and why, exit 1, nothing left.
+    let out = cluster_script("--max-topics 0").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("failed to start"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("wheel1") && line.contains("--max-topics"),
+        "{line}"
+    );
+}
