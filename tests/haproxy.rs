@@ -676,3 +676,49 @@ fn the_cluster_script_drains_one_instance_and_names_a_failed_start() {
         "{line}"
     );
 }
+
+/// `deploy/haproxy.cfg` starts under a 20,000-descriptor limit (this
+/// project's machines); with the old `maxconn 100000` HAProxy exited at once
+/// with "Cannot raise FD limit".
+#[test]
+fn the_shipped_haproxy_config_starts_with_20000_descriptors() {
+    use std::os::unix::process::CommandExt;
+    if !haproxy_or_skip() {
+        return;
+    }
+    let shipped = include_str!("../deploy/haproxy.cfg");
+    let front = free_addr();
+    let config = std::env::temp_dir().join(format!("wheel-haproxy-{}.cfg", std::process::id()));
+    std::fs::write(
+        &config,
+        shipped.replace("bind :5005", &format!("bind {front}")),
+    )
+    .unwrap();
+    let mut cmd = Command::new("haproxy");
+    cmd.args(["-db", "-f"]).arg(&config);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 20_000,
+                rlim_max: 20_000,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut haproxy = cmd.spawn().unwrap();
+    let listening = util::wait_until(PATIENCE, || std::net::TcpStream::connect(front).is_ok());
+    let exited = haproxy.try_wait().unwrap();
+    let _ = haproxy.kill();
+    let out = haproxy.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&config);
+    assert!(
+        listening && exited.is_none(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
