@@ -711,7 +711,10 @@ fn the_shipped_haproxy_config_starts_with_20000_descriptors() {
         });
     }
     let mut haproxy = cmd.spawn().unwrap();
-    let listening = util::wait_until(PATIENCE, || std::net::TcpStream::connect(front).is_ok());
+    util::wait_until(PATIENCE, || {
+        std::net::TcpStream::connect(front).is_ok() || haproxy.try_wait().unwrap().is_some()
+    });
+    let listening = std::net::TcpStream::connect(front).is_ok();
     let exited = haproxy.try_wait().unwrap();
     let _ = haproxy.kill();
     let out = haproxy.wait_with_output().unwrap();
