@@ -42,6 +42,7 @@
 
 pub mod activity;
 pub mod client;
+mod crypto;
 pub mod protocol;
 pub mod server;
 mod sys;
@@ -50,6 +51,7 @@ pub mod traffic;
 mod units;
 pub mod wheel;
 
+pub use crypto::tls_provider;
 pub use units::{parse_bytes, parse_duration};
 
 /// The README's Rust examples, compiled as doc tests (`cargo test --doc`)

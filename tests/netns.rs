@@ -335,7 +335,7 @@ fn application_idle_timeout_drops_a_pulled_cable_over_tls() {
     let mut roots = RootCertStore::empty();
     roots.add(issuer.der().clone()).unwrap();
     let config = Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        ClientConfig::builder_with_provider(Arc::new(wheel_server::tls_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)

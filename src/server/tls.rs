@@ -152,7 +152,7 @@ impl Tls {
     /// The setting at fault (`tls_cert` or `tls_key`) and one line naming
     /// the file and what is wrong with it.
     pub(crate) fn load(files: &TlsFiles) -> Result<Tls, (&'static str, String)> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::tls_provider());
         let (key, expires) = certified_key(files, &provider)?;
         let setup = |e: String| ("tls_cert", e);
         let certs = Arc::new(Reloadable {
