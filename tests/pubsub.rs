@@ -511,3 +511,49 @@ fn connections_shows_what_other_threads_pushed_to_a_subscriber() {
     assert_eq!(conn["pushed_frames"], 4, "{conn}");
     assert!(conn["pushed_bytes"].as_u64().unwrap() > 40, "{conn}");
 }
+
+/// What an embedder reaches for, on the handle: every connection with its
+/// details, one by id, and a broadcast to all of them.
+#[test]
+fn the_handle_lists_connections_and_broadcasts() {
+    let server = pubsub(Config {
+        also_listen: vec![wheel_server::server::Listen::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Protocol::Line,
+        )],
+        ..config()
+    });
+    let handle = server.handle();
+    let line_addr = server.listeners()[1].addr;
+    let mut frame = Client::connect(server.local_addr());
+    let mut line = Client::connect_with(line_addr, Protocol::Line);
+    assert_eq!(ask(&mut frame, "SUB a"), "OK SUB a 0");
+    line.send_raw(b"PING\n");
+    assert_eq!(line.recv_msg(), Msg::Pong(Vec::new()));
+    assert!(wait_until(PATIENCE, || handle.connection_count() == 2));
+    let all = handle.connections();
+    assert_eq!(all.len(), 2);
+    let of = |peer| all.iter().find(|c| c.peer == peer).unwrap();
+    let f = of(frame.stream.local_addr().unwrap());
+    assert_eq!(
+        (f.protocol, f.subscriptions, f.state),
+        (Protocol::Frame, 1, "open")
+    );
+    assert!(!f.tls && f.subject.is_none());
+    // The worker publishes its counts after it has answered.
+    assert!(wait_until(PATIENCE, || {
+        handle
+            .connection(f.id)
+            .is_some_and(|c| c.received.0 == 1 && c.peer == f.peer)
+    }));
+    assert_eq!(
+        of(line.stream.local_addr().unwrap()).protocol,
+        Protocol::Line
+    );
+    assert_eq!(handle.broadcast(b"to everyone"), (2, 2));
+    assert_eq!(data(&mut frame), "to everyone");
+    assert_eq!(line.recv_msg(), Msg::Data(b"to everyone".to_vec()));
+    // A payload line mode cannot carry reaches only the frame client.
+    assert_eq!(handle.broadcast(b"two\nlines"), (1, 2));
+    assert_eq!(data(&mut frame), "two\nlines");
+}

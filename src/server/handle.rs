@@ -2,7 +2,9 @@
 //! thread: send to it, close it, subscribe it to topics, publish.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::close::{CloseReason, CloseRequest};
 use super::conn::Conn;
@@ -11,7 +13,7 @@ use super::id::ConnId;
 use super::outbound::{DrainRefused, PushError};
 use super::shared::{Shared, close_frame};
 use super::topics::{Published, TopicError, TopicInfo, valid_topic};
-use crate::protocol::{EncodeError, Message, code};
+use crate::protocol::{EncodeError, Message, Protocol, code};
 
 /// Why a push through a [`ServerHandle`] did not happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +95,68 @@ impl From<TopicError> for SendError {
 impl From<super::redis::Unavailable> for SendError {
     fn from(e: super::redis::Unavailable) -> SendError {
         SendError::Unavailable(e.0)
+    }
+}
+
+/// What the server knows about one open connection, from
+/// [`ServerHandle::connections`] or [`ServerHandle::connection`]: a
+/// snapshot, taken without stopping the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// Its id, for [`ServerHandle::send`] and the rest.
+    pub id: ConnId,
+    /// The client's address (from the PROXY header, when there is one).
+    pub peer: SocketAddr,
+    /// The protocol it speaks.
+    pub protocol: Protocol,
+    /// Whether its listener speaks TLS.
+    pub tls: bool,
+    /// Where it is on its way: `open`, `draining`, `closing`, ...
+    pub state: &'static str,
+    /// The authenticated subject (the JWT's `sub`, or the client
+    /// certificate's common name), if any.
+    pub subject: Option<String>,
+    /// How long it has been open.
+    pub age: Duration,
+    /// How long since its last complete message (to the timer's tick).
+    pub idle: Duration,
+    /// Topics it is subscribed to.
+    pub subscriptions: usize,
+    /// Bytes waiting in its outbox.
+    pub outbox_bytes: usize,
+    /// Messages and bytes received (framing included).
+    pub received: (u64, u64),
+    /// Messages and bytes its worker answered with (framing included).
+    pub answered: (u64, u64),
+    /// Messages and bytes other threads pushed to it (publishes, sends,
+    /// probes).
+    pub pushed: (u64, u64),
+}
+
+impl ConnectionInfo {
+    fn of(shared: &Shared, conn: &Conn) -> ConnectionInfo {
+        let (received, sent) = conn.traffic.snapshot();
+        let idle_ticks = shared.clock.now().saturating_sub(conn.activity.get());
+        let sum = |t: &crate::traffic::Tally| (t.frames.iter().sum(), t.bytes.iter().sum());
+        ConnectionInfo {
+            id: conn.id,
+            peer: conn.peer(),
+            protocol: conn.protocol,
+            tls: shared.listeners.get(conn.listener).is_some_and(|l| l.tls),
+            state: conn.out.close_state().label(),
+            subject: conn.identity.lock().as_ref().map(|i| i.sub.clone()),
+            age: conn.opened.elapsed(),
+            idle: shared
+                .config
+                .tick
+                .saturating_mul(idle_ticks.min(u64::from(u32::MAX)) as u32),
+            subscriptions: conn.subscriptions.lock().len(),
+            outbox_bytes: conn.out.queued_bytes(),
+            received: sum(&received),
+            answered: sum(&sent),
+            pushed: conn.out.pushed(),
+        }
     }
 }
 
@@ -291,6 +355,57 @@ impl ServerHandle {
             .into_iter()
             .filter(|&id| self.close(id, code, reason).is_ok())
             .count()
+    }
+
+    /// Every open connection, oldest slot first.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.shared
+            .registry
+            .snapshot()
+            .iter()
+            .map(|conn| ConnectionInfo::of(&self.shared, conn))
+            .collect()
+    }
+
+    /// One connection, if it is open.
+    pub fn connection(&self, id: ConnId) -> Option<ConnectionInfo> {
+        let conn = self.shared.registry.get(id)?;
+        Some(ConnectionInfo::of(&self.shared, &conn))
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Sends DATA to every open connection (as [`send`](ServerHandle::send)
+    /// does, so never waiting on a peer); how many it reached, of how many
+    /// there were. Connections closing, still in their handshake, or whose
+    /// protocol cannot carry the payload are not reached.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use wheel_server::server::{Config, Server};
+    ///
+    /// let server = Server::start(Config::default())?;
+    /// let handle = server.handle();
+    /// std::thread::spawn(move || loop {
+    ///     let (reached, open) = handle.broadcast(b"tick");
+    ///     println!("tick to {reached} of {open}");
+    ///     std::thread::sleep(Duration::from_secs(1));
+    /// });
+    /// server.run_until_signal()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn broadcast(&self, payload: &[u8]) -> (usize, usize) {
+        let conns = self.shared.registry.snapshot();
+        let reached = conns
+            .iter()
+            .filter(|conn| self.send(conn.id, payload).is_ok())
+            .count();
+        (reached, conns.len())
     }
 
     /// Local subscribers of `topic`.

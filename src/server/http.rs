@@ -613,7 +613,7 @@ impl Inner {
                 _ => Response::text(200, "ready\n"),
             },
             (["connections"], true, _) => match limit(query) {
-                Ok(limit) => Response::json(200, connections(shared, limit)),
+                Ok(limit) => Response::json(200, connections(&self.handle(), limit)),
                 Err(e) => Response::text(400, &format!("{e}\n")),
             },
             (["topics"], true, _) => {
@@ -970,35 +970,31 @@ fn limit(query: &str) -> Result<usize, String> {
     }
 }
 
-/// One JSON object per live connection, oldest slot first.
-fn connections(shared: &Shared, limit: usize) -> String {
-    let now_tick = shared.clock.now();
-    let tick_ms = shared.config.tick.as_secs_f64() * 1e3;
-    let list: Vec<_> = shared
-        .registry
-        .snapshot()
-        .iter()
+/// One JSON object per live connection, oldest slot first: the public
+/// [`ConnectionInfo`](super::ConnectionInfo), as JSON.
+fn connections(handle: &ServerHandle, limit: usize) -> String {
+    let list: Vec<_> = handle
+        .connections()
+        .into_iter()
         .take(limit)
-        .map(|conn| {
-            let (received, sent) = conn.traffic.snapshot();
-            let pushed = conn.out.pushed();
-            let idle_ticks = now_tick.saturating_sub(conn.activity.get());
+        .map(|c| {
             json!({
-                "id": conn.id.to_string(),
-                "peer": conn.peer().to_string(),
-                "state": conn.out.close_state().label(),
-                "protocol": conn.protocol.as_str(),
-                "outbox_bytes": conn.out.queued_bytes(),
-                "subscriptions": conn.subscriptions.lock().len(),
-                "sub": conn.identity.lock().as_ref().map(|i| i.sub.clone()),
-                "age_ms": conn.opened.elapsed().as_millis() as u64,
-                "idle_ms": (idle_ticks as f64 * tick_ms) as u64,
-                "frames_in": received.frames.iter().sum::<u64>(),
-                "frames_out": sent.frames.iter().sum::<u64>(),
-                "pushed_frames": pushed.0,
-                "pushed_bytes": pushed.1,
-                "bytes_in": received.bytes.iter().sum::<u64>(),
-                "bytes_out": sent.bytes.iter().sum::<u64>(),
+                "id": c.id.to_string(),
+                "peer": c.peer.to_string(),
+                "state": c.state,
+                "protocol": c.protocol.as_str(),
+                "tls": c.tls,
+                "outbox_bytes": c.outbox_bytes,
+                "subscriptions": c.subscriptions,
+                "sub": c.subject,
+                "age_ms": c.age.as_millis() as u64,
+                "idle_ms": c.idle.as_millis() as u64,
+                "frames_in": c.received.0,
+                "frames_out": c.answered.0,
+                "pushed_frames": c.pushed.0,
+                "pushed_bytes": c.pushed.1,
+                "bytes_in": c.received.1,
+                "bytes_out": c.answered.1,
             })
         })
         .collect();

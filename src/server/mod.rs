@@ -91,7 +91,7 @@ mod worker;
 
 pub use close::{CloseReason, TcpTimeout};
 pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
-pub use handle::{SendError, ServerHandle};
+pub use handle::{ConnectionInfo, SendError, ServerHandle};
 pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use id::ConnId;
 pub use signals::ShutdownSignals;
