@@ -216,6 +216,18 @@ pub struct Args {
     )]
     admin_token: Option<String>,
 
+    /// A host name the admin endpoint may be reached by (repeatable; comma-separated in the
+    /// variable), beside IP addresses and localhost: requests for its data and control paths
+    /// with another Host get 421, which defeats DNS rebinding.
+    #[arg(
+        help_heading = "Admin endpoint and metrics",
+        long,
+        env = "WHEEL_SERVER_ADMIN_ALLOWED_HOST",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    admin_allowed_host: Vec<String>,
+
     /// TLS listeners: the certificate chain, PEM, leaf first. Re-read on SIGHUP (and POST
     /// /admin/reload-tls) for new handshakes; live connections keep theirs.
     #[arg(
@@ -604,6 +616,7 @@ impl Args {
             thread_cache_idle: self.thread_cache_idle,
             metrics_listen: self.metrics_listen,
             admin_token: self.admin_token.clone(),
+            admin_allowed_hosts: self.admin_allowed_host.clone(),
             allowed_origins: self.allowed_origin.clone(),
             history: self.history,
             history_ttl: self.history_ttl,

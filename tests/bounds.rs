@@ -54,7 +54,7 @@ fn post(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.write_all(
         format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
         .as_bytes(),

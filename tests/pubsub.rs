@@ -335,7 +335,7 @@ fn http_post(
     util::http(
         addr,
         &format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -363,6 +363,12 @@ fn the_admin_api_publishes_sends_closes_and_lists_behind_its_token() {
     assert_eq!(util::http_get(admin, "/topics").0, 401);
     assert_eq!(util::http_get(admin, "/healthz").0, 200);
     assert_eq!(util::http_get(admin, "/metrics").0, 200);
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
+    let lower = util::http(
+        admin,
+        "GET /topics HTTP/1.0\r\nAuthorization: bearer s3cret\r\n\r\n",
+    );
+    assert_eq!(lower.0, 200, "{}", lower.1);
 
     let (status, body) = http_post(admin, "/publish/alerts", Some("s3cret"), b"disk full");
     assert_eq!(status, 200, "{body}");
@@ -556,4 +562,93 @@ fn the_handle_lists_connections_and_broadcasts() {
     // A payload line mode cannot carry reaches only the frame client.
     assert_eq!(handle.broadcast(b"two\nlines"), (1, 2));
     assert_eq!(data(&mut frame), "two\nlines");
+}
+
+/// The admin endpoint against a browser on another site (issue 26): a
+/// cross-site POST (a "simple request", no preflight) is refused, and a
+/// name that is not this endpoint's (DNS rebinding) reads nothing; the
+/// endpoint's own origin, IP addresses and localhost work as before, and a
+/// conflicting or signed `Content-Length` is a 400, not a second request.
+#[test]
+fn the_admin_endpoint_refuses_cross_site_posts_foreign_hosts_and_smuggled_lengths() {
+    let server = pubsub(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin_allowed_hosts: vec!["wheel.internal".into()],
+        ..config()
+    });
+    let admin = server.metrics_addr().unwrap();
+    let request = |head: &str, body: &str| {
+        util::http(
+            admin,
+            &format!(
+                "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .0
+    };
+    let post = |extra: &str| {
+        request(
+            &format!("POST /publish/news HTTP/1.1\r\nHost: {admin}\r\n{extra}"),
+            "hi",
+        )
+    };
+    assert_eq!(
+        post("Origin: https://evil.example\r\nContent-Type: text/plain\r\n"),
+        403
+    );
+    assert_eq!(post("Sec-Fetch-Site: cross-site\r\n"), 403);
+    assert_eq!(post("Origin: null\r\n"), 403);
+    assert_eq!(
+        post(&format!(
+            "Origin: http://{admin}\r\nSec-Fetch-Site: same-origin\r\n"
+        )),
+        200
+    );
+    assert_eq!(post(""), 200, "not a browser: no Origin");
+    // Closing a connection is a POST too.
+    assert_eq!(
+        request(
+            &format!(
+                "POST /connections/0.0/close?code=4100 HTTP/1.1\r\nHost: {admin}\r\nOrigin: https://evil.example\r\n"
+            ),
+            ""
+        ),
+        403
+    );
+    let get = |host: &str| {
+        request(
+            &format!("GET /connections HTTP/1.1\r\nHost: {host}\r\n"),
+            "",
+        )
+    };
+    assert_eq!(get("attacker.example"), 421);
+    assert_eq!(get("attacker.example:80"), 421);
+    assert_eq!(get(&admin.to_string()), 200);
+    assert_eq!(get(&format!("localhost:{}", admin.port())), 200);
+    assert_eq!(get("WHEEL.internal"), 200);
+    // Health checks and metrics answer whatever the Host.
+    assert_eq!(
+        request("GET /healthz HTTP/1.1\r\nHost: anything.example\r\n", ""),
+        200
+    );
+    // Request smuggling: two lengths, a signed one.
+    let smuggle = |lengths: &str| {
+        util::http(
+            admin,
+            &format!("POST /publish/news HTTP/1.1\r\nHost: {admin}\r\n{lengths}\r\nhelloGET /connections HTTP/1.1\r\n\r\n"),
+        )
+        .0
+    };
+    assert_eq!(smuggle("Content-Length: 5\r\nContent-Length: 100\r\n"), 400);
+    assert_eq!(smuggle("Content-Length: 5, 100\r\n"), 400);
+    assert_eq!(smuggle("Content-Length: +5\r\n"), 400);
+    assert_eq!(
+        smuggle("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"),
+        400
+    );
+    assert_eq!(
+        smuggle("Content-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n"),
+        200
+    );
 }

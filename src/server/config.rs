@@ -177,6 +177,11 @@ pub struct Config {
     /// require; `/healthz` and `/metrics` stay open. Required when
     /// `metrics_listen` is not a loopback address.
     pub admin_token: Option<String>,
+    /// Host names (beside IP addresses and `localhost`) the admin
+    /// endpoint answers its data and control paths for; another `Host`
+    /// gets 421, so a page on another name that resolves here (DNS
+    /// rebinding) reads nothing.
+    pub admin_allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -202,6 +207,7 @@ impl std::fmt::Debug for Config {
             .field("max_topics", &self.max_topics)
             .field("max_publish_rate", &self.max_publish_rate)
             .field("max_publish_bytes", &self.max_publish_bytes)
+            .field("admin_allowed_hosts", &self.admin_allowed_hosts)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             // The URL may hold a password.
@@ -291,6 +297,7 @@ impl Default for Config {
             max_publish_bytes: Some(64 << 20),
             max_subscriptions: 128,
             admin_token: None,
+            admin_allowed_hosts: Vec::new(),
             redis: None,
             redis_password: None,
             redis_timeout: Duration::from_secs(1),

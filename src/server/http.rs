@@ -269,8 +269,15 @@ struct Head {
     chunked: bool,
     /// `Content-Length`, if given (a bad value counts as 0 with `bad_length`).
     content_length: usize,
-    /// `Content-Length` was not a number.
+    /// `Content-Length` was not a number, or several disagreed.
     bad_length: bool,
+    /// The `Host` header, lower-cased.
+    host: Option<String>,
+    /// The `Origin` header (browsers send it with a POST), lower-cased.
+    origin: Option<String>,
+    /// `Sec-Fetch-Site: cross-site`: a browser says another site's page
+    /// made this request.
+    cross_site: bool,
     /// The `Authorization` header.
     authorization: Option<String>,
     /// The `Accept` header.
@@ -560,6 +567,32 @@ impl Inner {
             path,
             "/metrics" | "/healthz" | "/readyz" | "/" | "/demo" | "/wheel-client.js" | "/listeners"
         );
+        // DNS rebinding: a page on attacker.example that resolves to this
+        // address reads what it serves with `Host: attacker.example`.
+        if !open
+            && let Some(host) = &head.host
+            && !host_allowed(host, &shared.config.admin_allowed_hosts)
+        {
+            return Response::text(
+                421,
+                &format!(
+                    "misdirected request: Host {host} is not this endpoint (allow a name with --admin-allowed-host)\n"
+                ),
+            );
+        }
+        // Cross-site request forgery: a browser page elsewhere can POST
+        // here (a "simple request" needs no preflight). Browsers say where
+        // a request came from; only the endpoint's own pages may change
+        // state.
+        if post
+            && (head.cross_site
+                || head
+                    .origin
+                    .as_deref()
+                    .is_some_and(|o| !same_origin(o, head.host.as_deref())))
+        {
+            return Response::text(403, "cross-site request refused\n");
+        }
         if !open && !self.authorized(head) {
             return Response {
                 www_authenticate: true,
@@ -728,10 +761,13 @@ impl Inner {
         let Some(token) = &self.shared.config.admin_token else {
             return true;
         };
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
         let given = head
             .authorization
             .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "))
+            .and_then(|a| a.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .unwrap_or_default();
         constant_time_eq::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
     }
@@ -877,16 +913,18 @@ fn head(request: &httparse::Request<'_, '_>, len: usize) -> Head {
         Some("keep-alive") => false,
         _ => !http11,
     };
-    let length = header("content-length");
-    let content_length = length.as_deref().map_or(Ok(0), str::parse::<usize>);
+    let content_length = content_length(request.headers);
     Head {
         method: request.method.unwrap_or("").to_owned(),
         target: request.path.unwrap_or("").to_owned(),
         http11,
         close,
         chunked: header("transfer-encoding").is_some(),
-        content_length: *content_length.as_ref().unwrap_or(&0),
+        content_length: content_length.unwrap_or(Some(0)).unwrap_or(0),
         bad_length: content_length.is_err(),
+        host: header("host"),
+        origin: header("origin"),
+        cross_site: header("sec-fetch-site").is_some_and(|site| site == "cross-site"),
         authorization: request
             .headers
             .iter()
@@ -899,6 +937,61 @@ fn head(request: &httparse::Request<'_, '_>, len: usize) -> Head {
             .map(|h| String::from_utf8_lossy(h.value).into_owned()),
         len,
     }
+}
+
+/// Whether a request's `Host` names this endpoint: an IP address (any: DNS
+/// rebinding needs a name), `localhost`, or a name allowed by
+/// `--admin-allowed-host`; with or without a port.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    if host.starts_with('[') {
+        return true; // an IPv6 literal
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Whether `origin` (`scheme://host[:port]`, lower-cased) is the origin of
+/// a page served with `host`.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|o| o == host)
+}
+
+/// The body length the `Content-Length` headers give (`None`: no header),
+/// or an error for what RFC 9112 section 6.3 says to refuse with 400: a
+/// value that is not all digits (`+5`, `0x10`, ` 5 `), or several headers
+/// (or a list) that disagree, which a proxy in front might read otherwise
+/// (request smuggling). Identical repeats are one length.
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<usize>, ()> {
+    let mut length = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let value = std::str::from_utf8(h.value).map_err(|_| ())?;
+        for item in value.split(',') {
+            let item = item.trim_matches([' ', '\t']);
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            let n: usize = item.parse().map_err(|_| ())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
 }
 
 /// The bytes of a response.

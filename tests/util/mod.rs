@@ -464,7 +464,10 @@ pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
 
 /// `GET path` over HTTP/1.0.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, &format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n"))
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
 }
 
 /// The text of a server's `GET /metrics`.
