@@ -415,6 +415,18 @@ pub struct Args {
     #[arg(help_heading = "Listeners and protocols", long, env = "WHEEL_SERVER_PROXY_PROTOCOL", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     proxy_protocol: bool,
 
+    /// With --proxy-protocol: the load balancers' addresses (ADDR/BITS or ADDR, repeatable;
+    /// comma-separated in the variable), the only peers whose PROXY header is believed; others
+    /// are refused and counted. Without it any peer can claim any client address.
+    #[arg(
+        help_heading = "Listeners and protocols",
+        long,
+        env = "WHEEL_SERVER_PROXY_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    proxy_from: Vec<wheel_server::server::Cidr>,
+
     /// Log format: human-readable text, or one JSON object per line for log shippers.
     #[arg(help_heading = "Logging", long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -633,6 +645,7 @@ impl Args {
             stats_interval: nonzero(self.stats_interval),
             reuse_port: self.reuse_port,
             proxy_protocol: self.proxy_protocol,
+            proxy_from: self.proxy_from.clone(),
         };
         config.validate()?;
         Ok(config)

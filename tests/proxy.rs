@@ -4,6 +4,7 @@
 
 mod util;
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use ppp::v2;
@@ -98,4 +99,47 @@ fn a_header_that_never_comes_is_refused_after_the_header_timeout() {
     assert_eq!(c.expect_close().0, 1002);
     let took = start.elapsed();
     assert!(took >= ms(300) && took < ms(2000), "refused after {took:?}");
+}
+
+/// Issue 26: with a per-address limit of 1, direct connections with forged
+/// headers all got in. With `--proxy-from`, a header from any peer but the
+/// balancer is refused and counted; the balancer's are believed.
+#[test]
+fn only_the_trusted_proxies_may_name_a_client_address() {
+    let untrusting = start(Config {
+        proxy_protocol: true,
+        proxy_from: vec!["10.0.0.0/8".parse().unwrap()],
+        max_connections_per_ip: Some(1),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    for n in 0..3 {
+        let mut forged = Client::connect(untrusting.local_addr());
+        forged
+            .stream
+            .write_all(format!("PROXY TCP4 198.51.100.{n} 10.0.0.1 4000{n} 5005\r\n").as_bytes())
+            .unwrap();
+        let (code, _) = forged.expect_close();
+        assert_eq!(code, 1002);
+    }
+    let text = util::scrape(untrusting.metrics_addr().unwrap());
+    assert_eq!(
+        util::sample(
+            &text,
+            "wheel_connections_rejected_total{reason=\"untrusted_proxy\"}"
+        ),
+        3.0
+    );
+    assert!(peers(&untrusting).is_empty());
+    // Loopback is the balancer here: believed.
+    let trusting = start(Config {
+        proxy_protocol: true,
+        proxy_from: vec!["127.0.0.1".parse().unwrap()],
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let mut c = Client::connect(trusting.local_addr());
+    c.send_raw(b"PROXY TCP4 203.0.113.9 10.0.0.1 51234 5005\r\n");
+    assert_eq!(c.ping(b"x"), Msg::Pong(b"x".to_vec()));
+    assert_eq!(peers(&trusting), ["203.0.113.9:51234"]);
 }

@@ -82,7 +82,7 @@ started $! "$redis_port"
 for i in 0 1 2; do
     start "wheel$((i + 1))" "$bin" --service pubsub --redis "redis://127.0.0.1:$redis_port/0" \
         --listen "127.0.0.1:${ports[$i]}" --metrics-listen "127.0.0.1:${admins[$i]}" \
-        --proxy-protocol --history 1000 --history-ttl 10m "${extra[@]}"
+        --proxy-protocol --proxy-from 127.0.0.1 --history 1000 --history-ttl 10m "${extra[@]}"
     started $! "${ports[$i]}"
 done
 # The configuration with this run's ports.

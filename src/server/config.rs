@@ -117,6 +117,11 @@ pub struct Config {
     /// connection, as HAProxy sends with `send-proxy`; logs, metrics and
     /// `/connections` then show the real client address.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the peers whose PROXY headers are trusted
+    /// (the load balancers). A connection from any other peer is refused
+    /// and counted (`rejected{reason="untrusted_proxy"}`). Empty: any peer,
+    /// which lets any client claim any address.
+    pub proxy_from: Vec<super::proxy::Cidr>,
     /// Everything before a connection is admitted (today the PROXY protocol
     /// header) must arrive within this long of the accept, or the
     /// connection is dropped and counted (`wheel_handshake_timeouts_total`).
@@ -208,6 +213,7 @@ impl std::fmt::Debug for Config {
             .field("max_publish_rate", &self.max_publish_rate)
             .field("max_publish_bytes", &self.max_publish_bytes)
             .field("admin_allowed_hosts", &self.admin_allowed_hosts)
+            .field("proxy_from", &self.proxy_from)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             // The URL may hold a password.
@@ -284,6 +290,7 @@ impl Default for Config {
             stats_interval: Some(Duration::from_secs(60)),
             reuse_port: false,
             proxy_protocol: false,
+            proxy_from: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             max_connections_per_ip: None,
@@ -369,6 +376,12 @@ impl Config {
                     crate::protocol::MAX_FRAMING,
                     self.max_outbox
                 ),
+            );
+        }
+        if !self.proxy_from.is_empty() && !self.proxy_protocol {
+            return invalid(
+                "proxy_from",
+                "trusts PROXY headers, which only --proxy-protocol reads: set both".into(),
             );
         }
         if self.max_topics == 0 {

@@ -94,6 +94,7 @@ pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
 pub use handle::{ConnectionInfo, SendError, ServerHandle};
 pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use id::ConnId;
+pub use proxy::Cidr;
 pub use signals::ShutdownSignals;
 pub use topics::{MAX_TOPIC_LEN, Published, Resumed, TopicInfo, valid_topic};
 

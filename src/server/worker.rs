@@ -355,6 +355,18 @@ impl Worker {
     /// buffer as the first protocol data.
     #[inline(never)]
     fn read_proxy_header(&mut self) -> Result<(), CloseReason> {
+        let trusted = &self.shared.config.proxy_from;
+        let peer = self.conn.peer().ip();
+        if !trusted.is_empty() && !trusted.iter().any(|block| block.contains(peer)) {
+            self.shared
+                .metrics
+                .rejected
+                .get_or_create(&[("reason", "untrusted_proxy")])
+                .inc();
+            return Err(CloseReason::BadProxyHeader(format!(
+                "{peer} is not a trusted proxy (--proxy-from)"
+            )));
+        }
         let timeout = self.shared.config.handshake_timeout;
         let deadline = self.conn.opened + timeout;
         let outcome = loop {
