@@ -494,3 +494,62 @@ fn a_token_expiring_within_a_tick_is_refused_at_auth_with_4002() {
         1.0
     );
 }
+
+/// The subjects tokens carry most, e-mail addresses and `auth0|...`, get
+/// their personal topics (issue 26: they silently got none), reachable
+/// over HTTP too; a subject with other bytes gets them escaped.
+#[test]
+fn subjects_with_at_signs_bars_and_spaces_get_their_personal_topics() {
+    use wheel_server::server::pubsub::PubSub;
+    let server = Server::with_handler(
+        Config {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..config()
+        },
+        Authenticated::new(PubSub, Jwt::hs256(SECRET).unwrap()),
+    )
+    .unwrap();
+    let admin = server.metrics_addr().unwrap();
+    let exp = now_secs() + 60;
+    for (sub, topic, path) in [
+        (
+            "alice@example.com",
+            "user:alice@example.com",
+            "user:alice@example.com",
+        ),
+        ("auth0|5f1", "user:auth0|5f1", "user%3Aauth0%7C5f1"),
+        ("Jo Do", "user:Jo%20Do", "user:Jo%2520Do"),
+    ] {
+        let mut c = Client::connect(server.local_addr());
+        auth(&mut c, &token(json!({"sub": sub, "exp": exp})));
+        assert_eq!(
+            c.recv_msg(),
+            Msg::Data(format!("OK AUTH {sub} {exp}").into_bytes())
+        );
+        assert_eq!(
+            c.recv_msg(),
+            Msg::Data(format!("OK SUB {topic} 0").into_bytes())
+        );
+        let (status, body) = util::http(
+            admin,
+            &format!(
+                "POST /publish/{path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            ),
+        );
+        assert_eq!(status, 200, "{sub}: {body}");
+        assert_eq!(
+            c.recv_msg(),
+            Msg::Data(format!("MSG {topic} 1 hi").into_bytes())
+        );
+        // And to the user, by subject.
+        let encoded: String = sub.bytes().map(|b| format!("%{b:02X}")).collect();
+        let (status, body) = util::http(
+            admin,
+            &format!(
+                "POST /users/{encoded}/send HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nyo"
+            ),
+        );
+        assert_eq!(status, 200, "{sub}: {body}");
+        assert_eq!(c.recv_msg(), Msg::Data(b"yo".to_vec()));
+    }
+}

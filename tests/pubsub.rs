@@ -652,3 +652,26 @@ fn the_admin_endpoint_refuses_cross_site_posts_foreign_hosts_and_smuggled_length
         200
     );
 }
+
+/// Every valid topic is reachable over HTTP (issue 26: `chat/room:1` was a
+/// 404 or a 400): unencoded after `/publish/`, or percent-encoded.
+#[test]
+fn topics_with_slashes_and_colons_are_published_over_http() {
+    let server = pubsub(Config {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    });
+    let admin = server.metrics_addr().unwrap();
+    let mut sub = Client::connect(server.local_addr());
+    assert_eq!(ask(&mut sub, "SUB chat/room:1"), "OK SUB chat/room:1 0");
+    for (n, path) in ["chat/room:1", "chat%2Froom:1", "chat%2Froom%3A1"]
+        .iter()
+        .enumerate()
+    {
+        let (status, body) = http_post(admin, &format!("/publish/{path}"), None, b"hi");
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(data(&mut sub), format!("MSG chat/room:1 {} hi", n + 1));
+    }
+    assert_eq!(http_post(admin, "/publish/bad%20topic", None, b"x").0, 400);
+    assert_eq!(http_post(admin, "/publish/%FF", None, b"x").0, 400);
+}

@@ -40,8 +40,8 @@ pub struct Identity {
 impl Identity {
     /// Whether the subject may use `topic` (its own `user:<sub>` always).
     pub fn may_use(&self, topic: &str) -> bool {
-        if let Some(user) = topic.strip_prefix("user:") {
-            return user == self.sub;
+        if topic.starts_with("user:") {
+            return topic == super::pubsub::personal_topic(&self.sub);
         }
         match &self.topics {
             None => true,

@@ -29,7 +29,7 @@ pub enum SendError {
     OutboxFull,
     /// The connection's protocol cannot carry the message.
     Encode(EncodeError),
-    /// Not a valid topic name (1 to 128 bytes of `A-Z a-z 0-9 . _ - : /`).
+    /// Not a valid topic name (see [`valid_topic`](super::valid_topic)).
     InvalidTopic,
     /// The connection is at [`Config::max_subscriptions`](super::Config::max_subscriptions).
     TooManySubscriptions,

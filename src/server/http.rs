@@ -558,7 +558,18 @@ impl Inner {
     fn respond(&self, head: &Head, body: &[u8]) -> Response {
         let shared = &self.shared;
         let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // Each segment percent-decoded: a topic or subject with `/`, `:` or
+        // a space is reachable (`/publish/chat%2Froom%3A1`, or for a topic,
+        // unencoded after `/publish/`).
+        let Some(decoded) = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8().ok())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Response::text(400, "a path segment is not UTF-8 once percent-decoded\n");
+        };
+        let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
         let read = head.method == "GET" || head.method == "HEAD";
         let post = head.method == "POST";
         // The pages hold no data of their own: what they show, they fetch
@@ -681,19 +692,21 @@ impl Inner {
                     Err(why) => Response::text(409, &format!("not reloaded: {why}\n")),
                 }
             }
-            (["publish", topic], _, true) => match self
+            (["publish", rest @ ..], _, true) if !rest.is_empty() => match self
                 .handle()
-                .publish(topic, body)
+                .publish(&rest.join("/"), body)
                 .inspect_err(|e| shared.metrics.count_refusal(e))
             {
                 // With Redis, delivery follows the publish on every
                 // instance: nothing to count here.
-                Ok(p) if shared.topics.redis().is_some() => {
-                    Response::json(200, json!({"topic": topic, "seq": p.seq}).to_string())
-                }
+                Ok(p) if shared.topics.redis().is_some() => Response::json(
+                    200,
+                    json!({"topic": rest.join("/"), "seq": p.seq}).to_string(),
+                ),
                 Ok(p) => Response::json(
                     200,
-                    json!({"topic": topic, "seq": p.seq, "delivered": p.delivered}).to_string(),
+                    json!({"topic": rest.join("/"), "seq": p.seq, "delivered": p.delivered})
+                        .to_string(),
                 ),
                 Err(e) => Response::text(send_status(&e), &format!("{e}\n")),
             },
@@ -745,7 +758,7 @@ impl Inner {
                 allow: Some("GET, HEAD"),
                 ..Response::text(405, "method not allowed\n")
             },
-            (["publish", _] | ["connections" | "users", _, "send" | "close"], _, false) => {
+            (["publish", _, ..] | ["connections" | "users", _, "send" | "close"], _, false) => {
                 Response {
                     allow: Some("POST"),
                     ..Response::text(405, "method not allowed\n")

@@ -96,7 +96,7 @@ pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use id::ConnId;
 pub use proxy::Cidr;
 pub use signals::ShutdownSignals;
-pub use topics::{MAX_TOPIC_LEN, Published, Resumed, TopicInfo, valid_topic};
+pub use topics::{MAX_TOPIC_LEN, Published, Resumed, TOPIC_PUNCTUATION, TopicInfo, valid_topic};
 
 use std::io;
 use std::net::SocketAddr;

@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::handle::SendError;
 use super::handler::{Handler, Session};
 use super::rate::{PublishCheck, PublishLimit};
-use super::topics::{Resumed, valid_topic};
+use super::topics::{Resumed, TOPIC_PUNCTUATION, valid_topic};
 use crate::protocol::{Message, code};
 
 /// A parsed command.
@@ -175,9 +175,31 @@ impl Handler for PubSub {
 }
 
 /// The personal topic of an authenticated subject, subscribed to by
-/// itself on every connection of that subject: `user:<sub>`.
+/// itself on every connection of that subject: `user:<sub>`, with every
+/// byte a topic cannot hold (a space, say) and `%` itself written `%XX`.
+/// E-mail addresses and `auth0|...` subjects stay as they are. A subject
+/// whose topic would pass [`MAX_TOPIC_LEN`](super::MAX_TOPIC_LEN) has none.
+///
+/// # Examples
+///
+/// ```
+/// use wheel_server::server::pubsub::personal_topic;
+///
+/// assert_eq!(personal_topic("alice@example.com"), "user:alice@example.com");
+/// assert_eq!(personal_topic("auth0|5f1"), "user:auth0|5f1");
+/// assert_eq!(personal_topic("Jo Do 100%"), "user:Jo%20Do%20100%25");
+/// ```
 pub fn personal_topic(sub: &str) -> String {
-    format!("user:{sub}")
+    use std::fmt::Write;
+    let mut topic = String::from("user:");
+    for b in sub.bytes() {
+        if b.is_ascii_alphanumeric() || (b != b'%' && TOPIC_PUNCTUATION.contains(&b)) {
+            topic.push(char::from(b));
+        } else {
+            let _ = write!(topic, "%{b:02X}");
+        }
+    }
+    topic
 }
 
 /// `PUB`: the replies queued so far go out first, then `OK PUB` and (to
