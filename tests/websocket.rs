@@ -391,3 +391,35 @@ fn a_full_server_answers_an_upgrade_with_503() {
     assert_eq!(status, 503, "{head}");
     assert!(head.contains("Retry-After"), "{head}");
 }
+
+/// Issue 26: a message fragmented into 11,000 one-byte frames, the next
+/// header only partly there, filled the input buffer to its limit; the
+/// next read had no room, returned 0, and the connection ended as if the
+/// peer had closed. It is a message over the limit: CLOSE 1009.
+#[test]
+fn a_message_fragmented_past_the_input_buffer_gets_1009() {
+    let server = start(Config {
+        protocol: Protocol::Ws,
+        max_frame: 64 * 1024,
+        ..config()
+    });
+    let mut c = Client::connect_with(server.local_addr(), Protocol::Ws);
+    let fragment = |first: bool| {
+        let mask = [1u8, 2, 3, 4];
+        [
+            vec![if first { 0x01 } else { 0x00 }, 0x81],
+            mask.to_vec(),
+            vec![b'a' ^ 1],
+        ]
+        .concat()
+    };
+    let mut wire = fragment(true);
+    for _ in 0..11_000 {
+        wire.extend(fragment(false));
+    }
+    wire.push(0x00); // the next header's first byte
+    // The server may close before it has read everything.
+    let _ = c.stream.write_all(&wire);
+    let (code, reason) = c.expect_close();
+    assert_eq!(code, 1009, "{reason}");
+}

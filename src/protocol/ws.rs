@@ -117,6 +117,14 @@ pub(super) fn decode<'a>(
         let mut cursor = Cursor::new(rest);
         let (header, len) = match FrameHeader::parse(&mut cursor) {
             Ok(Some(parsed)) => parsed,
+            // A header cut off by a buffer already at the limit can never
+            // be completed: the caller has no room left to read into.
+            Ok(None) if st.absorbed + rest.len() >= limit => {
+                return Err(DecodeError::TooBig {
+                    len: (st.absorbed + rest.len()) as u64 + 1,
+                    max: max_frame,
+                });
+            }
             Ok(None) => return Ok(None),
             Err(_) => return Err(malformed("reserved opcode")),
         };
