@@ -330,7 +330,7 @@ pub struct Args {
     #[arg(help_heading = "Pub/sub", long, env = "WHEEL_SERVER_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
     history_ttl: Duration,
 
-    /// Bytes of history kept per topic (each message counted with 128 bytes of overhead); past
+    /// Bytes of history kept per topic (each message counted with 160 bytes of overhead); past
     /// it the topic's oldest messages are dropped first. Accepts KiB, MiB, GiB.
     #[arg(help_heading = "Pub/sub", long, env = "WHEEL_SERVER_HISTORY_BYTES", default_value = "4MiB", value_parser = parse_bytes, value_name = "BYTES")]
     history_bytes: usize,

@@ -147,7 +147,7 @@ pub struct Config {
     /// How long a retained message is kept.
     pub history_ttl: Duration,
     /// Payload bytes retained per topic, at most (each message counted with
-    /// a fixed overhead of 128 bytes for its bookkeeping): past it, the
+    /// a fixed overhead of 160 bytes for its bookkeeping): past it, the
     /// topic's oldest messages go first.
     pub history_bytes: usize,
     /// Bytes retained over all topics, at most (counted as for
