@@ -277,3 +277,80 @@ fn the_dashboard_shows_the_live_connection_count_and_renders() {
     assert!(png.len() > 10_000, "a blank page? {} bytes", png.len());
     drop(clients);
 }
+
+/// A page on another origin that the operator opens cannot change the
+/// server (issue 26: cross-site request forgery against the admin endpoint,
+/// which needs no token by default). Chromium sends the "simple request"
+/// POSTs a page may make without asking; the endpoint refuses them by their
+/// `Origin`, so nothing is published and nobody is closed. (Same-origin
+/// POSTs are accepted: `tests/pubsub.rs`; the endpoint's own pages only
+/// GET, and keep working: the tests above.)
+#[test]
+fn a_page_on_another_origin_cannot_publish_or_close() {
+    if !chromium_or_skip() {
+        return;
+    }
+    let server = ServerProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--service",
+        "pubsub",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = server.metrics_addr();
+    let mut victim = Client::connect(server.addr);
+    victim.send(wheel_server::protocol::Message::Data(b"SUB news"));
+    assert!(matches!(victim.recv_msg(), util::Msg::Data(_)));
+    // The attacker's page, on an origin of its own.
+    let page = format!(
+        r#"<!doctype html><script>
+const admin = "http://{admin}";
+const simple = {{ method: "POST", mode: "no-cors", headers: {{ "Content-Type": "text/plain" }}, body: "csrf" }};
+Promise.allSettled([
+  fetch(admin + "/publish/news", simple),
+  fetch(admin + "/connections/0.0/close?code=4100", simple),
+]).then((r) => console.log("wheel: " + JSON.stringify({{ event: "attacked", sent: r.length }})));
+</script>"#
+    );
+    let site = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", site.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in site.incoming().flatten() {
+            let mut stream = stream;
+            let mut head = [0u8; 2048];
+            let _ = std::io::Read::read(&mut stream, &mut head);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let browser = Browser::open(&url);
+    let mut seen = Vec::new();
+    browser.wait_for(&mut seen, Duration::from_secs(20), |e| is(e, "attacked"));
+    drop(browser);
+    // Both requests reached the endpoint and were refused there.
+    let (_, metrics) = http(
+        admin,
+        &format!("GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n"),
+    );
+    let (status, topics) = http(
+        admin,
+        &format!("GET /topics HTTP/1.0\r\nHost: {admin}\r\n\r\n"),
+    );
+    assert_eq!(status, 200);
+    let topics: Value = serde_json::from_str(&topics).unwrap();
+    assert_eq!(topics["topics"][0]["last_seq"], 0, "published: {topics}");
+    assert!(
+        !metrics.contains("wheel_pubsub_publishes_total 1"),
+        "{metrics}"
+    );
+    // The victim is still connected and subscribed.
+    victim.send(wheel_server::protocol::Message::Ping(b"still here"));
+    assert_eq!(victim.recv_msg(), util::Msg::Pong(b"still here".to_vec()));
+}

@@ -890,6 +890,43 @@ fn parse_head(buf: &[u8]) -> Option<HeadRead> {
     }
 }
 
+/// Reads `data` as the admin endpoint reads a request head, and checks
+/// what must hold for any bytes: no panic; a whole head lies within the
+/// bytes; a body length is given only when every `Content-Length` agrees,
+/// all digits. For the fuzz target `http_head` (`fuzz/`) and the property
+/// test below.
+#[doc(hidden)]
+pub fn check_request_head(data: &[u8]) {
+    match parse_head(data) {
+        Some(HeadRead::Head(head)) => {
+            assert!(head.len <= data.len(), "a head past the bytes");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            let _ = request.parse(data);
+            let lengths: Vec<&[u8]> = request
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| h.value)
+                .collect();
+            if !head.bad_length && !lengths.is_empty() {
+                let text = |v: &[u8]| String::from_utf8_lossy(v).replace([' ', '\t'], "");
+                let mut values = lengths
+                    .iter()
+                    .flat_map(|v| text(v).split(',').map(str::to_owned).collect::<Vec<_>>());
+                assert!(
+                    values.all(|v| v.bytes().all(|b| b.is_ascii_digit())
+                        && v.parse::<usize>() == Ok(head.content_length)),
+                    "an ambiguous length accepted: {lengths:?}"
+                );
+            }
+        }
+        Some(HeadRead::Refuse(response)) => assert!(matches!(response.status, 400 | 431)),
+        Some(HeadRead::Gone | HeadRead::TimedOut) => unreachable!("parsing reads nothing"),
+        None => assert!(data.len() < MAX_HEAD, "an incomplete head past the limit"),
+    }
+}
+
 /// After a refusal, reads and discards what the client still sends, for a
 /// moment: closing with unread input sends RST, which can destroy the
 /// response before the client reads it.
@@ -1105,4 +1142,66 @@ fn connections(handle: &ServerHandle, limit: usize) -> String {
         })
         .collect();
     serde_json::Value::Array(list).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes, and requests built with any mix of length headers.
+        #[test]
+        fn any_bytes_are_a_head_a_refusal_or_incomplete(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            check_request_head(&data);
+        }
+
+        #[test]
+        fn only_unambiguous_lengths_are_accepted(
+            lengths in proptest::collection::vec(prop_oneof![
+                Just("5".to_owned()), Just("+5".to_owned()), Just("05".to_owned()),
+                Just("5, 5".to_owned()), Just("5,100".to_owned()), Just(" 7 ".to_owned()),
+                Just("0x5".to_owned()), Just("".to_owned()), "[0-9]{1,3}",
+            ], 0..4),
+            chunked in any::<bool>(),
+        ) {
+            let mut request = String::from("POST /publish/t HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+            for l in &lengths {
+                request.push_str(&format!("Content-Length: {l}\r\n"));
+            }
+            if chunked {
+                request.push_str("Transfer-Encoding: chunked\r\n");
+            }
+            request.push_str("\r\n");
+            check_request_head(request.as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_lengths_rfc_9112_refuses() {
+        let refused = |lengths: &[&str]| {
+            let mut request = String::from("POST / HTTP/1.1\r\n");
+            for l in lengths {
+                request.push_str(&format!("Content-Length: {l}\r\n"));
+            }
+            request.push_str("\r\n");
+            match parse_head(request.as_bytes()) {
+                Some(HeadRead::Head(head)) => head.bad_length,
+                _ => panic!("not a head"),
+            }
+        };
+        for bad in [
+            &["5", "100"][..],
+            &["+5"],
+            &["5, 100"],
+            &["-1"],
+            &["5 5"],
+            &[""],
+        ] {
+            assert!(refused(bad), "{bad:?}");
+        }
+        for good in [&["5"][..], &["5", "5"], &["5, 5"], &["0"]] {
+            assert!(!refused(good), "{good:?}");
+        }
+    }
 }

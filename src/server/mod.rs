@@ -93,6 +93,8 @@ pub use close::{CloseReason, TcpTimeout};
 pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
 pub use handle::{ConnectionInfo, SendError, ServerHandle};
 pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
+#[doc(hidden)]
+pub use http::check_request_head;
 pub use id::ConnId;
 pub use proxy::Cidr;
 pub use signals::ShutdownSignals;
