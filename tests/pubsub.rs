@@ -647,6 +647,8 @@ fn the_admin_endpoint_refuses_cross_site_posts_foreign_hosts_and_smuggled_length
         smuggle("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"),
         400
     );
+    // A header folded over two lines (obs-fold, RFC 9112 5.2).
+    assert_eq!(smuggle("Content-Length: 5\r\nX-Folded: a\r\n b\r\n"), 400);
     assert_eq!(
         smuggle("Content-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n"),
         200
