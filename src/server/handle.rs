@@ -29,7 +29,7 @@ pub enum SendError {
     OutboxFull,
     /// The connection's protocol cannot carry the message.
     Encode(EncodeError),
-    /// Not a valid topic name (see [`valid_topic`](super::valid_topic)).
+    /// Not a valid topic name (see [`super::valid_topic`]).
     InvalidTopic,
     /// The connection is at [`Config::max_subscriptions`](super::Config::max_subscriptions).
     TooManySubscriptions,
@@ -92,8 +92,8 @@ impl From<TopicError> for SendError {
     }
 }
 
-impl From<super::redis::Unavailable> for SendError {
-    fn from(e: super::redis::Unavailable) -> SendError {
+impl From<super::topics::Unavailable> for SendError {
+    fn from(e: super::topics::Unavailable) -> SendError {
         SendError::Unavailable(e.0)
     }
 }

@@ -297,6 +297,7 @@ impl Metrics {
     }
 
     /// Registers Redis's metrics (servers with `--redis`).
+    #[cfg(feature = "redis")]
     pub(crate) fn register_redis(&mut self, m: &super::redis::RedisMetrics) {
         let r = &mut self.registry;
         r.register(

@@ -77,6 +77,10 @@ mod proxy;
 mod rate;
 pub use rate::RATE_LIMIT_STRIKES;
 pub mod pubsub;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(not(feature = "redis"))]
+#[path = "redis_off.rs"]
 mod redis;
 mod registry;
 mod shared;
@@ -207,6 +211,9 @@ impl Server {
         let (events, events_rx) = crossbeam_channel::unbounded();
         let config_per_ip = config.max_connections_per_ip;
         let config_rate = config.max_connect_rate_per_ip.map(f64::from);
+        // Without the `redis` feature no client can be made: the arm that
+        // makes one is unreachable (and `client` refuses every URL).
+        #[cfg_attr(not(feature = "redis"), allow(unreachable_code))]
         let redis = match &config.redis {
             Some(url) => {
                 let client = redis::client(url, config.redis_password.as_deref())
@@ -232,6 +239,7 @@ impl Server {
                 "TLS certificate loaded"
             );
         }
+        #[cfg(feature = "redis")]
         if let Some(redis) = &redis {
             metrics.register_redis(&redis.metrics);
         }

@@ -48,7 +48,6 @@
 //! stack, a slow Redis holds a bounded number of commands, and nothing
 //! grows without limit.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -65,6 +64,7 @@ use tracing::{debug, info, warn};
 
 use super::metrics::Label;
 use super::shared::Shared;
+pub(crate) use super::topics::Unavailable;
 use super::topics::{Relayed, Retention};
 use crate::client::Backoff;
 
@@ -118,18 +118,6 @@ end
 redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[3])
 return seq
 ";
-
-/// Why Redis could not be used: the reason, for `ERR` and logs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unavailable(pub String);
-
-impl fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis unavailable: {}", self.0)
-    }
-}
-
-impl std::error::Error for Unavailable {}
 
 /// Redis's metrics (registered with the server's when `--redis` is set).
 #[derive(Clone)]

@@ -48,7 +48,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::conn::Conn;
 use super::outbound::{Flushes, PushError};
-use super::redis::{Entry, Redis, Unavailable};
+use super::redis::{Entry, Redis};
 use crate::protocol::{EncodeError, Message, Protocol};
 
 /// The longest topic name, in bytes.
@@ -282,6 +282,18 @@ pub struct TopicInfo {
     pub last_seq: u64,
 }
 
+/// Why Redis could not be used (`--redis`): the reason, for `ERR` and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
 /// Why a topic operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TopicError {
@@ -312,6 +324,7 @@ impl From<Unavailable> for TopicError {
 
 /// What became of a message the Redis follower relayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Relayed {
     /// Written or queued to `delivered` local subscribers; `dropped` did
     /// not take it.
@@ -610,6 +623,7 @@ impl Topics {
     /// subscribers if it is the next one (or, with `past_hole`, any later
     /// one: the stream no longer holds those between), and keeps it in the
     /// local history for resumes.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn relay(
         &self,
         flushes: &Flushes,
@@ -647,6 +661,7 @@ impl Topics {
     /// With Redis: numbering of `name` goes on from `last`, which is below
     /// what was delivered here (Redis lost data). The local history, whose
     /// numbers Redis no longer knows, is dropped.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn restart_numbering(&self, name: &str, last: u64) {
         if let Some(topic) = self.get(name) {
             let mut t = topic.lock();
@@ -662,6 +677,7 @@ impl Topics {
 
     /// With Redis: the last sequence number of `name` delivered here, if
     /// the topic is followed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn delivered(&self, name: &str) -> Option<u64> {
         let topic = self.get(name)?;
         let t = topic.lock();

@@ -1,0 +1,75 @@
+//! Topics across instances when the crate is built without its `redis`
+//! feature: no [`Redis`] value can exist (the type has no values), so every
+//! `Option<Redis>` is `None` and the server keeps its topics to itself. The
+//! call sites stay the same as with the feature; `--redis` is refused at
+//! start with a line that says how to get it.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::shared::Shared;
+use super::topics::Retention;
+pub(crate) use super::topics::Unavailable;
+
+/// A message read from a topic's stream.
+pub(crate) type Entry = (u64, Arc<[u8]>);
+
+/// What refuses `--redis` in a build without the feature.
+const NOT_BUILT: &str =
+    "this wheel-server was built without its `redis` feature (cargo build --features redis)";
+
+/// A Redis client: none can be made.
+pub(crate) enum Client {}
+
+/// The link to Redis: none exists.
+pub(crate) enum Redis {}
+
+/// Refuses every URL: there is no Redis support in this build.
+pub(crate) fn client(_url: &str, _password: Option<&str>) -> Result<Client, String> {
+    Err(NOT_BUILT.into())
+}
+
+/// Never called: the server spawns the follower only for a `Redis`.
+pub(crate) fn spawn(_shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    Err(std::io::Error::other(NOT_BUILT))
+}
+
+impl Redis {
+    pub(crate) fn new(client: Client, _timeout: Duration, _retention: Retention) -> Redis {
+        match client {}
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        match *self {}
+    }
+
+    pub(crate) fn stop(&self) {
+        match *self {}
+    }
+
+    pub(crate) fn follow(&self, _topic: &str) {
+        match *self {}
+    }
+
+    pub(crate) fn unfollow(&self, _topic: &str) {
+        match *self {}
+    }
+
+    pub(crate) fn publish(&self, _topic: &str, _payload: &[u8]) -> Result<u64, Unavailable> {
+        match *self {}
+    }
+
+    pub(crate) fn last_seq(&self, _topic: &str) -> Result<u64, Unavailable> {
+        match *self {}
+    }
+
+    pub(crate) fn newest(
+        &self,
+        _topic: &str,
+        _after: u64,
+        _budget: usize,
+    ) -> Result<Vec<Entry>, Unavailable> {
+        match *self {}
+    }
+}
