@@ -822,3 +822,37 @@ fn a_topic_that_started_over_is_delivered_after_the_gap() {
     );
     client.close();
 }
+
+/// The server's in-band `GAP <topic> <first-missing>` (issue 27: Redis lost
+/// a topic's numbering): the client reports it and takes the numbers that
+/// follow as new messages, even below what it delivered.
+#[test]
+fn an_in_band_gap_is_reported_and_lower_numbers_after_it_are_delivered() {
+    use wheel_server::server::pubsub::PubSub;
+    let server = wheel_server::Server::with_handler(config(), PubSub).unwrap();
+    let handle = server.handle();
+    let client = Client::start(ClientConfig {
+        subscriptions: vec!["feed".into()],
+        ..fast_to(server.local_addr().into())
+    })
+    .unwrap();
+    assert!(util::wait_until(PATIENCE, || handle.subscribers("feed") == 1));
+    for n in 1..=3 {
+        handle.publish("feed", format!("m{n}").as_bytes()).unwrap();
+    }
+    until(&client, |e| matches!(e, Event::Message { seq: 3, .. }));
+    let id = server.connection_ids()[0];
+    // What the server sends when the numbering starts over.
+    handle.send(id, b"GAP feed 1").unwrap();
+    handle.send(id, b"MSG feed 1 renumbered").unwrap();
+    let (gap, _) = until(&client, |e| matches!(e, Event::Gap { .. }));
+    assert!(
+        matches!(&gap, Event::Gap { topic, first_missing: 1 } if topic == "feed"),
+        "{gap:?}"
+    );
+    let (next, _) = until(&client, |e| matches!(e, Event::Message { .. }));
+    assert!(
+        matches!(&next, Event::Message { seq: 1, payload, .. } if payload == b"renumbered"),
+        "{next:?}"
+    );
+}

@@ -381,8 +381,8 @@ fn publishes_under_load_across_a_redis_restart_are_acknowledged_or_refused_and_n
 }
 
 /// Every key a publish writes expires (issue 25: 20,000 counters were
-/// left behind): the stream with the history TTL, the counter an hour
-/// after it. A one-message topic holds two keys in Redis.
+/// left behind): the stream with the history TTL, the counter and its
+/// epoch an hour after it. A one-message topic holds three keys in Redis.
 #[test]
 fn every_key_a_publish_writes_expires() {
     if !redis_or_skip() {
@@ -399,9 +399,11 @@ fn every_key_a_publish_writes_expires() {
     // --history-ttl is 5 minutes by default.
     let log = ttl("wheel:{once}:log");
     assert!((1..=300_000).contains(&log), "stream PTTL {log}");
-    let seq = ttl("wheel:{once}:seq");
-    assert!((3_600_000..=3_900_000).contains(&seq), "counter PTTL {seq}");
-    assert_eq!(redis.command("DBSIZE").as_deref(), Some(":2"));
+    for key in ["wheel:{once}:seq", "wheel:{once}:epoch"] {
+        let left = ttl(key);
+        assert!((3_600_000..=3_900_000).contains(&left), "{key} PTTL {left}");
+    }
+    assert_eq!(redis.command("DBSIZE").as_deref(), Some(":3"));
 }
 
 /// A resume from 0 of a large history reads only what one replay may send
@@ -455,4 +457,48 @@ fn a_resume_of_a_large_history_reads_only_the_replay_budget() {
     }
     assert_eq!(got, (first..=100).collect::<Vec<_>>());
     assert!(got.len() < 10, "{} replayed", got.len());
+}
+
+/// Issue 27: Redis restarted empty while an instance's subscriber follows a
+/// topic. Numbering starts over at 1; the subscriber is told `GAP t 1`
+/// before the first renumbered message and then gets every acknowledged
+/// message, none dropped as a repeat of an old number (before: 40 of 133
+/// acknowledged messages never arrived, and the stream looked contiguous).
+#[test]
+fn a_redis_that_restarts_empty_renumbers_and_subscribers_are_told() {
+    if !redis_or_skip() {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let (a, b) = (instance(&redis, 1000), instance(&redis, 1000));
+    let mut subscriber = Client::connect(b.local_addr());
+    assert_eq!(ask(&mut subscriber, "SUB t"), "OK SUB t 0");
+    let mut publisher = Client::connect(a.local_addr());
+    // Publishes `m<n>` until acknowledged; its number.
+    let mut publish = |n: u32| -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let answer = ask(&mut publisher, &format!("PUB t m{n}"));
+            if let Some(seq) = answer.strip_prefix("OK PUB t ") {
+                return seq.parse().unwrap();
+            }
+            assert!(answer.starts_with("ERR redis unavailable"), "{answer}");
+            assert!(Instant::now() < deadline, "never acknowledged again");
+            std::thread::sleep(ms(20));
+        }
+    };
+    let before: Vec<u64> = (1..=40).map(&mut publish).collect();
+    assert_eq!(before, (1..=40).collect::<Vec<_>>());
+    for n in 1..=40 {
+        assert_eq!(data(&mut subscriber), format!("MSG t {n} m{n}"));
+    }
+    redis.restart_empty();
+    let after: Vec<u64> = (41..=60).map(&mut publish).collect();
+    assert_eq!(after, (1..=20).collect::<Vec<_>>(), "numbering starts over");
+    // Told first, then every acknowledged message of the new numbering.
+    assert_eq!(data(&mut subscriber), "GAP t 1");
+    for n in 1..=20 {
+        assert_eq!(data(&mut subscriber), format!("MSG t {n} m{}", n + 40));
+    }
+    assert!(subscriber.try_recv(ms(100)).is_none(), "nothing more");
 }

@@ -243,6 +243,12 @@ export class WheelClient {
         this.topics.set(topic, last);
       }
       this.emit("subscribed", { topic, last, resumed, gap });
+    } else if (words[0] === "GAP" && this.topics.has(words[1])) {
+      // GAP <topic> <first-missing>: lost from there on; GAP <topic> 1: the
+      // topic's numbering started over (its next numbers are new messages).
+      const first = Number(words[2]);
+      this.emit("gap", { topic: words[1], first });
+      this.topics.set(words[1], first - 1);
     } else if (words[0] === "OK" && words[1] === "PUB") {
       this.emit("published", { topic: words[2], seq: Number(words[3]) });
     } else if (words[0] === "PONG") {

@@ -287,12 +287,13 @@ pub enum Event {
         /// The payload.
         payload: Vec<u8>,
     },
-    /// A resumed subscription could not be filled: messages from
-    /// `first_missing` on were published while the client was away and are
-    /// no longer in the server's history. A `first_missing` at or below a
-    /// number already delivered means the topic started over (the server
-    /// restarted, or its Redis lost its data): the messages that follow
-    /// carry the new numbers and are delivered.
+    /// Messages were lost: a resumed subscription could not be filled
+    /// (published while the client was away and no longer in the server's
+    /// history), or the server said so on a live one (`GAP <topic> <n>`).
+    /// A `first_missing` at or below a number already delivered means the
+    /// topic started over (the server restarted, or its Redis lost its
+    /// data): the messages that follow carry the new numbers and are
+    /// delivered.
     Gap {
         /// The topic.
         topic: String,

@@ -145,6 +145,23 @@ impl Manager {
                 return;
             }
         }
+        // `GAP <topic> <first-missing>`: messages from there on (up to the
+        // next one delivered) are lost; `GAP <topic> 1` means the topic's
+        // numbering started over, so its next numbers are new messages.
+        if let Some(rest) = payload.strip_prefix(b"GAP ")
+            && let Ok(rest) = std::str::from_utf8(rest)
+            && let Some((name, first)) = rest.split_once(' ')
+            && let Ok(first_missing) = first.parse::<u64>()
+            && let Some((topic, last)) = self.topics.iter_mut().find(|(t, _)| t == name)
+        {
+            *last = Some(first_missing.saturating_sub(1));
+            let topic = topic.clone();
+            self.emit(Event::Gap {
+                topic,
+                first_missing,
+            });
+            return;
+        }
         if payload.starts_with(b"OK AUTH ") && self.token.is_some() {
             return;
         }

@@ -5,7 +5,8 @@
 //! For a topic `t` (its name in braces, a hash tag, so that a Redis Cluster
 //! keeps a topic's keys on one shard):
 //!
-//! * `wheel:{t}:seq`, the topic's counter, expiring an hour
+//! * `wheel:{t}:seq`, the topic's counter, and `wheel:{t}:epoch`, the
+//!   numbering's epoch (see [`PUBLISH`]), both expiring an hour
 //!   ([`SEQ_GRACE`]) after the history would, refreshed by every publish
 //!   and every [`SEQ_REFRESH`] by each instance that follows the topic;
 //! * `wheel:{t}:log`, a stream of its messages: entry id `<seq>-0`, fields
@@ -13,7 +14,7 @@
 //!   capped at `--history` entries and expiring `--history-ttl` after the
 //!   last publish;
 //! * the channel `wheel:{t}:msg`, on which each message is announced as
-//!   `<seq> <payload>`.
+//!   `<seq> <epoch> <payload>`.
 //!
 //! A publish is one Lua script, so it is atomic: the counter, the stream and
 //! the announcement all happen or none does. The sequence number comes from
@@ -108,15 +109,35 @@ const SEQ_REFRESH: Duration = Duration::from_secs(300);
 /// Numbers a message, appends it to the topic's stream (capped, and
 /// expiring with the history TTL) and announces it. The counter expires
 /// [`SEQ_GRACE`] after the history would.
+///
+/// The numbering's epoch (`wheel:{t}:epoch`) is made by whoever touches the
+/// topic first, a publish or an instance that starts following it
+/// ([`NUMBERING`]); every announcement carries it. Lost with the counter
+/// (a Redis that restarted empty), it is made anew, so that an instance
+/// that followed the old numbering knows the new numbers are not repeats,
+/// even of messages it never received.
 const PUBLISH: &str = r"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('SET', KEYS[3], epoch)
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
 if tonumber(ARGV[1]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], seq .. '-0', 'p', ARGV[3], 't', ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[3])
+redis.call('PUBLISH', ARGV[5], seq .. ' ' .. epoch .. ' ' .. ARGV[3])
 return seq
+";
+
+/// The topic's numbering, its epoch made if there is none: what an
+/// instance that follows the topic compares with what it delivered.
+const NUMBERING: &str = r"
+redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
 ";
 
 /// Redis's metrics (registered with the server's when `--redis` is set).
@@ -161,6 +182,7 @@ impl RedisMetrics {
 struct Keys {
     seq: String,
     log: String,
+    epoch: String,
     channel: String,
 }
 
@@ -169,6 +191,7 @@ impl Keys {
         Keys {
             seq: format!("wheel:{{{topic}}}:seq"),
             log: format!("wheel:{{{topic}}}:log"),
+            epoch: format!("wheel:{{{topic}}}:epoch"),
             channel: format!("wheel:{{{topic}}}:msg"),
         }
     }
@@ -202,6 +225,8 @@ pub(crate) struct Redis {
     epoch: Arc<AtomicU64>,
     /// The publish script (sent by its hash; loaded again if Redis lost it).
     script: Arc<redis::Script>,
+    /// The numbering script ([`NUMBERING`]).
+    numbering: Arc<redis::Script>,
     /// Topics with local subscribers, for the follower.
     wanted: Mutex<Wanted>,
     /// Set when the server stops.
@@ -234,6 +259,7 @@ impl Redis {
             jobs: crossbeam_channel::bounded(QUEUE),
             epoch: Arc::default(),
             script: Arc::new(redis::Script::new(PUBLISH)),
+            numbering: Arc::new(redis::Script::new(NUMBERING)),
             wanted: Mutex::default(),
             stopping: AtomicBool::new(false),
             relayed_in: metrics.relayed("in"),
@@ -309,20 +335,28 @@ impl Redis {
                 .arg(retention.ttl.as_millis().max(1) as u64)
                 .arg(&keys.channel)
                 .arg(seq_ttl_ms(retention))
+                .arg(format!("{:016x}", fastrand::u64(..)))
+                .key(&keys.epoch)
                 .invoke::<u64>(conn)
         })?;
         self.relayed_out.inc();
         Ok(seq)
     }
 
-    /// The topic's latest sequence number (0 before its first message).
-    pub(crate) fn last_seq(&self, topic: &str) -> Result<u64, Unavailable> {
-        let key = Keys::of(topic).seq;
+    /// The topic's numbering: its latest sequence number (0 before its
+    /// first message) and its epoch, made now if it has none.
+    pub(crate) fn numbering(&self, topic: &str) -> Result<(u64, Option<String>), Unavailable> {
+        let keys = Keys::of(topic);
+        let script = Arc::clone(&self.numbering);
+        let ttl = seq_ttl_ms(self.retention);
         self.with(move |conn| {
-            redis::cmd("GET")
-                .arg(&key)
-                .query::<Option<u64>>(conn)
-                .map(Option::unwrap_or_default)
+            script
+                .key(&keys.seq)
+                .key(&keys.epoch)
+                .arg(format!("{:016x}", fastrand::u64(..)))
+                .arg(ttl)
+                .invoke::<(Option<u64>, Option<String>)>(conn)
+                .map(|(last, epoch)| (last.unwrap_or_default(), epoch))
         })
     }
 
@@ -583,7 +617,13 @@ fn seq_ttl_ms(retention: Retention) -> u64 {
 /// that a quiet topic with subscribers keeps its numbering.
 fn refresh_counters(redis: &Redis, topics: &std::collections::HashSet<String>) {
     let ttl = seq_ttl_ms(redis.retention);
-    let keys: Vec<String> = topics.iter().map(|t| Keys::of(t).seq).collect();
+    let keys: Vec<String> = topics
+        .iter()
+        .flat_map(|t| {
+            let keys = Keys::of(t);
+            [keys.seq, keys.epoch]
+        })
+        .collect();
     for chunk in keys.chunks(FILL_BATCH) {
         let chunk = chunk.to_vec();
         let refreshed = redis.with(move |conn| {
@@ -657,10 +697,19 @@ fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<(
             continue;
         };
         let body = msg.get_payload_bytes();
-        let Some((seq, payload)) = split_announcement(body) else {
+        let Some((seq, epoch, payload)) = split_announcement(body) else {
             warn!(topic, "malformed announcement ignored");
             continue;
         };
+        if shared
+            .topics
+            .renumbered(&shared.flushes, topic, None, Some(epoch))
+        {
+            warn!(
+                topic,
+                seq, "a new epoch of this topic's numbering: subscribers told GAP 1"
+            );
+        }
         let relayed = shared
             .topics
             .relay(&shared.flushes, topic, seq, payload, false);
@@ -685,11 +734,14 @@ fn count(shared: &Shared, redis: &Redis, relayed: Relayed) -> bool {
     true
 }
 
-/// `<seq> <payload>`.
-fn split_announcement(body: &[u8]) -> Option<(u64, &[u8])> {
+/// `<seq> <epoch> <payload>`.
+fn split_announcement(body: &[u8]) -> Option<(u64, &str, &[u8])> {
     let space = body.iter().position(|&b| b == b' ')?;
     let seq = std::str::from_utf8(&body[..space]).ok()?.parse().ok()?;
-    Some((seq, &body[space + 1..]))
+    let rest = &body[space + 1..];
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let epoch = std::str::from_utf8(&rest[..space]).ok()?;
+    Some((seq, epoch, &rest[space + 1..]))
 }
 
 /// Delivers what the stream holds after what `topic`'s local subscribers
@@ -699,18 +751,19 @@ fn fill(shared: &Shared, redis: &Redis, topic: &str, until: Option<u64>) {
     if until.is_none() {
         // After a reconnect: a Redis that lost data (restarted without its
         // append-only file, or fail-over to a replica that lagged) numbers
-        // from where it is, below what was delivered here. Its new messages
-        // must not be taken for old ones.
-        if let (Ok(last), Some(delivered)) = (redis.last_seq(topic), shared.topics.delivered(topic))
-            && last < delivered
+        // anew, under a new epoch, or below what was delivered here. Its
+        // messages must not be taken for old ones: the subscribers are told
+        // (`GAP <topic> 1`) and get the new numbering from its start.
+        if let Ok((last, epoch)) = redis.numbering(topic)
+            && shared
+                .topics
+                .renumbered(&shared.flushes, topic, Some(last), epoch.as_deref())
         {
             warn!(
                 topic,
                 redis_last = last,
-                delivered,
-                "redis numbers this topic below what was delivered: it lost data; numbering follows redis from here"
+                "redis lost this topic's numbering (a new epoch, or a number below what was delivered): subscribers told GAP 1, numbering starts over"
             );
-            shared.topics.restart_numbering(topic, last);
         }
     }
     loop {
@@ -755,9 +808,13 @@ mod tests {
         assert_eq!(keys.log, "wheel:{chat:1/a}:log");
         assert_eq!(Keys::topic_of(&keys.channel), Some("chat:1/a"));
         assert_eq!(Keys::topic_of("other"), None);
-        assert_eq!(split_announcement(b"12 a b"), Some((12, &b"a b"[..])));
-        assert_eq!(split_announcement(b"7 "), Some((7, &b""[..])));
-        assert_eq!(split_announcement(b"x y"), None);
+        assert_eq!(
+            split_announcement(b"12 e1 a b"),
+            Some((12, "e1", &b"a b"[..]))
+        );
+        assert_eq!(split_announcement(b"7 e "), Some((7, "e", &b""[..])));
+        assert_eq!(split_announcement(b"x e y"), None);
+        assert_eq!(split_announcement(b"12 e"), None);
         assert_eq!(split_announcement(b"12"), None);
     }
 
@@ -769,11 +826,11 @@ mod tests {
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
             seq in proptest::prelude::any::<u64>(),
         ) {
-            if let Some((_, payload)) = split_announcement(&body) {
+            if let Some((_, _, payload)) = split_announcement(&body) {
                 proptest::prop_assert!(body.ends_with(payload));
             }
-            let wire = [seq.to_string().as_bytes(), b" ", &body].concat();
-            proptest::prop_assert_eq!(split_announcement(&wire), Some((seq, &body[..])));
+            let wire = [seq.to_string().as_bytes(), b" 0123abcd ", &body].concat();
+            proptest::prop_assert_eq!(split_announcement(&wire), Some((seq, "0123abcd", &body[..])));
         }
     }
 

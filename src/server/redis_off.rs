@@ -60,7 +60,7 @@ impl Redis {
         match *self {}
     }
 
-    pub(crate) fn last_seq(&self, _topic: &str) -> Result<u64, Unavailable> {
+    pub(crate) fn numbering(&self, _topic: &str) -> Result<(u64, Option<String>), Unavailable> {
         match *self {}
     }
 

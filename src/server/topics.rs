@@ -166,6 +166,9 @@ struct Topic {
     /// With Redis: `seq` was read from Redis and the follower follows the
     /// topic.
     followed: bool,
+    /// With Redis: the epoch of the numbering `seq` belongs to (`None`
+    /// until one is seen): a new one means Redis numbers the topic anew.
+    epoch: Option<String>,
     /// Subscribed connections.
     subscribers: Vec<Arc<Conn>>,
     /// The last messages, oldest first.
@@ -219,6 +222,24 @@ impl Topic {
 
     fn is_idle(&self) -> bool {
         self.subscribers.is_empty() && self.history.is_empty()
+    }
+
+    /// Tells every subscriber, in the protocol, that the topic's messages
+    /// from `first_missing` on up to the next one it gets are lost:
+    /// `GAP <topic> <first-missing>`. `GAP <topic> 1` says the numbering
+    /// started over, so the next numbers are new messages, not repeats.
+    fn tell_gap(&self, flushes: &Flushes, name: &str, first_missing: u64) {
+        let line = format!("GAP {name} {first_missing}");
+        for conn in &self.subscribers {
+            let mut wire = Vec::new();
+            if conn
+                .protocol
+                .encode(&Message::Data(line.as_bytes()), &mut wire)
+                .is_ok()
+            {
+                let _ = conn.out.push(conn.id, flushes, &wire);
+            }
+        }
     }
 }
 
@@ -647,6 +668,10 @@ impl Topics {
             if seq > t.seq + 1 && !past_hole {
                 return Err(Relayed::Ahead);
             }
+            if seq > t.seq + 1 {
+                // The stream no longer holds those between: said, not hidden.
+                t.tell_gap(flushes, &name, t.seq + 1);
+            }
             t.seq = seq;
             t.retain(&name, self.retention, &self.memory, seq, payload);
             Ok(seq)
@@ -658,21 +683,46 @@ impl Topics {
         }
     }
 
-    /// With Redis: numbering of `name` goes on from `last`, which is below
-    /// what was delivered here (Redis lost data). The local history, whose
-    /// numbers Redis no longer knows, is dropped.
+    /// With Redis: whether Redis numbers `name` anew, seen in an
+    /// announcement's `epoch`, or after a reconnect in the topic's `last`
+    /// number and epoch (`None`: Redis holds none). Then (a different epoch
+    /// than the one delivered here, or a last number below what was
+    /// delivered) the subscribers are told `GAP <topic> 1`, the local
+    /// history of the old numbering is dropped, and delivery starts over
+    /// at 1: no new message is taken for a repeat of an old one.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn restart_numbering(&self, name: &str, last: u64) {
-        if let Some(topic) = self.get(name) {
-            let mut t = topic.lock();
-            if t.followed {
-                t.seq = last;
-                while let Some(gone) = t.history.pop_front() {
-                    t.history_bytes -= gone.cost();
-                    self.memory.forget(&gone);
-                }
-            }
+    pub(crate) fn renumbered(
+        &self,
+        flushes: &Flushes,
+        name: &str,
+        last: Option<u64>,
+        epoch: Option<&str>,
+    ) -> bool {
+        let Some(topic) = self.get(name) else {
+            return false;
+        };
+        let mut t = topic.lock();
+        if !t.followed {
+            return false;
         }
+        // A different epoch: the numbering this instance followed is gone,
+        // with whatever it had not delivered yet.
+        let new_epoch = t.epoch.is_some() && epoch.is_some() && t.epoch.as_deref() != epoch;
+        let went_back = last.is_some_and(|last| last < t.seq);
+        if epoch.is_some() {
+            t.epoch = epoch.map(str::to_owned);
+        }
+        if !(new_epoch || went_back) {
+            return false;
+        }
+        t.epoch = epoch.map(str::to_owned);
+        t.seq = 0;
+        while let Some(gone) = t.history.pop_front() {
+            t.history_bytes -= gone.cost();
+            self.memory.forget(&gone);
+        }
+        t.tell_gap(flushes, name, 1);
+        true
     }
 
     /// With Redis: the last sequence number of `name` delivered here, if
@@ -732,10 +782,11 @@ impl Topics {
         let mut fetched = Vec::new();
         if let Some(redis) = &self.redis {
             if !topic.lock().followed {
-                let last = redis.last_seq(name)?;
+                let (last, epoch) = redis.numbering(name)?;
                 let mut t = topic.lock();
                 if !t.followed {
                     t.seq = last;
+                    t.epoch = epoch;
                     t.followed = true;
                     redis.follow(name);
                 }

@@ -59,6 +59,16 @@ impl RedisServer {
         }
     }
 
+    /// Kills it and starts it again on the same port with no data at all
+    /// (as a Redis without persistence comes back), and waits until it
+    /// answers.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.restart();
+    }
+
     /// Starts it again on the same port with the same data, and waits until
     /// it answers.
     pub fn restart(&mut self) {
