@@ -44,6 +44,10 @@ pub enum SendError {
     /// With [`Config::redis`](super::Config::redis): Redis could not be
     /// reached (why). Nothing was published.
     Unavailable(String),
+    /// With [`Config::redis`](super::Config::redis): a publish timed out
+    /// (or its connection broke) after it may have reached Redis: it may
+    /// have been published, and delivered. Retrying may deliver it twice.
+    Unknown(String),
 }
 
 impl fmt::Display for SendError {
@@ -60,6 +64,9 @@ impl fmt::Display for SendError {
             SendError::TooManyTopics => f.write_str("too many topics"),
             SendError::TooLarge(max) => write!(f, "too large: at most {max} bytes"),
             SendError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
+            SendError::Unknown(why) => {
+                write!(f, "unknown: may have been published (redis: {why})")
+            }
         }
     }
 }
@@ -88,13 +95,14 @@ impl From<TopicError> for SendError {
             TopicError::Closed => SendError::Closed,
             TopicError::OutboxFull => SendError::OutboxFull,
             TopicError::Unavailable(e) => e.into(),
+            TopicError::Unknown(why) => SendError::Unknown(why),
         }
     }
 }
 
 impl From<super::topics::Unavailable> for SendError {
     fn from(e: super::topics::Unavailable) -> SendError {
-        SendError::Unavailable(e.0)
+        SendError::Unavailable(e.why)
     }
 }
 

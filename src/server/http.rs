@@ -797,6 +797,9 @@ fn send_status(e: &SendError) -> u16 {
         SendError::Closed => 409,
         SendError::OutboxFull | SendError::Unavailable(_) | SendError::TooManyTopics => 503,
         SendError::TooLarge(_) => 413,
+        // Gateway Timeout: the backend (Redis) did not answer in time, and
+        // the message may have been published.
+        SendError::Unknown(_) => 504,
         _ => 400,
     }
 }

@@ -32,7 +32,20 @@
 //! announcement misses is lost: not while the follower reconnects, not
 //! between a first subscriber's `SUB` and its channel subscription. After a
 //! reconnect the follower re-subscribes and fills every topic from the
-//! stream before it reads announcements again.
+//! stream before it reads announcements again. The follower sends a PING
+//! every `--redis-timeout` on its connection and replaces it when the
+//! answer does not come within that long: a link that silently stopped
+//! passing bytes is found within two timeouts.
+//!
+//! # Telling the truth about failures
+//!
+//! Redis is marked down (`wheel_redis_up` 0, `/readyz` 503, `/healthz`
+//! `redis down`, a log line) while the follower has no connection or the
+//! last command failed or timed out, and up again when one succeeds. A
+//! publish refused before it reached Redis is `ERR redis unavailable`
+//! (HTTP 503: it was not published); one that timed out after it was sent
+//! is `ERR unknown: may have been published` (HTTP 504), because Redis may
+//! have run it.
 //!
 //! Pub/sub rather than blocking stream reads (`XREAD BLOCK`): an `XREAD`
 //! names every followed stream in every call, so its cost grows with the
@@ -178,6 +191,55 @@ impl RedisMetrics {
     }
 }
 
+/// Whether Redis answers: the follower's connection is up, and the last
+/// command (of any command thread) succeeded. `wheel_redis_up`, `/readyz`
+/// and `/healthz` say so; a change is logged once.
+struct Health {
+    follower: AtomicBool,
+    commands: AtomicBool,
+    up: Gauge,
+}
+
+impl Health {
+    fn new(up: Gauge) -> Health {
+        Health {
+            follower: AtomicBool::new(false),
+            commands: AtomicBool::new(true),
+            up,
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        self.follower.load(Ordering::Acquire) && self.commands.load(Ordering::Acquire)
+    }
+
+    fn publish(&self) {
+        self.up.set(i64::from(self.is_up()));
+    }
+
+    /// The follower connected (or lost its connection).
+    fn follower(&self, up: bool) {
+        self.follower.store(up, Ordering::Release);
+        self.publish();
+    }
+
+    /// A command succeeded.
+    fn answered(&self) {
+        if !self.commands.swap(true, Ordering::AcqRel) {
+            info!("redis answers commands again: marked up");
+        }
+        self.publish();
+    }
+
+    /// A command failed or timed out.
+    fn failed(&self, why: &str) {
+        if self.commands.swap(false, Ordering::AcqRel) {
+            warn!("redis command failed ({why}): marked down until one succeeds");
+        }
+        self.publish();
+    }
+}
+
 /// The key names of a topic.
 struct Keys {
     seq: String,
@@ -233,6 +295,8 @@ pub(crate) struct Redis {
     stopping: AtomicBool,
     /// Its metrics.
     pub(crate) metrics: RedisMetrics,
+    /// Whether it answers.
+    health: Arc<Health>,
     relayed_in: Counter,
     relayed_out: Counter,
     /// The follower's thread, once spawned.
@@ -264,6 +328,7 @@ impl Redis {
             stopping: AtomicBool::new(false),
             relayed_in: metrics.relayed("in"),
             relayed_out: metrics.relayed("out"),
+            health: Arc::new(Health::new(metrics.up.clone())),
             metrics,
             follower: OnceLock::new(),
         }
@@ -271,13 +336,14 @@ impl Redis {
 
     /// Whether the follower's connection is up.
     pub(crate) fn is_up(&self) -> bool {
-        self.metrics.up.get() == 1
+        self.health.is_up()
     }
 
     /// The command threads' part of the link.
     fn command_thread(&self) -> CommandThread {
         CommandThread {
             jobs: self.jobs.1.clone(),
+            health: Arc::clone(&self.health),
             epoch: Arc::clone(&self.epoch),
             client: self.client.clone(),
             timeout: self.timeout,
@@ -293,8 +359,17 @@ impl Redis {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let job: Job = Box::new(move |conn| {
             let answer = match conn {
-                Ok(conn) => f(conn).map_err(|e| e.to_string()),
-                Err(why) => Err(why.to_owned()),
+                // Redis answered with an error: the command did not run.
+                // Anything else after sending (no answer in time, the
+                // connection gone): it may have run.
+                Ok(conn) => f(conn).map_err(|e| {
+                    if e.code().is_some() {
+                        Unavailable::refused(e.to_string())
+                    } else {
+                        Unavailable::unknown(e.to_string())
+                    }
+                }),
+                Err(why) => Err(Unavailable::refused(why)),
             };
             let ok = answer.is_ok();
             let _ = tx.send(answer);
@@ -304,12 +379,16 @@ impl Redis {
         self.jobs
             .0
             .send_deadline(job, deadline)
-            .map_err(|_| Unavailable("too many commands waiting".into()))?;
+            .map_err(|_| Unavailable::refused("too many commands waiting"))?;
         // The command thread's own timeouts end every command; this bound
         // only covers a thread that is stuck.
         match rx.recv_deadline(deadline + self.timeout * 2) {
-            Ok(answer) => answer.map_err(Unavailable),
-            Err(_) => Err(Unavailable("timed out".into())),
+            Ok(answer) => answer,
+            Err(_) => {
+                self.health
+                    .failed("a command thread did not answer in time");
+                Err(Unavailable::unknown("timed out"))
+            }
         }
     }
 
@@ -504,6 +583,7 @@ fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection>
 /// thread ends when the server is dropped (the queue's sender with it).
 struct CommandThread {
     jobs: Receiver<Job>,
+    health: Arc<Health>,
     epoch: Arc<AtomicU64>,
     client: redis::Client,
     timeout: Duration,
@@ -523,6 +603,7 @@ impl CommandThread {
                     Err(e) => {
                         self.metrics.errors.inc();
                         debug!("redis connect failed: {e}");
+                        self.health.failed(&e.to_string());
                         job(Err(&e.to_string()));
                         continue;
                     }
@@ -533,8 +614,10 @@ impl CommandThread {
                 self.metrics
                     .roundtrip
                     .observe(start.elapsed().as_secs_f64());
+                self.health.answered();
             } else {
                 self.metrics.errors.inc();
+                self.health.failed("a command failed");
                 conn = None;
             }
         }
@@ -579,7 +662,7 @@ fn run(shared: &Shared, redis: &Redis) {
             Ok(conn) => conn,
             Err(e) => {
                 failures += 1;
-                redis.metrics.up.set(0);
+                redis.health.follower(false);
                 let delay = RECONNECT.delay(failures, &mut rng);
                 if failures == 1 {
                     warn!("redis unreachable: {e}; retrying with backoff");
@@ -597,7 +680,7 @@ fn run(shared: &Shared, redis: &Redis) {
         match relay(shared, redis, &mut conn) {
             Ok(()) => break,
             Err(e) => {
-                redis.metrics.up.set(0);
+                redis.health.follower(false);
                 redis.epoch.fetch_add(1, Ordering::AcqRel);
                 warn!("redis connection lost: {e}; reconnecting");
                 failures = 1;
@@ -605,7 +688,7 @@ fn run(shared: &Shared, redis: &Redis) {
             }
         }
     }
-    redis.metrics.up.set(0);
+    redis.health.follower(false);
 }
 
 /// How long a topic's counter lives after a publish or a refresh, in ms.
@@ -651,7 +734,21 @@ fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<(
     redis.wanted.lock().changed = true;
     let mut first = true;
     let mut refreshed = Instant::now();
+    let mut pinged = Instant::now();
     while !redis.stopping.load(Ordering::Acquire) {
+        // A link that stops passing bytes with no FIN or RST (a NAT or a
+        // firewall that forgot the flow) would leave the follower waiting
+        // for announcements forever: a PING every --redis-timeout, answered
+        // within it, or the connection is replaced (and every topic filled
+        // from its stream on the new one).
+        if pinged.elapsed() >= redis.timeout {
+            pubsub.set_read_timeout(Some(redis.timeout))?;
+            pubsub.ping::<redis::Value>()?;
+            pubsub.set_read_timeout(Some(FOLLOW_POLL))?;
+            pinged = Instant::now();
+            // A round trip that succeeds: Redis answers again.
+            redis.health.answered();
+        }
         if refreshed.elapsed() >= SEQ_REFRESH {
             refresh_counters(redis, &followed);
             refreshed = Instant::now();
@@ -684,7 +781,8 @@ fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<(
             }
             if first {
                 first = false;
-                redis.metrics.up.set(1);
+                redis.health.answered();
+                redis.health.follower(true);
                 info!(topics = followed.len(), "redis connected; following topics");
             }
         }

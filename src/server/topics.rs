@@ -303,13 +303,40 @@ pub struct TopicInfo {
     pub last_seq: u64,
 }
 
-/// Why Redis could not be used (`--redis`): the reason, for `ERR` and logs.
+/// Why Redis could not be used (`--redis`): the reason, for `ERR` and logs,
+/// and whether the command may have run all the same.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unavailable(pub String);
+pub struct Unavailable {
+    /// What went wrong.
+    pub why: String,
+    /// The command reached Redis (or may have) before the failure: it timed
+    /// out waiting for the answer, or the connection broke after sending.
+    /// A publish may then have been numbered and delivered.
+    pub maybe_applied: bool,
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+impl Unavailable {
+    /// A failure before the command reached Redis: it did not run.
+    pub(crate) fn refused(why: impl Into<String>) -> Unavailable {
+        Unavailable {
+            why: why.into(),
+            maybe_applied: false,
+        }
+    }
+
+    /// A failure after the command may have reached Redis.
+    pub(crate) fn unknown(why: impl Into<String>) -> Unavailable {
+        Unavailable {
+            why: why.into(),
+            maybe_applied: true,
+        }
+    }
+}
 
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis unavailable: {}", self.0)
+        write!(f, "redis unavailable: {}", self.why)
     }
 }
 
@@ -333,8 +360,11 @@ pub(crate) enum TopicError {
     /// a slow consumer.
     OutboxFull,
     /// Redis could not be reached to number the subscription or read its
-    /// replay.
+    /// replay, or to take a publish.
     Unavailable(Unavailable),
+    /// A publish whose command reached Redis (or may have) before it timed
+    /// out or the connection broke: it may have been published.
+    Unknown(String),
 }
 
 impl From<Unavailable> for TopicError {
@@ -587,7 +617,13 @@ impl Topics {
             if self.get(name).is_none() && self.by_name.read().len() >= self.bounds.max_topics {
                 return Err(TopicError::TooManyTopics);
             }
-            let seq = redis.publish(name, payload)?;
+            let seq = redis.publish(name, payload).map_err(|e| {
+                if e.maybe_applied {
+                    TopicError::Unknown(e.why)
+                } else {
+                    TopicError::Unavailable(e)
+                }
+            })?;
             if let Some((publisher, ack)) = ack {
                 let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
             }

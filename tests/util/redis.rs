@@ -59,6 +59,23 @@ impl RedisServer {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// Kills it and starts it again on the same port with no data at all
     /// (as a Redis without persistence comes back), and waits until it
     /// answers.
@@ -119,5 +136,67 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of a Redis whose existing connections can be made
+/// silent: bytes are dropped, no FIN, no RST (a NAT or firewall that forgot
+/// the flows). Connections made afterwards pass.
+pub struct SilentProxy {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections numbered below this pass nothing.
+    cut: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SilentProxy {
+    pub fn start(to: SocketAddr) -> SilentProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, cut) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (counter, cuts) = (Arc::clone(&accepted), Arc::clone(&cut));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let (Ok(client), Ok(server)) = (client, TcpStream::connect(to)) else {
+                    continue;
+                };
+                let n = counter.fetch_add(1, Ordering::AcqRel);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let cut = Arc::clone(&cuts);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let Ok(got) = from.read(&mut buf) else { return };
+                            if got == 0 {
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            let silent = n < cut.load(Ordering::Acquire);
+                            if !silent && to.write_all(&buf[..got]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        SilentProxy {
+            addr,
+            accepted,
+            cut,
+        }
+    }
+
+    /// Every connection open now passes nothing from here on.
+    pub fn silence_existing(&self) {
+        use std::sync::atomic::Ordering;
+        self.cut
+            .store(self.accepted.load(Ordering::Acquire), Ordering::Release);
     }
 }
