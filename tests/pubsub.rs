@@ -677,3 +677,32 @@ fn topics_with_slashes_and_colons_are_published_over_http() {
     assert_eq!(http_post(admin, "/publish/bad%20topic", None, b"x").0, 400);
     assert_eq!(http_post(admin, "/publish/%FF", None, b"x").0, 400);
 }
+
+/// `PUBONCE` without Redis: a retry with the same id is answered with the
+/// first number and not delivered again.
+#[test]
+fn a_publish_with_an_id_is_delivered_once_without_redis_too() {
+    let server = pubsub(config());
+    let mut sub = Client::connect(server.local_addr());
+    assert_eq!(ask(&mut sub, "SUB t"), "OK SUB t 0");
+    let mut publisher = Client::connect(server.local_addr());
+    for _ in 0..3 {
+        assert_eq!(ask(&mut publisher, "PUBONCE t order-17 paid"), "OK PUB t 1");
+    }
+    assert_eq!(
+        ask(&mut publisher, "PUBONCE other order-17 paid"),
+        "OK PUB other 1"
+    );
+    assert_eq!(ask(&mut publisher, "PUB t plain"), "OK PUB t 2");
+    assert_eq!(data(&mut sub), "MSG t 1 paid");
+    assert_eq!(data(&mut sub), "MSG t 2 plain");
+    assert!(sub.try_recv(ms(200)).is_none(), "delivered once");
+    assert_eq!(
+        server
+            .handle()
+            .publish_once("t", "order-17", b"paid")
+            .unwrap()
+            .seq,
+        1
+    );
+}

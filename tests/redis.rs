@@ -622,3 +622,37 @@ fn a_silent_redis_link_is_replaced_and_nothing_is_missed() {
         assert_eq!(data(&mut subscriber), format!("MSG t {n} m{n}"));
     }
 }
+
+/// Issue 27: a publish that may or may not have happened is retried safely
+/// with an id: `PUBONCE` (HTTP `Idempotency-Key`) is numbered once, on any
+/// instance, and a retry gets the first number without a second delivery.
+#[test]
+fn a_publish_with_an_id_is_delivered_once_however_often_it_is_retried() {
+    if !redis_or_skip() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, 100), instance(&redis, 100));
+    let mut subscriber = Client::connect(b.local_addr());
+    assert_eq!(ask(&mut subscriber, "SUB t"), "OK SUB t 0");
+    let mut on_a = Client::connect(a.local_addr());
+    let mut on_b = Client::connect(b.local_addr());
+    assert_eq!(ask(&mut on_a, "PUBONCE t k1 hello"), "OK PUB t 1");
+    // Retried, here and on the other instance: the same number.
+    assert_eq!(ask(&mut on_a, "PUBONCE t k1 hello"), "OK PUB t 1");
+    assert_eq!(ask(&mut on_b, "PUBONCE t k1 hello"), "OK PUB t 1");
+    let admin = a.metrics_addr().unwrap();
+    let retry = http(
+        admin,
+        &format!(
+            "POST /publish/t HTTP/1.1\r\nHost: {admin}\r\nIdempotency-Key: k1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        ),
+    );
+    assert_eq!(retry.0, 200, "{}", retry.1);
+    assert!(retry.1.contains("\"seq\":1"), "{}", retry.1);
+    assert_eq!(ask(&mut on_a, "PUBONCE t k2 world"), "OK PUB t 2");
+    assert_eq!(ask(&mut on_a, "PUBONCE t bad!id x"), "ERR invalid id");
+    assert_eq!(data(&mut subscriber), "MSG t 1 hello");
+    assert_eq!(data(&mut subscriber), "MSG t 2 world");
+    assert!(subscriber.try_recv(ms(200)).is_none(), "delivered once");
+}

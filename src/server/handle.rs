@@ -31,6 +31,9 @@ pub enum SendError {
     Encode(EncodeError),
     /// Not a valid topic name (see [`super::valid_topic`]).
     InvalidTopic,
+    /// Not a valid publish id (see
+    /// [`valid_publish_id`](super::pubsub::valid_publish_id)).
+    InvalidId,
     /// The connection is at [`Config::max_subscriptions`](super::Config::max_subscriptions).
     TooManySubscriptions,
     /// The topic does not exist and the server is at
@@ -60,6 +63,7 @@ impl fmt::Display for SendError {
             }
             SendError::Encode(e) => e.fmt(f),
             SendError::InvalidTopic => f.write_str("invalid topic"),
+            SendError::InvalidId => f.write_str("invalid id"),
             SendError::TooManySubscriptions => f.write_str("too many subscriptions"),
             SendError::TooManyTopics => f.write_str("too many topics"),
             SendError::TooLarge(max) => write!(f, "too large: at most {max} bytes"),
@@ -323,13 +327,45 @@ impl ServerHandle {
     /// Redis, [`SendError::Unavailable`] when Redis did not take the
     /// message.
     pub fn publish(&self, topic: &str, payload: &[u8]) -> Result<Published, SendError> {
+        self.publish_with(topic, None, payload)
+    }
+
+    /// As [`publish`](ServerHandle::publish), but safe to retry: a second
+    /// publish with the same `id` to the same topic within
+    /// [`Config::history_ttl`](super::Config::history_ttl) is not
+    /// published again, and gets the first one's number. What to send
+    /// again after [`SendError::Unknown`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`publish`](ServerHandle::publish), and an invalid `id`
+    /// ([`SendError::InvalidId`]: see
+    /// [`valid_publish_id`](super::pubsub::valid_publish_id)).
+    pub fn publish_once(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> Result<Published, SendError> {
+        if !super::pubsub::valid_publish_id(id) {
+            return Err(SendError::InvalidId);
+        }
+        self.publish_with(topic, Some(id), payload)
+    }
+
+    fn publish_with(
+        &self,
+        topic: &str,
+        id: Option<&str>,
+        payload: &[u8],
+    ) -> Result<Published, SendError> {
         if !valid_topic(topic) {
             return Err(SendError::InvalidTopic);
         }
         let shared = &self.shared;
         let published = shared
             .topics
-            .publish(&shared.flushes, topic, payload, None)?;
+            .publish(&shared.flushes, topic, id, payload, None)?;
         shared.metrics.count_publish(&published);
         Ok(published)
     }

@@ -278,6 +278,8 @@ struct Head {
     /// `Sec-Fetch-Site: cross-site`: a browser says another site's page
     /// made this request.
     cross_site: bool,
+    /// `Idempotency-Key`: a publish safe to retry (as `PUBONCE`).
+    idempotency_key: Option<String>,
     /// The `Authorization` header.
     authorization: Option<String>,
     /// The `Accept` header.
@@ -692,24 +694,27 @@ impl Inner {
                     Err(why) => Response::text(409, &format!("not reloaded: {why}\n")),
                 }
             }
-            (["publish", rest @ ..], _, true) if !rest.is_empty() => match self
-                .handle()
-                .publish(&rest.join("/"), body)
+            (["publish", rest @ ..], _, true) if !rest.is_empty() => {
+                match match &head.idempotency_key {
+                    Some(key) => self.handle().publish_once(&rest.join("/"), key, body),
+                    None => self.handle().publish(&rest.join("/"), body),
+                }
                 .inspect_err(|e| shared.metrics.count_refusal(e))
-            {
-                // With Redis, delivery follows the publish on every
-                // instance: nothing to count here.
-                Ok(p) if shared.topics.redis().is_some() => Response::json(
-                    200,
-                    json!({"topic": rest.join("/"), "seq": p.seq}).to_string(),
-                ),
-                Ok(p) => Response::json(
-                    200,
-                    json!({"topic": rest.join("/"), "seq": p.seq, "delivered": p.delivered})
-                        .to_string(),
-                ),
-                Err(e) => Response::text(send_status(&e), &format!("{e}\n")),
-            },
+                {
+                    // With Redis, delivery follows the publish on every
+                    // instance: nothing to count here.
+                    Ok(p) if shared.topics.redis().is_some() => Response::json(
+                        200,
+                        json!({"topic": rest.join("/"), "seq": p.seq}).to_string(),
+                    ),
+                    Ok(p) => Response::json(
+                        200,
+                        json!({"topic": rest.join("/"), "seq": p.seq, "delivered": p.delivered})
+                            .to_string(),
+                    ),
+                    Err(e) => Response::text(send_status(&e), &format!("{e}\n")),
+                }
+            }
             (["connections", id, "send"], _, true) => {
                 let Ok(id) = id.parse::<ConnId>() else {
                     return Response::text(404, "unknown connection\n");
@@ -978,6 +983,11 @@ fn head(request: &httparse::Request<'_, '_>, len: usize) -> Head {
         host: header("host"),
         origin: header("origin"),
         cross_site: header("sec-fetch-site").is_some_and(|site| site == "cross-site"),
+        idempotency_key: request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("idempotency-key"))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned()),
         authorization: request
             .headers
             .iter()

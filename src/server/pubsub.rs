@@ -8,6 +8,7 @@
 //! | `SUB <topic> <since>` | `OK SUB <topic> <last> recovered` (or `... gap <first-missing>`), every retained message after `since`, then live ones |
 //! | `UNSUB <topic>` | `OK UNSUB <topic>` |
 //! | `PUB <topic> <payload>` | `OK PUB <topic> <seq>`; subscribers get `MSG <topic> <seq> <payload>`; or `ERR too large: at most N bytes`, `ERR too many topics`, `ERR rate limited` |
+//! | `PUBONCE <topic> <id> <payload>` | as `PUB`, but a retry with the same `id` is answered `OK PUB <topic> <seq>` of the first, not published again |
 //! | `PING [text]` | `PONG [text]` |
 //! | anything else | `ERR <reason>`; the connection stays open |
 
@@ -42,8 +43,29 @@ pub enum Command<'a> {
         /// Everything after the topic and one space (may be empty).
         payload: &'a [u8],
     },
+    /// `PUBONCE <topic> <id> <payload>`: a publish that is safe to retry.
+    /// A second publish with the same `id` to the same topic (within
+    /// `--history-ttl`) is not published again: it is answered with the
+    /// first one's number.
+    PubOnce {
+        /// The topic.
+        topic: &'a str,
+        /// The publisher's id for this message (see [`valid_publish_id`]).
+        id: &'a str,
+        /// Everything after the id and one space (may be empty).
+        payload: &'a [u8],
+    },
     /// `PING [text]`.
     Ping(&'a [u8]),
+}
+
+/// Whether `id` may name a `PUBONCE` (or an HTTP `Idempotency-Key`): 1 to
+/// 64 bytes of `A-Z a-z 0-9 . _ - :`.
+pub fn valid_publish_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
 }
 
 /// Parses one command. Tokens are separated by single spaces; a payload is
@@ -98,6 +120,20 @@ pub fn parse_command(msg: &[u8]) -> Result<Command<'_>, &'static str> {
                 payload: payload.unwrap_or_default(),
             })
         }
+        b"PUBONCE" => {
+            let (topic, rest) = split(rest.ok_or("missing topic")?);
+            let topic = topic_of(topic)?;
+            let (id, payload) = split(rest.ok_or("missing id")?);
+            let id = str::from_utf8(id)
+                .ok()
+                .filter(|id| valid_publish_id(id))
+                .ok_or("invalid id")?;
+            Ok(Command::PubOnce {
+                topic,
+                id,
+                payload: payload.unwrap_or_default(),
+            })
+        }
         b"PING" => Ok(Command::Ping(rest.unwrap_or_default())),
         _ => Err("unknown command"),
     }
@@ -141,7 +177,11 @@ impl Handler for PubSub {
         // An authenticated subject may use only its own `user:` topic and
         // those its token allows.
         let forbidden = match &command {
-            Ok(Command::Sub { topic, .. } | Command::Pub { topic, .. }) => session
+            Ok(
+                Command::Sub { topic, .. }
+                | Command::Pub { topic, .. }
+                | Command::PubOnce { topic, .. },
+            ) => session
                 .conn
                 .identity
                 .lock()
@@ -160,7 +200,10 @@ impl Handler for PubSub {
                 shared.topics.unsubscribe(session.conn, topic);
                 format!("OK UNSUB {topic}").into_bytes()
             }
-            Ok(Command::Pub { topic, payload }) => return publish(session, topic, payload),
+            Ok(Command::Pub { topic, payload }) => return publish(session, topic, None, payload),
+            Ok(Command::PubOnce { topic, id, payload }) => {
+                return publish(session, topic, Some(id), payload);
+            }
             Ok(Command::Ping(text)) => {
                 [&b"PONG"[..], if text.is_empty() { b"" } else { b" " }, text].concat()
             }
@@ -204,7 +247,7 @@ pub fn personal_topic(sub: &str) -> String {
 
 /// `PUB`: the replies queued so far go out first, then `OK PUB` and (to
 /// every subscriber, the publisher too if subscribed) `MSG`, in that order.
-fn publish(session: &mut Session<'_>, topic: &str, payload: &[u8]) {
+fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[u8]) {
     let shared = session.shared;
     let conn = session.conn;
     let config = &shared.config;
@@ -249,7 +292,7 @@ fn publish(session: &mut Session<'_>, topic: &str, payload: &[u8]) {
     };
     match shared
         .topics
-        .publish(&shared.flushes, topic, payload, Some((conn, &ack)))
+        .publish(&shared.flushes, topic, id, payload, Some((conn, &ack)))
     {
         Ok(published) => shared.metrics.count_publish(&published),
         Err(e) => {
@@ -378,6 +421,10 @@ mod tests {
                 Ok(Command::Sub { topic, .. } | Command::Unsub { topic }) => prop_assert!(valid_topic(topic)),
                 Ok(Command::Pub { topic, payload }) => {
                     prop_assert!(valid_topic(topic));
+                    prop_assert!(msg.ends_with(payload));
+                }
+                Ok(Command::PubOnce { topic, id, payload }) => {
+                    prop_assert!(valid_topic(topic) && valid_publish_id(id));
                     prop_assert!(msg.ends_with(payload));
                 }
                 Ok(Command::Ping(text)) => prop_assert!(msg.ends_with(text)),

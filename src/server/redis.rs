@@ -120,7 +120,10 @@ const SEQ_GRACE: Duration = Duration::from_secs(3600);
 const SEQ_REFRESH: Duration = Duration::from_secs(300);
 
 /// Numbers a message, appends it to the topic's stream (capped, and
-/// expiring with the history TTL) and announces it. The counter expires
+/// expiring with the history TTL) and announces it. With a publish id
+/// (`PUBONCE`), a second call with the same id within the history TTL
+/// returns the first one's number and does nothing else
+/// (`wheel:{t}:once:<id>`, expiring with the history). The counter expires
 /// [`SEQ_GRACE`] after the history would.
 ///
 /// The numbering's epoch (`wheel:{t}:epoch`) is made by whoever touches the
@@ -130,7 +133,16 @@ const SEQ_REFRESH: Duration = Duration::from_secs(300);
 /// that followed the old numbering knows the new numbers are not repeats,
 /// even of messages it never received.
 const PUBLISH: &str = r"
+if ARGV[8] ~= '' then
+  local first = redis.call('GET', KEYS[4])
+  if first then
+    return tonumber(first)
+  end
+end
 local seq = redis.call('INCR', KEYS[1])
+if ARGV[8] ~= '' then
+  redis.call('SET', KEYS[4], seq, 'PX', ARGV[4])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
@@ -399,8 +411,17 @@ impl Redis {
     /// Redis unreachable or failing. The message may still have been stored
     /// if the connection failed after Redis ran the script (the publisher
     /// cannot know; subscribers then get it like any other).
-    pub(crate) fn publish(&self, topic: &str, payload: &[u8]) -> Result<u64, Unavailable> {
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        id: Option<&str>,
+        payload: &[u8],
+    ) -> Result<u64, Unavailable> {
         let keys = Keys::of(topic);
+        // A retry of a `PUBONCE` is answered by the script with the first
+        // one's number; the key of a plain publish is never set.
+        let once = format!("wheel:{{{topic}}}:once:{}", id.unwrap_or_default());
+        let id = id.unwrap_or_default().to_owned();
         let retention = self.retention;
         let script = Arc::clone(&self.script);
         let payload = payload.to_vec();
@@ -415,7 +436,9 @@ impl Redis {
                 .arg(&keys.channel)
                 .arg(seq_ttl_ms(retention))
                 .arg(format!("{:016x}", fastrand::u64(..)))
+                .arg(&id)
                 .key(&keys.epoch)
+                .key(&once)
                 .invoke::<u64>(conn)
         })?;
         self.relayed_out.inc();

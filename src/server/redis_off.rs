@@ -56,7 +56,12 @@ impl Redis {
         match *self {}
     }
 
-    pub(crate) fn publish(&self, _topic: &str, _payload: &[u8]) -> Result<u64, Unavailable> {
+    pub(crate) fn publish(
+        &self,
+        _topic: &str,
+        _id: Option<&str>,
+        _payload: &[u8],
+    ) -> Result<u64, Unavailable> {
         match *self {}
     }
 

@@ -157,6 +157,41 @@ impl Memory {
     }
 }
 
+/// Ids of `PUBONCE` publishes remembered at most: past it the oldest are
+/// forgotten first (a retry of one of those would publish again).
+const MAX_ONCE_IDS: usize = 65_536;
+
+/// The recent `PUBONCE` ids (without Redis; with it, Redis keeps them):
+/// topic and id, the number given, and until when it is remembered.
+#[derive(Default)]
+struct OnceIds {
+    numbers: std::collections::HashMap<(Arc<str>, String), u64>,
+    /// Oldest first: when each may be forgotten.
+    order: VecDeque<(Instant, Arc<str>, String)>,
+}
+
+impl OnceIds {
+    /// The number publish `id` to `topic` was given, if it is remembered.
+    fn seen(&mut self, topic: &Arc<str>, id: &str) -> Option<u64> {
+        let now = Instant::now();
+        while let Some((until, _, _)) = self.order.front()
+            && (*until <= now || self.order.len() > MAX_ONCE_IDS)
+        {
+            let (_, t, i) = self.order.pop_front().expect("checked non-empty");
+            self.numbers.remove(&(t, i));
+        }
+        self.numbers
+            .get(&(Arc::clone(topic), id.to_owned()))
+            .copied()
+    }
+
+    fn remember(&mut self, topic: &Arc<str>, id: &str, seq: u64, window: Duration) {
+        self.numbers.insert((Arc::clone(topic), id.to_owned()), seq);
+        self.order
+            .push_back((Instant::now() + window, Arc::clone(topic), id.to_owned()));
+    }
+}
+
 /// One topic.
 #[derive(Default)]
 struct Topic {
@@ -398,6 +433,8 @@ pub(crate) struct Topics {
     bounds: Bounds,
     /// All topics' history.
     memory: Memory,
+    /// Without Redis: the ids of recent `PUBONCE`s and their numbers.
+    once: Mutex<OnceIds>,
     /// Numbering, history and delivery through Redis.
     redis: Option<Redis>,
 }
@@ -503,6 +540,7 @@ impl Topics {
             retention,
             bounds,
             memory: Memory::default(),
+            once: Mutex::new(OnceIds::default()),
             redis,
         }
     }
@@ -605,6 +643,7 @@ impl Topics {
         &self,
         flushes: &Flushes,
         name: &str,
+        id: Option<&str>,
         payload: &[u8],
         ack: Option<Ack<'_>>,
     ) -> Result<Published, TopicError> {
@@ -617,7 +656,7 @@ impl Topics {
             if self.get(name).is_none() && self.by_name.read().len() >= self.bounds.max_topics {
                 return Err(TopicError::TooManyTopics);
             }
-            let seq = redis.publish(name, payload).map_err(|e| {
+            let seq = redis.publish(name, id, payload).map_err(|e| {
                 if e.maybe_applied {
                     TopicError::Unknown(e.why)
                 } else {
@@ -635,21 +674,43 @@ impl Topics {
         }
         let (name, topic) = self.topic(name)?;
         let numbered = self.deliver(topic, flushes, &name, payload, |t| {
-            t.seq += 1;
-            let seq = t.seq;
-            t.retain(&name, self.retention, &self.memory, seq, payload);
+            // A retry of a publish already numbered: its number again,
+            // nothing published.
+            let seen = id.and_then(|id| self.once.lock().seen(&name, id));
+            let seq = match seen {
+                Some(seq) => seq,
+                None => {
+                    t.seq += 1;
+                    t.seq
+                }
+            };
             if let Some((publisher, ack)) = ack {
                 let _ = publisher.out.push(publisher.id, flushes, &ack(seq));
             }
-            Ok::<u64, std::convert::Infallible>(seq)
+            if seen.is_some() {
+                return Err(seq);
+            }
+            if let Some(id) = id {
+                self.once
+                    .lock()
+                    .remember(&name, id, seq, self.retention.ttl);
+            }
+            t.retain(&name, self.retention, &self.memory, seq, payload);
+            Ok(seq)
         });
-        let Ok((seq, delivered, dropped)) = numbered;
         self.enforce_memory();
-        Ok(Published {
-            seq,
-            delivered,
-            dropped,
-        })
+        match numbered {
+            Ok((seq, delivered, dropped)) => Ok(Published {
+                seq,
+                delivered,
+                dropped,
+            }),
+            Err(seq) => Ok(Published {
+                seq,
+                delivered: 0,
+                dropped: 0,
+            }),
+        }
     }
 
     /// Under `topic`'s lock, lets `number` give the message its sequence
@@ -1048,7 +1109,10 @@ mod tests {
     }
 
     fn publish(topics: &Topics, flushes: &Flushes, name: &str, payload: &[u8]) -> u64 {
-        topics.publish(flushes, name, payload, None).unwrap().seq
+        topics
+            .publish(flushes, name, None, payload, None)
+            .unwrap()
+            .seq
     }
 
     /// The sequence numbers a subscriber resuming after `since` is sent,
@@ -1091,7 +1155,7 @@ mod tests {
         let max = max_payload(1 << 20, "news");
         assert_eq!(max, (1 << 20) - "MSG news  ".len() - 20);
         assert_eq!(
-            topics.publish(&shared.flushes, "news", &vec![b'x'; max + 1], None),
+            topics.publish(&shared.flushes, "news", None, &vec![b'x'; max + 1], None),
             Err(TopicError::TooLarge(max))
         );
         assert_eq!(topics.totals(), (0, 0), "nothing created or retained");
@@ -1117,7 +1181,7 @@ mod tests {
             publish(&topics, &shared.flushes, name, b"m");
         }
         assert_eq!(
-            topics.publish(&shared.flushes, "d", b"m", None),
+            topics.publish(&shared.flushes, "d", None, b"m", None),
             Err(TopicError::TooManyTopics)
         );
         let (conn, _client) = pair(&shared, &listener);
@@ -1276,7 +1340,13 @@ mod tests {
         assert!(clients[5].0.out.request_close(CloseRequest::IdleTimeout));
         for n in 1..=3u64 {
             let published = topics
-                .publish(&shared.flushes, "wide", n.to_string().as_bytes(), None)
+                .publish(
+                    &shared.flushes,
+                    "wide",
+                    None,
+                    n.to_string().as_bytes(),
+                    None,
+                )
                 .unwrap();
             assert_eq!(published.seq, n);
             assert_eq!(published.delivered, PARALLEL_FANOUT + 9);
