@@ -139,15 +139,20 @@ impl Drop for RedisServer {
     }
 }
 
-/// A TCP proxy in front of a Redis whose existing connections can be made
-/// silent: bytes are dropped, no FIN, no RST (a NAT or firewall that forgot
-/// the flows). Connections made afterwards pass.
+/// A TCP proxy in front of a Redis that injects link faults: existing
+/// connections made silent (bytes dropped, no FIN, no RST: a NAT or
+/// firewall that forgot the flows) or reset, and every byte delayed.
+/// Connections made after a fault pass.
 pub struct SilentProxy {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Connections numbered below this pass nothing.
     cut: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections numbered below this are reset.
+    reset: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Delay before each chunk is passed on, in ms.
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SilentProxy {
@@ -156,8 +161,19 @@ impl SilentProxy {
         use std::sync::atomic::{AtomicU64, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let (accepted, cut) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (counter, cuts) = (Arc::clone(&accepted), Arc::clone(&cut));
+        let proxy = SilentProxy {
+            addr,
+            accepted: Arc::new(AtomicU64::new(0)),
+            cut: Arc::new(AtomicU64::new(0)),
+            reset: Arc::new(AtomicU64::new(0)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+        };
+        let (counter, cuts, resets, delay) = (
+            Arc::clone(&proxy.accepted),
+            Arc::clone(&proxy.cut),
+            Arc::clone(&proxy.reset),
+            Arc::clone(&proxy.delay_ms),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let (Ok(client), Ok(server)) = (client, TcpStream::connect(to)) else {
@@ -168,14 +184,43 @@ impl SilentProxy {
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
                 ] {
-                    let cut = Arc::clone(&cuts);
+                    let (cut, reset, delay) =
+                        (Arc::clone(&cuts), Arc::clone(&resets), Arc::clone(&delay));
+                    // Wakes the reader now and then, to notice a reset.
+                    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
                         loop {
-                            let Ok(got) = from.read(&mut buf) else { return };
-                            if got == 0 {
-                                let _ = to.shutdown(std::net::Shutdown::Write);
+                            if n < reset.load(Ordering::Acquire) {
+                                // SO_LINGER 0: close sends RST.
+                                let _ =
+                                    socket2::SockRef::from(&to).set_linger(Some(Duration::ZERO));
+                                let _ =
+                                    socket2::SockRef::from(&from).set_linger(Some(Duration::ZERO));
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                let _ = from.shutdown(std::net::Shutdown::Both);
                                 return;
+                            }
+                            let got = match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(got) => got,
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) =>
+                                {
+                                    continue;
+                                }
+                                Err(_) => return,
+                            };
+                            let wait = delay.load(Ordering::Acquire);
+                            if wait > 0 {
+                                std::thread::sleep(Duration::from_millis(wait));
                             }
                             let silent = n < cut.load(Ordering::Acquire);
                             if !silent && to.write_all(&buf[..got]).is_err() {
@@ -186,11 +231,7 @@ impl SilentProxy {
                 }
             }
         });
-        SilentProxy {
-            addr,
-            accepted,
-            cut,
-        }
+        proxy
     }
 
     /// Every connection open now passes nothing from here on.
@@ -198,5 +239,18 @@ impl SilentProxy {
         use std::sync::atomic::Ordering;
         self.cut
             .store(self.accepted.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// Every connection open now is reset (RST both ways).
+    pub fn reset_existing(&self) {
+        use std::sync::atomic::Ordering;
+        self.reset
+            .store(self.accepted.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// Every chunk, both ways, waits this long first (zero: none).
+    pub fn delay(&self, by: Duration) {
+        self.delay_ms
+            .store(by.as_millis() as u64, std::sync::atomic::Ordering::Release);
     }
 }
