@@ -396,6 +396,28 @@ pub struct Args {
     )]
     redis_password: Option<String>,
 
+    /// Instead of --redis: the Redis Sentinels (HOST:PORT, repeatable; comma-separated in the
+    /// variable) that name the current master of --redis-master-name. Every reconnect asks them,
+    /// so a fail-over is followed; a promoted replica that lagged is a new numbering, and
+    /// subscribers are told (GAP <topic> 1).
+    #[arg(
+        help_heading = "Redis (topics across instances)",
+        long,
+        env = "WHEEL_SERVER_REDIS_SENTINEL",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    redis_sentinel: Vec<String>,
+
+    /// The master's name the --redis-sentinel Sentinels monitor.
+    #[arg(
+        help_heading = "Redis (topics across instances)",
+        long,
+        env = "WHEEL_SERVER_REDIS_MASTER_NAME",
+        value_name = "NAME"
+    )]
+    redis_master_name: Option<String>,
+
     /// How long a Redis connect or command may take before the publish (or SUB) fails.
     #[arg(help_heading = "Redis (topics across instances)", long, env = "WHEEL_SERVER_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     redis_timeout: Duration,
@@ -641,6 +663,8 @@ impl Args {
             max_subscriptions: self.max_subscriptions,
             redis: self.redis.clone(),
             redis_password: self.redis_password.clone(),
+            redis_sentinels: self.redis_sentinel.clone(),
+            redis_master_name: self.redis_master_name.clone(),
             redis_timeout: self.redis_timeout,
             stats_interval: nonzero(self.stats_interval),
             reuse_port: self.reuse_port,

@@ -175,6 +175,13 @@ pub struct Config {
     pub redis: Option<String>,
     /// Redis's password, if not in the URL (it overrides the URL's).
     pub redis_password: Option<String>,
+    /// Instead of `redis`: the Sentinels (`host:port`) that name the
+    /// current master of [`redis_master_name`](Config::redis_master_name),
+    /// asked again on every reconnect, so that a fail-over is followed (a
+    /// promoted replica that lagged is a new epoch: subscribers are told).
+    pub redis_sentinels: Vec<String>,
+    /// The master's name the Sentinels monitor.
+    pub redis_master_name: Option<String>,
     /// How long a Redis connect or command may take, and how long a
     /// publisher waits for room in the Redis command queue.
     pub redis_timeout: Duration,
@@ -219,6 +226,8 @@ impl std::fmt::Debug for Config {
             // The URL may hold a password.
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
             .field("redis_timeout", &self.redis_timeout)
+            .field("redis_sentinels", &self.redis_sentinels)
+            .field("redis_master_name", &self.redis_master_name)
             .finish_non_exhaustive()
     }
 }
@@ -307,6 +316,8 @@ impl Default for Config {
             admin_allowed_hosts: Vec::new(),
             redis: None,
             redis_password: None,
+            redis_sentinels: Vec::new(),
+            redis_master_name: None,
             redis_timeout: Duration::from_secs(1),
         }
     }
@@ -347,10 +358,13 @@ impl Config {
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be longer than zero".into());
         }
-        if let Some(url) = &self.redis
-            && let Err(why) = super::redis::client(url, self.redis_password.as_deref())
-        {
-            return invalid("redis", why);
+        if let Err(why) = super::redis::target(self) {
+            let setting = if self.redis_sentinels.is_empty() {
+                "redis"
+            } else {
+                "redis_sentinel"
+            };
+            return invalid(setting, why);
         }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return invalid("admin_token", "must not be empty".into());

@@ -214,18 +214,9 @@ impl Server {
         // Without the `redis` feature no client can be made: the arm that
         // makes one is unreachable (and `client` refuses every URL).
         #[cfg_attr(not(feature = "redis"), allow(unreachable_code))]
-        let redis = match &config.redis {
-            Some(url) => {
-                let client = redis::client(url, config.redis_password.as_deref())
-                    .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
-                Some(redis::Redis::new(
-                    client,
-                    config.redis_timeout,
-                    config.retention(),
-                ))
-            }
-            None => None,
-        };
+        let redis = redis::target(&config)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?
+            .map(|target| redis::Redis::new(target, config.redis_timeout, config.retention()));
         let retention = config.retention();
         let topic_bounds = config.topic_bounds();
         let source = TimeSource::new(Instant::now(), config.tick);

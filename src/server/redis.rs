@@ -288,7 +288,7 @@ const REPLAY_PAGE: usize = 16;
 /// An instance's link to Redis: the connection pool, the set of topics to
 /// follow, and the follower's state.
 pub(crate) struct Redis {
-    client: redis::Client,
+    target: Arc<Target>,
     timeout: Duration,
     retention: Retention,
     /// Commands for the command threads.
@@ -326,10 +326,10 @@ struct Wanted {
 impl Redis {
     /// A link to the Redis `client` names (see [`client`]). Connects
     /// lazily.
-    pub(crate) fn new(client: redis::Client, timeout: Duration, retention: Retention) -> Redis {
+    pub(crate) fn new(target: Target, timeout: Duration, retention: Retention) -> Redis {
         let metrics = RedisMetrics::new();
         Redis {
-            client,
+            target: Arc::new(target),
             timeout,
             retention,
             jobs: crossbeam_channel::bounded(QUEUE),
@@ -357,7 +357,7 @@ impl Redis {
             jobs: self.jobs.1.clone(),
             health: Arc::clone(&self.health),
             epoch: Arc::clone(&self.epoch),
-            client: self.client.clone(),
+            target: Arc::clone(&self.target),
             timeout: self.timeout,
             metrics: self.metrics.clone(),
         }
@@ -595,8 +595,74 @@ pub(crate) fn client(url: &str, password: Option<&str>) -> Result<redis::Client,
     redis::Client::open(info).map_err(|e| format!("invalid URL: {e}"))
 }
 
-fn connect(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
-    let conn = client.get_connection_with_timeout(timeout)?;
+/// Where Redis is: one address, or whichever server the Sentinels name as
+/// the master now (asked again on every connect, so that a fail-over is
+/// followed).
+pub(crate) enum Target {
+    Direct(redis::Client),
+    Sentinel(Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Target {
+    /// A connection to the master, within `timeout`.
+    fn connection(&self, timeout: Duration) -> RedisResult<Connection> {
+        match self {
+            Target::Direct(client) => client.get_connection_with_timeout(timeout),
+            Target::Sentinel(sentinel) => {
+                let client = sentinel.lock().get_client()?;
+                client.get_connection_with_timeout(timeout)
+            }
+        }
+    }
+}
+
+/// Where `config` says Redis is: `--redis URL`, or `--redis-sentinel` with
+/// `--redis-master-name`; `None` without either.
+///
+/// # Errors
+///
+/// A URL the `redis` crate does not accept, or Sentinel settings that do
+/// not go together (the message holds no password).
+pub(crate) fn target(config: &super::Config) -> Result<Option<Target>, String> {
+    let password = config.redis_password.as_deref();
+    match (
+        &config.redis,
+        config.redis_sentinels.as_slice(),
+        &config.redis_master_name,
+    ) {
+        (None, [], None) => Ok(None),
+        (Some(url), [], None) => client(url, password).map(|c| Some(Target::Direct(c))),
+        (None, [_, ..], Some(name)) => {
+            let mut node = redis::RedisConnectionInfo::default();
+            if let Some(password) = password {
+                node = node.set_password(password);
+            }
+            let info = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(node);
+            let nodes: Vec<String> = config
+                .redis_sentinels
+                .iter()
+                .map(|addr| format!("redis://{addr}"))
+                .collect();
+            redis::sentinel::SentinelClient::build(
+                nodes,
+                name.clone(),
+                Some(info),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map(|c| Some(Target::Sentinel(Mutex::new(c))))
+            .map_err(|e| format!("invalid Sentinel address: {e}"))
+        }
+        (Some(_), [_, ..], _) => {
+            Err("give --redis URL or --redis-sentinel with --redis-master-name, not both".into())
+        }
+        (_, [], Some(_)) => Err("--redis-master-name needs --redis-sentinel".into()),
+        (None, [_, ..], None) => Err("--redis-sentinel needs --redis-master-name".into()),
+    }
+}
+
+fn connect(target: &Target, timeout: Duration) -> RedisResult<Connection> {
+    let conn = target.connection(timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
     Ok(conn)
@@ -608,7 +674,7 @@ struct CommandThread {
     jobs: Receiver<Job>,
     health: Arc<Health>,
     epoch: Arc<AtomicU64>,
-    client: redis::Client,
+    target: Arc<Target>,
     timeout: Duration,
     metrics: RedisMetrics,
 }
@@ -621,7 +687,7 @@ impl CommandThread {
         while let Ok(job) = self.jobs.recv() {
             let epoch = self.epoch.load(Ordering::Acquire);
             if conn.as_ref().is_none_or(|(_, of)| *of != epoch) {
-                match connect(&self.client, self.timeout) {
+                match connect(&self.target, self.timeout) {
                     Ok(c) => conn = Some((c, epoch)),
                     Err(e) => {
                         self.metrics.errors.inc();
@@ -680,7 +746,7 @@ fn run(shared: &Shared, redis: &Redis) {
     let mut failures = 0u32;
     let mut ever_up = false;
     while !redis.stopping.load(Ordering::Acquire) {
-        let conn = redis.client.get_connection_with_timeout(redis.timeout);
+        let conn = redis.target.connection(redis.timeout);
         let mut conn = match conn {
             Ok(conn) => conn,
             Err(e) => {

@@ -19,15 +19,18 @@ pub(crate) type Entry = (u64, Arc<[u8]>);
 const NOT_BUILT: &str =
     "this wheel-server was built without its `redis` feature (cargo build --features redis)";
 
-/// A Redis client: none can be made.
-pub(crate) enum Client {}
+/// Where Redis is: nowhere.
+pub(crate) enum Target {}
 
 /// The link to Redis: none exists.
 pub(crate) enum Redis {}
 
-/// Refuses every URL: there is no Redis support in this build.
-pub(crate) fn client(_url: &str, _password: Option<&str>) -> Result<Client, String> {
-    Err(NOT_BUILT.into())
+/// No target: `--redis` (or `--redis-sentinel`) is refused in this build.
+pub(crate) fn target(config: &super::Config) -> Result<Option<Target>, String> {
+    if config.redis.is_some() || !config.redis_sentinels.is_empty() {
+        return Err(NOT_BUILT.into());
+    }
+    Ok(None)
 }
 
 /// Never called: the server spawns the follower only for a `Redis`.
@@ -36,8 +39,8 @@ pub(crate) fn spawn(_shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
 }
 
 impl Redis {
-    pub(crate) fn new(client: Client, _timeout: Duration, _retention: Retention) -> Redis {
-        match client {}
+    pub(crate) fn new(target: Target, _timeout: Duration, _retention: Retention) -> Redis {
+        match target {}
     }
 
     pub(crate) fn is_up(&self) -> bool {
