@@ -47,7 +47,9 @@ struct Seen {
     gaps: Vec<String>,
 }
 
-fn instance(listen: SocketAddr, metrics: SocketAddr, redis: &RedisServer) -> ServerProcess {
+/// An instance on ports of its own choosing (port 0): a port picked free
+/// beforehand may be taken by another test before the instance binds it.
+fn instance(redis: &RedisServer) -> ServerProcess {
     ServerProcess::start(&[
         "--service",
         "pubsub",
@@ -56,9 +58,9 @@ fn instance(listen: SocketAddr, metrics: SocketAddr, redis: &RedisServer) -> Ser
         "--history",
         "1000",
         "--listen",
-        &listen.to_string(),
+        "127.0.0.1:0",
         "--metrics-listen",
-        &metrics.to_string(),
+        "127.0.0.1:0",
         "--proxy-protocol",
         "--shutdown-grace",
         "2s",
@@ -83,10 +85,12 @@ fn killed_instances_lose_no_message_of_any_subscriber() {
         return;
     }
     let redis = RedisServer::start();
-    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
-    let mut instances: Vec<Option<ServerProcess>> = addrs
+    let mut instances: Vec<Option<ServerProcess>> =
+        (0..3).map(|_| Some(instance(&redis))).collect();
+    let addrs: Vec<(SocketAddr, SocketAddr)> = instances
         .iter()
-        .map(|&(listen, metrics)| Some(instance(listen, metrics, &redis)))
+        .flatten()
+        .map(|s| (s.addr, s.metrics_addr()))
         .collect();
     let front = free_addr();
     let haproxy = HaProxy::start(front, &addrs);

@@ -521,10 +521,9 @@ fn tls_terminated_at_haproxy_reaches_the_server_with_the_client_address() {
     let pem = [std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap()].concat();
     std::fs::write(&bundle, pem).unwrap();
 
-    let backend = free_addr().to_string();
     let instance = ServerProcess::start(&[
         "--listen",
-        &backend,
+        "127.0.0.1:0",
         "--proxy-protocol",
         "--metrics-listen",
         "127.0.0.1:0",
