@@ -321,9 +321,9 @@ impl ServerProcess {
         let mut startup = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (_, line) = log
-                .recv_timeout(left)
-                .expect("server printed 'listening on'");
+            let (_, line) = log.recv_timeout(left).unwrap_or_else(|e| {
+                panic!("no 'listening on' from the server ({e:?}); it printed: {startup:#?}")
+            });
             // The server's own line (libraries may log "listening on" too).
             let addr = line
                 .split("wheel_server::server: listening on ")
