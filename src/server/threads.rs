@@ -311,16 +311,20 @@ mod tests {
         static ON_EXIT: std::cell::RefCell<Option<Sender<()>>> = const { std::cell::RefCell::new(None) };
     }
 
-    /// Runs `n` jobs that each leave a sender of the returned channel in
-    /// their thread's locals: the channel disconnects once all those
-    /// threads have exited.
+    /// Runs `n` jobs, on `n` threads, that each leave a sender of the
+    /// returned channel in their thread's locals: the channel disconnects
+    /// once all those threads have exited.
     fn run_marked(cache: &ThreadCache, n: usize) -> crossbeam_channel::Receiver<()> {
         let (exit_tx, exit_rx) = unbounded();
         let (ran_tx, ran_rx) = unbounded();
+        // No job ends before all have started: none can run on a thread
+        // that an earlier job left parked (the race of a quick job).
+        let gate = Arc::new(std::sync::Barrier::new(n));
         for _ in 0..n {
-            let (exit_tx, ran_tx) = (exit_tx.clone(), ran_tx.clone());
+            let (exit_tx, ran_tx, gate) = (exit_tx.clone(), ran_tx.clone(), Arc::clone(&gate));
             let job = move || {
                 ON_EXIT.with(|slot| *slot.borrow_mut() = Some(exit_tx));
+                gate.wait();
                 ran_tx.send(()).unwrap();
             };
             cache.run(|| "test".into(), Box::new(job)).unwrap();
