@@ -218,12 +218,20 @@ fn a_redis_outage_refuses_publishes_and_loses_nothing_accepted() {
     assert_eq!(http_get(b_http, "/readyz").0, 200);
 
     redis.kill();
-    // Refused, visibly, on both paths.
+    // Refused, visibly, on both paths. A command thread whose connection
+    // was still open writes the command before it finds Redis gone: it
+    // cannot know the command did not run, and says "unknown" (504).
     let reply = ask(&mut publisher, "PUB feed lost");
-    assert!(reply.starts_with("ERR redis unavailable"), "{reply}");
+    assert!(
+        reply.starts_with("ERR redis unavailable") || reply.starts_with("ERR unknown"),
+        "{reply}"
+    );
     let (status, body) = post(a_http, "/publish/feed", "lost");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.starts_with("redis unavailable"), "{body}");
+    assert!(
+        (status == 503 && body.starts_with("redis unavailable"))
+            || (status == 504 && body.starts_with("unknown")),
+        "{status} {body}"
+    );
     // A subscription cannot be numbered either.
     let mut newcomer = Client::connect(a.local_addr());
     let reply = ask(&mut newcomer, "SUB other");
