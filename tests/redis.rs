@@ -508,7 +508,12 @@ fn a_redis_that_restarts_empty_renumbers_and_subscribers_are_told() {
             if let Some(seq) = answer.strip_prefix("OK PUB t ") {
                 return seq.parse().unwrap();
             }
-            assert!(answer.starts_with("ERR redis unavailable"), "{answer}");
+            // "unknown": written to the killed Redis's connection, which
+            // can have run nothing.
+            assert!(
+                answer.starts_with("ERR redis unavailable") || answer.starts_with("ERR unknown"),
+                "{answer}"
+            );
             assert!(Instant::now() < deadline, "never acknowledged again");
             std::thread::sleep(ms(20));
         }
