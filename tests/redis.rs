@@ -608,7 +608,7 @@ fn a_silent_redis_link_is_replaced_and_nothing_is_missed() {
         return;
     }
     let redis = RedisServer::start();
-    let proxy = util::redis::SilentProxy::start(redis.addr);
+    let proxy = util::redis::FaultProxy::start(redis.addr);
     let behind_proxy = Server::with_handler(
         Config {
             redis: Some(format!("redis://{}/0", proxy.addr)),

@@ -9,7 +9,7 @@ mod util;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use util::redis::{RedisServer, SilentProxy, redis_or_skip};
+use util::redis::{FaultProxy, RedisServer, redis_or_skip};
 use util::{Client, Msg, PATIENCE, config, ms};
 use wheel_server::protocol::Message;
 use wheel_server::server::pubsub::PubSub;
@@ -42,7 +42,7 @@ fn publish(handle: &ServerHandle, n: u32) -> Told {
     told
 }
 
-fn instance(proxy: &SilentProxy) -> Server {
+fn instance(proxy: &FaultProxy) -> Server {
     Server::with_handler(
         Config {
             redis: Some(format!("redis://{}/0", proxy.addr)),
@@ -61,7 +61,7 @@ fn every_acknowledged_message_arrives_once_in_order_or_a_gap_says_so() {
         return;
     }
     let mut redis = RedisServer::start();
-    let proxy = SilentProxy::start(redis.addr);
+    let proxy = FaultProxy::start(redis.addr);
     let (a, b) = (instance(&proxy), instance(&proxy));
     let mut subscribers = [
         Client::connect(a.local_addr()),

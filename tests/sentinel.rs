@@ -6,7 +6,7 @@
 
 mod util;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -27,23 +27,12 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    util::haproxy::free_addr().port()
 }
 
-/// One inline command's reply, whole (up to 4 KiB).
+/// One inline command's reply, whole.
 fn command(port: u16, line: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&addr, ms(200)).ok()?;
-    s.set_read_timeout(Some(ms(1000))).ok()?;
-    s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
-    let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    util::redis::reply(SocketAddr::from(([127, 0, 0, 1], port)), line)
 }
 
 fn redis(port: u16, extra: &[&str]) -> Proc {

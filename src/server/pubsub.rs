@@ -251,18 +251,23 @@ fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[
     let shared = session.shared;
     let conn = session.conn;
     let config = &shared.config;
-    let check = conn
-        .publish_limit
-        .lock()
-        .get_or_insert_with(|| {
-            Box::new(PublishLimit::new(
-                config.max_publish_rate,
-                config.max_publish_bytes,
-                config.max_frame,
-                Instant::now(),
-            ))
-        })
-        .check(payload.len(), Instant::now());
+    let limited = config.max_publish_rate.is_some() || config.max_publish_bytes.is_some();
+    let check = if limited {
+        let now = Instant::now();
+        conn.publish_limit
+            .lock()
+            .get_or_insert_with(|| {
+                Box::new(PublishLimit::new(
+                    config.max_publish_rate,
+                    config.max_publish_bytes,
+                    config.max_frame,
+                    now,
+                ))
+            })
+            .check(payload.len(), now)
+    } else {
+        PublishCheck::Allowed
+    };
     match check {
         PublishCheck::Allowed => {}
         PublishCheck::Refused => {

@@ -888,18 +888,9 @@ fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<(
             warn!(topic, "malformed announcement ignored");
             continue;
         };
-        if shared
-            .topics
-            .renumbered(&shared.flushes, topic, None, Some(epoch))
-        {
-            warn!(
-                topic,
-                seq, "a new epoch of this topic's numbering: subscribers told GAP 1"
-            );
-        }
         let relayed = shared
             .topics
-            .relay(&shared.flushes, topic, seq, payload, false);
+            .relay(&shared.flushes, topic, seq, Some(epoch), payload, false);
         if relayed == Relayed::Ahead {
             // An announcement was missed: the stream has it.
             fill(shared, redis, topic, Some(seq));
@@ -944,7 +935,7 @@ fn fill(shared: &Shared, redis: &Redis, topic: &str, until: Option<u64>) {
         if let Ok((last, epoch)) = redis.numbering(topic)
             && shared
                 .topics
-                .renumbered(&shared.flushes, topic, Some(last), epoch.as_deref())
+                .renumbered(&shared.flushes, topic, last, epoch.as_deref())
         {
             warn!(
                 topic,
@@ -973,7 +964,7 @@ fn fill(shared: &Shared, redis: &Redis, topic: &str, until: Option<u64>) {
             // the TTL before this instance read it), delivery goes on.
             let relayed = shared
                 .topics
-                .relay(&shared.flushes, topic, seq, &payload, true);
+                .relay(&shared.flushes, topic, seq, None, &payload, true);
             if count(shared, redis, relayed) {
                 redis.metrics.filled.inc();
             }

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use std::time::{Duration, Instant};
+use tracing::warn;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -257,6 +258,46 @@ impl Topic {
 
     fn is_idle(&self) -> bool {
         self.subscribers.is_empty() && self.history.is_empty()
+    }
+
+    /// With Redis: whether Redis numbers the topic anew, seen in an
+    /// announcement's `epoch`, or after a reconnect in the topic's `last`
+    /// number and epoch. Then (a different epoch than the one delivered
+    /// here, or a last number below what was delivered) the subscribers are
+    /// told `GAP <topic> 1`, the history of the old numbering is dropped,
+    /// and delivery starts over at 1: no new message is taken for a repeat
+    /// of an old one. A first epoch is adopted.
+    fn renumber(
+        &mut self,
+        memory: &Memory,
+        flushes: &Flushes,
+        name: &str,
+        last: Option<u64>,
+        epoch: Option<&str>,
+    ) -> bool {
+        if !self.followed {
+            return false;
+        }
+        // A different epoch: the numbering this instance followed is gone,
+        // with whatever it had not delivered yet.
+        let new_epoch = self.epoch.is_some() && epoch.is_some() && self.epoch.as_deref() != epoch;
+        let went_back = last.is_some_and(|last| last < self.seq);
+        if !(new_epoch || went_back) {
+            if self.epoch.is_none()
+                && let Some(epoch) = epoch
+            {
+                self.epoch = Some(epoch.to_owned());
+            }
+            return false;
+        }
+        self.epoch = epoch.map(str::to_owned);
+        self.seq = 0;
+        while let Some(gone) = self.history.pop_front() {
+            self.history_bytes -= gone.cost();
+            memory.forget(&gone);
+        }
+        self.tell_gap(flushes, name, 1);
+        true
     }
 
     /// Tells every subscriber, in the protocol, that the topic's messages
@@ -740,13 +781,15 @@ impl Topics {
     /// Delivers message `seq` of `name`, read from Redis, to the local
     /// subscribers if it is the next one (or, with `past_hole`, any later
     /// one: the stream no longer holds those between), and keeps it in the
-    /// local history for resumes.
+    /// local history for resumes. An announcement's `epoch` is checked
+    /// first, under the same lock: a new one starts the numbering over.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn relay(
         &self,
         flushes: &Flushes,
         name: &str,
         seq: u64,
+        epoch: Option<&str>,
         payload: &[u8],
         past_hole: bool,
     ) -> Relayed {
@@ -759,6 +802,12 @@ impl Topics {
             return Relayed::Stale;
         };
         let relayed = self.deliver(topic, flushes, &name, payload, |t| {
+            if epoch.is_some() && t.renumber(&self.memory, flushes, &name, None, epoch) {
+                warn!(
+                    topic = &*name,
+                    seq, "a new epoch of this topic's numbering: subscribers told GAP 1"
+                );
+            }
             if !t.followed || seq <= t.seq {
                 return Err(Relayed::Stale);
             }
@@ -780,46 +829,22 @@ impl Topics {
         }
     }
 
-    /// With Redis: whether Redis numbers `name` anew, seen in an
-    /// announcement's `epoch`, or after a reconnect in the topic's `last`
-    /// number and epoch (`None`: Redis holds none). Then (a different epoch
-    /// than the one delivered here, or a last number below what was
-    /// delivered) the subscribers are told `GAP <topic> 1`, the local
-    /// history of the old numbering is dropped, and delivery starts over
-    /// at 1: no new message is taken for a repeat of an old one.
+    /// With Redis, after a reconnect: whether Redis numbers `name` anew
+    /// (its `last` number and epoch, `None` if it holds none, tell; see
+    /// `Topic::renumber`).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn renumbered(
         &self,
         flushes: &Flushes,
         name: &str,
-        last: Option<u64>,
+        last: u64,
         epoch: Option<&str>,
     ) -> bool {
-        let Some(topic) = self.get(name) else {
-            return false;
-        };
-        let mut t = topic.lock();
-        if !t.followed {
-            return false;
-        }
-        // A different epoch: the numbering this instance followed is gone,
-        // with whatever it had not delivered yet.
-        let new_epoch = t.epoch.is_some() && epoch.is_some() && t.epoch.as_deref() != epoch;
-        let went_back = last.is_some_and(|last| last < t.seq);
-        if epoch.is_some() {
-            t.epoch = epoch.map(str::to_owned);
-        }
-        if !(new_epoch || went_back) {
-            return false;
-        }
-        t.epoch = epoch.map(str::to_owned);
-        t.seq = 0;
-        while let Some(gone) = t.history.pop_front() {
-            t.history_bytes -= gone.cost();
-            self.memory.forget(&gone);
-        }
-        t.tell_gap(flushes, name, 1);
-        true
+        self.get(name).is_some_and(|topic| {
+            topic
+                .lock()
+                .renumber(&self.memory, flushes, name, Some(last), epoch)
+        })
     }
 
     /// With Redis: the last sequence number of `name` delivered here, if

@@ -122,14 +122,19 @@ impl RedisServer {
 
     /// One inline command's first reply line, if Redis answered.
     pub fn command(&self, line: &str) -> Option<String> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf[..n]);
-        Some(text.lines().next().unwrap_or_default().to_owned())
+        reply(self.addr, line).map(|text| text.lines().next().unwrap_or_default().to_owned())
     }
+}
+
+/// One inline command to the Redis (or Sentinel) at `addr`: what it
+/// answered in one read (up to 4 KiB), if it did.
+pub fn reply(addr: SocketAddr, line: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 impl Drop for RedisServer {
@@ -143,7 +148,7 @@ impl Drop for RedisServer {
 /// connections made silent (bytes dropped, no FIN, no RST: a NAT or
 /// firewall that forgot the flows) or reset, and every byte delayed.
 /// Connections made after a fault pass.
-pub struct SilentProxy {
+pub struct FaultProxy {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -155,13 +160,13 @@ pub struct SilentProxy {
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl SilentProxy {
-    pub fn start(to: SocketAddr) -> SilentProxy {
+impl FaultProxy {
+    pub fn start(to: SocketAddr) -> FaultProxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicU64, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = SilentProxy {
+        let proxy = FaultProxy {
             addr,
             accepted: Arc::new(AtomicU64::new(0)),
             cut: Arc::new(AtomicU64::new(0)),
