@@ -41,6 +41,7 @@
 #![deny(unsafe_code)]
 
 pub mod activity;
+mod backoff;
 pub mod client;
 mod crypto;
 pub mod protocol;

@@ -54,15 +54,15 @@
 //! ```
 
 mod addr;
-mod backoff;
+
 mod heartbeat;
 mod session;
 mod tls;
 
 pub use tls::TlsClient;
 
+pub use crate::backoff::Backoff;
 pub use addr::{Resolver, ServerAddr};
-pub use backoff::Backoff;
 
 use std::fmt;
 use std::io;

@@ -4,15 +4,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use super::tls::TlsFiles;
 use crate::protocol::Protocol;
+pub use crate::server::admission::tls::TlsFiles;
 use crate::sys::{Keepalive, SocketOptions};
 
-/// Everything a [`Server`](super::Server) can be told. Start from
+/// Everything a [`Server`](crate::server::Server) can be told. Start from
 /// [`Config::default`] and change what you need; [`Server::start`] checks
 /// the values.
 ///
-/// [`Server::start`]: super::Server::start
+/// [`Server::start`]: crate::server::Server::start
 ///
 /// # Examples
 ///
@@ -121,7 +121,7 @@ pub struct Config {
     /// (the load balancers). A connection from any other peer is refused
     /// and counted (`rejected{reason="untrusted_proxy"}`). Empty: any peer,
     /// which lets any client claim any address.
-    pub proxy_from: Vec<super::proxy::Cidr>,
+    pub proxy_from: Vec<crate::server::admission::proxy::Cidr>,
     /// Everything before a connection is admitted (today the PROXY protocol
     /// header) must arrive within this long of the accept, or the
     /// connection is dropped and counted (`wheel_handshake_timeouts_total`).
@@ -160,7 +160,7 @@ pub struct Config {
     pub max_topics: usize,
     /// Publishes one connection may make per second (a burst of one
     /// second's worth); more get `ERR rate limited`, and
-    /// [`RATE_LIMIT_STRIKES`](super::RATE_LIMIT_STRIKES) in a row close the
+    /// [`RATE_LIMIT_STRIKES`](crate::server::RATE_LIMIT_STRIKES) in a row close the
     /// connection with CLOSE 1008. `None`: no limit.
     pub max_publish_rate: Option<u32>,
     /// Payload bytes one connection may publish per second (a burst of one
@@ -234,7 +234,7 @@ impl std::fmt::Debug for Config {
 
 /// A setting [`Config::validate`] refused: which one, and why.
 ///
-/// [`Server::start`](super::Server::start) returns it inside an
+/// [`Server::start`](crate::server::Server::start) returns it inside an
 /// [`io::Error`] of kind [`io::ErrorKind::InvalidInput`]; get it back with
 /// [`io::Error::get_ref`] and `downcast_ref`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -358,7 +358,7 @@ impl Config {
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be longer than zero".into());
         }
-        if let Err(why) = super::redis::target(self) {
+        if let Err(why) = crate::server::topics::redis::target(self) {
             let setting = if self.redis_sentinels.is_empty() {
                 "redis"
             } else {
@@ -422,7 +422,7 @@ impl Config {
                 );
             }
             Some(files) => {
-                if let Err((setting, reason)) = super::tls::Tls::load(files) {
+                if let Err((setting, reason)) = crate::server::admission::tls::Tls::load(files) {
                     return invalid(setting, reason);
                 }
             }
@@ -494,7 +494,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.history > 0
-            && self.history_bytes < self.max_frame + super::topics::RETAINED_OVERHEAD
+            && self.history_bytes < self.max_frame + crate::server::topics::RETAINED_OVERHEAD
         {
             warnings.push(format!(
                 "--history-bytes {} is smaller than one largest message (--max-frame {}): such messages are delivered but not kept for resumes",
@@ -596,8 +596,8 @@ impl Config {
     }
 
     /// The history settings.
-    pub(crate) fn retention(&self) -> super::topics::Retention {
-        super::topics::Retention {
+    pub(crate) fn retention(&self) -> crate::server::topics::Retention {
+        crate::server::topics::Retention {
             count: self.history,
             ttl: self.history_ttl,
             bytes: self.history_bytes,
@@ -606,8 +606,8 @@ impl Config {
     }
 
     /// What topics may hold beside their history.
-    pub(crate) fn topic_bounds(&self) -> super::topics::Bounds {
-        super::topics::Bounds {
+    pub(crate) fn topic_bounds(&self) -> crate::server::topics::Bounds {
+        crate::server::topics::Bounds {
             max_topics: self.max_topics,
             max_frame: self.max_frame,
             // Half the outbox, so live messages still fit behind a replay.
@@ -616,8 +616,8 @@ impl Config {
     }
 
     /// The worker thread cache's settings.
-    pub(crate) fn thread_settings(&self) -> super::threads::Settings {
-        super::threads::Settings {
+    pub(crate) fn thread_settings(&self) -> crate::server::serve::threads::Settings {
+        crate::server::serve::threads::Settings {
             capacity: self.thread_cache,
             idle: self.thread_cache_idle,
             stack: self.worker_stack,

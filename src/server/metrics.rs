@@ -27,11 +27,11 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::admission::{ConnectRate, PerIp};
-use super::close::CloseReason;
-use super::registry::Registry as ConnRegistry;
-use super::threads::Counters;
-use super::topics::Topics;
+use crate::server::admission::limits::{ConnectRate, PerIp};
+use crate::server::conn::close::CloseReason;
+use crate::server::serve::registry::Registry as ConnRegistry;
+use crate::server::serve::threads::Counters;
+use crate::server::topics::Topics;
 use crate::traffic::Kind;
 
 /// One label, `name="value"`.
@@ -298,7 +298,7 @@ impl Metrics {
 
     /// Registers Redis's metrics (servers with `--redis`).
     #[cfg(feature = "redis")]
-    pub(crate) fn register_redis(&mut self, m: &super::redis::RedisMetrics) {
+    pub(crate) fn register_redis(&mut self, m: &crate::server::topics::redis::RedisMetrics) {
         let r = &mut self.registry;
         r.register(
             "wheel_redis_up",
@@ -386,10 +386,10 @@ impl Metrics {
                     .get_or_create(&[("stage", stage)]),
             );
         }
-        for result in super::upgrade::RESULTS {
+        for result in crate::server::admission::upgrade::RESULTS {
             drop(metrics.ws_upgrades.get_or_create(&[("result", result)]));
         }
-        for result in super::tls::RESULTS {
+        for result in crate::server::admission::tls::RESULTS {
             drop(metrics.tls_handshakes.get_or_create(&[("result", result)]));
         }
         for kind in ["register", "deregister"] {
@@ -542,7 +542,7 @@ impl Metrics {
     }
 
     /// Counts a publish and what became of it.
-    pub(crate) fn count_publish(&self, published: &super::topics::Published) {
+    pub(crate) fn count_publish(&self, published: &crate::server::topics::Published) {
         self.publishes.inc();
         self.deliveries.inc_by(published.delivered as u64);
         self.undelivered.inc_by(published.dropped as u64);
@@ -554,8 +554,8 @@ impl Metrics {
     }
 
     /// Counts a failed topic operation that hit a bound.
-    pub(crate) fn count_refusal(&self, e: &super::handle::SendError) {
-        use super::handle::SendError;
+    pub(crate) fn count_refusal(&self, e: &crate::server::serve::handle::SendError) {
+        use crate::server::serve::handle::SendError;
         let reason = match e {
             SendError::TooLarge(_) => "too_large",
             SendError::TooManyTopics => "too_many_topics",

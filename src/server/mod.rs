@@ -59,48 +59,28 @@
 //! the last reference goes, never by descriptor number, so no thread can
 //! close a number that by then belongs to another connection.
 
-mod acceptor;
+mod admin;
 mod admission;
-pub mod auth;
-mod buffer;
-mod close;
 mod config;
 mod conn;
-mod handle;
-mod handler;
-mod http;
-mod id;
 mod metrics;
-mod outbound;
-mod ping;
-mod proxy;
-mod rate;
-pub use rate::RATE_LIMIT_STRIKES;
 pub mod pubsub;
-#[cfg(feature = "redis")]
-mod redis;
-#[cfg(not(feature = "redis"))]
-#[path = "redis_off.rs"]
-mod redis;
-mod registry;
-mod shared;
+mod rate;
+mod serve;
 mod shutdown;
 mod signals;
-mod threads;
-mod timer;
-mod tls;
 mod topics;
-pub mod upgrade;
-mod worker;
 
-pub use close::{CloseReason, TcpTimeout};
-pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
-pub use handle::{ConnectionInfo, SendError, ServerHandle};
-pub use handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 #[doc(hidden)]
-pub use http::check_request_head;
-pub use id::ConnId;
-pub use proxy::Cidr;
+pub use admin::check_request_head;
+pub use admission::proxy::Cidr;
+pub use admission::{auth, upgrade};
+pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
+pub use conn::close::{CloseReason, TcpTimeout};
+pub use conn::id::ConnId;
+pub use rate::RATE_LIMIT_STRIKES;
+pub use serve::handle::{ConnectionInfo, SendError, ServerHandle};
+pub use serve::handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use signals::ShutdownSignals;
 pub use topics::{MAX_TOPIC_LEN, Published, Resumed, TOPIC_PUNCTUATION, TopicInfo, valid_topic};
 
@@ -116,9 +96,9 @@ use tracing::{debug, info};
 use crate::activity::Clock;
 use crate::sys;
 use crate::time::TimeSource;
-use outbound::Flushes;
-use registry::Registry;
-use shared::{Frames, Shared};
+use conn::outbound::Flushes;
+use serve::registry::Registry;
+use serve::shared::{Frames, Shared};
 
 /// A running server. Dropping it shuts it down as [`shutdown`] does.
 ///
@@ -180,7 +160,7 @@ impl Server {
         let mut listeners = Vec::new();
         let tls = match &config.tls {
             Some(files) => Some(
-                tls::Tls::load(files)
+                admission::tls::Tls::load(files)
                     .map_err(|(_, why)| io::Error::new(io::ErrorKind::InvalidInput, why))?,
             ),
             None => None,
@@ -199,7 +179,7 @@ impl Server {
                 debug!("cannot set socket options on the listener: {e}");
             }
             let addr = socket.local_addr()?;
-            listeners.push(shared::Listening {
+            listeners.push(serve::shared::Listening {
                 socket,
                 addr,
                 protocol,
@@ -214,9 +194,11 @@ impl Server {
         // Without the `redis` feature no client can be made: the arm that
         // makes one is unreachable (and `client` refuses every URL).
         #[cfg_attr(not(feature = "redis"), allow(unreachable_code))]
-        let redis = redis::target(&config)
+        let redis = topics::redis::target(&config)
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?
-            .map(|target| redis::Redis::new(target, config.redis_timeout, config.retention()));
+            .map(|target| {
+                topics::redis::Redis::new(target, config.redis_timeout, config.retention())
+            });
         let retention = config.retention();
         let topic_bounds = config.topic_bounds();
         let source = TimeSource::new(Instant::now(), config.tick);
@@ -225,7 +207,7 @@ impl Server {
             metrics.register_tls(tls.expires());
             info!(
                 cert = %tls.files().cert.display(),
-                expires = %tls::expiry_text(tls.expires()),
+                expires = %admission::tls::expiry_text(tls.expires()),
                 client_certificates = tls.files().client_ca.is_some(),
                 "TLS certificate loaded"
             );
@@ -248,25 +230,25 @@ impl Server {
             frames: Frames::new(),
             flushes: Flushes::default(),
             topics,
-            per_ip: admission::PerIp::new(config_per_ip),
-            connect_rate: admission::ConnectRate::new(config_rate),
-            threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            per_ip: admission::limits::PerIp::new(config_per_ip),
+            connect_rate: admission::limits::ConnectRate::new(config_rate),
+            threads: serve::threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
             options_inherited: OnceLock::new(),
             tls,
             metrics,
         });
-        let timer = timer::spawn(Arc::clone(&shared), events_rx, source)?;
+        let timer = serve::timer::spawn(Arc::clone(&shared), events_rx, source)?;
         let stop_timer = |e: io::Error| {
-            timer::stop(&shared, timer.thread());
+            serve::timer::stop(&shared, timer.thread());
             e
         };
         let relay = match shared.topics.redis() {
-            Some(_) => Some(redis::spawn(Arc::clone(&shared)).map_err(stop_timer)?),
+            Some(_) => Some(topics::redis::spawn(Arc::clone(&shared)).map_err(stop_timer)?),
             None => None,
         };
         let endpoint = match shared.config.metrics_listen {
             Some(addr) => {
-                Some(http::Endpoint::start(Arc::clone(&shared), addr).map_err(stop_timer)?)
+                Some(admin::Endpoint::start(Arc::clone(&shared), addr).map_err(stop_timer)?)
             }
             None => None,
         };
@@ -275,7 +257,7 @@ impl Server {
             let accept_shared = Arc::clone(&shared);
             let spawned = std::thread::Builder::new()
                 .name("wheel-accept".into())
-                .spawn(move || acceptor::run(accept_shared, index));
+                .spawn(move || serve::acceptor::run(accept_shared, index));
             match spawned {
                 Ok(acceptor) => acceptors.push(acceptor),
                 Err(e) => {
@@ -358,7 +340,7 @@ impl Server {
     /// No TLS listener, or the new files were refused (why); the old
     /// certificate then stays.
     pub fn reload_tls(&self) -> Result<(), String> {
-        tls::reload(self.shared.tls.as_ref(), &self.shared.metrics)
+        admission::tls::reload(self.shared.tls.as_ref(), &self.shared.metrics)
     }
 
     /// A handle for reaching connections from any thread: send, close,
@@ -387,7 +369,7 @@ impl Server {
         self.threads
             .as_ref()
             .and_then(|t| t.endpoint.as_ref())
-            .map(http::Endpoint::addr)
+            .map(admin::Endpoint::addr)
     }
 
     /// The configuration the server runs with.
@@ -461,7 +443,7 @@ pub(crate) mod test_support {
             events,
             handler: Arc::new(Echo),
             stopping: AtomicBool::new(false),
-            listeners: vec![shared::Listening {
+            listeners: vec![serve::shared::Listening {
                 socket: listener.try_clone().unwrap(),
                 addr: listener.local_addr().unwrap(),
                 protocol,
@@ -484,9 +466,9 @@ pub(crate) mod test_support {
                 },
                 None,
             ),
-            per_ip: admission::PerIp::new(None),
-            connect_rate: admission::ConnectRate::new(None),
-            threads: threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            per_ip: admission::limits::PerIp::new(None),
+            connect_rate: admission::limits::ConnectRate::new(None),
+            threads: serve::threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
             options_inherited: OnceLock::new(),
             tls: None,
             metrics,

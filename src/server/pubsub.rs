@@ -15,11 +15,11 @@
 use std::str;
 use std::time::Instant;
 
-use super::handle::SendError;
-use super::handler::{Handler, Session};
-use super::rate::{PublishCheck, PublishLimit};
-use super::topics::{Resumed, TOPIC_PUNCTUATION, valid_topic};
 use crate::protocol::{Message, code};
+use crate::server::rate::{PublishCheck, PublishLimit};
+use crate::server::serve::handle::SendError;
+use crate::server::serve::handler::{Handler, Session};
+use crate::server::topics::{Resumed, TOPIC_PUNCTUATION, valid_topic};
 
 /// A parsed command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +164,7 @@ impl Handler for PubSub {
     fn on_authenticated(
         &self,
         session: &mut Session<'_>,
-        identity: &crate::server::auth::Identity,
+        identity: &crate::server::admission::auth::Identity,
     ) {
         let topic = personal_topic(&identity.sub);
         if valid_topic(&topic) {
@@ -221,7 +221,7 @@ impl Handler for PubSub {
 /// itself on every connection of that subject: `user:<sub>`, with every
 /// byte a topic cannot hold (a space, say) and `%` itself written `%XX`.
 /// E-mail addresses and `auth0|...` subjects stay as they are. A subject
-/// whose topic would pass [`MAX_TOPIC_LEN`](super::MAX_TOPIC_LEN) has none.
+/// whose topic would pass [`MAX_TOPIC_LEN`](crate::server::MAX_TOPIC_LEN) has none.
 ///
 /// # Examples
 ///

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::acceptor;
-use super::close::CloseRequest;
-use super::http;
-use super::outbound::DrainRefused;
-use super::shared::Shared;
-use super::timer;
+use crate::server::admin;
+use crate::server::conn::close::CloseRequest;
+use crate::server::conn::outbound::DrainRefused;
+use crate::server::serve::acceptor;
+use crate::server::serve::shared::Shared;
+use crate::server::serve::timer;
 use crate::sys;
 use crate::traffic::Kind;
 
@@ -25,12 +25,12 @@ const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Threads {
     pub(crate) acceptors: Vec<JoinHandle<()>>,
     pub(crate) timer: JoinHandle<()>,
-    pub(crate) endpoint: Option<http::Endpoint>,
+    pub(crate) endpoint: Option<admin::Endpoint>,
     /// The Redis follower (`--redis`).
     pub(crate) relay: Option<JoinHandle<()>>,
 }
 
-/// Shuts the server down (see [`Server::shutdown`](super::Server::shutdown));
+/// Shuts the server down (see [`Server::shutdown`](crate::server::Server::shutdown));
 /// returns whether every connection finished within the grace period.
 pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
     let Threads {

@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::info;
 
-use super::Server;
+use crate::server::Server;
 
 /// The signals a server process handles, registered (so their default
 /// actions no longer apply) until dropped.

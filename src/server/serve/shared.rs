@@ -8,18 +8,18 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::Sender;
 
-use super::admission::{ConnectRate, PerIp};
-use super::close::{CloseReason, CloseRequest};
-use super::config::Config;
-use super::handler::Handler;
-use super::metrics::Metrics;
-use super::outbound::Flushes;
-use super::registry::Registry;
-use super::threads::ThreadCache;
-use super::timer::Event;
-use super::topics::Topics;
 use crate::activity::Clock;
 use crate::protocol::{Message, Protocol};
+use crate::server::admission::limits::{ConnectRate, PerIp};
+use crate::server::config::Config;
+use crate::server::conn::close::{CloseReason, CloseRequest};
+use crate::server::conn::outbound::Flushes;
+use crate::server::metrics::Metrics;
+use crate::server::serve::handler::Handler;
+use crate::server::serve::registry::Registry;
+use crate::server::serve::threads::ThreadCache;
+use crate::server::serve::timer::Event;
+use crate::server::topics::Topics;
 
 /// State shared by the server's threads.
 pub(crate) struct Shared {
@@ -36,7 +36,7 @@ pub(crate) struct Shared {
     pub(crate) handler: Arc<dyn Handler>,
     /// Set once shutdown has begun.
     pub(crate) stopping: AtomicBool,
-    /// The listening sockets, [`Config::listen`](super::Config::listen)
+    /// The listening sockets, [`Config::listen`](crate::server::Config::listen)
     /// first.
     pub(crate) listeners: Vec<Listening>,
     /// Encoded probes and CLOSEs, per protocol.
@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     /// (known after the first accept).
     pub(crate) options_inherited: OnceLock<bool>,
     /// The TLS listeners' certificate and configuration.
-    pub(crate) tls: Option<super::tls::Tls>,
+    pub(crate) tls: Option<crate::server::admission::tls::Tls>,
 }
 
 /// One listening socket and the protocol of its connections.

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 use tracing::{debug, info, warn};
 
-use super::admission::{self, Refused};
-use super::conn::{Accepted, Conn};
-use super::shared::Shared;
-use super::timer::Event;
-use super::{upgrade, worker};
 use crate::protocol::{Message, Protocol, code};
+use crate::server::admission::limits::{self, Refused};
+use crate::server::admission::upgrade;
+use crate::server::conn::{Accepted, Conn};
+use crate::server::serve::shared::Shared;
+use crate::server::serve::timer::Event;
+use crate::server::serve::worker;
 use crate::sys::{self, AcceptError};
 
 /// First pause after `accept` fails for lack of descriptors or memory.
@@ -180,7 +181,7 @@ fn admit(
     let ip_key = if shared.config.proxy_protocol {
         None
     } else {
-        let admitted = admission::admit_address(
+        let admitted = limits::admit_address(
             &shared.connect_rate,
             &shared.per_ip,
             &shared.metrics.rate_untracked,

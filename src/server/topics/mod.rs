@@ -37,6 +37,12 @@
 //! here, and meets the relayed messages with no gap and no duplicate just
 //! as without Redis.
 
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+#[cfg(not(feature = "redis"))]
+#[path = "redis_off.rs"]
+pub(crate) mod redis;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,10 +53,10 @@ use tracing::warn;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::conn::Conn;
-use super::outbound::{Flushes, PushError};
-use super::redis::{Entry, Redis};
 use crate::protocol::{EncodeError, Message, Protocol};
+use crate::server::conn::Conn;
+use crate::server::conn::outbound::{Flushes, PushError};
+use crate::server::topics::redis::{Entry, Redis};
 
 /// The longest topic name, in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
@@ -58,7 +64,7 @@ pub const MAX_TOPIC_LEN: usize = 128;
 /// The bytes a topic name may hold beside ASCII letters and digits. `@`
 /// and `|` are there for the subjects tokens carry most (e-mail
 /// addresses, `auth0|5f1...`), `+` and `=` for base64, and `%` for the
-/// escapes of [`personal_topic`](super::pubsub::personal_topic).
+/// escapes of [`personal_topic`](crate::server::pubsub::personal_topic).
 pub const TOPIC_PUNCTUATION: &[u8] = b"._-:/@|+=%";
 
 /// Whether `name` is a valid topic: 1 to [`MAX_TOPIC_LEN`] bytes of
@@ -1112,7 +1118,7 @@ mod tests {
     use super::*;
     use crate::protocol::{OwnedMessage, Reader};
     use crate::server::Config;
-    use crate::server::close::CloseRequest;
+    use crate::server::conn::close::CloseRequest;
     use crate::server::test_support::{pair, shared};
     use std::time::Duration;
 
@@ -1149,7 +1155,7 @@ mod tests {
             .subscribe(&shared.flushes, &conn, name, Some(since), 8, |_| Vec::new())
             .unwrap();
         // Everything was written or queued; let the queue go out.
-        while conn.out.flush_listed(None) == super::super::outbound::Flushed::Pending {
+        while conn.out.flush_listed(None) == crate::server::conn::outbound::Flushed::Pending {
             std::thread::sleep(Duration::from_millis(1));
         }
         topics.unsubscribe(&conn, name);

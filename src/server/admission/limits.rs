@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::rate::TokenBucket;
+use crate::server::rate::TokenBucket;
 
 /// An address as the limits count it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -4,13 +4,13 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use super::auth::Identity;
-use super::close::CloseReason;
-use super::conn::Conn;
-use super::handle::ServerHandle;
-use super::id::ConnId;
-use super::shared::Shared;
 use crate::protocol::{EncodeError, Protocol};
+use crate::server::admission::auth::Identity;
+use crate::server::conn::Conn;
+use crate::server::conn::close::CloseReason;
+use crate::server::conn::id::ConnId;
+use crate::server::serve::handle::ServerHandle;
+use crate::server::serve::shared::Shared;
 use crate::traffic::{Kind, Tally};
 
 /// The longest close reason sent, in bytes: what a WebSocket close frame
@@ -173,6 +173,6 @@ impl Session<'_> {
     /// boundary), and line breaks in it become spaces, so that every
     /// protocol can carry it.
     pub fn close(&mut self, code: u16, reason: &str) {
-        *self.close = Some((code, super::handle::clean_reason(reason)));
+        *self.close = Some((code, crate::server::serve::handle::clean_reason(reason)));
     }
 }

@@ -4,8 +4,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
-use super::admission::Refused;
 use crate::protocol::{DecodeError, code};
+use crate::server::admission::limits::Refused;
 
 /// Which kernel mechanism reported a dead peer with `ETIMEDOUT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl CloseRequest {
     /// The reason the connection closes with. For the application's
     /// requests, a placeholder: [`Conn::request_reason`] has the real code.
     ///
-    /// [`Conn::request_reason`]: super::conn::Conn::request_reason
+    /// [`Conn::request_reason`]: crate::server::conn::Conn::request_reason
     pub(crate) fn reason(self) -> CloseReason {
         match self {
             CloseRequest::Application | CloseRequest::ApplicationDrain => {

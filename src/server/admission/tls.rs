@@ -6,7 +6,7 @@
 //! by.
 //!
 //! A connection's session lives with its outbound path
-//! ([`Outbound`](super::outbound::Outbound)): every record, ours or the
+//! ([`Outbound`](crate::server::conn::outbound::Outbound)): every record, ours or the
 //! session's own (alerts, tickets, key updates), is written under the one
 //! lock that orders the connection's bytes, and the worker's blocking read
 //! happens outside it. The handshake's own work runs on a few threads of
@@ -206,7 +206,7 @@ impl Tls {
 
     /// A session for a new connection. Its own buffer limit is off: the
     /// outbound path bounds what it hands the session (see
-    /// [`Outbound`](super::outbound::Outbound)).
+    /// [`Outbound`](crate::server::conn::outbound::Outbound)).
     pub(crate) fn session(&self) -> Result<ServerConnection, rustls::Error> {
         let mut session = ServerConnection::new(Arc::clone(&self.config))?;
         session.set_buffer_limit(None);
@@ -253,7 +253,10 @@ impl Tls {
 ///
 /// There is no TLS listener, or the new files were refused (the old
 /// certificate stays).
-pub(crate) fn reload(tls: Option<&Tls>, metrics: &super::metrics::Metrics) -> Result<(), String> {
+pub(crate) fn reload(
+    tls: Option<&Tls>,
+    metrics: &crate::server::metrics::Metrics,
+) -> Result<(), String> {
     let Some(tls) = tls else {
         tracing::info!("TLS reload asked for: no TLS listener, nothing to reload");
         return Err("no TLS listener".into());

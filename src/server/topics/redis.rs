@@ -25,7 +25,7 @@
 //! One thread per instance, `wheel-redis`, follows the topics that have
 //! local subscribers. It holds its own Redis connection in subscribed mode
 //! and hands each announcement to
-//! [`Topics::relay`](super::topics::Topics::relay), which writes it to the
+//! [`Topics::relay`](crate::server::topics::Topics::relay), which writes it to the
 //! local subscribers only if it is the next number; otherwise the follower
 //! reads what is missing from the stream first. The stream is the
 //! truth and the announcements only say "there is more", so nothing an
@@ -76,11 +76,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redis::{Connection, RedisResult};
 use tracing::{debug, info, warn};
 
-use super::metrics::Label;
-use super::shared::Shared;
-pub(crate) use super::topics::Unavailable;
-use super::topics::{Relayed, Retention};
 use crate::client::Backoff;
+use crate::server::metrics::Label;
+use crate::server::serve::shared::Shared;
+pub(crate) use crate::server::topics::Unavailable;
+use crate::server::topics::{Relayed, Retention};
 
 /// Command threads, each with its connection.
 pub(crate) const POOL_SIZE: usize = 4;
@@ -623,7 +623,7 @@ impl Target {
 ///
 /// A URL the `redis` crate does not accept, or Sentinel settings that do
 /// not go together (the message holds no password).
-pub(crate) fn target(config: &super::Config) -> Result<Option<Target>, String> {
+pub(crate) fn target(config: &crate::server::Config) -> Result<Option<Target>, String> {
     let password = config.redis_password.as_deref();
     match (
         &config.redis,

@@ -50,10 +50,10 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tracing::debug;
 
-use super::handle::{SendError, ServerHandle};
-use super::id::ConnId;
-use super::metrics::Format;
-use super::shared::Shared;
+use crate::server::conn::id::ConnId;
+use crate::server::metrics::Format;
+use crate::server::serve::handle::{SendError, ServerHandle};
+use crate::server::serve::shared::Shared;
 use crate::sys;
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
@@ -69,11 +69,11 @@ const MAX_TOPICS_PAGE: usize = 1000;
 /// The pages under `web/`, built in so that the binary serves them as is.
 mod web {
     /// `GET /`: live connections, rates by close reason, topics.
-    pub(super) const DASHBOARD: &str = include_str!("../../web/dashboard.html");
+    pub(super) const DASHBOARD: &str = include_str!("../../../web/dashboard.html");
     /// `GET /demo`: the browser client against a WebSocket listener.
-    pub(super) const DEMO: &str = include_str!("../../web/demo.html");
+    pub(super) const DEMO: &str = include_str!("../../../web/demo.html");
     /// `GET /wheel-client.js`: the browser client module.
-    pub(super) const CLIENT: &str = include_str!("../../web/wheel-client.js");
+    pub(super) const CLIENT: &str = include_str!("../../../web/wheel-client.js");
 }
 
 /// Threads serving HTTP connections.
@@ -689,7 +689,7 @@ impl Inner {
                 )
             }
             (["admin", "reload-tls"], _, true) => {
-                match super::tls::reload(shared.tls.as_ref(), &shared.metrics) {
+                match crate::server::admission::tls::reload(shared.tls.as_ref(), &shared.metrics) {
                     Ok(()) => Response::text(200, "reloaded\n"),
                     Err(why) => Response::text(409, &format!("not reloaded: {why}\n")),
                 }
@@ -1127,7 +1127,7 @@ fn limit(query: &str) -> Result<usize, String> {
 }
 
 /// One JSON object per live connection, oldest slot first: the public
-/// [`ConnectionInfo`](super::ConnectionInfo), as JSON.
+/// [`ConnectionInfo`](crate::server::ConnectionInfo), as JSON.
 fn connections(handle: &ServerHandle, limit: usize) -> String {
     let list: Vec<_> = handle
         .connections()

@@ -1,6 +1,12 @@
 //! What a connection's worker, the timer thread, shutdown and pushes share
 //! about one connection.
 
+pub(crate) mod buffer;
+pub(crate) mod close;
+pub(crate) mod id;
+pub(crate) mod outbound;
+pub(crate) mod ping;
+
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -8,15 +14,15 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use rustls::ServerConnection;
 
-use super::admission::IpKey;
-use super::auth::Identity;
-use super::close::{CloseReason, CloseRequest};
-use super::config::Config;
-use super::id::ConnId;
-use super::outbound::Outbound;
-use super::rate::PublishLimit;
 use crate::activity::Stamp;
 use crate::protocol::Protocol;
+use crate::server::admission::auth::Identity;
+use crate::server::admission::limits::IpKey;
+use crate::server::config::Config;
+use crate::server::conn::close::{CloseReason, CloseRequest};
+use crate::server::conn::id::ConnId;
+use crate::server::conn::outbound::Outbound;
+use crate::server::rate::PublishLimit;
 use crate::traffic::Traffic;
 
 /// One connection's shared state.

@@ -141,7 +141,7 @@ pub(crate) fn parse(input: &[u8]) -> Parsed {
 mod tests {
     #[test]
     fn blocks_contain_their_addresses_and_nothing_else() {
-        use super::Cidr;
+        use crate::server::Cidr;
         let lan: Cidr = "10.1.0.0/16".parse().unwrap();
         assert!(lan.contains("10.1.200.3".parse().unwrap()));
         assert!(!lan.contains("10.2.0.1".parse().unwrap()));

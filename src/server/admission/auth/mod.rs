@@ -1,9 +1,9 @@
 //! Authentication: who a connection belongs to.
 //!
-//! A [`Handler`](super::Handler) that [requires authentication](super::Handler::requires_auth)
+//! A [`Handler`](crate::server::Handler) that [requires authentication](crate::server::Handler::requires_auth)
 //! gets every connection's first message, which must be `AUTH
 //! <credentials>`, before anything else is served; its
-//! [`authenticate`](super::Handler::authenticate) admits the connection with an
+//! [`authenticate`](crate::server::Handler::authenticate) admits the connection with an
 //! [`Identity`] or refuses it (CLOSE 4001 `unauthorized`). An identity with
 //! an expiry is a timer in the wheel: at that instant the connection gets
 //! CLOSE 4002 `token expired`, unless the client sent a fresh `AUTH` for the
@@ -38,7 +38,7 @@ impl Identity {
     /// Whether the subject may use `topic` (its own `user:<sub>` always).
     pub fn may_use(&self, topic: &str) -> bool {
         if topic.starts_with("user:") {
-            return topic == super::pubsub::personal_topic(&self.sub);
+            return topic == crate::server::pubsub::personal_topic(&self.sub);
         }
         match &self.topics {
             None => true,

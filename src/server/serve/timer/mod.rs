@@ -50,12 +50,12 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use prometheus_client::metrics::counter::Counter;
 use tracing::{debug, info, trace};
 
-use super::close::{CloseRequest, CloseState};
-use super::conn::Conn;
-use super::id::ConnId;
-use super::outbound::{Expired, Flushed};
-use super::shared::Shared;
 use crate::activity::Clock;
+use crate::server::conn::Conn;
+use crate::server::conn::close::{CloseRequest, CloseState};
+use crate::server::conn::id::ConnId;
+use crate::server::conn::outbound::{Expired, Flushed};
+use crate::server::serve::shared::Shared;
 use crate::time::TimeSource;
 use crate::wheel::{TimerKey, Wheel};
 use schedule::{Entry, Jumps, Schedule, Step};
@@ -505,7 +505,7 @@ impl Timer {
     /// CLOSEs on the wire before any of their threads competes for the CPU.
     /// False if it was already closing.
     ///
-    /// [`Outbound::expire`]: super::outbound::Outbound::expire
+    /// [`Outbound::expire`]: crate::server::conn::outbound::Outbound::expire
     fn expire(&mut self, conn: &Arc<Conn>, request: CloseRequest) -> bool {
         let close = self.shared.frames.expiry(conn.protocol, request);
         let expired = conn
@@ -542,7 +542,7 @@ impl Timer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::close::CloseState;
+    use crate::server::conn::close::CloseState;
     use crate::server::test_support::{pair, shared};
 
     #[test]
@@ -628,7 +628,7 @@ mod tests {
             .encode(&Message::Data(&[0; 4096]), &mut data)
             .unwrap();
         while conn.out.push(conn.id, &shared.flushes, &data)
-            == Ok(crate::server::outbound::Delivery::Written)
+            == Ok(crate::server::conn::outbound::Delivery::Written)
         {}
         let close = shared.frames.drain(conn.protocol, CloseRequest::Shutdown);
         conn.out

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::shared::Shared;
-use super::topics::Retention;
-pub(crate) use super::topics::Unavailable;
+use crate::server::serve::shared::Shared;
+use crate::server::topics::Retention;
+pub(crate) use crate::server::topics::Unavailable;
 
 /// A message read from a topic's stream.
 pub(crate) type Entry = (u64, Arc<[u8]>);
@@ -26,7 +26,7 @@ pub(crate) enum Target {}
 pub(crate) enum Redis {}
 
 /// No target: `--redis` (or `--redis-sentinel`) is refused in this build.
-pub(crate) fn target(config: &super::Config) -> Result<Option<Target>, String> {
+pub(crate) fn target(config: &crate::server::Config) -> Result<Option<Target>, String> {
     if config.redis.is_some() || !config.redis_sentinels.is_empty() {
         return Err(NOT_BUILT.into());
     }

@@ -65,9 +65,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rustls::ServerConnection;
 
-use super::close::{CloseRequest, CloseState};
-use super::id::ConnId;
-use super::tls::HandshakePool;
+use crate::server::admission::tls::HandshakePool;
+use crate::server::conn::close::{CloseRequest, CloseState};
+use crate::server::conn::id::ConnId;
 use crate::sys;
 
 /// Queue capacity kept once a queue empties; more is given back, so a
@@ -831,7 +831,7 @@ impl Outbound {
         let st = self.state.lock();
         let cert = st.tls.as_ref()?.peer_certificates()?.first()?.clone();
         drop(st);
-        super::tls::subject(&cert)
+        crate::server::admission::tls::subject(&cert)
     }
 
     /// TLS: whether the handshake was a resumption.
@@ -1408,7 +1408,7 @@ mod tests {
     }
 
     mod queue {
-        use super::super::Queue;
+        use crate::server::conn::outbound::Queue;
         use proptest::prelude::*;
 
         #[derive(Clone, Debug)]

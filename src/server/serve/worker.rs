@@ -24,19 +24,19 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::admission::{self, Refused};
-use super::auth::Identity;
-use super::buffer::ReadBuf;
-use super::close::{CloseReason, TcpTimeout};
-use super::conn::Conn;
-use super::handler::Session;
-use super::outbound::Pumped;
-use super::ping::PingPolicy;
-use super::proxy;
-use super::shared::{Shared, close_frame};
-use super::timer::Event;
-use super::upgrade::{self, Upgrade};
 use crate::protocol::{Decoded, Decoder, Message, Protocol};
+use crate::server::admission::auth::Identity;
+use crate::server::admission::limits::{self, Refused};
+use crate::server::admission::proxy;
+use crate::server::admission::upgrade::{self, Upgrade};
+use crate::server::conn::Conn;
+use crate::server::conn::buffer::ReadBuf;
+use crate::server::conn::close::{CloseReason, TcpTimeout};
+use crate::server::conn::outbound::Pumped;
+use crate::server::conn::ping::PingPolicy;
+use crate::server::serve::handler::Session;
+use crate::server::serve::shared::{Shared, close_frame};
+use crate::server::serve::timer::Event;
 use crate::sys;
 use crate::traffic::{Kind, Tally};
 
@@ -213,7 +213,7 @@ impl Worker {
             self.read_proxy_header()?;
             // Only now is the real client's address known.
             let shared = &self.shared;
-            let admitted = admission::admit_address(
+            let admitted = limits::admit_address(
                 &shared.connect_rate,
                 &shared.per_ip,
                 &shared.metrics.rate_untracked,
@@ -620,7 +620,7 @@ impl Worker {
 
     /// A failed handshake: counted by reason, logged at debug.
     fn tls_failed(&self, e: &rustls::Error) -> CloseReason {
-        let label = super::tls::failure_label(e);
+        let label = crate::server::admission::tls::failure_label(e);
         self.count_tls(label);
         debug!(conn = %self.conn.id, peer = %self.conn.peer(), result = label, "TLS handshake failed: {e}");
         CloseReason::TlsHandshake(e.to_string())

@@ -9,9 +9,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::Identity;
-use crate::server::close::CloseReason;
-use crate::server::handler::{Handler, Session};
-use crate::server::id::ConnId;
+use crate::server::conn::close::CloseReason;
+use crate::server::conn::id::ConnId;
+use crate::server::serve::handler::{Handler, Session};
 
 /// The JWT claims read.
 #[derive(Debug, Deserialize)]

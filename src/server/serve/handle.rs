@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::close::{CloseReason, CloseRequest};
-use super::conn::Conn;
-use super::handler::MAX_CLOSE_REASON;
-use super::id::ConnId;
-use super::outbound::{DrainRefused, PushError};
-use super::shared::{Shared, close_frame};
-use super::topics::{Published, TopicError, TopicInfo, valid_topic};
 use crate::protocol::{EncodeError, Message, Protocol, code};
+use crate::server::conn::Conn;
+use crate::server::conn::close::{CloseReason, CloseRequest};
+use crate::server::conn::id::ConnId;
+use crate::server::conn::outbound::{DrainRefused, PushError};
+use crate::server::serve::handler::MAX_CLOSE_REASON;
+use crate::server::serve::shared::{Shared, close_frame};
+use crate::server::topics::{Published, TopicError, TopicInfo, valid_topic};
 
 /// Why a push through a [`ServerHandle`] did not happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum SendError {
     /// The connection is closing (or draining): it takes no more pushes.
     Closed,
     /// The message would take the connection's outbox past
-    /// [`Config::max_outbox`](super::Config::max_outbox): the connection is
+    /// [`Config::max_outbox`](crate::server::Config::max_outbox): the connection is
     /// now being closed as a slow consumer (CLOSE 4003).
     OutboxFull,
     /// The connection's protocol cannot carry the message.
@@ -32,22 +32,22 @@ pub enum SendError {
     /// Not a valid topic name (see [`super::valid_topic`]).
     InvalidTopic,
     /// Not a valid publish id (see
-    /// [`valid_publish_id`](super::pubsub::valid_publish_id)).
+    /// [`valid_publish_id`](crate::server::pubsub::valid_publish_id)).
     InvalidId,
-    /// The connection is at [`Config::max_subscriptions`](super::Config::max_subscriptions).
+    /// The connection is at [`Config::max_subscriptions`](crate::server::Config::max_subscriptions).
     TooManySubscriptions,
     /// The topic does not exist and the server is at
-    /// [`Config::max_topics`](super::Config::max_topics).
+    /// [`Config::max_topics`](crate::server::Config::max_topics).
     TooManyTopics,
     /// The message is larger than a peer may be sent: for a publish, its
-    /// `MSG` would pass [`Config::max_frame`](super::Config::max_frame)
+    /// `MSG` would pass [`Config::max_frame`](crate::server::Config::max_frame)
     /// (the largest payload for that topic); for a send, it is larger than
     /// the whole outbox. Nothing was sent, published or retained.
     TooLarge(usize),
-    /// With [`Config::redis`](super::Config::redis): Redis could not be
+    /// With [`Config::redis`](crate::server::Config::redis): Redis could not be
     /// reached (why). Nothing was published.
     Unavailable(String),
-    /// With [`Config::redis`](super::Config::redis): a publish timed out
+    /// With [`Config::redis`](crate::server::Config::redis): a publish timed out
     /// (or its connection broke) after it may have reached Redis: it may
     /// have been published, and delivered. Retrying may deliver it twice.
     Unknown(String),
@@ -104,8 +104,8 @@ impl From<TopicError> for SendError {
     }
 }
 
-impl From<super::topics::Unavailable> for SendError {
-    fn from(e: super::topics::Unavailable) -> SendError {
+impl From<crate::server::topics::Unavailable> for SendError {
+    fn from(e: crate::server::topics::Unavailable) -> SendError {
         SendError::Unavailable(e.why)
     }
 }
@@ -173,8 +173,8 @@ impl ConnectionInfo {
 }
 
 /// A cloneable handle to a running server, usable from any thread: from
-/// [`Server::handle`](super::Server::handle), or inside a handler from
-/// [`Session::server`](super::Session::server).
+/// [`Server::handle`](crate::server::Server::handle), or inside a handler from
+/// [`Session::server`](crate::server::Session::server).
 ///
 /// Nothing here blocks on a peer: a message goes out at once or waits in
 /// the connection's bounded outbox.
@@ -313,10 +313,10 @@ impl ServerHandle {
     }
 
     /// Publishes `payload` to `topic`: numbers it, retains it (per
-    /// [`Config::history`](super::Config::history)), and writes or queues it
+    /// [`Config::history`](crate::server::Config::history)), and writes or queues it
     /// to every subscriber.
     ///
-    /// With [`Config::redis`](super::Config::redis) the message is numbered
+    /// With [`Config::redis`](crate::server::Config::redis) the message is numbered
     /// and stored in Redis and reaches subscribers on every instance
     /// through it: [`Published::delivered`] is then 0.
     ///
@@ -332,7 +332,7 @@ impl ServerHandle {
 
     /// As [`publish`](ServerHandle::publish), but safe to retry: a second
     /// publish with the same `id` to the same topic within
-    /// [`Config::history_ttl`](super::Config::history_ttl) is not
+    /// [`Config::history_ttl`](crate::server::Config::history_ttl) is not
     /// published again, and gets the first one's number. What to send
     /// again after [`SendError::Unknown`].
     ///
@@ -340,14 +340,14 @@ impl ServerHandle {
     ///
     /// As for [`publish`](ServerHandle::publish), and an invalid `id`
     /// ([`SendError::InvalidId`]: see
-    /// [`valid_publish_id`](super::pubsub::valid_publish_id)).
+    /// [`valid_publish_id`](crate::server::pubsub::valid_publish_id)).
     pub fn publish_once(
         &self,
         topic: &str,
         id: &str,
         payload: &[u8],
     ) -> Result<Published, SendError> {
-        if !super::pubsub::valid_publish_id(id) {
+        if !crate::server::pubsub::valid_publish_id(id) {
             return Err(SendError::InvalidId);
         }
         self.publish_with(topic, Some(id), payload)

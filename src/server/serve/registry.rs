@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::conn::Conn;
-use super::id::ConnId;
+use crate::server::conn::Conn;
+use crate::server::conn::id::ConnId;
 use crate::traffic::Tally;
 
 /// The set of live connections.

@@ -1,0 +1,9 @@
+//! Admission: what a connection passes before its handler sees it: the
+//! PROXY header, the per-address limits, the TLS handshake, the WebSocket
+//! upgrade and AUTH.
+
+pub mod auth;
+pub(crate) mod limits;
+pub(crate) mod proxy;
+pub(crate) mod tls;
+pub mod upgrade;
