@@ -37,7 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("topics", &["server::topics"]),
     ("admission", &["server::admission"]),
     ("serving", &["server::serve"]),
-    ("services", &["server::pubsub"]),
+    ("services", &["server::pubsub", "server::auth"]),
     ("admin", &["server::admin"]),
     (
         "top",
@@ -242,8 +242,9 @@ impl Crate {
                 if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
                     parts.pop();
                 }
-                if parts == ["main"] {
-                    // The binary: a crate of its own that uses the library.
+                if parts == ["main"] || parts.last().is_some_and(|p| p == "tests") {
+                    // The binary (a crate of its own that uses the library)
+                    // and unit tests kept in files of their own.
                     continue;
                 }
                 modules.insert(parts.join("::"), path);

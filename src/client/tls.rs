@@ -79,7 +79,7 @@ impl TlsClient {
                 "no certificate to trust: give a CA file, or use the system's roots",
             ));
         }
-        let provider = Arc::new(crate::tls_provider());
+        let provider = Arc::new(crate::crypto::tls_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(io::Error::other)?

@@ -28,6 +28,7 @@
 pub mod frame;
 pub mod line;
 mod reader;
+pub mod topic;
 pub mod ws;
 
 pub use reader::{OwnedMessage, Reader};

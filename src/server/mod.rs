@@ -61,6 +61,7 @@
 
 mod admin;
 mod admission;
+pub mod auth;
 mod config;
 mod conn;
 mod metrics;
@@ -71,10 +72,11 @@ mod shutdown;
 mod signals;
 mod topics;
 
+pub use crate::protocol::topic::{MAX_TOPIC_LEN, TOPIC_PUNCTUATION, valid_topic};
 #[doc(hidden)]
 pub use admin::check_request_head;
 pub use admission::proxy::Cidr;
-pub use admission::{auth, upgrade};
+pub use admission::upgrade;
 pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
 pub use conn::close::{CloseReason, TcpTimeout};
 pub use conn::id::ConnId;
@@ -82,7 +84,7 @@ pub use rate::RATE_LIMIT_STRIKES;
 pub use serve::handle::{ConnectionInfo, SendError, ServerHandle};
 pub use serve::handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
 pub use signals::ShutdownSignals;
-pub use topics::{MAX_TOPIC_LEN, Published, Resumed, TOPIC_PUNCTUATION, TopicInfo, valid_topic};
+pub use topics::{Published, Resumed, TopicInfo};
 
 use std::io;
 use std::net::SocketAddr;

@@ -15,11 +15,13 @@
 use std::str;
 use std::time::Instant;
 
+pub use crate::protocol::topic::personal_topic;
+use crate::protocol::topic::{valid_publish_id, valid_topic};
 use crate::protocol::{Message, code};
 use crate::server::rate::{PublishCheck, PublishLimit};
 use crate::server::serve::handle::SendError;
 use crate::server::serve::handler::{Handler, Session};
-use crate::server::topics::{Resumed, TOPIC_PUNCTUATION, valid_topic};
+use crate::server::topics::Resumed;
 
 /// A parsed command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,15 +59,6 @@ pub enum Command<'a> {
     },
     /// `PING [text]`.
     Ping(&'a [u8]),
-}
-
-/// Whether `id` may name a `PUBONCE` (or an HTTP `Idempotency-Key`): 1 to
-/// 64 bytes of `A-Z a-z 0-9 . _ - :`.
-pub fn valid_publish_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
 }
 
 /// Parses one command. Tokens are separated by single spaces; a payload is
@@ -164,7 +157,7 @@ impl Handler for PubSub {
     fn on_authenticated(
         &self,
         session: &mut Session<'_>,
-        identity: &crate::server::admission::auth::Identity,
+        identity: &crate::server::conn::identity::Identity,
     ) {
         let topic = personal_topic(&identity.sub);
         if valid_topic(&topic) {
@@ -215,34 +208,6 @@ impl Handler for PubSub {
             let _ = session.send(b"ERR cannot echo that text");
         }
     }
-}
-
-/// The personal topic of an authenticated subject, subscribed to by
-/// itself on every connection of that subject: `user:<sub>`, with every
-/// byte a topic cannot hold (a space, say) and `%` itself written `%XX`.
-/// E-mail addresses and `auth0|...` subjects stay as they are. A subject
-/// whose topic would pass [`MAX_TOPIC_LEN`](crate::server::MAX_TOPIC_LEN) has none.
-///
-/// # Examples
-///
-/// ```
-/// use wheel_server::server::pubsub::personal_topic;
-///
-/// assert_eq!(personal_topic("alice@example.com"), "user:alice@example.com");
-/// assert_eq!(personal_topic("auth0|5f1"), "user:auth0|5f1");
-/// assert_eq!(personal_topic("Jo Do 100%"), "user:Jo%20Do%20100%25");
-/// ```
-pub fn personal_topic(sub: &str) -> String {
-    use std::fmt::Write;
-    let mut topic = String::from("user:");
-    for b in sub.bytes() {
-        if b.is_ascii_alphanumeric() || (b != b'%' && TOPIC_PUNCTUATION.contains(&b)) {
-            topic.push(char::from(b));
-        } else {
-            let _ = write!(topic, "%{b:02X}");
-        }
-    }
-    topic
 }
 
 /// `PUB`: the replies queued so far go out first, then `OK PUB` and (to

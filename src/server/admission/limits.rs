@@ -15,28 +15,9 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use crate::server::conn::close::CloseReason;
+use crate::server::conn::id::IpKey;
 use crate::server::rate::TokenBucket;
-
-/// An address as the limits count it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum IpKey {
-    /// An IPv4 address (IPv4-mapped IPv6 addresses too).
-    V4(u32),
-    /// The /64 prefix of an IPv6 address.
-    V6(u64),
-}
-
-impl IpKey {
-    pub(crate) fn of(ip: IpAddr) -> IpKey {
-        match ip {
-            IpAddr::V4(v4) => IpKey::V4(u32::from(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpKey::V4(u32::from(v4)),
-                None => IpKey::V6((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
 
 /// Open connections per address.
 #[derive(Debug)]
@@ -103,17 +84,14 @@ pub(crate) enum Refused {
 impl Refused {
     /// The label of `wheel_connections_rejected_total`.
     pub(crate) fn label(self) -> &'static str {
-        match self {
-            Refused::Rate => "per_ip_rate",
-            Refused::Limit => "per_ip_limit",
-        }
+        self.close_reason().label()
     }
 
-    /// The reason sent with CLOSE 1013.
-    pub(crate) fn reason(self) -> &'static str {
+    /// The close reason (CLOSE 1013 and its text).
+    pub(crate) fn close_reason(self) -> CloseReason {
         match self {
-            Refused::Rate => "connecting too often from your address",
-            Refused::Limit => "too many connections from your address",
+            Refused::Rate => CloseReason::PerIpRate,
+            Refused::Limit => CloseReason::PerIpLimit,
         }
     }
 }

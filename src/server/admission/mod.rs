@@ -2,7 +2,8 @@
 //! PROXY header, the per-address limits, the TLS handshake, the WebSocket
 //! upgrade and AUTH.
 
-pub mod auth;
+#[cfg(feature = "jwt")]
+pub(crate) mod jwt;
 pub(crate) mod limits;
 pub(crate) mod proxy;
 pub(crate) mod tls;

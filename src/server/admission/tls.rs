@@ -15,10 +15,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
 
-use crossbeam_channel::Sender;
+use crate::server::conn::outbound::HandshakePool;
 
 use parking_lot::RwLock;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
@@ -67,83 +67,6 @@ pub(crate) struct Tls {
     pub(crate) handshakes: HandshakePool,
 }
 
-/// A handshake's work for a [`HandshakePool`] thread: the session, and
-/// where to hand it back with the outcome.
-type HandshakeJob = (
-    Box<ServerConnection>,
-    Sender<(Box<ServerConnection>, Result<(), rustls::Error>)>,
-);
-
-/// The CPU part of TLS handshakes (the session's `process_new_packets`
-/// while it handshakes), on a few threads of their own, `wheel-tls`, one
-/// per core, started at the first handshake.
-///
-/// Memory, not speed, is why. A handshake allocates and frees many small
-/// blocks (certificate encoding, key schedule, transcript), and glibc's
-/// allocator keeps freed small blocks in a cache per thread. Done on the
-/// connection's own thread, every one of ten thousand idle TLS connections
-/// kept about 9 KiB of such blocks for good. Here a handful of threads keep
-/// one cache each, however many connections there are. The worker waits
-/// for its session to come back: it is the session's only user before the
-/// handshake ends, and it holds the session's lock meanwhile. Handshake
-/// work is bounded to one thread per core as a result: a reconnect storm
-/// queues here instead of running ten thousand handshakes at once.
-#[derive(Default)]
-pub(crate) struct HandshakePool {
-    /// The threads' queue; `None` if no thread could be started (the
-    /// worker then does the work itself).
-    jobs: OnceLock<Option<Sender<HandshakeJob>>>,
-}
-
-impl HandshakePool {
-    /// Runs the session's `process_new_packets` on a pool thread, and puts
-    /// the session back in `slot`.
-    ///
-    /// # Panics
-    ///
-    /// If `slot` is empty, or a pool thread panicked with the session.
-    pub(crate) fn process(
-        &self,
-        slot: &mut Option<Box<ServerConnection>>,
-    ) -> Result<(), rustls::Error> {
-        let session = slot.take().expect("a TLS connection");
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let queued = match self.jobs.get_or_init(HandshakePool::start) {
-            Some(jobs) => jobs.send((session, reply)).map_err(|e| e.into_inner().0),
-            None => Err(session),
-        };
-        let (session, result) = match queued {
-            Ok(()) => answer.recv().expect("a handshake thread answers"),
-            Err(mut session) => {
-                let result = session.process_new_packets().map(drop);
-                (session, result)
-            }
-        };
-        *slot = Some(session);
-        result
-    }
-
-    fn start() -> Option<Sender<HandshakeJob>> {
-        let (jobs, queue) = crossbeam_channel::unbounded::<HandshakeJob>();
-        let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let mut started = 0;
-        for _ in 0..threads {
-            let queue = queue.clone();
-            let spawned = std::thread::Builder::new()
-                .name("wheel-tls".into())
-                .spawn(move || {
-                    // Ends when the server (the queue's sender) is gone.
-                    while let Ok((mut session, reply)) = queue.recv() {
-                        let result = session.process_new_packets().map(drop);
-                        let _ = reply.send((session, result));
-                    }
-                });
-            started += usize::from(spawned.is_ok());
-        }
-        (started > 0).then_some(jobs)
-    }
-}
-
 impl Tls {
     /// Loads the files and builds the configuration.
     ///
@@ -152,7 +75,7 @@ impl Tls {
     /// The setting at fault (`tls_cert` or `tls_key`) and one line naming
     /// the file and what is wrong with it.
     pub(crate) fn load(files: &TlsFiles) -> Result<Tls, (&'static str, String)> {
-        let provider = Arc::new(crate::tls_provider());
+        let provider = Arc::new(crate::crypto::tls_provider());
         let (key, expires) = certified_key(files, &provider)?;
         let setup = |e: String| ("tls_cert", e);
         let certs = Arc::new(Reloadable {
@@ -282,19 +205,6 @@ pub(crate) fn reload(
 pub(crate) fn expiry_text(expires: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires.max(0) as u64);
     humantime::format_rfc3339_seconds(at).to_string()
-}
-
-/// The subject of a client's certificate (its common name, else the whole
-/// distinguished name), the connection's identity.
-pub(crate) fn subject(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let subject = parsed.subject();
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned);
-    Some(cn.unwrap_or_else(|| subject.to_string()))
 }
 
 /// Reads and checks a certificate chain and its key; returns them with

@@ -5,7 +5,6 @@ use std::fmt;
 use std::io;
 
 use crate::protocol::{DecodeError, code};
-use crate::server::admission::limits::Refused;
 
 /// Which kernel mechanism reported a dead peer with `ETIMEDOUT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,8 +283,14 @@ impl CloseReason {
                 code::PROTOCOL_ERROR,
                 "PROXY protocol header required".into(),
             ),
-            CloseReason::PerIpLimit => (code::TRY_AGAIN_LATER, Refused::Limit.reason().into()),
-            CloseReason::PerIpRate => (code::TRY_AGAIN_LATER, Refused::Rate.reason().into()),
+            CloseReason::PerIpLimit => (
+                code::TRY_AGAIN_LATER,
+                "too many connections from your address".into(),
+            ),
+            CloseReason::PerIpRate => (
+                code::TRY_AGAIN_LATER,
+                "connecting too often from your address".into(),
+            ),
             CloseReason::Unauthorized(_) => (code::UNAUTHORIZED, "unauthorized".into()),
             CloseReason::TokenExpired => (code::TOKEN_EXPIRED, "token expired".into()),
             CloseReason::PeerClosed

@@ -1,6 +1,7 @@
 //! Connection ids.
 
 use std::fmt;
+use std::net::IpAddr;
 
 /// Identifies one connection for the server's lifetime.
 ///
@@ -56,6 +57,27 @@ impl std::str::FromStr for ConnId {
                 .map_err(|_| format!("{s:?}: expected INDEX.GENERATION"))
         };
         Ok(ConnId::new(number(index)?, number(generation)?))
+    }
+}
+
+/// An address as the limits count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum IpKey {
+    /// An IPv4 address (IPv4-mapped IPv6 addresses too).
+    V4(u32),
+    /// The /64 prefix of an IPv6 address.
+    V6(u64),
+}
+
+impl IpKey {
+    pub(crate) fn of(ip: IpAddr) -> IpKey {
+        match ip {
+            IpAddr::V4(v4) => IpKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpKey::V4(u32::from(v4)),
+                None => IpKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
     }
 }
 

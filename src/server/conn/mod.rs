@@ -4,6 +4,7 @@
 pub(crate) mod buffer;
 pub(crate) mod close;
 pub(crate) mod id;
+pub(crate) mod identity;
 pub(crate) mod outbound;
 pub(crate) mod ping;
 
@@ -16,11 +17,11 @@ use rustls::ServerConnection;
 
 use crate::activity::Stamp;
 use crate::protocol::Protocol;
-use crate::server::admission::auth::Identity;
-use crate::server::admission::limits::IpKey;
 use crate::server::config::Config;
 use crate::server::conn::close::{CloseReason, CloseRequest};
 use crate::server::conn::id::ConnId;
+use crate::server::conn::id::IpKey;
+use crate::server::conn::identity::Identity;
 use crate::server::conn::outbound::Outbound;
 use crate::server::rate::PublishLimit;
 use crate::traffic::Traffic;

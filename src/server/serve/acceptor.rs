@@ -190,8 +190,10 @@ fn admit(
         match admitted {
             Ok(key) => key,
             Err(refused) => {
-                debug!(%peer, "rejected: {}", refused.reason());
-                reject(shared, speaks, &stream, refused.label(), refused.reason());
+                let reason = refused.close_reason();
+                let text = reason.close_message().map(|(_, t)| t).unwrap_or_default();
+                debug!(%peer, "rejected: {text}");
+                reject(shared, speaks, &stream, refused.label(), &text);
                 return Err(Rejected::Address(refused));
             }
         }

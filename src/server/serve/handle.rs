@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::topic::valid_topic;
 use crate::protocol::{EncodeError, Message, Protocol, code};
 use crate::server::conn::Conn;
 use crate::server::conn::close::{CloseReason, CloseRequest};
@@ -13,7 +14,7 @@ use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::{DrainRefused, PushError};
 use crate::server::serve::handler::MAX_CLOSE_REASON;
 use crate::server::serve::shared::{Shared, close_frame};
-use crate::server::topics::{Published, TopicError, TopicInfo, valid_topic};
+use crate::server::topics::{Published, TopicError, TopicInfo};
 
 /// Why a push through a [`ServerHandle`] did not happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub enum SendError {
     /// Not a valid topic name (see [`super::valid_topic`]).
     InvalidTopic,
     /// Not a valid publish id (see
-    /// [`valid_publish_id`](crate::server::pubsub::valid_publish_id)).
+    /// [`valid_publish_id`](crate::protocol::topic::valid_publish_id)).
     InvalidId,
     /// The connection is at [`Config::max_subscriptions`](crate::server::Config::max_subscriptions).
     TooManySubscriptions,
@@ -340,14 +341,14 @@ impl ServerHandle {
     ///
     /// As for [`publish`](ServerHandle::publish), and an invalid `id`
     /// ([`SendError::InvalidId`]: see
-    /// [`valid_publish_id`](crate::server::pubsub::valid_publish_id)).
+    /// [`valid_publish_id`](crate::protocol::topic::valid_publish_id)).
     pub fn publish_once(
         &self,
         topic: &str,
         id: &str,
         payload: &[u8],
     ) -> Result<Published, SendError> {
-        if !crate::server::pubsub::valid_publish_id(id) {
+        if !crate::protocol::topic::valid_publish_id(id) {
             return Err(SendError::InvalidId);
         }
         self.publish_with(topic, Some(id), payload)

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::protocol::{EncodeError, Protocol};
-use crate::server::admission::auth::Identity;
 use crate::server::conn::Conn;
 use crate::server::conn::close::CloseReason;
 use crate::server::conn::id::ConnId;
+use crate::server::conn::identity::Identity;
 use crate::server::serve::handle::ServerHandle;
 use crate::server::serve::shared::Shared;
 use crate::traffic::{Kind, Tally};

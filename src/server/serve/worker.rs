@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::protocol::{Decoded, Decoder, Message, Protocol};
-use crate::server::admission::auth::Identity;
-use crate::server::admission::limits::{self, Refused};
+use crate::server::admission::limits;
 use crate::server::admission::proxy;
 use crate::server::admission::upgrade::{self, Upgrade};
 use crate::server::conn::Conn;
 use crate::server::conn::buffer::ReadBuf;
 use crate::server::conn::close::{CloseReason, TcpTimeout};
+use crate::server::conn::identity::Identity;
 use crate::server::conn::outbound::Pumped;
 use crate::server::conn::ping::PingPolicy;
 use crate::server::serve::handler::Session;
@@ -231,10 +231,7 @@ impl Worker {
                         .rejected
                         .get_or_create(&[("reason", refused.label())])
                         .inc();
-                    return Err(match refused {
-                        Refused::Rate => CloseReason::PerIpRate,
-                        Refused::Limit => CloseReason::PerIpLimit,
-                    });
+                    return Err(refused.close_reason());
                 }
             }
         }

@@ -53,28 +53,11 @@ use tracing::warn;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::protocol::topic::valid_topic;
 use crate::protocol::{EncodeError, Message, Protocol};
 use crate::server::conn::Conn;
 use crate::server::conn::outbound::{Flushes, PushError};
 use crate::server::topics::redis::{Entry, Redis};
-
-/// The longest topic name, in bytes.
-pub const MAX_TOPIC_LEN: usize = 128;
-
-/// The bytes a topic name may hold beside ASCII letters and digits. `@`
-/// and `|` are there for the subjects tokens carry most (e-mail
-/// addresses, `auth0|5f1...`), `+` and `=` for base64, and `%` for the
-/// escapes of [`personal_topic`](crate::server::pubsub::personal_topic).
-pub const TOPIC_PUNCTUATION: &[u8] = b"._-:/@|+=%";
-
-/// Whether `name` is a valid topic: 1 to [`MAX_TOPIC_LEN`] bytes of
-/// `A-Z a-z 0-9` and [`TOPIC_PUNCTUATION`].
-pub fn valid_topic(name: &str) -> bool {
-    (1..=MAX_TOPIC_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || TOPIC_PUNCTUATION.contains(&b))
-}
 
 /// History settings.
 #[derive(Clone, Copy, Debug)]

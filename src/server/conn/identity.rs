@@ -1,25 +1,6 @@
-//! Authentication: who a connection belongs to.
-//!
-//! A [`Handler`](crate::server::Handler) that [requires authentication](crate::server::Handler::requires_auth)
-//! gets every connection's first message, which must be `AUTH
-//! <credentials>`, before anything else is served; its
-//! [`authenticate`](crate::server::Handler::authenticate) admits the connection with an
-//! [`Identity`] or refuses it (CLOSE 4001 `unauthorized`). An identity with
-//! an expiry is a timer in the wheel: at that instant the connection gets
-//! CLOSE 4002 `token expired`, unless the client sent a fresh `AUTH` for the
-//! same subject before then.
-//!
-//! [`Jwt`] is one implementation: [`Authenticated`] wraps any handler with
-//! JWT verification (the `jsonwebtoken` crate: HS256 with a secret, RS256 or
-//! ES256 with a public key), in `jwt.rs`, built with the crate's `jwt`
-//! feature (on by default).
+//! Who a connection belongs to, once AUTH admitted it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
-
-#[cfg(feature = "jwt")]
-mod jwt;
-#[cfg(feature = "jwt")]
-pub use jwt::{Authenticated, Jwt};
 
 /// Who a connection belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +19,7 @@ impl Identity {
     /// Whether the subject may use `topic` (its own `user:<sub>` always).
     pub fn may_use(&self, topic: &str) -> bool {
         if topic.starts_with("user:") {
-            return topic == crate::server::pubsub::personal_topic(&self.sub);
+            return topic == crate::protocol::topic::personal_topic(&self.sub);
         }
         match &self.topics {
             None => true,

@@ -1,17 +1,13 @@
-//! JWT verification, and a handler wrapper that requires it (the crate's
-//! `jwt` feature).
+//! JWT verification (the crate's `jwt` feature): a token's signature,
+//! `exp`, `nbf` and the claims an [`Identity`] is made of.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::Identity;
-use crate::server::conn::close::CloseReason;
-use crate::server::conn::id::ConnId;
-use crate::server::serve::handler::{Handler, Session};
+use crate::server::conn::identity::Identity;
 
 /// The JWT claims read.
 #[derive(Debug, Deserialize)]
@@ -103,46 +99,6 @@ impl Jwt {
             expires: Some(expires),
             topics: claims.topics,
         })
-    }
-}
-
-/// A handler whose connections must authenticate with a JWT first.
-#[derive(Debug)]
-pub struct Authenticated<H> {
-    inner: H,
-    jwt: Jwt,
-}
-
-impl<H> Authenticated<H> {
-    /// Wraps `inner`: its connections must send `AUTH <jwt>` first.
-    pub fn new(inner: H, jwt: Jwt) -> Authenticated<H> {
-        Authenticated { inner, jwt }
-    }
-}
-
-impl<H: Handler> Handler for Authenticated<H> {
-    fn on_data(&self, session: &mut Session<'_>, payload: &[u8]) {
-        self.inner.on_data(session, payload);
-    }
-
-    fn on_open(&self, id: ConnId, peer: SocketAddr) {
-        self.inner.on_open(id, peer);
-    }
-
-    fn on_close(&self, id: ConnId, peer: SocketAddr, reason: &CloseReason) {
-        self.inner.on_close(id, peer, reason);
-    }
-
-    fn requires_auth(&self) -> bool {
-        true
-    }
-
-    fn authenticate(&self, credentials: &[u8]) -> Result<Identity, String> {
-        self.jwt.verify(credentials)
-    }
-
-    fn on_authenticated(&self, session: &mut Session<'_>, identity: &Identity) {
-        self.inner.on_authenticated(session, identity);
     }
 }
 
