@@ -42,6 +42,7 @@
 
 pub mod activity;
 mod backoff;
+mod cidr;
 pub mod client;
 mod crypto;
 pub mod protocol;

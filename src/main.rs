@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use wheel_server::Echo;
 use wheel_server::Server;
-use wheel_server::server::ShutdownSignals;
 use wheel_server::server::auth::{Authenticated, Jwt};
 use wheel_server::server::pubsub::PubSub;
+use wheel_server::server::{ConfigError, ShutdownSignals};
 
 /// Exit status for an invalid setting (as clap uses for bad flags); 1 is
 /// for runtime failures such as a port in use.
@@ -32,11 +32,26 @@ fn main() -> ExitCode {
     };
     match run(&args, config, jwt) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wheel-server: error: {e}");
-            ExitCode::FAILURE
-        }
+        // A setting the server could not use as it started (a TLS file, the
+        // Redis address): the same exit as one refused above.
+        Err(e) => match config_error(&*e) {
+            Some(e) => {
+                eprintln!("wheel-server: error: {}", cli::describe(e, &matches));
+                ExitCode::from(INVALID_SETTING)
+            }
+            None => {
+                eprintln!("wheel-server: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// The [`ConfigError`] inside a start-up error, if that is what it is.
+fn config_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConfigError> {
+    e.downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<ConfigError>()
 }
 
 fn run(

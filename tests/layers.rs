@@ -25,15 +25,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "base",
         &[
-            "activity", "backoff", "crypto", "protocol", "sys", "time", "traffic", "units", "wheel",
+            "activity", "backoff", "cidr", "crypto", "protocol", "sys", "time", "traffic", "units",
+            "wheel",
         ],
     ),
     ("client", &["client"]),
-    (
-        "data",
-        &["server::config", "server::metrics", "server::rate"],
-    ),
+    ("data", &["server::config", "server::rate"]),
     ("connection", &["server::conn"]),
+    ("counters", &["server::metrics"]),
     ("topics", &["server::topics"]),
     ("admission", &["server::admission"]),
     ("serving", &["server::serve"]),

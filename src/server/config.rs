@@ -2,10 +2,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::Protocol;
-pub use crate::server::admission::tls::TlsFiles;
 use crate::sys::{Keepalive, SocketOptions};
 
 /// Everything a [`Server`](crate::server::Server) can be told. Start from
@@ -121,7 +121,7 @@ pub struct Config {
     /// (the load balancers). A connection from any other peer is refused
     /// and counted (`rejected{reason="untrusted_proxy"}`). Empty: any peer,
     /// which lets any client claim any address.
-    pub proxy_from: Vec<crate::server::admission::proxy::Cidr>,
+    pub proxy_from: Vec<crate::cidr::Cidr>,
     /// Everything before a connection is admitted (today the PROXY protocol
     /// header) must arrive within this long of the accept, or the
     /// connection is dropped and counted (`wheel_handshake_timeouts_total`).
@@ -232,6 +232,23 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Where the certificate chain and its key are read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to: with
+    /// it, every TLS client must present a valid certificate, whose subject
+    /// is the connection's identity. `None`: no client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// The session-ticket key: 32 bytes as 64 hex digits (`openssl rand
+    /// -hex 32`). Instances (and restarts) sharing it resume each other's
+    /// sessions. `None`: a random key per process, rotated every few hours.
+    pub ticket_key: Option<PathBuf>,
+}
+
 /// A setting [`Config::validate`] refused: which one, and why.
 ///
 /// [`Server::start`](crate::server::Server::start) returns it inside an
@@ -263,6 +280,14 @@ impl From<ConfigError> for io::Error {
         io::Error::new(io::ErrorKind::InvalidInput, e)
     }
 }
+
+/// Bytes a retained message is counted for beyond its payload: its slot in
+/// its topic's queue, the shared payload's header and allocation rounding,
+/// and its entry in the age index. Measured (BENCHMARKS.md, "Memory per
+/// retained message and per topic"): 144 bytes with 100-byte payloads, 153
+/// with 1 KiB ones; counted as 160 so that `--history-memory` bounds what
+/// the process really holds.
+pub(crate) const RETAINED_OVERHEAD: usize = 160;
 
 /// The smallest worker stack accepted: below this, ordinary library code
 /// (formatting, logging) risks overflowing it.
@@ -324,7 +349,11 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks that the values make sense together.
+    /// Checks that the values make sense together, without reading a file
+    /// or touching the network: the TLS files and the Redis address are
+    /// loaded and parsed once, when the server starts, and
+    /// [`Server::start`](crate::server::Server::start) reports them as a
+    /// [`ConfigError`] too.
     ///
     /// # Errors
     ///
@@ -357,14 +386,6 @@ impl Config {
         }
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be longer than zero".into());
-        }
-        if let Err(why) = crate::server::topics::redis::target(self) {
-            let setting = if self.redis_sentinels.is_empty() {
-                "redis"
-            } else {
-                "redis_sentinel"
-            };
-            return invalid(setting, why);
         }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return invalid("admin_token", "must not be empty".into());
@@ -421,12 +442,7 @@ impl Config {
                         .into(),
                 );
             }
-            Some(files) => {
-                if let Err((setting, reason)) = crate::server::admission::tls::Tls::load(files) {
-                    return invalid(setting, reason);
-                }
-            }
-            None => {}
+            _ => {}
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be longer than zero".into());
@@ -493,9 +509,7 @@ impl Config {
     /// sentence for a warning: the server starts, and says so.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.history > 0
-            && self.history_bytes < self.max_frame + crate::server::topics::RETAINED_OVERHEAD
-        {
+        if self.history > 0 && self.history_bytes < self.max_frame + RETAINED_OVERHEAD {
             warnings.push(format!(
                 "--history-bytes {} is smaller than one largest message (--max-frame {}): such messages are delivered but not kept for resumes",
                 self.history_bytes, self.max_frame
@@ -593,35 +607,6 @@ impl Config {
     /// framing any protocol adds. `max_outbox` must hold it.
     pub fn largest_message(&self) -> usize {
         self.max_frame.saturating_add(crate::protocol::MAX_FRAMING)
-    }
-
-    /// The history settings.
-    pub(crate) fn retention(&self) -> crate::server::topics::Retention {
-        crate::server::topics::Retention {
-            count: self.history,
-            ttl: self.history_ttl,
-            bytes: self.history_bytes,
-            memory: self.history_memory,
-        }
-    }
-
-    /// What topics may hold beside their history.
-    pub(crate) fn topic_bounds(&self) -> crate::server::topics::Bounds {
-        crate::server::topics::Bounds {
-            max_topics: self.max_topics,
-            max_frame: self.max_frame,
-            // Half the outbox, so live messages still fit behind a replay.
-            replay_budget: self.max_outbox / 2,
-        }
-    }
-
-    /// The worker thread cache's settings.
-    pub(crate) fn thread_settings(&self) -> crate::server::serve::threads::Settings {
-        crate::server::serve::threads::Settings {
-            capacity: self.thread_cache,
-            idle: self.thread_cache_idle,
-            stack: self.worker_stack,
-        }
     }
 }
 

@@ -27,12 +27,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::server::admission::limits::{ConnectRate, PerIp};
+use prometheus_client::registry::Metric;
+
 use crate::server::conn::close::CloseReason;
-use crate::server::serve::registry::Registry as ConnRegistry;
-use crate::server::serve::threads::Counters;
-use crate::server::topics::Topics;
-use crate::traffic::Kind;
+use crate::traffic::{Kind, Tally};
 
 /// One label, `name="value"`.
 pub(crate) type Label = [(&'static str, &'static str); 1];
@@ -83,7 +81,7 @@ pub(crate) struct Metrics {
     /// registered only with TLS listeners.
     pub(crate) tls_cert_expiry: Gauge,
     /// What the worker thread cache did.
-    pub(crate) threads: Counters,
+    pub(crate) threads: ThreadCounters,
     /// How late each tick ran after its instant.
     pub(crate) tick_lag: Histogram,
     /// HTTP connections to the operations endpoint refused with 503
@@ -118,73 +116,28 @@ pub(crate) struct Metrics {
     pub(crate) closed_total: AtomicU64,
 }
 
-/// The two exposition formats Prometheus reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Format {
-    /// OpenMetrics 1.0 (`application/openmetrics-text`), what Prometheus asks
-    /// for first.
-    OpenMetrics,
-    /// The classic text format 0.0.4 (`text/plain; version=0.0.4`), for
-    /// everything else (`curl`, `promtool check metrics`).
-    Text,
+/// Counts of what the cache did, for the metrics.
+#[derive(Clone, Default)]
+pub(crate) struct ThreadCounters {
+    /// Threads started.
+    pub(crate) spawned: Counter,
+    /// Connections handed to a parked thread.
+    pub(crate) reused: Counter,
+    /// Threads parked now.
+    pub(crate) parked: Gauge,
 }
 
-impl Format {
-    /// The format an `Accept` header asks for: OpenMetrics if it names it,
-    /// else the classic text format (also with no header at all).
-    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
-        match accept {
-            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Text,
-        }
-    }
-
-    /// The `Content-Type` of a response in this format.
-    pub(crate) fn content_type(self) -> &'static str {
-        match self {
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
-        }
-    }
-}
-
-/// Rewrites OpenMetrics text as the classic text format: a counter family
-/// `x` has samples `x_total`, and the classic format wants its `HELP` and
-/// `TYPE` lines under that sample name; `# UNIT` and `# EOF` do not exist
-/// there.
-fn openmetrics_to_text(text: &str) -> String {
-    let counters: std::collections::HashSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, after) = rest.split_once(' ').unwrap_or((rest, ""));
-                let name = if counters.contains(name) {
-                    format!("{name}_total")
-                } else {
-                    name.to_owned()
-                };
-                out.push_str(prefix);
-                out.push_str(&name);
-                if !after.is_empty() {
-                    out.push(' ');
-                    out.push_str(after);
-                }
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
+/// What a scrape measures outside the metrics: connections, pub/sub and
+/// per-address tables, and the traffic of every connection.
+#[derive(Debug, Default)]
+pub(crate) struct LiveValues {
+    /// Connections open.
+    pub(crate) open: usize,
+    /// `[topics, retained payload bytes, subscriptions, largest outbox,
+    /// addresses in the per-address table, addresses in the rate table]`.
+    pub(crate) pubsub: [usize; 6],
+    /// Received and sent, all connections (closed ones included).
+    pub(crate) traffic: (Tally, Tally),
 }
 
 /// Values computed at scrape time, read by [`LiveCollector`].
@@ -296,43 +249,16 @@ impl Metrics {
         );
     }
 
-    /// Registers Redis's metrics (servers with `--redis`).
-    #[cfg(feature = "redis")]
-    pub(crate) fn register_redis(&mut self, m: &crate::server::topics::redis::RedisMetrics) {
-        let r = &mut self.registry;
-        r.register(
-            "wheel_redis_up",
-            "1 while the Redis follower's connection is up (--redis)",
-            m.up.clone(),
-        );
-        r.register(
-            "wheel_redis_roundtrip_seconds",
-            "Redis command round trips (publish, last number, history reads)",
-            m.roundtrip.clone(),
-        );
-        r.register(
-            "wheel_redis_reconnects",
-            "Reconnects of the Redis follower after its connection was lost",
-            m.reconnects.clone(),
-        );
-        r.register(
-            "wheel_redis_relayed",
-            "Messages published through Redis (direction out) and delivered from it to this instance's subscribers (direction in)",
-            m.relayed.clone(),
-        );
-        r.register(
-            "wheel_redis_filled",
-            "Messages read from a topic's Redis stream because their announcement was missed (a reconnect, a new subscription)",
-            m.filled.clone(),
-        );
-        r.register(
-            "wheel_redis_errors",
-            "Redis commands that failed (unreachable, timed out, refused)",
-            m.errors.clone(),
-        );
+    /// Registers a metric of a part that counts for itself (Redis, the
+    /// history bound), in this registry.
+    pub(crate) fn register(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.registry.register(name, help, metric);
     }
 
-    pub(crate) fn new() -> Metrics {
+    /// Every counter at zero, each label of the families known up front
+    /// at zero too (so that a dashboard sees them before the first event),
+    /// with the WebSocket upgrade and TLS handshake results admission has.
+    pub(crate) fn new(ws_results: &[&'static str], tls_results: &[&'static str]) -> Metrics {
         let live = Arc::new(Live::default());
         let metrics = Metrics {
             registry: Registry::default(),
@@ -351,7 +277,7 @@ impl Metrics {
             activity_rearms: Counter::default(),
             timers_armed: Gauge::default(),
             tls_cert_expiry: Gauge::default(),
-            threads: Counters::default(),
+            threads: ThreadCounters::default(),
             // 0.1 ms to about 3.3 s: how late the timer thread ran a tick.
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
@@ -386,10 +312,10 @@ impl Metrics {
                     .get_or_create(&[("stage", stage)]),
             );
         }
-        for result in crate::server::admission::upgrade::RESULTS {
+        for &result in ws_results {
             drop(metrics.ws_upgrades.get_or_create(&[("result", result)]));
         }
-        for result in crate::server::admission::tls::RESULTS {
+        for &result in tls_results {
             drop(metrics.tls_handshakes.get_or_create(&[("result", result)]));
         }
         for kind in ["register", "deregister"] {
@@ -542,27 +468,15 @@ impl Metrics {
     }
 
     /// Counts a publish and what became of it.
-    pub(crate) fn count_publish(&self, published: &crate::server::topics::Published) {
+    pub(crate) fn count_publish(&self, delivered: usize, dropped: usize) {
         self.publishes.inc();
-        self.deliveries.inc_by(published.delivered as u64);
-        self.undelivered.inc_by(published.dropped as u64);
+        self.deliveries.inc_by(delivered as u64);
+        self.undelivered.inc_by(dropped as u64);
     }
 
     /// Counts a request refused at a bound (see `wheel_refused_total`).
     pub(crate) fn count_refused(&self, reason: &'static str) {
         self.refused.get_or_create(&[("reason", reason)]).inc();
-    }
-
-    /// Counts a failed topic operation that hit a bound.
-    pub(crate) fn count_refusal(&self, e: &crate::server::serve::handle::SendError) {
-        use crate::server::serve::handle::SendError;
-        let reason = match e {
-            SendError::TooLarge(_) => "too_large",
-            SendError::TooManyTopics => "too_many_topics",
-            SendError::TooManySubscriptions => "too_many_subscriptions",
-            _ => return,
-        };
-        self.count_refused(reason);
     }
 
     /// Registers the counter of retained messages dropped for the history
@@ -581,48 +495,15 @@ impl Metrics {
         self.closed_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The exposition text for `GET /metrics` in `format`.
-    pub(crate) fn encode_as(
-        &self,
-        registry: &ConnRegistry,
-        topics: &Topics,
-        per_ip: &PerIp,
-        connect_rate: &ConnectRate,
-        format: Format,
-    ) -> String {
-        let (count, history_bytes) = topics.totals();
-        let conns = registry.snapshot();
-        let subscriptions: usize = conns.iter().map(|c| c.subscriptions.lock().len()).sum();
-        let outbox_max = conns
-            .iter()
-            .map(|c| c.out.queued_bytes())
-            .max()
-            .unwrap_or(0);
-        drop(conns);
-        for (gauge, value) in self.live.pubsub.iter().zip([
-            count,
-            history_bytes,
-            subscriptions,
-            outbox_max,
-            per_ip.len(),
-            connect_rate.len(),
-        ]) {
+    /// The exposition text (OpenMetrics) with `live`'s values, measured
+    /// by the caller just before.
+    pub(crate) fn encode(&self, live: &LiveValues) -> String {
+        let _one_at_a_time = self.scrape.lock();
+        self.live.open.store(live.open as i64, Ordering::Relaxed);
+        for (gauge, value) in self.live.pubsub.iter().zip(live.pubsub) {
             gauge.store(value as i64, Ordering::Relaxed);
         }
-        let text = self.encode(registry);
-        match format {
-            Format::OpenMetrics => text,
-            Format::Text => openmetrics_to_text(&text),
-        }
-    }
-
-    /// The exposition text for `GET /metrics`.
-    pub(crate) fn encode(&self, registry: &ConnRegistry) -> String {
-        let _one_at_a_time = self.scrape.lock();
-        let (received, sent) = registry.traffic();
-        self.live
-            .open
-            .store(registry.len() as i64, Ordering::Relaxed);
+        let (received, sent) = &live.traffic;
         for (row, values) in [received.frames, received.bytes, sent.frames, sent.bytes]
             .iter()
             .enumerate()
@@ -635,28 +516,5 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_accept_header_picks_the_format() {
-        assert_eq!(Format::negotiate(None), Format::Text);
-        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
-        // What Prometheus sends.
-        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
-    }
-
-    #[test]
-    fn counters_are_named_by_their_samples_in_the_classic_format() {
-        let om = "# HELP x Things.\n# TYPE x counter\nx_total{a=\"b\"} 1\n# HELP g Level.\n# TYPE g gauge\ng 2\n# EOF\n";
-        assert_eq!(
-            openmetrics_to_text(om),
-            "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"b\"} 1\n# HELP g Level.\n# TYPE g gauge\ng 2\n"
-        );
     }
 }

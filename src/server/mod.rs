@@ -72,10 +72,10 @@ mod shutdown;
 mod signals;
 mod topics;
 
+pub use crate::cidr::Cidr;
 pub use crate::protocol::topic::{MAX_TOPIC_LEN, TOPIC_PUNCTUATION, valid_topic};
 #[doc(hidden)]
 pub use admin::check_request_head;
-pub use admission::proxy::Cidr;
 pub use admission::upgrade;
 pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
 pub use conn::close::{CloseReason, TcpTimeout};
@@ -160,10 +160,12 @@ impl Server {
     pub fn with_handler(config: Config, handler: impl Handler) -> io::Result<Server> {
         config.validate()?;
         let mut listeners = Vec::new();
+        // What the configuration names outside itself is loaded once, here:
+        // a file or URL that cannot be used is a ConfigError like any other.
         let tls = match &config.tls {
             Some(files) => Some(
                 admission::tls::Tls::load(files)
-                    .map_err(|(_, why)| io::Error::new(io::ErrorKind::InvalidInput, why))?,
+                    .map_err(|(setting, reason)| ConfigError { setting, reason })?,
             ),
             None => None,
         };
@@ -197,14 +199,26 @@ impl Server {
         // makes one is unreachable (and `client` refuses every URL).
         #[cfg_attr(not(feature = "redis"), allow(unreachable_code))]
         let redis = topics::redis::target(&config)
-            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?
+            .map_err(|reason| ConfigError {
+                setting: if config.redis_sentinels.is_empty() {
+                    "redis"
+                } else {
+                    "redis_sentinel"
+                },
+                reason,
+            })?
             .map(|target| {
-                topics::redis::Redis::new(target, config.redis_timeout, config.retention())
+                topics::redis::Redis::new(
+                    target,
+                    config.redis_timeout,
+                    topics::Retention::of(&config),
+                )
             });
-        let retention = config.retention();
-        let topic_bounds = config.topic_bounds();
+        let retention = topics::Retention::of(&config);
+        let topic_bounds = topics::Bounds::of(&config);
         let source = TimeSource::new(Instant::now(), config.tick);
-        let mut metrics = metrics::Metrics::new();
+        let mut metrics =
+            metrics::Metrics::new(&admission::upgrade::RESULTS, &admission::tls::RESULTS);
         if let Some(tls) = &tls {
             metrics.register_tls(tls.expires());
             info!(
@@ -216,11 +230,11 @@ impl Server {
         }
         #[cfg(feature = "redis")]
         if let Some(redis) = &redis {
-            metrics.register_redis(&redis.metrics);
+            redis.metrics.register(&mut metrics);
         }
         let topics = topics::Topics::new(retention, topic_bounds, redis);
         metrics.register_history(topics.evicted());
-        let thread_settings = config.thread_settings();
+        let thread_settings = serve::threads::Settings::of(&config);
         let shared = Arc::new(Shared {
             config,
             registry: Registry::default(),
@@ -435,8 +449,8 @@ pub(crate) mod test_support {
     pub(crate) fn shared(config: Config) -> (Arc<Shared>, TcpListener) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (events, _) = crossbeam_channel::unbounded();
-        let metrics = metrics::Metrics::new();
-        let thread_settings = config.thread_settings();
+        let metrics = metrics::Metrics::new(&admission::upgrade::RESULTS, &admission::tls::RESULTS);
+        let thread_settings = serve::threads::Settings::of(&config);
         let protocol = config.protocol;
         let shared = Arc::new(Shared {
             config,

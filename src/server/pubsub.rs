@@ -264,10 +264,12 @@ fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[
         .topics
         .publish(&shared.flushes, topic, id, payload, Some((conn, &ack)))
     {
-        Ok(published) => shared.metrics.count_publish(&published),
+        Ok(published) => shared
+            .metrics
+            .count_publish(published.delivered, published.dropped),
         Err(e) => {
             let e = SendError::from(e);
-            shared.metrics.count_refusal(&e);
+            e.count_refusal(&shared.metrics);
             let _ = session.send(format!("ERR {e}").as_bytes());
         }
     }
@@ -307,7 +309,7 @@ fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>) {
     );
     if let Err(e) = subscribed {
         let e = SendError::from(e);
-        shared.metrics.count_refusal(&e);
+        e.count_refusal(&shared.metrics);
         let _ = session.send(format!("ERR {e}").as_bytes());
     }
 }

@@ -38,6 +38,8 @@
 //! [`MAX_REQUESTS_PER_CONNECTION`] requests, and not at all while other
 //! connections wait for a worker.
 
+mod metrics;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -51,10 +53,10 @@ use serde_json::json;
 use tracing::debug;
 
 use crate::server::conn::id::ConnId;
-use crate::server::metrics::Format;
 use crate::server::serve::handle::{SendError, ServerHandle};
 use crate::server::serve::shared::Shared;
 use crate::sys;
+use metrics::Format;
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
@@ -630,16 +632,7 @@ impl Inner {
                 let format = Format::negotiate(head.accept.as_deref());
                 Response {
                     content_type: format.content_type(),
-                    ..Response::text(
-                        200,
-                        &shared.metrics.encode_as(
-                            &shared.registry,
-                            &shared.topics,
-                            &shared.per_ip,
-                            &shared.connect_rate,
-                            format,
-                        ),
-                    )
+                    ..Response::text(200, &metrics::scrape(shared, format))
                 }
             }
             (["healthz"], true, _) if shared.stopping.load(Ordering::Acquire) => {
@@ -699,7 +692,7 @@ impl Inner {
                     Some(key) => self.handle().publish_once(&rest.join("/"), key, body),
                     None => self.handle().publish(&rest.join("/"), body),
                 }
-                .inspect_err(|e| shared.metrics.count_refusal(e))
+                .inspect_err(|e| e.count_refusal(&shared.metrics))
                 {
                     // With Redis, delivery follows the publish on every
                     // instance: nothing to count here.

@@ -14,10 +14,11 @@
 //! within 2x a plain one's.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::server::config::TlsFiles;
 use crate::server::conn::outbound::HandshakePool;
 
 use parking_lot::RwLock;
@@ -35,23 +36,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Sessions the server remembers for resumption by session id (TLS 1.2,
 /// and TLS 1.3 clients that do not take tickets).
 const SESSION_CACHE: usize = 16 * 1024;
-
-/// Where the certificate chain and its key are read from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate chain, PEM, leaf first.
-    pub cert: PathBuf,
-    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// CA certificates (PEM) that client certificates must chain to: with
-    /// it, every TLS client must present a valid certificate, whose subject
-    /// is the connection's identity. `None`: no client certificates.
-    pub client_ca: Option<PathBuf>,
-    /// The session-ticket key: 32 bytes as 64 hex digits (`openssl rand
-    /// -hex 32`). Instances (and restarts) sharing it resume each other's
-    /// sessions. `None`: a random key per process, rotated every few hours.
-    pub ticket_key: Option<PathBuf>,
-}
 
 /// The server's TLS state: one configuration for every TLS listener.
 pub(crate) struct Tls {

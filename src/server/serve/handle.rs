@@ -12,6 +12,7 @@ use crate::server::conn::Conn;
 use crate::server::conn::close::{CloseReason, CloseRequest};
 use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::{DrainRefused, PushError};
+use crate::server::metrics::Metrics;
 use crate::server::serve::handler::MAX_CLOSE_REASON;
 use crate::server::serve::shared::{Shared, close_frame};
 use crate::server::topics::{Published, TopicError, TopicInfo};
@@ -52,6 +53,20 @@ pub enum SendError {
     /// (or its connection broke) after it may have reached Redis: it may
     /// have been published, and delivered. Retrying may deliver it twice.
     Unknown(String),
+}
+
+impl SendError {
+    /// Counts a refusal at a bound in `wheel_refused_total` (the other
+    /// errors are not a client's doing).
+    pub(crate) fn count_refusal(&self, metrics: &Metrics) {
+        let reason = match self {
+            SendError::TooLarge(_) => "too_large",
+            SendError::TooManyTopics => "too_many_topics",
+            SendError::TooManySubscriptions => "too_many_subscriptions",
+            _ => return,
+        };
+        metrics.count_refused(reason);
+    }
 }
 
 impl fmt::Display for SendError {
@@ -367,7 +382,9 @@ impl ServerHandle {
         let published = shared
             .topics
             .publish(&shared.flushes, topic, id, payload, None)?;
-        shared.metrics.count_publish(&published);
+        shared
+            .metrics
+            .count_publish(published.delivered, published.dropped);
         Ok(published)
     }
 

@@ -22,6 +22,8 @@
 //! The hand-over is a mutex-guarded slot and `Thread::unpark`: one futex
 //! wake, no spinning or yielding on either side.
 
+use crate::server::config::Config;
+use crate::server::metrics::ThreadCounters;
 use std::io;
 use std::mem;
 use std::sync::Arc;
@@ -30,8 +32,6 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 
 /// What a thread runs for one connection.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -47,15 +47,15 @@ pub(crate) struct Settings {
     pub(crate) stack: usize,
 }
 
-/// Counts of what the cache did, for the metrics.
-#[derive(Clone, Default)]
-pub(crate) struct Counters {
-    /// Threads started.
-    pub(crate) spawned: Counter,
-    /// Connections handed to a parked thread.
-    pub(crate) reused: Counter,
-    /// Threads parked now.
-    pub(crate) parked: Gauge,
+impl Settings {
+    /// The cache's settings in `config`.
+    pub(crate) fn of(config: &Config) -> Settings {
+        Settings {
+            capacity: config.thread_cache,
+            idle: config.thread_cache_idle,
+            stack: config.worker_stack,
+        }
+    }
 }
 
 /// A bounded cache of parked worker threads.
@@ -70,7 +70,7 @@ struct Inner {
     parked: Mutex<Vec<Arc<Parked>>>,
     /// Set by [`ThreadCache::close`]: finished threads exit.
     closed: AtomicBool,
-    counters: Counters,
+    counters: ThreadCounters,
 }
 
 /// One parked thread: where its next job is left, and how to wake it.
@@ -103,7 +103,7 @@ impl Parked {
 }
 
 impl ThreadCache {
-    pub(crate) fn new(settings: Settings, counters: Counters) -> ThreadCache {
+    pub(crate) fn new(settings: Settings, counters: ThreadCounters) -> ThreadCache {
         ThreadCache {
             inner: Arc::new(Inner {
                 settings,
@@ -237,7 +237,7 @@ mod tests {
                 idle,
                 stack: 64 * 1024,
             },
-            Counters::default(),
+            ThreadCounters::default(),
         )
     }
 

@@ -55,6 +55,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::protocol::topic::valid_topic;
 use crate::protocol::{EncodeError, Message, Protocol};
+use crate::server::config::{Config, RETAINED_OVERHEAD};
 use crate::server::conn::Conn;
 use crate::server::conn::outbound::{Flushes, PushError};
 use crate::server::topics::redis::{Entry, Redis};
@@ -88,13 +89,29 @@ pub(crate) struct Bounds {
     pub(crate) replay_budget: usize,
 }
 
-/// Bytes a retained message is counted for beyond its payload: its slot in
-/// its topic's queue, the shared payload's header and allocation rounding,
-/// and its entry in the age index. Measured (BENCHMARKS.md, "Memory per
-/// retained message and per topic"): 144 bytes with 100-byte payloads, 153
-/// with 1 KiB ones; counted as 160 so that `--history-memory` bounds what
-/// the process really holds.
-pub const RETAINED_OVERHEAD: usize = 160;
+impl Retention {
+    /// The history settings of `config`.
+    pub(crate) fn of(config: &Config) -> Retention {
+        Retention {
+            count: config.history,
+            ttl: config.history_ttl,
+            bytes: config.history_bytes,
+            memory: config.history_memory,
+        }
+    }
+}
+
+impl Bounds {
+    /// What topics may hold beside their history, by `config`.
+    pub(crate) fn of(config: &Config) -> Bounds {
+        Bounds {
+            max_topics: config.max_topics,
+            max_frame: config.max_frame,
+            // Half the outbox, so live messages still fit behind a replay.
+            replay_budget: config.max_outbox / 2,
+        }
+    }
+}
 
 /// The longest sequence number, in digits (`u64::MAX`).
 const MAX_SEQ_DIGITS: usize = 20;

@@ -76,8 +76,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redis::{Connection, RedisResult};
 use tracing::{debug, info, warn};
 
-use crate::client::Backoff;
-use crate::server::metrics::Label;
+use crate::backoff::Backoff;
+use crate::server::metrics::{Label, Metrics};
 use crate::server::serve::shared::Shared;
 pub(crate) use crate::server::topics::Unavailable;
 use crate::server::topics::{Relayed, Retention};
@@ -184,6 +184,41 @@ pub(crate) struct RedisMetrics {
 }
 
 impl RedisMetrics {
+    /// Registers these metrics (servers with `--redis`).
+    pub(crate) fn register(&self, r: &mut Metrics) {
+        let m = self;
+        r.register(
+            "wheel_redis_up",
+            "1 while the Redis follower's connection is up (--redis)",
+            m.up.clone(),
+        );
+        r.register(
+            "wheel_redis_roundtrip_seconds",
+            "Redis command round trips (publish, last number, history reads)",
+            m.roundtrip.clone(),
+        );
+        r.register(
+            "wheel_redis_reconnects",
+            "Reconnects of the Redis follower after its connection was lost",
+            m.reconnects.clone(),
+        );
+        r.register(
+            "wheel_redis_relayed",
+            "Messages published through Redis (direction out) and delivered from it to this instance's subscribers (direction in)",
+            m.relayed.clone(),
+        );
+        r.register(
+            "wheel_redis_filled",
+            "Messages read from a topic's Redis stream because their announcement was missed (a reconnect, a new subscription)",
+            m.filled.clone(),
+        );
+        r.register(
+            "wheel_redis_errors",
+            "Redis commands that failed (unreachable, timed out, refused)",
+            m.errors.clone(),
+        );
+    }
+
     fn new() -> RedisMetrics {
         RedisMetrics {
             up: Gauge::default(),
