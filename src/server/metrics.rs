@@ -479,16 +479,6 @@ impl Metrics {
         self.refused.get_or_create(&[("reason", reason)]).inc();
     }
 
-    /// Registers the counter of retained messages dropped for the history
-    /// memory bound.
-    pub(crate) fn register_history(&mut self, evicted: &Counter) {
-        self.registry.register(
-            "wheel_pubsub_history_evicted",
-            "Retained messages dropped because all topics' history reached --history-memory (the oldest of any topic first)",
-            evicted.clone(),
-        );
-    }
-
     /// Counts a closed connection under its reason's label.
     pub(crate) fn count_close(&self, reason: &'static str) {
         self.closed.get_or_create(&[("reason", reason)]).inc();

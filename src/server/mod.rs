@@ -78,11 +78,11 @@ pub use crate::protocol::topic::{MAX_TOPIC_LEN, TOPIC_PUNCTUATION, valid_topic};
 pub use admin::check_request_head;
 pub use admission::upgrade;
 pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
-pub use conn::close::{CloseReason, TcpTimeout};
+pub use conn::close::{CloseReason, MAX_CLOSE_REASON, TcpTimeout};
 pub use conn::id::ConnId;
 pub use rate::RATE_LIMIT_STRIKES;
 pub use serve::handle::{ConnectionInfo, SendError, ServerHandle};
-pub use serve::handler::{Echo, Handler, MAX_CLOSE_REASON, Session};
+pub use serve::handler::{Echo, Handler, Session};
 pub use signals::ShutdownSignals;
 pub use topics::{Published, Resumed, TopicInfo};
 
@@ -159,6 +159,7 @@ impl Server {
     /// As for [`start`](Server::start).
     pub fn with_handler(config: Config, handler: impl Handler) -> io::Result<Server> {
         config.validate()?;
+        let handler: Arc<dyn Handler> = Arc::new(handler);
         let mut listeners = Vec::new();
         // What the configuration names outside itself is loaded once, here:
         // a file or URL that cannot be used is a ConfigError like any other.
@@ -233,14 +234,14 @@ impl Server {
             redis.metrics.register(&mut metrics);
         }
         let topics = topics::Topics::new(retention, topic_bounds, redis);
-        metrics.register_history(topics.evicted());
+        topics.register(&mut metrics);
         let thread_settings = serve::threads::Settings::of(&config);
         let shared = Arc::new(Shared {
             config,
             registry: Registry::default(),
             clock: Clock::default(),
             events,
-            handler: Arc::new(handler),
+            requires_auth: handler.requires_auth(),
             stopping: AtomicBool::new(false),
             listeners,
             frames: Frames::new(),
@@ -259,7 +260,14 @@ impl Server {
             e
         };
         let relay = match shared.topics.redis() {
-            Some(_) => Some(topics::redis::spawn(Arc::clone(&shared)).map_err(stop_timer)?),
+            Some(_) => Some(
+                topics::redis::spawn(Arc::clone(&shared), |shared| topics::redis::Sink {
+                    topics: &shared.topics,
+                    flushes: &shared.flushes,
+                    metrics: &shared.metrics,
+                })
+                .map_err(stop_timer)?,
+            ),
             None => None,
         };
         let endpoint = match shared.config.metrics_listen {
@@ -271,13 +279,14 @@ impl Server {
         let mut acceptors = Vec::new();
         for index in 0..shared.listeners.len() {
             let accept_shared = Arc::clone(&shared);
+            let accept_handler = Arc::clone(&handler);
             let spawned = std::thread::Builder::new()
                 .name("wheel-accept".into())
-                .spawn(move || serve::acceptor::run(accept_shared, index));
+                .spawn(move || serve::acceptor::run(accept_shared, accept_handler, index));
             match spawned {
                 Ok(acceptor) => acceptors.push(acceptor),
                 Err(e) => {
-                    shutdown::stop_accepting(&shared, acceptors);
+                    shutdown::stop_accepting(&shared, &handler, acceptors);
                     return Err(stop_timer(e));
                 }
             }
@@ -319,6 +328,7 @@ impl Server {
             shared,
             local_addr,
             threads: Some(shutdown::Threads {
+                handler,
                 acceptors,
                 timer,
                 endpoint,
@@ -457,7 +467,7 @@ pub(crate) mod test_support {
             registry: Registry::default(),
             clock: Clock::default(),
             events,
-            handler: Arc::new(Echo),
+            requires_auth: false,
             stopping: AtomicBool::new(false),
             listeners: vec![serve::shared::Listening {
                 socket: listener.try_clone().unwrap(),

@@ -12,6 +12,7 @@ use crate::server::admin;
 use crate::server::conn::close::CloseRequest;
 use crate::server::conn::outbound::DrainRefused;
 use crate::server::serve::acceptor;
+use crate::server::serve::handler::Handler;
 use crate::server::serve::shared::Shared;
 use crate::server::serve::timer;
 use crate::sys;
@@ -23,6 +24,9 @@ const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The threads a running server owns besides its workers.
 pub(crate) struct Threads {
+    /// The application, for the connections admitted from the accept
+    /// queues as accepting stops.
+    pub(crate) handler: Arc<dyn Handler>,
     pub(crate) acceptors: Vec<JoinHandle<()>>,
     pub(crate) timer: JoinHandle<()>,
     pub(crate) endpoint: Option<admin::Endpoint>,
@@ -34,12 +38,13 @@ pub(crate) struct Threads {
 /// returns whether every connection finished within the grace period.
 pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
     let Threads {
+        handler,
         acceptors,
         timer,
         endpoint,
         relay,
     } = threads;
-    stop_accepting(shared, acceptors);
+    stop_accepting(shared, &handler, acceptors);
     let clean = drain(shared);
     // Draining connections still get their topics' messages.
     if let (Some(relay), Some(redis)) = (relay, shared.topics.redis()) {
@@ -74,9 +79,13 @@ pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
 
 /// Marks the server as stopping (`/healthz` answers 503 from now on),
 /// admits what waits in the accept queues, and stops the accept threads.
-pub(crate) fn stop_accepting(shared: &Arc<Shared>, acceptors: Vec<JoinHandle<()>>) {
+pub(crate) fn stop_accepting(
+    shared: &Arc<Shared>,
+    handler: &Arc<dyn Handler>,
+    acceptors: Vec<JoinHandle<()>>,
+) {
     shared.stopping.store(true, Ordering::Release);
-    let queued = acceptor::admit_queued(shared);
+    let queued = acceptor::admit_queued(shared, handler);
     if queued > 0 {
         debug!(
             queued,

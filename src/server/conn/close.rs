@@ -6,6 +6,20 @@ use std::io;
 
 use crate::protocol::{DecodeError, code};
 
+/// The longest close reason sent, in bytes: what a WebSocket close frame
+/// can carry (125 bytes of payload less the 2-byte code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// A close reason every protocol can carry: line breaks made spaces, cut
+/// to [`MAX_CLOSE_REASON`] bytes at a character boundary.
+pub(crate) fn clean_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].replace(['\r', '\n'], " ")
+}
+
 /// Which kernel mechanism reported a dead peer with `ETIMEDOUT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcpTimeout {

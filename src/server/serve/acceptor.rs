@@ -14,8 +14,9 @@ use crate::protocol::{Message, Protocol, code};
 use crate::server::admission::limits::{self, Refused};
 use crate::server::admission::upgrade;
 use crate::server::conn::{Accepted, Conn};
+use crate::server::serve::handler::Handler;
 use crate::server::serve::shared::Shared;
-use crate::server::serve::timer::Event;
+use crate::server::serve::timer::event::Event;
 use crate::server::serve::worker;
 use crate::sys::{self, AcceptError};
 
@@ -84,7 +85,7 @@ impl RejectWarnings {
 }
 
 /// Accepts on listener `index` of `shared.listeners` until shutdown.
-pub(crate) fn run(shared: Arc<Shared>, index: usize) {
+pub(crate) fn run(shared: Arc<Shared>, handler: Arc<dyn Handler>, index: usize) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u64;
     let mut warnings = RejectWarnings::default();
@@ -94,7 +95,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
             // Taken from the queue while shutdown drained it: admitted like
             // the others, so that it is drained rather than dropped.
             if let Ok((stream, peer)) = accepted {
-                let _ = admit(&shared, index, stream, peer);
+                let _ = admit(&shared, &handler, index, stream, peer);
             }
             return;
         }
@@ -108,7 +109,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
                     failures = 0;
                     backoff = BACKOFF_MIN;
                 }
-                if let Err(rejected) = admit(&shared, index, stream, peer) {
+                if let Err(rejected) = admit(&shared, &handler, index, stream, peer) {
                     warnings.warn(&shared, rejected);
                 }
             }
@@ -140,7 +141,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize) {
 /// already waiting in the accept queue, so that they are drained with CLOSE
 /// 1001 like the rest instead of being reset when the listener goes.
 /// Returns how many there were.
-pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
+pub(crate) fn admit_queued(shared: &Arc<Shared>, handler: &Arc<dyn Handler>) -> usize {
     // The accept thread, blocked in `accept`, stays blocking; only these
     // calls return at once on an empty queue.
     let mut admitted = 0;
@@ -150,7 +151,7 @@ pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
         }
         while let Ok((stream, peer)) = listening.socket.accept() {
             // Accepted sockets do not inherit O_NONBLOCK on Linux.
-            let _ = admit(shared, index, stream, peer);
+            let _ = admit(shared, handler, index, stream, peer);
             admitted += 1;
         }
     }
@@ -162,6 +163,7 @@ pub(crate) fn admit_queued(shared: &Arc<Shared>) -> usize {
 /// counts as accepted, so that accepted - closed = open.
 fn admit(
     shared: &Arc<Shared>,
+    handler: &Arc<dyn Handler>,
     index: usize,
     stream: TcpStream,
     peer: SocketAddr,
@@ -241,7 +243,7 @@ fn admit(
     // Sent before the worker exists, so it reaches the timer thread before
     // the worker's Deregister.
     let _ = shared.events.send(Event::Register { id, activity: tick });
-    if let Err(e) = worker::spawn(shared, Arc::clone(&conn)) {
+    if let Err(e) = worker::spawn(shared, handler, Arc::clone(&conn)) {
         debug!(%peer, "rejected: cannot start a worker thread: {e}");
         shared.registry.remove(id, Default::default());
         release(ip_key);

@@ -9,11 +9,10 @@ use std::time::Duration;
 use crate::protocol::topic::valid_topic;
 use crate::protocol::{EncodeError, Message, Protocol, code};
 use crate::server::conn::Conn;
-use crate::server::conn::close::{CloseReason, CloseRequest};
+use crate::server::conn::close::{CloseReason, CloseRequest, clean_reason};
 use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::{DrainRefused, PushError};
 use crate::server::metrics::Metrics;
-use crate::server::serve::handler::MAX_CLOSE_REASON;
 use crate::server::serve::shared::{Shared, close_frame};
 use crate::server::topics::{Published, TopicError, TopicInfo};
 
@@ -487,14 +486,4 @@ impl ServerHandle {
     pub fn topics_after(&self, after: Option<&str>, limit: usize) -> (Vec<TopicInfo>, usize) {
         self.shared.topics.list(after, limit)
     }
-}
-
-/// A close reason every protocol can carry: line breaks made spaces, cut
-/// to [`MAX_CLOSE_REASON`] bytes at a character boundary.
-pub(crate) fn clean_reason(reason: &str) -> String {
-    let mut end = reason.len().min(MAX_CLOSE_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].replace(['\r', '\n'], " ")
 }

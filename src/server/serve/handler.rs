@@ -6,16 +6,12 @@ use std::sync::Arc;
 
 use crate::protocol::{EncodeError, Protocol};
 use crate::server::conn::Conn;
-use crate::server::conn::close::CloseReason;
+use crate::server::conn::close::{CloseReason, clean_reason};
 use crate::server::conn::id::ConnId;
 use crate::server::conn::identity::Identity;
 use crate::server::serve::handle::ServerHandle;
 use crate::server::serve::shared::Shared;
 use crate::traffic::{Kind, Tally};
-
-/// The longest close reason sent, in bytes: what a WebSocket close frame
-/// can carry (125 bytes of payload less the 2-byte code).
-pub const MAX_CLOSE_REASON: usize = 123;
 
 /// What a server does with the DATA messages it receives.
 ///
@@ -173,6 +169,6 @@ impl Session<'_> {
     /// boundary), and line breaks in it become spaces, so that every
     /// protocol can carry it.
     pub fn close(&mut self, code: u16, reason: &str) {
-        *self.close = Some((code, crate::server::serve::handle::clean_reason(reason)));
+        *self.close = Some((code, clean_reason(reason)));
     }
 }

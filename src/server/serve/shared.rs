@@ -3,8 +3,8 @@
 //! messages the server sends most.
 
 use std::net::TcpListener;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::Sender;
 
@@ -15,10 +15,9 @@ use crate::server::config::Config;
 use crate::server::conn::close::{CloseReason, CloseRequest};
 use crate::server::conn::outbound::Flushes;
 use crate::server::metrics::Metrics;
-use crate::server::serve::handler::Handler;
 use crate::server::serve::registry::Registry;
 use crate::server::serve::threads::ThreadCache;
-use crate::server::serve::timer::Event;
+use crate::server::serve::timer::event::Event;
 use crate::server::topics::Topics;
 
 /// State shared by the server's threads.
@@ -32,8 +31,11 @@ pub(crate) struct Shared {
     /// Events for the timer thread: register, deregister, a token's expiry,
     /// stop.
     pub(crate) events: Sender<Event>,
-    /// The application.
-    pub(crate) handler: Arc<dyn Handler>,
+    /// Whether the application requires AUTH (the timer then times every
+    /// connection, for the token's expiry). The application itself, the
+    /// [`Handler`](crate::server::Handler), is the accept and worker
+    /// threads' own.
+    pub(crate) requires_auth: bool,
     /// Set once shutdown has begun.
     pub(crate) stopping: AtomicBool,
     /// The listening sockets, [`Config::listen`](crate::server::Config::listen)

@@ -34,9 +34,9 @@ use crate::server::conn::close::{CloseReason, TcpTimeout};
 use crate::server::conn::identity::Identity;
 use crate::server::conn::outbound::Pumped;
 use crate::server::conn::ping::PingPolicy;
-use crate::server::serve::handler::Session;
+use crate::server::serve::handler::{Handler, Session};
 use crate::server::serve::shared::{Shared, close_frame};
-use crate::server::serve::timer::Event;
+use crate::server::serve::timer::event::Event;
 use crate::sys;
 use crate::traffic::{Kind, Tally};
 
@@ -64,7 +64,11 @@ const QUIET_TICKS: u64 = 2;
 const RETAIN_OUTPUT: usize = 64 * 1024;
 
 /// Starts the worker thread for `conn`.
-pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    handler: &Arc<dyn Handler>,
+    conn: Arc<Conn>,
+) -> io::Result<()> {
     let tls = shared.listeners[conn.listener].tls;
     let worker = Worker {
         tls,
@@ -75,6 +79,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
         sent: Tally::default(),
         pings: PingPolicy::new(shared.config.min_ping_interval, shared.config.ping_strikes),
         shared: Arc::clone(shared),
+        handler: Arc::clone(handler),
         conn,
     };
     // A parked thread may run it: the name is not the connection's.
@@ -86,6 +91,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, conn: Arc<Conn>) -> io::Result<()> {
 /// One connection's worker: its buffers, counts and policies.
 struct Worker {
     shared: Arc<Shared>,
+    /// The application.
+    handler: Arc<dyn Handler>,
     conn: Arc<Conn>,
     /// Splits the input into messages, in the connection's protocol.
     decoder: Decoder,
@@ -141,7 +148,7 @@ impl Worker {
             conn: Arc::clone(&self.conn),
             reason: CloseReason::HandlerPanic.label(),
         };
-        let handler = Arc::clone(&self.shared.handler);
+        let handler = Arc::clone(&self.handler);
         let mut opened = false;
         let reason = catch_unwind(AssertUnwindSafe(|| {
             let identity = match self.admit() {
@@ -196,7 +203,7 @@ impl Worker {
                 debug!(conn = %id, %peer, sub = %sub(), ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
         }
-        let handler = &self.shared.handler;
+        let handler = &self.handler;
         if opened && catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, reason))).is_err()
         {
             warn!(conn = %id, "handler panicked in on_close");
@@ -256,7 +263,7 @@ impl Worker {
         } else {
             None
         };
-        if !self.shared.handler.requires_auth() {
+        if !self.handler.requires_auth() {
             return Ok(None);
         }
         match token {
@@ -344,7 +351,7 @@ impl Worker {
         self.shared.config.proxy_protocol
             || self.tls
             || self.conn.protocol == Protocol::Ws
-            || self.shared.handler.requires_auth()
+            || self.handler.requires_auth()
     }
 
     /// Reads the PROXY protocol header that must open the connection and
@@ -453,7 +460,6 @@ impl Worker {
     /// result.
     fn check_credentials(&self, credentials: &[u8]) -> Result<Identity, CloseReason> {
         let mut outcome = self
-            .shared
             .handler
             .authenticate(credentials)
             .map_err(CloseReason::Unauthorized);
@@ -654,7 +660,7 @@ impl Worker {
             close: &mut close,
             sent: &mut self.sent,
         };
-        self.shared.handler.on_authenticated(&mut session, identity);
+        self.handler.on_authenticated(&mut session, identity);
         if let Err(e) = self.flush() {
             return Err(self.requested_or(CloseReason::from_write_error(&e)));
         }
@@ -779,6 +785,7 @@ impl Worker {
             self.received.add(Kind::of(&msg), used);
             let answered = answer(
                 &self.shared,
+                &*self.handler,
                 &self.conn,
                 &mut self.pings,
                 &mut self.output,
@@ -885,8 +892,13 @@ enum ReadInto {
 
 /// Answers one message. Free-standing so that it can borrow the worker's
 /// output while the message borrows its input buffer.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the worker's parts, each borrowed on its own while the message borrows the input"
+)]
 fn answer(
     shared: &Arc<Shared>,
+    handler: &dyn Handler,
     conn: &Arc<Conn>,
     pings: &mut PingPolicy,
     output: &mut Vec<u8>,
@@ -896,10 +908,8 @@ fn answer(
 ) -> Result<(), CloseReason> {
     let protocol = conn.protocol;
     match msg {
-        Message::Data(payload)
-            if payload.starts_with(b"AUTH ") && shared.handler.requires_auth() =>
-        {
-            refresh(shared, conn, &payload[5..], output, sent);
+        Message::Data(payload) if payload.starts_with(b"AUTH ") && handler.requires_auth() => {
+            refresh(shared, handler, conn, &payload[5..], output, sent);
             Ok(())
         }
         Message::Data(payload) => {
@@ -915,7 +925,7 @@ fn answer(
                 close: &mut close,
                 sent,
             };
-            shared.handler.on_data(&mut session, payload);
+            handler.on_data(&mut session, payload);
             match close {
                 Some((code, reason)) => Err(CloseReason::Application { code, reason }),
                 None => Ok(()),
@@ -978,13 +988,14 @@ fn record_identity(
 /// back; anything else is answered `ERR unauthorized` and changes nothing.
 fn refresh(
     shared: &Shared,
+    handler: &dyn Handler,
     conn: &Conn,
     credentials: &[u8],
     output: &mut Vec<u8>,
     sent: &mut Tally,
 ) {
     let current = conn.identity.lock().as_ref().map(|i| i.sub.clone());
-    match shared.handler.authenticate(credentials) {
+    match handler.authenticate(credentials) {
         Ok(identity) if Some(&identity.sub) == current.as_ref() => {
             shared
                 .metrics

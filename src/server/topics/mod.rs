@@ -58,6 +58,7 @@ use crate::protocol::{EncodeError, Message, Protocol};
 use crate::server::config::{Config, RETAINED_OVERHEAD};
 use crate::server::conn::Conn;
 use crate::server::conn::outbound::{Flushes, PushError};
+use crate::server::metrics::Metrics;
 use crate::server::topics::redis::{Entry, Redis};
 
 /// History settings.
@@ -1085,8 +1086,18 @@ impl Topics {
 
     /// The count of retained messages dropped because all topics' history
     /// was at its bound.
+    #[cfg(test)]
     pub(crate) fn evicted(&self) -> &Counter {
         &self.memory.evicted
+    }
+
+    /// Registers the topics' own metrics.
+    pub(crate) fn register(&self, metrics: &mut Metrics) {
+        metrics.register(
+            "wheel_pubsub_history_evicted",
+            "Retained messages dropped because all topics' history reached --history-memory (the oldest of any topic first)",
+            self.memory.evicted.clone(),
+        );
     }
 
     /// Forgets topics whose history expired and that have no subscribers

@@ -77,10 +77,10 @@ use redis::{Connection, RedisResult};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::server::conn::outbound::Flushes;
 use crate::server::metrics::{Label, Metrics};
-use crate::server::serve::shared::Shared;
 pub(crate) use crate::server::topics::Unavailable;
-use crate::server::topics::{Relayed, Retention};
+use crate::server::topics::{Relayed, Retention, Topics};
 
 /// Command threads, each with its connection.
 pub(crate) const POOL_SIZE: usize = 4;
@@ -658,7 +658,7 @@ impl Target {
 ///
 /// A URL the `redis` crate does not accept, or Sentinel settings that do
 /// not go together (the message holds no password).
-pub(crate) fn target(config: &crate::server::Config) -> Result<Option<Target>, String> {
+pub(crate) fn target(config: &crate::server::config::Config) -> Result<Option<Target>, String> {
     let password = config.redis_password.as_deref();
     match (
         &config.redis,
@@ -754,10 +754,27 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the follower delivers into: the topics, the timer's flush list,
+/// and the delivery counters. The server hands it a way to reach them
+/// from what it shares, so that the follower needs nothing of the layers
+/// above.
+pub(crate) struct Sink<'a> {
+    pub(crate) topics: &'a Topics,
+    pub(crate) flushes: &'a Flushes,
+    pub(crate) metrics: &'a Metrics,
+}
+
 /// Starts the command threads (they end with the server) and the follower
-/// (stopped by [`Redis::stop`]).
-pub(crate) fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
-    let redis = shared.topics.redis().expect("spawned only with --redis");
+/// (stopped by [`Redis::stop`]), which reaches its [`Sink`] in `owner`
+/// through `sink`.
+pub(crate) fn spawn<T: Send + Sync + 'static>(
+    owner: Arc<T>,
+    sink: fn(&T) -> Sink<'_>,
+) -> std::io::Result<JoinHandle<()>> {
+    let redis = sink(&owner)
+        .topics
+        .redis()
+        .expect("spawned only with --redis");
     for _ in 0..POOL_SIZE {
         let commands = redis.command_thread();
         std::thread::Builder::new()
@@ -767,6 +784,7 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
     let handle = std::thread::Builder::new()
         .name("wheel-redis".into())
         .spawn(move || {
+            let shared = sink(&owner);
             let redis = shared.topics.redis().expect("spawned only with --redis");
             run(&shared, redis);
         })?;
@@ -775,7 +793,7 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
 
 /// The follower: connect, subscribe, fill, relay; on any failure, back off
 /// and start over.
-fn run(shared: &Shared, redis: &Redis) {
+fn run(shared: &Sink<'_>, redis: &Redis) {
     let _ = redis.follower.set(std::thread::current());
     let mut rng = fastrand::Rng::new();
     let mut failures = 0u32;
@@ -850,7 +868,7 @@ fn refresh_counters(redis: &Redis, topics: &std::collections::HashSet<String>) {
 /// One connection's life: subscribe to every wanted topic, fill each from
 /// its stream, then deliver announcements until the connection fails or
 /// the server stops.
-fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<()> {
+fn relay(shared: &Sink<'_>, redis: &Redis, conn: &mut Connection) -> RedisResult<()> {
     let mut pubsub = conn.as_pubsub();
     pubsub.set_read_timeout(Some(FOLLOW_POLL))?;
     let mut followed = std::collections::HashSet::<String>::new();
@@ -925,7 +943,7 @@ fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<(
         };
         let relayed = shared
             .topics
-            .relay(&shared.flushes, topic, seq, Some(epoch), payload, false);
+            .relay(shared.flushes, topic, seq, Some(epoch), payload, false);
         if relayed == Relayed::Ahead {
             // An announcement was missed: the stream has it.
             fill(shared, redis, topic, Some(seq));
@@ -937,7 +955,7 @@ fn relay(shared: &Shared, redis: &Redis, conn: &mut Connection) -> RedisResult<(
 }
 
 /// Counts a relayed message's deliveries; whether it was delivered.
-fn count(shared: &Shared, redis: &Redis, relayed: Relayed) -> bool {
+fn count(shared: &Sink<'_>, redis: &Redis, relayed: Relayed) -> bool {
     let Relayed::Delivered { delivered, dropped } = relayed else {
         return false;
     };
@@ -960,7 +978,7 @@ fn split_announcement(body: &[u8]) -> Option<(u64, &str, &[u8])> {
 /// Delivers what the stream holds after what `topic`'s local subscribers
 /// have seen, up to `until` (or all of it). A failure is left to the next
 /// announcement or reconnect, which fill again.
-fn fill(shared: &Shared, redis: &Redis, topic: &str, until: Option<u64>) {
+fn fill(shared: &Sink<'_>, redis: &Redis, topic: &str, until: Option<u64>) {
     if until.is_none() {
         // After a reconnect: a Redis that lost data (restarted without its
         // append-only file, or fail-over to a replica that lagged) numbers
@@ -970,7 +988,7 @@ fn fill(shared: &Shared, redis: &Redis, topic: &str, until: Option<u64>) {
         if let Ok((last, epoch)) = redis.numbering(topic)
             && shared
                 .topics
-                .renumbered(&shared.flushes, topic, last, epoch.as_deref())
+                .renumbered(shared.flushes, topic, last, epoch.as_deref())
         {
             warn!(
                 topic,
@@ -999,7 +1017,7 @@ fn fill(shared: &Shared, redis: &Redis, topic: &str, until: Option<u64>) {
             // the TTL before this instance read it), delivery goes on.
             let relayed = shared
                 .topics
-                .relay(&shared.flushes, topic, seq, None, &payload, true);
+                .relay(shared.flushes, topic, seq, None, &payload, true);
             if count(shared, redis, relayed) {
                 redis.metrics.filled.inc();
             }

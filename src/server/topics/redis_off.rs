@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::server::serve::shared::Shared;
+use crate::server::conn::outbound::Flushes;
+use crate::server::metrics::Metrics;
 use crate::server::topics::Retention;
+use crate::server::topics::Topics;
 pub(crate) use crate::server::topics::Unavailable;
 
 /// A message read from a topic's stream.
@@ -26,7 +28,7 @@ pub(crate) enum Target {}
 pub(crate) enum Redis {}
 
 /// No target: `--redis` (or `--redis-sentinel`) is refused in this build.
-pub(crate) fn target(config: &crate::server::Config) -> Result<Option<Target>, String> {
+pub(crate) fn target(config: &crate::server::config::Config) -> Result<Option<Target>, String> {
     if config.redis.is_some() || !config.redis_sentinels.is_empty() {
         return Err(NOT_BUILT.into());
     }
@@ -34,7 +36,19 @@ pub(crate) fn target(config: &crate::server::Config) -> Result<Option<Target>, S
 }
 
 /// Never called: the server spawns the follower only for a `Redis`.
-pub(crate) fn spawn(_shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+// Built by the server, never read: the call site is the same as with
+// the feature.
+#[allow(dead_code)]
+pub(crate) struct Sink<'a> {
+    pub(crate) topics: &'a Topics,
+    pub(crate) flushes: &'a Flushes,
+    pub(crate) metrics: &'a Metrics,
+}
+
+pub(crate) fn spawn<T>(
+    _owner: Arc<T>,
+    _sink: fn(&T) -> Sink<'_>,
+) -> std::io::Result<JoinHandle<()>> {
     Err(std::io::Error::other(NOT_BUILT))
 }
 

@@ -41,7 +41,8 @@
 //!
 //! [`Stamp::touch`]: crate::activity::Stamp::touch
 
-pub(crate) mod schedule;
+pub(crate) mod event;
+mod schedule;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,7 @@ use crate::server::conn::outbound::{Expired, Flushed};
 use crate::server::serve::shared::Shared;
 use crate::time::TimeSource;
 use crate::wheel::{TimerKey, Wheel};
+pub(crate) use event::Event;
 use schedule::{Entry, Jumps, Schedule, Step};
 
 /// Most events taken between two checks of the clock.
@@ -66,30 +68,6 @@ const EVENTS_PER_WAKE: usize = 4096;
 /// How often (in ticks) topics whose history expired and that nobody
 /// subscribes to are forgotten.
 const TOPIC_SWEEP_TICKS: u64 = 64;
-
-/// What workers and the acceptor tell the timer thread.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A connection opened, its activity stamp set to `activity`.
-    Register {
-        /// The connection.
-        id: ConnId,
-        /// Its initial stamp.
-        activity: u64,
-    },
-    /// A connection's worker finished.
-    Deregister(ConnId),
-    /// A connection's credentials expire at `at`.
-    Expires {
-        /// The connection.
-        id: ConnId,
-        /// When its credentials expire.
-        at: Instant,
-    },
-    /// The server is shutting down. Whoever sends it unparks the timer
-    /// thread ([`stop`]).
-    Stop,
-}
 
 /// The timer's view of one connection.
 struct Tracked {
@@ -353,8 +331,7 @@ impl Timer {
     }
 
     fn register(&mut self, id: ConnId, activity: u64) {
-        if !self.schedule.times_anything(self.age.is_some()) && !self.shared.handler.requires_auth()
-        {
+        if !self.schedule.times_anything(self.age.is_some()) && !self.shared.requires_auth {
             return;
         }
         let index = id.index();
