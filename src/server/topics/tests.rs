@@ -1,9 +1,12 @@
 //! Topics on their own: numbering, history bounds, replay budgets,
 //! renumbering and fan-out to real sockets.
 
+use super::topic::PARALLEL_FANOUT;
 use super::*;
+use crate::protocol::Protocol;
 use crate::protocol::{OwnedMessage, Reader};
 use crate::server::Config;
+use crate::server::config::RETAINED_OVERHEAD;
 use crate::server::conn::close::CloseRequest;
 use crate::server::test_support::{pair, shared};
 use std::time::Duration;
