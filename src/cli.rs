@@ -1,4 +1,9 @@
 //! Command-line flags of `wheel-server`.
+//!
+//! Longer than most files here, on purpose: it is one table, a field per
+//! flag with its help text, environment variable and heading, then the one
+//! function that turns it into a [`Config`]. Split, a reader would lose the
+//! order `--help` shows.
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -1,4 +1,10 @@
-//! Server configuration.
+//! Server configuration: data, and the checks between its values.
+//!
+//! Longer than most files here, on purpose: it is one struct, a field per
+//! setting with its documentation, then its defaults and the checks that
+//! relate them, which a reader scans top to bottom. Nothing here reads a
+//! file or touches the network; what the settings name (TLS files, the
+//! Redis address) is loaded once, when the server starts.
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
 //! The Redis backend without a Redis: replies parsed, scripts and
 //! numbering checked against what they are given.
 
+use super::follower::split_announcement;
+use super::target::client;
 use super::*;
 
 #[test]
