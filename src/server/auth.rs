@@ -1,6 +1,6 @@
 //! Authentication: who a connection belongs to.
 //!
-//! A [`Handler`](crate::server::Handler) that [requires authentication](crate::server::Handler::requires_auth)
+//! A [`Handler`] that [requires authentication](crate::server::Handler::requires_auth)
 //! gets every connection's first message, which must be `AUTH
 //! <credentials>`, before anything else is served; its
 //! [`authenticate`](crate::server::Handler::authenticate) admits the connection with an

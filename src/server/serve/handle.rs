@@ -30,7 +30,7 @@ pub enum SendError {
     OutboxFull,
     /// The connection's protocol cannot carry the message.
     Encode(EncodeError),
-    /// Not a valid topic name (see [`super::valid_topic`]).
+    /// Not a valid topic name (see [`valid_topic`]).
     InvalidTopic,
     /// Not a valid publish id (see
     /// [`valid_publish_id`](crate::protocol::topic::valid_publish_id)).

@@ -165,7 +165,7 @@ impl Session<'_> {
     /// Closes the connection with `code` and `reason` once the current
     /// messages have been answered; later messages are not handled.
     ///
-    /// The reason is cut to [`MAX_CLOSE_REASON`] bytes (at a character
+    /// The reason is cut to [`MAX_CLOSE_REASON`](crate::server::MAX_CLOSE_REASON) bytes (at a character
     /// boundary), and line breaks in it become spaces, so that every
     /// protocol can carry it.
     pub fn close(&mut self, code: u16, reason: &str) {

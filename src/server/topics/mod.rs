@@ -24,7 +24,7 @@
 //! make a subscriber look slow), and the size of a replay (the newest
 //! retained messages that fit half the outbox; older ones are reported as
 //! a gap). A retained message is counted as its payload plus
-//! [`RETAINED_OVERHEAD`].
+//! [`RETAINED_OVERHEAD`](crate::server::config::RETAINED_OVERHEAD).
 //!
 //! With Redis (`--redis`, `redis.rs`), numbering and history live there:
 //! a publish goes to Redis, and the follower thread hands each message
@@ -69,7 +69,7 @@ pub(crate) struct Retention {
     /// How long a message is kept.
     pub(crate) ttl: Duration,
     /// Bytes kept per topic (each message counted with
-    /// [`RETAINED_OVERHEAD`]): past it the topic's oldest go first.
+    /// [`RETAINED_OVERHEAD`](crate::server::config::RETAINED_OVERHEAD)): past it the topic's oldest go first.
     pub(crate) bytes: usize,
     /// Bytes kept over all topics: past it the oldest message of any topic
     /// goes first.

@@ -40,7 +40,7 @@
 //! A TLS connection's `rustls` session lives under the same lock. The queue
 //! then holds plaintext, cut at message boundaries as before, and bytes are
 //! encrypted only as they go out: a non-blocking write hands the session at
-//! most [`TLS_CHUNK`] bytes of plaintext at a time, and only once its
+//! most [`TLS_CHUNK`](tls::TLS_CHUNK) bytes of plaintext at a time, and only once its
 //! previous records are on the wire, so the records waiting inside the
 //! session stay bounded and a slow consumer's unbegun messages can still be
 //! dropped. The worker's blocking write encrypts its batch (after whatever

@@ -17,7 +17,7 @@ use crate::sys;
 
 /// At most this much plaintext is handed to a TLS session by one
 /// non-blocking write (one record's worth).
-const TLS_CHUNK: usize = 16 * 1024;
+pub(super) const TLS_CHUNK: usize = 16 * 1024;
 
 /// What [`Outbound::tls_pump`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

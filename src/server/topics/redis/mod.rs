@@ -365,7 +365,7 @@ struct Wanted {
 }
 
 impl Redis {
-    /// A link to the Redis `client` names (see [`client`]). Connects
+    /// A link to the Redis `client` names (see [`client`](target::client)). Connects
     /// lazily.
     pub(crate) fn new(target: Target, timeout: Duration, retention: Retention) -> Redis {
         let metrics = RedisMetrics::new();
