@@ -112,6 +112,7 @@ fn a_proxy_header_slower_than_the_handshake_timeout_is_dropped_and_counted() {
             if writer.write_all(&[*byte]).is_err() {
                 break;
             }
+            // Pacing: the slowness is what is tested.
             std::thread::sleep(ms(100));
         }
     });

@@ -181,6 +181,7 @@ fn max_age_grace_forces_a_connection_that_keeps_talking() {
         }
         answered += 1;
         assert!(opened.elapsed() < PATIENCE, "never forced");
+        // Pacing: a client pinging through the drain.
         std::thread::sleep(ms(10));
     };
     assert!(

@@ -277,7 +277,9 @@ fn clients_dying_mid_frame_or_mid_echo_free_everything() {
     // Dies with half a frame sent: the server is blocked reading the rest.
     let mut half = TcpStream::connect(server.local_addr()).unwrap();
     half.write_all(&[0, 0, 0, 100, 0x01, b'a', b'b']).unwrap();
-    std::thread::sleep(ms(20));
+    // Registered, so its worker is reading: the reset meets a connection,
+    // not an accept queue entry.
+    assert!(wait_until(PATIENCE, || server.connection_count() == 1));
     reset(half);
     // Dies right after sending a large message, while its echo is written.
     let mut big = TcpStream::connect(server.local_addr()).unwrap();

@@ -328,6 +328,7 @@ fn publishes_under_load_across_a_redis_restart_are_acknowledged_or_refused_and_n
                     }
                     Err(e) => panic!("unexpected error: {e}"),
                 }
+                // Pacing: a steady publisher, not a wait.
                 std::thread::sleep(util::ms(2));
             }
             (acked, refused, unknown)

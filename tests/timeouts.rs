@@ -90,11 +90,14 @@ fn pings_every_third_of_the_timeout_keep_a_connection_alive() {
 
 #[test]
 fn data_counts_as_activity() {
-    let idle = ms(150);
+    // DATA every quarter of the timeout, for two timeouts: closed unless
+    // DATA counts. The gap is pacing, with three quarters of the timeout
+    // to spare for a busy machine.
+    let idle = ms(400);
     let server = start(idle_config(idle));
     let mut c = Client::connect(server.local_addr());
     for _ in 0..8 {
-        std::thread::sleep(idle / 2);
+        std::thread::sleep(idle / 4);
         c.send(Message::Data(b"x"));
         assert_eq!(c.recv_msg(), Msg::Data(b"x".to_vec()));
     }

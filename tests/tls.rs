@@ -345,6 +345,7 @@ fn plaintext_garbage_and_a_dribbled_handshake_are_dropped_and_counted() {
             dropped = true;
             break;
         }
+        // Pacing: the slowness is what is tested.
         std::thread::sleep(ms(50));
         if started.elapsed() > Duration::from_secs(5) {
             break;
