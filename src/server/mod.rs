@@ -3,28 +3,28 @@
 //! # Threads
 //!
 //! * `wheel-accept` accepts connections, applies socket options, registers
-//!   them and starts a worker for each (`acceptor.rs`).
+//!   them and starts a worker for each (`serve/acceptor.rs`).
 //! * `wheel-worker`, one per connection, blocks in `read`, decodes and
-//!   answers messages, and stamps activity (`worker.rs`). When its
-//!   connection ends it parks in the thread cache (`threads.rs`, up to
+//!   answers messages, and stamps activity (`serve/worker/`). When its
+//!   connection ends it parks in the thread cache (`serve/threads.rs`, up to
 //!   `thread_cache` of them) and serves the next connection, so that a
 //!   connection usually costs no thread spawn. A quiet connection's worker
 //!   waits holding no buffer.
 //! * `wheel-timer` owns the hashed timing wheel, publishes the coarse clock,
 //!   probes, drains or closes idle connections, and flushes output other
-//!   threads left queued (`timer/`).
+//!   threads left queued (`serve/timer/`).
 //!
 //! Workers and the acceptor reach the timer thread over a `crossbeam-channel`
 //! (register, deregister, a token's expiry and stop, taken at the next
 //! tick; activity goes through an atomic stamp per connection, never the
-//! channel). The registry of live connections (`registry.rs`) is a slab
-//! behind a `parking_lot` mutex; what the threads share is in `shared.rs`.
+//! channel). The registry of live connections (`serve/registry.rs`) is a slab
+//! behind a `parking_lot` mutex; what the threads share is in `serve/shared.rs`.
 //!
 //! # The outbound path
 //!
 //! Every byte sent on a connection (its worker's answers, the timer's
 //! probes, drain and idle CLOSEs) goes through the connection's one
-//! `Outbound` (`outbound.rs`): a byte-bounded queue of
+//! `Outbound` (`conn/outbound/`): a byte-bounded queue of
 //! whole encoded messages behind the lock that is the right to write.
 //! Under the lock nothing blocks (`MSG_DONTWAIT`), so no thread but the
 //! worker ever waits on a peer; what the socket does not take waits in the
@@ -36,7 +36,7 @@
 //!
 //! # Closing
 //!
-//! The close state lives with the queue (`close.rs` has the diagram):
+//! The close state lives with the queue (`conn/close.rs` has the diagram):
 //!
 //! ```text
 //! Open --drain (shutdown, max age)--> Requested(drains) --worker ends--> Finishing
@@ -58,6 +58,15 @@
 //! read is answered. The socket is owned by its connection and closed when
 //! the last reference goes, never by descriptor number, so no thread can
 //! close a number that by then belongs to another connection.
+//!
+//! # Layers
+//!
+//! The folders are layers, each importing only from those below it
+//! (README, "Layout"; checked by `tests/layers.rs`): `conn/` (one
+//! connection and its outbound path), `topics/` (fan-out, local or through
+//! Redis), `admission/` (PROXY, limits, TLS, upgrade, JWT), `serve/` (the
+//! threads, the `Handler` and `ServerHandle` API), then the services built
+//! on that API (`pubsub.rs`, `auth.rs`) and the admin endpoint (`admin/`).
 
 mod admin;
 mod admission;

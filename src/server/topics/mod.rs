@@ -26,7 +26,7 @@
 //! a gap). A retained message is counted as its payload plus
 //! [`RETAINED_OVERHEAD`](crate::server::config::RETAINED_OVERHEAD).
 //!
-//! With Redis (`--redis`, `redis.rs`), numbering and history live there:
+//! With Redis (`--redis`, `redis/`), numbering and history live there:
 //! a publish goes to Redis, and the follower thread hands each message
 //! back through [`Topics::relay`], in sequence order, to the local
 //! subscribers; a topic's `seq` is then the last number delivered here, and
