@@ -495,3 +495,34 @@ fn the_checker_resolves_and_expands_paths() {
     assert_eq!(layer_of("server"), Some(LAYERS.len() - 1));
     assert_eq!(layer_of("backoff"), Some(0));
 }
+
+/// The built-in pub/sub service is written as a user would write it: it
+/// takes only what the crate exports (the `Handler` and `Session` API, the
+/// send errors, what a subscription resumed, identities, the topic
+/// grammar), never the topics table, the rate limits or the counters.
+/// (`Session`'s fields are private to `server::serve`, so the compiler
+/// holds the rest.)
+#[test]
+fn the_pubsub_service_takes_only_what_the_crate_exports() {
+    let imports = src().imports();
+    let taken: BTreeSet<&str> = imports["server::pubsub"]
+        .values()
+        .flatten()
+        .map(|path| path.rsplit("::").next().unwrap())
+        .collect();
+    let exported = BTreeSet::from([
+        "Handler",
+        "Identity",
+        "Resumed",
+        "SendError",
+        "Session",
+        "personal_topic",
+        "valid_publish_id",
+        "valid_topic",
+    ]);
+    assert!(
+        taken.is_subset(&exported),
+        "server::pubsub takes {:?}, beyond what the crate exports",
+        taken.difference(&exported).collect::<Vec<_>>()
+    );
+}

@@ -13,12 +13,10 @@
 //! | anything else | `ERR <reason>`; the connection stays open |
 
 use std::str;
-use std::time::Instant;
 
 pub use crate::protocol::topic::personal_topic;
 use crate::protocol::topic::{valid_publish_id, valid_topic};
-use crate::protocol::{Message, code};
-use crate::server::rate::{PublishCheck, PublishLimit};
+use crate::server::conn::identity::Identity;
 use crate::server::serve::handle::SendError;
 use crate::server::serve::handler::{Handler, Session};
 use crate::server::topics::Resumed;
@@ -154,11 +152,7 @@ pub struct PubSub;
 impl Handler for PubSub {
     /// Subscribes the connection to its subject's personal topic, when the
     /// subject's name makes a valid topic.
-    fn on_authenticated(
-        &self,
-        session: &mut Session<'_>,
-        identity: &crate::server::conn::identity::Identity,
-    ) {
+    fn on_authenticated(&self, session: &mut Session<'_>, identity: &Identity) {
         let topic = personal_topic(&identity.sub);
         if valid_topic(&topic) {
             subscribe(session, &topic, None);
@@ -174,12 +168,7 @@ impl Handler for PubSub {
                 Command::Sub { topic, .. }
                 | Command::Pub { topic, .. }
                 | Command::PubOnce { topic, .. },
-            ) => session
-                .conn
-                .identity
-                .lock()
-                .as_ref()
-                .is_some_and(|identity| !identity.may_use(topic)),
+            ) => session.with_identity(|identity| identity.is_some_and(|id| !id.may_use(topic))),
             _ => false,
         };
         if forbidden {
@@ -189,8 +178,7 @@ impl Handler for PubSub {
         let reply = match command {
             Ok(Command::Sub { topic, since }) => return subscribe(session, topic, since),
             Ok(Command::Unsub { topic }) => {
-                let shared = session.shared;
-                shared.topics.unsubscribe(session.conn, topic);
+                session.unsubscribe(topic);
                 format!("OK UNSUB {topic}").into_bytes()
             }
             Ok(Command::Pub { topic, payload }) => return publish(session, topic, None, payload),
@@ -210,66 +198,16 @@ impl Handler for PubSub {
     }
 }
 
-/// `PUB`: the replies queued so far go out first, then `OK PUB` and (to
-/// every subscriber, the publisher too if subscribed) `MSG`, in that order.
+/// `PUB`/`PUBONCE`: the replies queued so far go out first, then `OK PUB
+/// <topic> <seq>` and (to every subscriber, the publisher too if
+/// subscribed) `MSG`, in that order.
 fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[u8]) {
-    let shared = session.shared;
-    let conn = session.conn;
-    let config = &shared.config;
-    let limited = config.max_publish_rate.is_some() || config.max_publish_bytes.is_some();
-    let check = if limited {
-        let now = Instant::now();
-        conn.publish_limit
-            .lock()
-            .get_or_insert_with(|| {
-                Box::new(PublishLimit::new(
-                    config.max_publish_rate,
-                    config.max_publish_bytes,
-                    config.max_frame,
-                    now,
-                ))
-            })
-            .check(payload.len(), now)
-    } else {
-        PublishCheck::Allowed
-    };
-    match check {
-        PublishCheck::Allowed => {}
-        PublishCheck::Refused => {
-            shared.metrics.count_refused("publish_rate");
-            let _ = session.send(b"ERR rate limited");
-            return;
-        }
-        PublishCheck::Abuse => {
-            shared.metrics.count_refused("publish_rate");
-            session.close(code::POLICY_VIOLATION, "publishing too fast");
-            return;
-        }
-    }
-    if session.flush_replies().is_err() {
-        return;
-    }
-    let protocol = conn.protocol;
-    let ack = |seq: u64| {
-        let mut wire = Vec::new();
-        protocol
-            .encode(
-                &Message::Data(format!("OK PUB {topic} {seq}").as_bytes()),
-                &mut wire,
-            )
-            .expect("a topic and a number encode in every protocol");
-        wire
-    };
-    match shared
-        .topics
-        .publish(&shared.flushes, topic, id, payload, Some((conn, &ack)))
-    {
-        Ok(published) => shared
-            .metrics
-            .count_publish(published.delivered, published.dropped),
+    let ack = |seq: u64| format!("OK PUB {topic} {seq}").into_bytes();
+    match session.publish(topic, id, payload, ack) {
+        // Closed: nothing more to say (a connection publishing too fast
+        // gets its CLOSE 1008).
+        Ok(_) | Err(SendError::Closed) => {}
         Err(e) => {
-            let e = SendError::from(e);
-            e.count_refusal(&shared.metrics);
             let _ = session.send(format!("ERR {e}").as_bytes());
         }
     }
@@ -278,39 +216,22 @@ fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[
 /// `SUB`: the replies queued so far go out first, then (under the topic's
 /// lock, so no live message can come between) the OK and the replay.
 fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>) {
-    if session.flush_replies().is_err() {
-        return;
-    }
-    let shared = session.shared;
-    let conn = session.conn;
-    let protocol = conn.protocol;
-    let ok = |resumed: Resumed| {
-        let text = match resumed {
+    let ack = |resumed| {
+        match resumed {
             Resumed::Live { last } => format!("OK SUB {topic} {last}"),
             Resumed::Recovered { last } => format!("OK SUB {topic} {last} recovered"),
             Resumed::Gap {
                 last,
                 first_missing,
             } => format!("OK SUB {topic} {last} gap {first_missing}"),
-        };
-        let mut wire = Vec::new();
-        protocol
-            .encode(&Message::Data(text.as_bytes()), &mut wire)
-            .expect("a topic and numbers encode in every protocol");
-        wire
+        }
+        .into_bytes()
     };
-    let subscribed = shared.topics.subscribe(
-        &shared.flushes,
-        conn,
-        topic,
-        since,
-        shared.config.max_subscriptions,
-        ok,
-    );
-    if let Err(e) = subscribed {
-        let e = SendError::from(e);
-        e.count_refusal(&shared.metrics);
-        let _ = session.send(format!("ERR {e}").as_bytes());
+    match session.subscribe(topic, since, ack) {
+        Ok(_) | Err(SendError::Closed) => {}
+        Err(e) => {
+            let _ = session.send(format!("ERR {e}").as_bytes());
+        }
     }
 }
 

@@ -52,6 +52,12 @@ pub enum SendError {
     /// (or its connection broke) after it may have reached Redis: it may
     /// have been published, and delivered. Retrying may deliver it twice.
     Unknown(String),
+    /// A [`Session::publish`](crate::server::Session::publish) past the
+    /// connection's publish rate
+    /// ([`Config::max_publish_rate`](crate::server::Config::max_publish_rate),
+    /// [`Config::max_publish_bytes`](crate::server::Config::max_publish_bytes)).
+    /// Nothing was published.
+    RateLimited,
 }
 
 impl SendError {
@@ -86,6 +92,7 @@ impl fmt::Display for SendError {
             SendError::Unknown(why) => {
                 write!(f, "unknown: may have been published (redis: {why})")
             }
+            SendError::RateLimited => f.write_str("rate limited"),
         }
     }
 }

@@ -3,14 +3,17 @@
 use std::net::SocketAddr;
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::protocol::{EncodeError, Protocol};
+use crate::protocol::{EncodeError, Message, Protocol, code};
 use crate::server::conn::Conn;
 use crate::server::conn::close::{CloseReason, clean_reason};
 use crate::server::conn::id::ConnId;
 use crate::server::conn::identity::Identity;
-use crate::server::serve::handle::ServerHandle;
+use crate::server::rate::{PublishCheck, PublishLimit};
+use crate::server::serve::handle::{SendError, ServerHandle};
 use crate::server::serve::shared::Shared;
+use crate::server::topics::{Published, Resumed};
 use crate::traffic::{Kind, Tally};
 
 /// What a server does with the DATA messages it receives.
@@ -85,24 +88,24 @@ impl Handler for Echo {
 /// A handler's view of the connection a message came from.
 pub struct Session<'a> {
     /// What the server's threads share.
-    pub(crate) shared: &'a Arc<Shared>,
+    pub(in crate::server::serve) shared: &'a Arc<Shared>,
     /// The connection.
-    pub(crate) conn: &'a Arc<Conn>,
+    pub(in crate::server::serve) conn: &'a Arc<Conn>,
     /// The connection's id.
-    pub(crate) id: ConnId,
+    pub(in crate::server::serve) id: ConnId,
     /// Its client's address.
-    pub(crate) peer: SocketAddr,
+    pub(in crate::server::serve) peer: SocketAddr,
     /// The protocol it speaks, which encodes replies.
-    pub(crate) protocol: Protocol,
+    pub(in crate::server::serve) protocol: Protocol,
     /// The message being handled came as a WebSocket binary message:
     /// replies go out binary too.
-    pub(crate) binary: bool,
+    pub(in crate::server::serve) binary: bool,
     /// The worker's batch of encoded answers.
-    pub(crate) out: &'a mut Vec<u8>,
+    pub(in crate::server::serve) out: &'a mut Vec<u8>,
     /// A close the handler asked for: code and reason.
-    pub(crate) close: &'a mut Option<(u16, String)>,
+    pub(in crate::server::serve) close: &'a mut Option<(u16, String)>,
     /// The worker's count of what it sent.
-    pub(crate) sent: &'a mut Tally,
+    pub(in crate::server::serve) sent: &'a mut Tally,
 }
 
 impl Session<'_> {
@@ -124,6 +127,139 @@ impl Session<'_> {
     /// Who the connection belongs to, once authenticated.
     pub fn identity(&self) -> Option<Identity> {
         self.conn.identity.lock().clone()
+    }
+
+    /// Runs `f` with who the connection belongs to (`None` before AUTH, or
+    /// without authentication), without copying the identity: for a check
+    /// on every message, such as [`Identity::may_use`].
+    pub fn with_identity<R>(&self, f: impl FnOnce(Option<&Identity>) -> R) -> R {
+        f(self.conn.identity.lock().as_ref())
+    }
+
+    /// Subscribes this connection to `topic`; with `since`, resumes after
+    /// that sequence number from the retained history (or from Redis),
+    /// within half of [`Config::max_outbox`](crate::server::Config::max_outbox)
+    /// (the newest that fit; the rest is a gap, which [`Resumed`] reports).
+    ///
+    /// The replies queued so far go out first. Then, under the topic's lock
+    /// so that no message of the topic can come between, `ack`'s payload
+    /// (built from what the subscription resumed) as a DATA message, then
+    /// the replay, then live messages as `MSG <topic> <seq> <payload>`. An
+    /// `ack` payload the protocol cannot carry (a line break in line mode)
+    /// is left out.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the connection is closing;
+    /// [`SendError::InvalidTopic`], [`SendError::TooManySubscriptions`],
+    /// [`SendError::TooManyTopics`]; with Redis,
+    /// [`SendError::Unavailable`]. A refusal at a bound is counted in
+    /// `wheel_refused_total`.
+    pub fn subscribe(
+        &mut self,
+        topic: &str,
+        since: Option<u64>,
+        ack: impl FnOnce(Resumed) -> Vec<u8>,
+    ) -> Result<Resumed, SendError> {
+        self.flush_replies().map_err(|_| SendError::Closed)?;
+        let protocol = self.protocol;
+        let shared = self.shared;
+        let ok = |resumed| encode_data(protocol, &ack(resumed));
+        let max = shared.config.max_subscriptions;
+        shared
+            .topics
+            .subscribe(&shared.flushes, self.conn, topic, since, max, ok)
+            .map_err(|e| {
+                let e = SendError::from(e);
+                e.count_refusal(&shared.metrics);
+                e
+            })
+    }
+
+    /// Unsubscribes this connection from `topic`; whether it was
+    /// subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.shared.topics.unsubscribe(self.conn, topic)
+    }
+
+    /// Publishes `payload` to `topic` (at most once per `id` within the
+    /// history's time, when given: see
+    /// [`ServerHandle::publish_once`]), and acknowledges it on this
+    /// connection.
+    ///
+    /// The replies queued so far go out first, then `ack(seq)`'s payload as
+    /// a DATA message, then (to every subscriber, this connection too if
+    /// subscribed) `MSG <topic> <seq> <payload>`, in that order. An `ack`
+    /// payload the protocol cannot carry is left out.
+    ///
+    /// The connection's publishes are limited by
+    /// [`Config::max_publish_rate`](crate::server::Config::max_publish_rate)
+    /// and [`Config::max_publish_bytes`](crate::server::Config::max_publish_bytes):
+    /// past them a publish is refused ([`SendError::RateLimited`]), and a
+    /// connection refused [`RATE_LIMIT_STRIKES`](crate::server::RATE_LIMIT_STRIKES)
+    /// times in a row is closed (CLOSE 1008 `publishing too fast`, and this
+    /// call returns [`SendError::Closed`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`ServerHandle::publish`], plus [`SendError::RateLimited`] and
+    /// [`SendError::Closed`]. Refusals are counted in `wheel_refused_total`.
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        id: Option<&str>,
+        payload: &[u8],
+        ack: impl Fn(u64) -> Vec<u8>,
+    ) -> Result<Published, SendError> {
+        let shared = self.shared;
+        let config = &shared.config;
+        if config.max_publish_rate.is_some() || config.max_publish_bytes.is_some() {
+            let now = Instant::now();
+            let check = self
+                .conn
+                .publish_limit
+                .lock()
+                .get_or_insert_with(|| {
+                    Box::new(PublishLimit::new(
+                        config.max_publish_rate,
+                        config.max_publish_bytes,
+                        config.max_frame,
+                        now,
+                    ))
+                })
+                .check(payload.len(), now);
+            match check {
+                PublishCheck::Allowed => {}
+                PublishCheck::Refused => {
+                    shared.metrics.count_refused("publish_rate");
+                    return Err(SendError::RateLimited);
+                }
+                PublishCheck::Abuse => {
+                    shared.metrics.count_refused("publish_rate");
+                    self.close(code::POLICY_VIOLATION, "publishing too fast");
+                    return Err(SendError::Closed);
+                }
+            }
+        }
+        self.flush_replies().map_err(|_| SendError::Closed)?;
+        let protocol = self.protocol;
+        let ack = |seq| encode_data(protocol, &ack(seq));
+        match shared
+            .topics
+            .publish(&shared.flushes, topic, id, payload, Some((self.conn, &ack)))
+        {
+            Ok(published) => {
+                shared
+                    .metrics
+                    .count_publish(published.delivered, published.dropped);
+                Ok(published)
+            }
+            Err(e) => {
+                let e = SendError::from(e);
+                e.count_refusal(&shared.metrics);
+                Err(e)
+            }
+        }
     }
 
     /// A handle to the server, to reach other connections and topics.
@@ -171,4 +307,14 @@ impl Session<'_> {
     pub fn close(&mut self, code: u16, reason: &str) {
         *self.close = Some((code, clean_reason(reason)));
     }
+}
+
+/// `payload` as one encoded DATA message, or nothing if the protocol cannot
+/// carry it.
+fn encode_data(protocol: Protocol, payload: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    if protocol.encode(&Message::Data(payload), &mut wire).is_err() {
+        wire.clear();
+    }
+    wire
 }
