@@ -20,11 +20,12 @@ fn main() -> std::io::Result<()> {
     let listen = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:5005".into());
-    let config = Config {
-        listen: listen.parse().map_err(|e| {
+    let config = {
+        let mut config = Config::default();
+        config.listen = listen.parse().map_err(|e| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}"))
-        })?,
-        ..Config::default()
+        })?;
+        config
     };
     let server = Server::with_handler(config, PubSub)?;
     let handle = server.handle();

@@ -591,91 +591,92 @@ impl Args {
 
     /// The server configuration these flags describe.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let config = Config {
-            listen: self.listen[0].addr,
-            protocol: self.listen[0].protocol.unwrap_or(self.protocol),
-            path: self.listen[0].path.clone(),
-            listen_tls: self.listen[0].tls,
-            tls: match (&self.tls_cert, &self.tls_key) {
-                (Some(cert), Some(key)) => Some(TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: self.tls_client_ca.clone(),
-                    ticket_key: self.tls_ticket_key.clone(),
-                }),
-                (Some(_), None) => {
-                    return Err(ConfigError {
-                        setting: "tls_key",
-                        reason: "--tls-cert needs --tls-key".into(),
-                    });
-                }
-                (None, Some(_)) => {
-                    return Err(ConfigError {
-                        setting: "tls_cert",
-                        reason: "--tls-key needs --tls-cert".into(),
-                    });
-                }
-                (None, None) => None,
-            },
-            also_listen: self.listen[1..]
-                .iter()
-                .map(|spec| Listen {
-                    addr: spec.addr,
-                    protocol: spec.protocol.unwrap_or(self.protocol),
-                    path: spec.path.clone(),
-                    tls: spec.tls,
-                })
-                .collect(),
-            idle_timeout: nonzero(self.idle_timeout),
-            tick: self.tick,
-            wheel_slots: self.wheel_slots,
-            probe_after: self.probe_after.and_then(nonzero),
-            max_connections: self.max_connections,
-            max_frame: self.max_frame,
-            min_ping_interval: self.min_ping_interval.and_then(nonzero),
-            ping_strikes: self.ping_strikes,
-            keepalive: (!self.no_keepalive).then_some(Keepalive {
-                idle: self.keepalive_idle,
-                interval: self.keepalive_interval,
-                count: self.keepalive_count,
+        // Each flag sets its setting; a setting added to Config needs its
+        // flag here (and in README, "Flags").
+        let mut config = Config::default();
+        config.listen = self.listen[0].addr;
+        config.protocol = self.listen[0].protocol.unwrap_or(self.protocol);
+        config.path = self.listen[0].path.clone();
+        config.listen_tls = self.listen[0].tls;
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+                ticket_key: self.tls_ticket_key.clone(),
             }),
-            user_timeout: self.user_timeout,
-            write_timeout: nonzero(self.write_timeout),
-            max_outbox: self
-                .max_outbox
-                .unwrap_or_else(|| self.max_frame.saturating_mul(2)),
-            handshake_timeout: self.handshake_timeout,
-            max_connections_per_ip: self.max_connections_per_ip,
-            max_connect_rate_per_ip: self.max_connect_rate_per_ip,
-            shutdown_grace: self.shutdown_grace,
-            max_connection_age: nonzero(self.max_connection_age),
-            max_connection_age_grace: nonzero(self.max_connection_age_grace),
-            worker_stack: self.worker_stack,
-            thread_cache: self.thread_cache,
-            thread_cache_idle: self.thread_cache_idle,
-            metrics_listen: self.metrics_listen,
-            admin_token: self.admin_token.clone(),
-            admin_allowed_hosts: self.admin_allowed_host.clone(),
-            allowed_origins: self.allowed_origin.clone(),
-            history: self.history,
-            history_ttl: self.history_ttl,
-            history_bytes: self.history_bytes,
-            history_memory: self.history_memory,
-            max_topics: self.max_topics,
-            max_publish_rate: (self.max_publish_rate > 0).then_some(self.max_publish_rate),
-            max_publish_bytes: (self.max_publish_bytes > 0)
-                .then_some(self.max_publish_bytes as u64),
-            max_subscriptions: self.max_subscriptions,
-            redis: self.redis.clone(),
-            redis_password: self.redis_password.clone(),
-            redis_sentinels: self.redis_sentinel.clone(),
-            redis_master_name: self.redis_master_name.clone(),
-            redis_timeout: self.redis_timeout,
-            stats_interval: nonzero(self.stats_interval),
-            reuse_port: self.reuse_port,
-            proxy_protocol: self.proxy_protocol,
-            proxy_from: self.proxy_from.clone(),
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    setting: "tls_key",
+                    reason: "--tls-cert needs --tls-key".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    setting: "tls_cert",
+                    reason: "--tls-key needs --tls-cert".into(),
+                });
+            }
+            (None, None) => None,
         };
+        config.also_listen = self.listen[1..]
+            .iter()
+            .map(|spec| Listen {
+                addr: spec.addr,
+                protocol: spec.protocol.unwrap_or(self.protocol),
+                path: spec.path.clone(),
+                tls: spec.tls,
+            })
+            .collect();
+        config.idle_timeout = nonzero(self.idle_timeout);
+        config.tick = self.tick;
+        config.wheel_slots = self.wheel_slots;
+        config.probe_after = self.probe_after.and_then(nonzero);
+        config.max_connections = self.max_connections;
+        config.max_frame = self.max_frame;
+        config.min_ping_interval = self.min_ping_interval.and_then(nonzero);
+        config.ping_strikes = self.ping_strikes;
+        config.keepalive = (!self.no_keepalive).then_some(Keepalive {
+            idle: self.keepalive_idle,
+            interval: self.keepalive_interval,
+            count: self.keepalive_count,
+        });
+        config.user_timeout = self.user_timeout;
+        config.write_timeout = nonzero(self.write_timeout);
+        config.max_outbox = self
+            .max_outbox
+            .unwrap_or_else(|| self.max_frame.saturating_mul(2));
+        config.handshake_timeout = self.handshake_timeout;
+        config.max_connections_per_ip = self.max_connections_per_ip;
+        config.max_connect_rate_per_ip = self.max_connect_rate_per_ip;
+        config.shutdown_grace = self.shutdown_grace;
+        config.max_connection_age = nonzero(self.max_connection_age);
+        config.max_connection_age_grace = nonzero(self.max_connection_age_grace);
+        config.worker_stack = self.worker_stack;
+        config.thread_cache = self.thread_cache;
+        config.thread_cache_idle = self.thread_cache_idle;
+        config.metrics_listen = self.metrics_listen;
+        config.admin_token = self.admin_token.clone();
+        config.admin_allowed_hosts = self.admin_allowed_host.clone();
+        config.allowed_origins = self.allowed_origin.clone();
+        config.history = self.history;
+        config.history_ttl = self.history_ttl;
+        config.history_bytes = self.history_bytes;
+        config.history_memory = self.history_memory;
+        config.max_topics = self.max_topics;
+        config.max_publish_rate = (self.max_publish_rate > 0).then_some(self.max_publish_rate);
+        config.max_publish_bytes =
+            (self.max_publish_bytes > 0).then_some(self.max_publish_bytes as u64);
+        config.max_subscriptions = self.max_subscriptions;
+        config.redis = self.redis.clone();
+        config.redis_password = self.redis_password.clone();
+        config.redis_sentinels = self.redis_sentinel.clone();
+        config.redis_master_name = self.redis_master_name.clone();
+        config.redis_timeout = self.redis_timeout;
+        config.stats_interval = nonzero(self.stats_interval);
+        config.reuse_port = self.reuse_port;
+        config.proxy_protocol = self.proxy_protocol;
+        config.proxy_from = self.proxy_from.clone();
         config.validate()?;
         Ok(config)
     }

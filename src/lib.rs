@@ -8,11 +8,10 @@
 //! use std::time::Duration;
 //! use wheel_server::server::{Config, Server};
 //!
-//! let server = Server::start(Config {
-//!     listen: "127.0.0.1:5005".parse().unwrap(),
-//!     idle_timeout: Some(Duration::from_secs(60)),
-//!     ..Config::default()
-//! })?;
+//! let mut config = Config::default();
+//! config.listen = "127.0.0.1:5005".parse().unwrap();
+//! config.idle_timeout = Some(Duration::from_secs(60));
+//! let server = Server::start(config)?;
 //! println!("serving on {}", server.local_addr());
 //! // Until SIGINT or SIGTERM, then a graceful drain (see the README).
 //! server.run_until_signal()?;
@@ -21,17 +20,24 @@
 //!
 //! # Modules
 //!
-//! * [`server`]: the server, its [`Config`], close reasons, and the
-//!   [`Handler`] API.
-//! * [`protocol`]: the wire format (frames and lines) and close codes.
+//! * [`server`]: the server, its [`Config`], close reasons, the
+//!   [`Handler`] and [`Session`] API, and the
+//!   [`ServerHandle`](server::ServerHandle) to reach connections and topics
+//!   from any thread.
+//! * [`protocol`]: the wire format (frames, lines, WebSocket), close codes
+//!   and topic names.
 //! * [`wheel`]: the hashed timing wheel behind the idle timeout.
-//! * [`time`]: mapping `Instant`s to wheel ticks.
-//! * [`activity`] and [`traffic`]: the per-message liveness stamp and
-//!   counters, public so that the benchmarks measure the server's own code.
 //! * [`client`]: a heartbeat client that detects a dead server and
 //!   reconnects.
 //!
-//! Put your own logic behind the same machinery with a [`Handler`].
+//! Put your own logic behind the same machinery with a [`Handler`]: the
+//! built-in pub/sub service ([`server::pubsub`]) is one, written with
+//! nothing but this API.
+//!
+//! The modules `activity`, `time` and `traffic` and `server::upgrade` are
+//! public only so that the benchmarks and fuzz targets measure the
+//! server's own code; they are hidden from these docs and may change in
+//! any release.
 
 #![deny(missing_docs)]
 // No unsafe code but two audited functions, allowed where they are:
@@ -40,6 +46,7 @@
 // initialised buffer).
 #![deny(unsafe_code)]
 
+#[doc(hidden)]
 pub mod activity;
 mod backoff;
 mod cidr;
@@ -48,7 +55,9 @@ mod crypto;
 pub mod protocol;
 pub mod server;
 mod sys;
+#[doc(hidden)]
 pub mod time;
+#[doc(hidden)]
 pub mod traffic;
 mod units;
 pub mod wheel;

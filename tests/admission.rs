@@ -7,7 +7,7 @@ mod util;
 use std::io::Write;
 
 use util::{Client, Msg, PATIENCE, config, ms, start, wait_until};
-use wheel_server::{Config, Server};
+use wheel_server::Server;
 
 fn metric(server: &Server, name: &str) -> f64 {
     util::sample(&util::scrape(server.metrics_addr().unwrap()), name)
@@ -15,10 +15,11 @@ fn metric(server: &Server, name: &str) -> f64 {
 
 #[test]
 fn one_address_holds_at_most_its_limit() {
-    let server = start(Config {
-        max_connections_per_ip: Some(2),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_connections_per_ip = Some(2);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let mut first = Client::connect(server.local_addr());
     let mut second = Client::connect(server.local_addr());
@@ -52,11 +53,12 @@ fn one_address_holds_at_most_its_limit() {
 /// only addresses with open connections, however many were seen.
 #[test]
 fn behind_the_proxy_protocol_the_limit_counts_real_clients_and_the_table_stays_bounded() {
-    let server = start(Config {
-        proxy_protocol: true,
-        max_connections_per_ip: Some(1),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.proxy_protocol = true;
+        config.max_connections_per_ip = Some(1);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let connect_as = |client: &str| {
         let mut c = Client::connect(server.local_addr());
@@ -92,11 +94,12 @@ fn behind_the_proxy_protocol_the_limit_counts_real_clients_and_the_table_stays_b
 
 #[test]
 fn a_proxy_header_slower_than_the_handshake_timeout_is_dropped_and_counted() {
-    let server = start(Config {
-        proxy_protocol: true,
-        handshake_timeout: ms(300),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.proxy_protocol = true;
+        config.handshake_timeout = ms(300);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let mut slow = Client::connect(server.local_addr());
     let started = std::time::Instant::now();
@@ -129,10 +132,11 @@ fn a_proxy_header_slower_than_the_handshake_timeout_is_dropped_and_counted() {
 
 #[test]
 fn connects_beyond_the_rate_per_address_are_refused_until_it_refills() {
-    let server = start(Config {
-        max_connect_rate_per_ip: Some(5),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_connect_rate_per_ip = Some(5);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let mut admitted = Vec::new();
     let mut refused = 0;

@@ -33,10 +33,11 @@ fn token(claims: serde_json::Value) -> String {
 
 fn server(extra: Config) -> Server {
     Server::with_handler(
-        Config {
-            tick: ms(20),
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..extra
+        {
+            let mut config = extra;
+            config.tick = ms(20);
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            config
         },
         Authenticated::new(Echo, Jwt::hs256(SECRET).unwrap()),
     )
@@ -144,9 +145,10 @@ fn every_bad_token_and_a_missing_auth_get_4001() {
 
 #[test]
 fn no_auth_within_the_handshake_timeout_gets_4001_and_is_counted() {
-    let server = server(Config {
-        handshake_timeout: ms(300),
-        ..config()
+    let server = server({
+        let mut config = config();
+        config.handshake_timeout = ms(300);
+        config
     });
     let mut c = Client::connect(server.local_addr());
     let started = std::time::Instant::now();
@@ -167,9 +169,10 @@ fn at(secs: u64) -> SystemTime {
 
 #[test]
 fn the_token_expires_on_time_and_a_refresh_pushes_it_back() {
-    let server = server(Config {
-        idle_timeout: None,
-        ..config()
+    let server = server({
+        let mut config = config();
+        config.idle_timeout = None;
+        config
     });
     // Expiry: never before exp, at most a tick (20 ms) plus latency after.
     let exp = now_secs() + 2;
@@ -432,9 +435,10 @@ fn the_client_authenticates_refreshes_from_its_file_and_backs_off_when_refused()
 #[test]
 fn a_websocket_token_comes_with_the_upgrade_request() {
     use wheel_server::protocol::{Protocol, code};
-    let server = server(Config {
-        protocol: Protocol::Ws,
-        ..config()
+    let server = server({
+        let mut config = config();
+        config.protocol = Protocol::Ws;
+        config
     });
     let addr = server.local_addr();
     let exp = now_secs() + 60;
@@ -473,10 +477,11 @@ fn a_websocket_token_comes_with_the_upgrade_request() {
 #[test]
 fn a_token_expiring_within_a_tick_is_refused_at_auth_with_4002() {
     let server = Server::with_handler(
-        Config {
-            tick: Duration::from_secs(2),
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..config()
+        {
+            let mut config = config();
+            config.tick = Duration::from_secs(2);
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            config
         },
         Authenticated::new(Echo, Jwt::hs256(SECRET).unwrap()),
     )
@@ -502,9 +507,10 @@ fn a_token_expiring_within_a_tick_is_refused_at_auth_with_4002() {
 fn subjects_with_at_signs_bars_and_spaces_get_their_personal_topics() {
     use wheel_server::server::pubsub::PubSub;
     let server = Server::with_handler(
-        Config {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..config()
+        {
+            let mut config = config();
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            config
         },
         Authenticated::new(PubSub, Jwt::hs256(SECRET).unwrap()),
     )

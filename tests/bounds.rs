@@ -20,9 +20,10 @@ use wheel_server::{Config, Server};
 
 fn pubsub(config: Config) -> Server {
     Server::with_handler(
-        Config {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..config
+        {
+            let mut config = config;
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            config
         },
         PubSub,
     )
@@ -114,9 +115,10 @@ fn a_message_too_large_for_subscribers_is_refused_at_publish_and_cuts_nobody() {
 
 #[test]
 fn topics_past_the_limit_are_refused_and_listed_a_page_at_a_time() {
-    let server = pubsub(Config {
-        max_topics: 5,
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.max_topics = 5;
+        config
     });
     let metrics = server.metrics_addr().unwrap();
     let mut c = Client::connect(server.local_addr());
@@ -159,9 +161,10 @@ fn topics_past_the_limit_are_refused_and_listed_a_page_at_a_time() {
 /// publishing through 100 of them in a row is closed with 1008.
 #[test]
 fn publishing_past_the_rate_is_refused_then_closed() {
-    let server = pubsub(Config {
-        max_publish_rate: Some(10),
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.max_publish_rate = Some(10);
+        config
     });
     let metrics = server.metrics_addr().unwrap();
     let mut c = Client::connect(server.local_addr());

@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use util::{PATIENCE, ServerProcess, config, ms, start};
-use wheel_server::Config;
 use wheel_server::client::{Backoff, Client, ClientConfig, DeadReason, Event};
 
 fn fast(addr: SocketAddr) -> ClientConfig {
@@ -208,9 +207,10 @@ fn max_attempts_against_a_closed_port_gives_up() {
 
 #[test]
 fn a_full_server_is_not_hammered() {
-    let server = start(Config {
-        max_connections: 1,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_connections = 1;
+        config
     });
     let _occupant = util::Client::connect(server.local_addr());
     assert!(util::wait_until(PATIENCE, || server.connection_count() == 1));
@@ -234,10 +234,11 @@ fn a_full_server_is_not_hammered() {
 
 #[test]
 fn server_close_ends_the_connection_with_its_code() {
-    let server = start(Config {
-        idle_timeout: Some(ms(150)),
-        tick: ms(10),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.idle_timeout = Some(ms(150));
+        config.tick = ms(10);
+        config
     });
     // Heartbeats slower than the server's idle timeout: the server reaps.
     let client = Client::start(ClientConfig {
@@ -347,10 +348,11 @@ fn example_gives_up_with_a_non_zero_exit() {
 
 #[test]
 fn example_reports_close_code_in_json() {
-    let server = start(Config {
-        idle_timeout: Some(ms(100)),
-        tick: ms(10),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.idle_timeout = Some(ms(100));
+        config.tick = ms(10);
+        config
     });
     let (_, events) = run_example(&[
         &server.local_addr().to_string(),
@@ -403,9 +405,10 @@ fn going_away_reconnects_promptly_to_the_next_address() {
 #[test]
 fn example_takes_several_addresses_and_moves_on_after_a_drain() {
     // The first server drains every connection after about 200 ms.
-    let first = start(Config {
-        max_connection_age: Some(ms(200)),
-        ..config()
+    let first = start({
+        let mut config = config();
+        config.max_connection_age = Some(ms(200));
+        config
     });
     let second = start(config());
     let (first_addr, second_addr) = (
@@ -647,9 +650,10 @@ fn a_name_is_resolved_again_on_every_attempt_and_failures_back_off() {
 fn subscriptions_resume_after_reconnects_with_nothing_lost_or_repeated() {
     use wheel_server::server::pubsub::PubSub;
     let server = wheel_server::Server::with_handler(
-        Config {
-            history: 1000,
-            ..config()
+        {
+            let mut config = config();
+            config.history = 1000;
+            config
         },
         PubSub,
     )
@@ -697,9 +701,10 @@ fn subscriptions_resume_after_reconnects_with_nothing_lost_or_repeated() {
 
     // Away longer than the history holds: a Gap, then what was kept.
     let small = wheel_server::Server::with_handler(
-        Config {
-            history: 2,
-            ..config()
+        {
+            let mut config = config();
+            config.history = 2;
+            config
         },
         PubSub,
     )
@@ -758,9 +763,10 @@ fn a_topic_that_started_over_is_delivered_after_the_gap() {
     use wheel_server::server::pubsub::PubSub;
     let start = || {
         wheel_server::Server::with_handler(
-            Config {
-                history: 10,
-                ..config()
+            {
+                let mut config = config();
+                config.history = 10;
+                config
             },
             PubSub,
         )

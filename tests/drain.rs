@@ -10,7 +10,6 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use util::{Client, Msg, PATIENCE, Recv, config, ms, sample, scrape, start};
-use wheel_server::Config;
 use wheel_server::client::{self, Backoff, ClientConfig, DeadReason, Event};
 use wheel_server::protocol::Message;
 
@@ -69,9 +68,10 @@ fn a_draining_connection_answers_what_arrives_after_the_close() {
 #[test]
 fn a_client_that_never_hangs_up_is_forced_closed_after_the_grace_period() {
     let grace = ms(300);
-    let server = start(Config {
-        shutdown_grace: grace,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.shutdown_grace = grace;
+        config
     });
     let mut c = Client::connect(server.local_addr());
     assert_eq!(c.ping(b"up"), Msg::Pong(b"up".to_vec()));
@@ -94,10 +94,11 @@ fn a_client_that_never_hangs_up_is_forced_closed_after_the_grace_period() {
 #[test]
 fn max_age_sends_1001_to_each_connection_within_ten_percent_of_its_age() {
     let age = ms(400);
-    let server = start(Config {
-        max_connection_age: Some(age),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_connection_age = Some(age);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let n = 20;
     let mut clients: Vec<(Client, Instant)> = (0..n)
@@ -156,11 +157,12 @@ fn max_age_sends_1001_to_each_connection_within_ten_percent_of_its_age() {
 #[test]
 fn max_age_grace_forces_a_connection_that_keeps_talking() {
     let (age, grace) = (ms(100), ms(300));
-    let server = start(Config {
-        max_connection_age: Some(age),
-        max_connection_age_grace: Some(grace),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_connection_age = Some(age);
+        config.max_connection_age_grace = Some(grace);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let opened = Instant::now();
     let mut c = Client::connect(server.local_addr());
@@ -204,9 +206,10 @@ fn the_client_drains_on_1001_so_no_data_is_lost() {
     // here, so that a busy machine (a client thread not scheduled for a
     // while) tests the protocol, not the scheduler. The drain still ends
     // as soon as the client hangs up.
-    let first = start(Config {
-        shutdown_grace: PATIENCE,
-        ..config()
+    let first = start({
+        let mut config = config();
+        config.shutdown_grace = PATIENCE;
+        config
     });
     let second = start(config());
     let config = ClientConfig {

@@ -13,7 +13,6 @@ use util::{
     Client, Msg, PATIENCE, Recv, ServerProcess, config, fds, ms, sample, start, wait_until,
     worker_threads,
 };
-use wheel_server::Config;
 use wheel_server::protocol::{Message, Protocol};
 
 /// CPU seconds (user + system) a process has used, from /proc.
@@ -32,9 +31,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn a_connection_flood_gets_1013_and_admitted_clients_keep_normal_latency() {
-    let server = start(Config {
-        max_connections: 20,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_connections = 20;
+        config
     });
     let addr = server.local_addr();
     let mut admitted: Vec<Client> = (0..20).map(|_| Client::connect(addr)).collect();
@@ -208,10 +208,11 @@ fn twenty_thousand_connect_ping_disconnect_cycles_leave_nothing_behind() {
 
 #[test]
 fn a_client_that_never_reads_is_ended_by_the_write_timeout() {
-    let server = start(Config {
-        write_timeout: Some(ms(200)),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.write_timeout = Some(ms(200));
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let metrics = server.metrics_addr().unwrap();
     let mut hog = TcpStream::connect(server.local_addr()).unwrap();
@@ -269,9 +270,10 @@ fn reset(stream: TcpStream) {
 
 #[test]
 fn clients_dying_mid_frame_or_mid_echo_free_everything() {
-    let server = start(Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let metrics = server.metrics_addr().unwrap();
     // Dies with half a frame sent: the server is blocked reading the rest.
@@ -329,13 +331,14 @@ fn clients_dying_mid_frame_or_mid_echo_free_everything() {
 /// wake it and shows the old code writing on until the reader stopped.)
 #[test]
 fn a_trickling_reader_is_ended_by_the_write_timeout_for_the_whole_batch() {
-    let server = start(Config {
-        write_timeout: Some(ms(1000)),
-        idle_timeout: Some(ms(2000)),
-        max_frame: 2 << 20,
-        max_outbox: 4 << 20,
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.write_timeout = Some(ms(1000));
+        config.idle_timeout = Some(ms(2000));
+        config.max_frame = 2 << 20;
+        config.max_outbox = 4 << 20;
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let metrics = server.metrics_addr().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

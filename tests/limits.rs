@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use util::{Client, Msg, Recv, config, ms, start};
 use wheel_server::protocol::Message;
-use wheel_server::{CloseReason, Config, ConnId, Handler, Server, Session};
+use wheel_server::{CloseReason, ConnId, Handler, Server, Session};
 
 #[test]
 fn connections_over_the_limit_get_1013_and_the_rest_are_served() {
-    let server = start(Config {
-        max_connections: 5,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_connections = 5;
+        config
     });
     let mut admitted: Vec<Client> = (0..5)
         .map(|_| Client::connect(server.local_addr()))
@@ -48,10 +49,11 @@ fn connections_over_the_limit_get_1013_and_the_rest_are_served() {
 
 #[test]
 fn too_many_pings_too_fast_get_1008() {
-    let server = start(Config {
-        min_ping_interval: Some(ms(100)),
-        ping_strikes: 3,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.min_ping_interval = Some(ms(100));
+        config.ping_strikes = 3;
+        config
     });
     let mut flood = Client::connect(server.local_addr());
     let mut honest = Client::connect(server.local_addr());

@@ -57,19 +57,21 @@ fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
 }
 
 fn metrics_config() -> Config {
-    Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    {
+        let mut config = config();
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     }
 }
 
 #[test]
 fn counters_after_a_scripted_scenario_are_exact() {
-    let server = start(Config {
-        max_connections: 1,
-        idle_timeout: Some(ms(200)),
-        tick: ms(10),
-        ..metrics_config()
+    let server = start({
+        let mut config = metrics_config();
+        config.max_connections = 1;
+        config.idle_timeout = Some(ms(200));
+        config.tick = ms(10);
+        config
     });
     let metrics = server.metrics_addr().unwrap();
 
@@ -150,11 +152,12 @@ fn counters_after_a_scripted_scenario_are_exact() {
 
 #[test]
 fn server_probes_are_counted() {
-    let server = start(Config {
-        probe_after: Some(ms(30)),
-        idle_timeout: Some(ms(500)),
-        tick: ms(10),
-        ..metrics_config()
+    let server = start({
+        let mut config = metrics_config();
+        config.probe_after = Some(ms(30));
+        config.idle_timeout = Some(ms(500));
+        config.tick = ms(10);
+        config
     });
     let mut c = Client::connect(server.local_addr());
     assert!(matches!(c.recv_msg(), Msg::Ping(_)));
@@ -251,9 +254,10 @@ fn endpoint_answers_404_405_and_survives_garbage() {
 fn a_metrics_address_in_use_fails_startup_with_its_name() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let err = wheel_server::Server::start(Config {
-        metrics_listen: Some(addr),
-        ..config()
+    let err = wheel_server::Server::start({
+        let mut config = config();
+        config.metrics_listen = Some(addr);
+        config
     })
     .unwrap_err();
     assert!(

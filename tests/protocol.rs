@@ -4,8 +4,8 @@
 mod util;
 
 use util::{Client, Msg, Recv, config, start};
+use wheel_server::Server;
 use wheel_server::protocol::{Message, Protocol};
-use wheel_server::{Config, Server};
 
 fn server() -> Server {
     start(config())
@@ -78,9 +78,10 @@ fn many_frames_in_one_write_are_answered_in_order() {
 
 #[test]
 fn a_frame_of_max_size_is_echoed() {
-    let server = start(Config {
-        max_frame: 1 << 20,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_frame = 1 << 20;
+        config
     });
     let mut c = Client::connect(server.local_addr());
     let payload: Vec<u8> = (0..(1 << 20) - 1).map(|i| (i % 251) as u8).collect();
@@ -120,9 +121,10 @@ fn ping_payload_over_125_bytes_is_a_protocol_error() {
 
 #[test]
 fn oversized_frame_is_refused_without_its_body() {
-    let server = start(Config {
-        max_frame: 1000,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.max_frame = 1000;
+        config
     });
     // Only the header: the server must answer without waiting for 1001 bytes.
     assert_closed_with(&server, &1001u32.to_be_bytes(), 1009);
@@ -187,10 +189,11 @@ fn server_closes_when_the_client_half_closes() {
 }
 
 fn line_server(max_frame: usize) -> Server {
-    start(Config {
-        protocol: Protocol::Line,
-        max_frame,
-        ..config()
+    start({
+        let mut config = config();
+        config.protocol = Protocol::Line;
+        config.max_frame = max_frame;
+        config
     })
 }
 
@@ -267,9 +270,10 @@ impl wheel_server::Handler for Injector {
 #[test]
 fn line_mode_never_lets_a_payload_inject_a_line() {
     let server = Server::with_handler(
-        Config {
-            protocol: Protocol::Line,
-            ..config()
+        {
+            let mut config = config();
+            config.protocol = Protocol::Line;
+            config
         },
         Injector,
     )
@@ -331,9 +335,10 @@ fn line_mode_data_that_reads_as_a_command_is_refused_by_the_encoder() {
 #[test]
 fn a_lone_carriage_return_never_reaches_a_line_mode_reader() {
     let server = Server::with_handler(
-        Config {
-            protocol: Protocol::Line,
-            ..config()
+        {
+            let mut config = config();
+            config.protocol = Protocol::Line;
+            config
         },
         wheel_server::server::pubsub::PubSub,
     )

@@ -9,14 +9,15 @@ use std::net::SocketAddr;
 
 use ppp::v2;
 use util::{Client, Msg, PATIENCE, config, http_get, ms, start, wait_until};
-use wheel_server::{Config, Server};
+use wheel_server::Server;
 
 fn proxy_server() -> Server {
-    start(Config {
-        proxy_protocol: true,
-        handshake_timeout: ms(300),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    start({
+        let mut config = config();
+        config.proxy_protocol = true;
+        config.handshake_timeout = ms(300);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     })
 }
 
@@ -106,12 +107,13 @@ fn a_header_that_never_comes_is_refused_after_the_header_timeout() {
 /// balancer is refused and counted; the balancer's are believed.
 #[test]
 fn only_the_trusted_proxies_may_name_a_client_address() {
-    let untrusting = start(Config {
-        proxy_protocol: true,
-        proxy_from: vec!["10.0.0.0/8".parse().unwrap()],
-        max_connections_per_ip: Some(1),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let untrusting = start({
+        let mut config = config();
+        config.proxy_protocol = true;
+        config.proxy_from = vec!["10.0.0.0/8".parse().unwrap()];
+        config.max_connections_per_ip = Some(1);
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     for n in 0..3 {
         let mut forged = Client::connect(untrusting.local_addr());
@@ -132,11 +134,12 @@ fn only_the_trusted_proxies_may_name_a_client_address() {
     );
     assert!(peers(&untrusting).is_empty());
     // Loopback is the balancer here: believed.
-    let trusting = start(Config {
-        proxy_protocol: true,
-        proxy_from: vec!["127.0.0.1".parse().unwrap()],
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let trusting = start({
+        let mut config = config();
+        config.proxy_protocol = true;
+        config.proxy_from = vec!["127.0.0.1".parse().unwrap()];
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let mut c = Client::connect(trusting.local_addr());
     c.send_raw(b"PROXY TCP4 203.0.113.9 10.0.0.1 51234 5005\r\n");

@@ -39,10 +39,11 @@ fn ask(c: &mut Client, text: &str) -> String {
 #[test]
 fn every_command_and_error_in_every_protocol() {
     for protocol in Protocol::ALL {
-        let server = pubsub(Config {
-            protocol,
-            max_subscriptions: 2,
-            ..config()
+        let server = pubsub({
+            let mut config = config();
+            config.protocol = protocol;
+            config.max_subscriptions = 2;
+            config
         });
         let mut a = Client::connect_with(server.local_addr(), protocol);
         let mut b = Client::connect_with(server.local_addr(), protocol);
@@ -155,9 +156,10 @@ fn concurrent_publishers_are_seen_in_one_order_by_every_subscriber() {
 
 #[test]
 fn resume_recovers_everything_within_history_and_reports_a_gap_beyond() {
-    let server = pubsub(Config {
-        history: 5,
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.history = 5;
+        config
     });
     let handle = server.handle();
     let mut c = Client::connect(server.local_addr());
@@ -204,12 +206,13 @@ fn resume_recovers_everything_within_history_and_reports_a_gap_beyond() {
 
 #[test]
 fn a_stalled_subscriber_is_closed_as_a_slow_consumer_and_the_rest_keep_receiving() {
-    let server = pubsub(Config {
-        max_frame: 16 * 1024,
-        max_outbox: 64 * 1024,
-        write_timeout: Some(Duration::from_secs(30)),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.max_frame = 16 * 1024;
+        config.max_outbox = 64 * 1024;
+        config.write_timeout = Some(Duration::from_secs(30));
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let handle = server.handle();
     // A subscriber that never reads, with a tiny receive buffer.
@@ -275,10 +278,11 @@ fn a_stalled_subscriber_is_closed_as_a_slow_consumer_and_the_rest_keep_receiving
 
 #[test]
 fn subscriptions_are_cleaned_up_however_a_connection_closes() {
-    let server = pubsub(Config {
-        idle_timeout: Some(ms(300)),
-        tick: ms(20),
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.idle_timeout = Some(ms(300));
+        config.tick = ms(20);
+        config
     });
     let handle = server.handle();
     // Idle timeout.
@@ -343,11 +347,12 @@ fn http_post(
 
 #[test]
 fn the_admin_api_publishes_sends_closes_and_lists_behind_its_token() {
-    let server = pubsub(Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        admin_token: Some("s3cret".into()),
-        max_frame: 1024,
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.admin_token = Some("s3cret".into());
+        config.max_frame = 1024;
+        config
     });
     let admin = server.metrics_addr().unwrap();
     let mut c = Client::connect(server.local_addr());
@@ -443,9 +448,10 @@ fn the_admin_api_publishes_sends_closes_and_lists_behind_its_token() {
 
 #[test]
 fn an_admin_endpoint_off_loopback_needs_a_token() {
-    let err = Server::start(Config {
-        metrics_listen: Some("0.0.0.0:0".parse().unwrap()),
-        ..config()
+    let err = Server::start({
+        let mut config = config();
+        config.metrics_listen = Some("0.0.0.0:0".parse().unwrap());
+        config
     })
     .unwrap_err();
     assert!(err.to_string().contains("admin token"), "{err}");
@@ -460,12 +466,13 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
 
 #[test]
 fn listeners_of_different_protocols_share_topics() {
-    let server = pubsub(Config {
-        also_listen: vec![wheel_server::server::Listen::new(
+    let server = pubsub({
+        let mut config = config();
+        config.also_listen = vec![wheel_server::server::Listen::new(
             "127.0.0.1:0".parse().unwrap(),
             Protocol::Line,
-        )],
-        ..config()
+        )];
+        config
     });
     let listeners = server.listeners();
     assert_eq!(listeners.len(), 2);
@@ -497,9 +504,10 @@ fn listeners_of_different_protocols_share_topics() {
 
 #[test]
 fn connections_shows_what_other_threads_pushed_to_a_subscriber() {
-    let server = pubsub(Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let admin = server.metrics_addr().unwrap();
     let mut sub = Client::connect(server.local_addr());
@@ -522,12 +530,13 @@ fn connections_shows_what_other_threads_pushed_to_a_subscriber() {
 /// details, one by id, and a broadcast to all of them.
 #[test]
 fn the_handle_lists_connections_and_broadcasts() {
-    let server = pubsub(Config {
-        also_listen: vec![wheel_server::server::Listen::new(
+    let server = pubsub({
+        let mut config = config();
+        config.also_listen = vec![wheel_server::server::Listen::new(
             "127.0.0.1:0".parse().unwrap(),
             Protocol::Line,
-        )],
-        ..config()
+        )];
+        config
     });
     let handle = server.handle();
     let line_addr = server.listeners()[1].addr;
@@ -571,10 +580,11 @@ fn the_handle_lists_connections_and_broadcasts() {
 /// conflicting or signed `Content-Length` is a 400, not a second request.
 #[test]
 fn the_admin_endpoint_refuses_cross_site_posts_foreign_hosts_and_smuggled_lengths() {
-    let server = pubsub(Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        admin_allowed_hosts: vec!["wheel.internal".into()],
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.admin_allowed_hosts = vec!["wheel.internal".into()];
+        config
     });
     let admin = server.metrics_addr().unwrap();
     let request = |head: &str, body: &str| {
@@ -659,9 +669,10 @@ fn the_admin_endpoint_refuses_cross_site_posts_foreign_hosts_and_smuggled_length
 /// 404 or a 400): unencoded after `/publish/`, or percent-encoded.
 #[test]
 fn topics_with_slashes_and_colons_are_published_over_http() {
-    let server = pubsub(Config {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    let server = pubsub({
+        let mut config = config();
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     });
     let admin = server.metrics_addr().unwrap();
     let mut sub = Client::connect(server.local_addr());

@@ -17,18 +17,19 @@ use std::time::Instant;
 
 use util::redis::{RedisServer, redis_or_skip};
 use util::{Client, Msg, PATIENCE, config, http, http_get, ms, sample, scrape, wait_until};
+use wheel_server::Server;
 use wheel_server::protocol::Message;
 use wheel_server::server::pubsub::PubSub;
-use wheel_server::{Config, Server};
 
 fn instance(redis: &RedisServer, history: usize) -> Server {
     util::init_logging();
     Server::with_handler(
-        Config {
-            redis: Some(redis.url()),
-            history,
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..config()
+        {
+            let mut config = config();
+            config.redis = Some(redis.url());
+            config.history = history;
+            config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            config
         },
         PubSub,
     )
@@ -444,12 +445,13 @@ fn a_resume_of_a_large_history_reads_only_the_replay_budget() {
     let redis = RedisServer::start();
     let server = |history| {
         Server::with_handler(
-            Config {
-                redis: Some(redis.url()),
-                history,
-                max_frame: 128 * 1024,
-                max_outbox: 1 << 20,
-                ..config()
+            {
+                let mut config = config();
+                config.redis = Some(redis.url());
+                config.history = history;
+                config.max_frame = 128 * 1024;
+                config.max_outbox = 1 << 20;
+                config
             },
             PubSub,
         )
@@ -548,11 +550,12 @@ fn a_frozen_redis_is_reported_down_and_timed_out_publishes_say_unknown() {
     let redis = RedisServer::start();
     let server = |timeout| {
         Server::with_handler(
-            Config {
-                redis: Some(redis.url()),
-                redis_timeout: timeout,
-                metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-                ..config()
+            {
+                let mut config = config();
+                config.redis = Some(redis.url());
+                config.redis_timeout = timeout;
+                config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+                config
             },
             PubSub,
         )
@@ -611,10 +614,11 @@ fn a_silent_redis_link_is_replaced_and_nothing_is_missed() {
     let redis = RedisServer::start();
     let proxy = util::redis::FaultProxy::start(redis.addr);
     let behind_proxy = Server::with_handler(
-        Config {
-            redis: Some(format!("redis://{}/0", proxy.addr)),
-            redis_timeout: ms(300),
-            ..config()
+        {
+            let mut config = config();
+            config.redis = Some(format!("redis://{}/0", proxy.addr));
+            config.redis_timeout = ms(300);
+            config
         },
         PubSub,
     )

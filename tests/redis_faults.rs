@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use util::redis::{FaultProxy, RedisServer, redis_or_skip};
 use util::{Client, Msg, PATIENCE, config, ms};
+use wheel_server::Server;
 use wheel_server::protocol::Message;
 use wheel_server::server::pubsub::PubSub;
 use wheel_server::server::{SendError, ServerHandle};
-use wheel_server::{Config, Server};
 
 /// What the publisher was told about message `m<n>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +44,12 @@ fn publish(handle: &ServerHandle, n: u32) -> Told {
 
 fn instance(proxy: &FaultProxy) -> Server {
     Server::with_handler(
-        Config {
-            redis: Some(format!("redis://{}/0", proxy.addr)),
-            redis_timeout: ms(300),
-            history: 10_000,
-            ..config()
+        {
+            let mut config = config();
+            config.redis = Some(format!("redis://{}/0", proxy.addr));
+            config.redis_timeout = ms(300);
+            config.history = 10_000;
+            config
         },
         PubSub,
     )

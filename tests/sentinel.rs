@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use util::{Client, Msg, PATIENCE, config, ms, tool_or_skip, wait_until};
+use wheel_server::Server;
 use wheel_server::protocol::Message;
 use wheel_server::server::pubsub::PubSub;
-use wheel_server::{Config, Server};
 
 /// A child process killed on drop.
 struct Proc(Child);
@@ -110,11 +110,12 @@ fn a_sentinel_fail_over_is_followed_and_nothing_acknowledged_is_lost_untold() {
     )
     .is_some_and(|r| r.contains(&master_port.to_string()))));
     let server = Server::with_handler(
-        Config {
-            redis_sentinels: vec![format!("127.0.0.1:{sentinel_port}")],
-            redis_master_name: Some("wheel".into()),
-            redis_timeout: ms(300),
-            ..config()
+        {
+            let mut config = config();
+            config.redis_sentinels = vec![format!("127.0.0.1:{sentinel_port}")];
+            config.redis_master_name = Some("wheel".into());
+            config.redis_timeout = ms(300);
+            config
         },
         PubSub,
     )

@@ -21,10 +21,11 @@ const MARGIN: Duration = Duration::from_millis(150);
 const EARLY_TOLERANCE: Duration = Duration::from_millis(5);
 
 fn idle_config(idle: Duration) -> Config {
-    Config {
-        idle_timeout: Some(idle),
-        tick: TICK,
-        ..config()
+    {
+        let mut config = config();
+        config.idle_timeout = Some(idle);
+        config.tick = TICK;
+        config
     }
 }
 
@@ -129,9 +130,10 @@ fn slowloris_dribbling_a_partial_frame_is_reaped() {
 #[test]
 fn answered_server_probes_keep_a_silent_client_alive() {
     let idle = ms(200);
-    let server = start(Config {
-        probe_after: Some(ms(60)),
-        ..idle_config(idle)
+    let server = start({
+        let mut config = idle_config(idle);
+        config.probe_after = Some(ms(60));
+        config
     });
     let mut c = Client::connect(server.local_addr());
     let start = Instant::now();
@@ -156,9 +158,10 @@ fn answered_server_probes_keep_a_silent_client_alive() {
 #[test]
 fn unanswered_server_probes_end_in_an_idle_close() {
     let idle = ms(200);
-    let server = start(Config {
-        probe_after: Some(ms(60)),
-        ..idle_config(idle)
+    let server = start({
+        let mut config = idle_config(idle);
+        config.probe_after = Some(ms(60));
+        config
     });
     let start = Instant::now();
     let mut c = Client::connect(server.local_addr());
@@ -177,10 +180,11 @@ fn unanswered_server_probes_end_in_an_idle_close() {
 
 #[test]
 fn idle_timeout_off_keeps_silent_connections() {
-    let server = start(Config {
-        idle_timeout: None,
-        tick: TICK,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.idle_timeout = None;
+        config.tick = TICK;
+        config
     });
     let mut c = Client::connect(server.local_addr());
     // Many ticks pass; nothing may arrive.

@@ -19,11 +19,12 @@ use wheel_server::{Config, Server};
 /// A configuration with one WebSocket listener at `/ws` and the admin
 /// endpoint on.
 fn ws_config() -> Config {
-    Config {
-        protocol: Protocol::Ws,
-        path: Some("/ws".into()),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..config()
+    {
+        let mut config = config();
+        config.protocol = Protocol::Ws;
+        config.path = Some("/ws".into());
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config
     }
 }
 
@@ -103,9 +104,10 @@ fn python_websockets_is_closed_at_the_idle_timeout_with_4000() {
     if !util::python_websockets_or_skip() {
         return;
     }
-    let server = start(Config {
-        idle_timeout: Some(ms(300)),
-        ..ws_config()
+    let server = start({
+        let mut config = ws_config();
+        config.idle_timeout = Some(ms(300));
+        config
     });
     let seen = python(&["wait_close", &url(server.local_addr()), "5"]);
     let closed = seen.last().unwrap();
@@ -121,10 +123,11 @@ fn probe_pings_keep_a_silent_python_client_alive() {
     if !util::python_websockets_or_skip() {
         return;
     }
-    let server = start(Config {
-        idle_timeout: Some(ms(400)),
-        probe_after: Some(ms(100)),
-        ..ws_config()
+    let server = start({
+        let mut config = ws_config();
+        config.idle_timeout = Some(ms(400));
+        config.probe_after = Some(ms(100));
+        config
     });
     // Silent for three idle timeouts: only the library's answers to the
     // server's WebSocket Pings keep it open.
@@ -143,9 +146,10 @@ fn a_message_over_max_frame_gets_1009() {
     if !util::python_websockets_or_skip() {
         return;
     }
-    let server = start(Config {
-        max_frame: 1024,
-        ..ws_config()
+    let server = start({
+        let mut config = ws_config();
+        config.max_frame = 1024;
+        config
     });
     let seen = python(&["too_big", &url(server.local_addr()), "2000"]);
     assert_eq!(seen[0]["kind"], "closed");
@@ -217,9 +221,10 @@ fn origins_not_allowed_get_403_and_others_connect() {
     if !util::python_websockets_or_skip() {
         return;
     }
-    let server = start(Config {
-        allowed_origins: vec!["http://app.example".into()],
-        ..ws_config()
+    let server = start({
+        let mut config = ws_config();
+        config.allowed_origins = vec!["http://app.example".into()];
+        config
     });
     let u = url(server.local_addr());
     let evil = python(&["refused", &u, "http://evil.example"]);
@@ -289,9 +294,10 @@ fn bad_upgrade_requests_get_their_http_status_and_are_counted() {
 
 #[test]
 fn an_upgrade_dribbled_past_the_handshake_timeout_is_dropped_and_counted() {
-    let server = start(Config {
-        handshake_timeout: ms(300),
-        ..ws_config()
+    let server = start({
+        let mut config = ws_config();
+        config.handshake_timeout = ms(300);
+        config
     });
     let mut c = Client::connect_with(server.local_addr(), Protocol::Frame);
     let started = Instant::now();
@@ -351,9 +357,10 @@ fn frames_breaking_rfc_6455_get_1002_and_bad_utf8_1007() {
 
 #[test]
 fn a_dribbled_frame_is_not_activity_and_is_reaped_at_the_idle_timeout() {
-    let server = start(Config {
-        idle_timeout: Some(ms(300)),
-        ..ws_config()
+    let server = start({
+        let mut config = ws_config();
+        config.idle_timeout = Some(ms(300));
+        config
     });
     let mut c = Client::connect_at(server.local_addr(), Protocol::Ws, "/ws");
     let mut frame = Vec::new();
@@ -381,9 +388,10 @@ fn a_dribbled_frame_is_not_activity_and_is_reaped_at_the_idle_timeout() {
 
 #[test]
 fn a_full_server_answers_an_upgrade_with_503() {
-    let server = start(Config {
-        max_connections: 1,
-        ..ws_config()
+    let server = start({
+        let mut config = ws_config();
+        config.max_connections = 1;
+        config
     });
     let _first = Client::connect_at(server.local_addr(), Protocol::Ws, "/ws");
     let mut second = Client::connect_with(server.local_addr(), Protocol::Frame);
@@ -398,10 +406,11 @@ fn a_full_server_answers_an_upgrade_with_503() {
 /// peer had closed. It is a message over the limit: CLOSE 1009.
 #[test]
 fn a_message_fragmented_past_the_input_buffer_gets_1009() {
-    let server = start(Config {
-        protocol: Protocol::Ws,
-        max_frame: 64 * 1024,
-        ..config()
+    let server = start({
+        let mut config = config();
+        config.protocol = Protocol::Ws;
+        config.max_frame = 64 * 1024;
+        config
     });
     let mut c = Client::connect_with(server.local_addr(), Protocol::Ws);
     let fragment = |first: bool| {

@@ -41,7 +41,9 @@
 //! use wheel_server::client::{Client, ClientConfig, Event};
 //! use wheel_server::{Config, Server};
 //!
-//! let server = Server::start(Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() })?;
+//! let mut config = Config::default();
+//! config.listen = "127.0.0.1:0".parse().unwrap();
+//! let server = Server::start(config)?;
 //! let client = Client::start(ClientConfig::new(server.local_addr()))?;
 //! client.send(b"hello").unwrap();
 //! let echoed = client.events().iter().find_map(|event| match event {

@@ -18,6 +18,11 @@ use crate::sys::{Keepalive, SocketOptions};
 /// [`Config::default`] and change what you need; [`Server::start`] checks
 /// the values.
 ///
+/// The struct is `#[non_exhaustive]`, as tungstenite's `WebSocketConfig`
+/// is: a setting added in a later version is not a breaking change, so
+/// outside this crate a `Config` is made by changing the fields of a
+/// default one, not with a struct literal.
+///
 /// [`Server::start`]: crate::server::Server::start
 ///
 /// # Examples
@@ -26,14 +31,13 @@ use crate::sys::{Keepalive, SocketOptions};
 /// use std::time::Duration;
 /// use wheel_server::server::Config;
 ///
-/// let config = Config {
-///     listen: "127.0.0.1:0".parse().unwrap(),
-///     idle_timeout: Some(Duration::from_secs(30)),
-///     ..Config::default()
-/// };
+/// let mut config = Config::default();
+/// config.listen = "127.0.0.1:0".parse().unwrap();
+/// config.idle_timeout = Some(Duration::from_secs(30));
 /// assert!(config.validate().is_ok());
 /// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,

@@ -85,6 +85,7 @@ pub use crate::cidr::Cidr;
 pub use crate::protocol::topic::{MAX_TOPIC_LEN, TOPIC_PUNCTUATION, valid_topic};
 #[doc(hidden)]
 pub use admin::check_request_head;
+#[doc(hidden)]
 pub use admission::upgrade;
 pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
 pub use conn::close::{CloseReason, MAX_CLOSE_REASON, TcpTimeout};
@@ -123,10 +124,9 @@ use serve::shared::{Frames, Shared};
 /// use wheel_server::protocol::{Decoder, Message, Protocol};
 /// use wheel_server::server::{Config, Server};
 ///
-/// let server = Server::start(Config {
-///     listen: "127.0.0.1:0".parse().unwrap(),
-///     ..Config::default()
-/// })?;
+/// let mut config = Config::default();
+/// config.listen = "127.0.0.1:0".parse().unwrap();
+/// let server = Server::start(config)?;
 ///
 /// let mut client = TcpStream::connect(server.local_addr())?;
 /// let mut wire = Vec::new();

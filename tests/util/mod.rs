@@ -27,12 +27,13 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A configuration for tests: loopback port 0, a fine tick, a long idle
 /// timeout unless the test sets one.
 pub fn config() -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tick: ms(10),
-        idle_timeout: Some(Duration::from_secs(60)),
-        shutdown_grace: ms(500),
-        ..Config::default()
+    {
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.tick = ms(10);
+        config.idle_timeout = Some(Duration::from_secs(60));
+        config.shutdown_grace = ms(500);
+        config
     }
 }
 

@@ -206,7 +206,9 @@ impl ConnectionInfo {
 /// ```
 /// use wheel_server::server::{Config, Server};
 ///
-/// let server = Server::start(Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() })?;
+/// let mut config = Config::default();
+/// config.listen = "127.0.0.1:0".parse().unwrap();
+/// let server = Server::start(config)?;
 /// let handle = server.handle();
 /// std::thread::spawn(move || {
 ///     // A ticker: every subscriber of "clock" gets "MSG clock <seq> tick".
