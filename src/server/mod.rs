@@ -546,7 +546,7 @@ pub(crate) mod test_support {
                     protocol: config.protocol,
                     tls: None,
                 };
-                Conn::new(id, accepted, 0, config)
+                Conn::new(id, accepted, 0, config.max_outbox, config.write_timeout)
             })
             .unwrap();
         (conn, client)

@@ -10,14 +10,13 @@ pub(crate) mod ping;
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustls::ServerConnection;
 
 use crate::activity::Stamp;
 use crate::protocol::Protocol;
-use crate::server::config::Config;
 use crate::server::conn::close::{CloseReason, CloseRequest};
 use crate::server::conn::id::ConnId;
 use crate::server::conn::id::IpKey;
@@ -83,7 +82,16 @@ pub(crate) struct Accepted {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, accepted: Accepted, now_tick: u64, config: &Config) -> Conn {
+    /// A connection of `accepted`, whose outbox holds at most `max_outbox`
+    /// bytes queued by other threads and whose writes may make no progress
+    /// for at most `write_timeout` (`None`: no limit).
+    pub(crate) fn new(
+        id: ConnId,
+        accepted: Accepted,
+        now_tick: u64,
+        max_outbox: usize,
+        write_timeout: Option<Duration>,
+    ) -> Conn {
         let Accepted {
             stream,
             peer,
@@ -103,13 +111,7 @@ impl Conn {
             opened: Instant::now(),
             activity: Stamp::new(now_tick),
             traffic: Traffic::default(),
-            out: Outbound::new(
-                stream,
-                config.max_outbox,
-                config.write_timeout,
-                started,
-                tls,
-            ),
+            out: Outbound::new(stream, max_outbox, write_timeout, started, tls),
             subscriptions: Mutex::new(Vec::new()),
             app_close: OnceLock::new(),
             ip_key: OnceLock::new(),

@@ -227,7 +227,7 @@ fn admit(
     });
     let conn = shared.registry.insert(config.max_connections, |id| {
         let accepted = accepted.take().expect("called once");
-        Conn::new(id, accepted, tick, config)
+        Conn::new(id, accepted, tick, config.max_outbox, config.write_timeout)
     });
     let Some(conn) = conn else {
         debug!(%peer, "rejected: server full");
