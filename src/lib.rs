@@ -51,6 +51,7 @@ pub mod activity;
 mod backoff;
 mod cidr;
 pub mod client;
+#[cfg(feature = "tls")]
 mod crypto;
 pub mod protocol;
 pub mod server;
@@ -62,6 +63,7 @@ pub mod traffic;
 mod units;
 pub mod wheel;
 
+#[cfg(feature = "tls")]
 pub use crypto::tls_provider;
 pub use units::{parse_bytes, parse_duration};
 

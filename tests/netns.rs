@@ -117,12 +117,17 @@ fn tcp_keepalive_drops_a_pulled_cable_when_the_idle_timeout_is_off() {
         "dropped after {took:?}, before keepalive could have"
     );
     assert!(took <= bound + ms(1500), "dropped after {took:?}");
-    // The metrics say so too: not peer_closed, not reset.
-    let (_, text) = pair.in_server(|| util::http_get(metrics, "/metrics"));
+    // The metrics say so too: not peer_closed, not reset. The close is
+    // counted as the worker deregisters, just after its log line.
+    let scrape = || pair.in_server(|| util::http_get(metrics, "/metrics")).1;
+    let counted =
+        |text: &str| text.contains("wheel_connections_closed_total{reason=\"tcp_timeout\"} 1");
     assert!(
-        text.contains("wheel_connections_closed_total{reason=\"tcp_timeout\"} 1"),
-        "{text}"
+        util::wait_until(util::PATIENCE, || counted(&scrape())),
+        "{}",
+        scrape()
     );
+    let text = scrape();
     assert!(
         text.contains("wheel_connections_closed_total{reason=\"peer_closed\"} 0"),
         "{text}"

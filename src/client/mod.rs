@@ -59,6 +59,10 @@ mod addr;
 
 mod heartbeat;
 mod session;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
 mod tls;
 
 pub use tls::TlsClient;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::Mutex;
-use rustls::ClientConnection;
 use tracing::debug;
 
 use super::heartbeat::{Action, Heartbeat};
@@ -559,14 +558,14 @@ impl Manager {
 /// A connected socket, and its TLS session when it speaks TLS.
 struct Link {
     stream: TcpStream,
-    session: Option<Arc<Mutex<ClientConnection>>>,
+    session: Option<Arc<Mutex<tls::Session>>>,
 }
 
 /// The write side of a connection.
 struct Conn {
     stream: TcpStream,
     /// With TLS: the session, shared with the reader thread.
-    session: Option<Arc<Mutex<ClientConnection>>>,
+    session: Option<Arc<Mutex<tls::Session>>>,
     protocol: crate::protocol::Protocol,
 }
 

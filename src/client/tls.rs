@@ -18,6 +18,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
+/// A connection's TLS session.
+pub(crate) type Session = ClientConnection;
+
 /// The client's TLS settings.
 #[derive(Clone, Debug)]
 pub struct TlsClient {

@@ -48,7 +48,8 @@ pub struct Config {
     pub path: Option<String>,
     /// Whether `listen` speaks TLS (`tls://`, `tls+line://`, `wss://`).
     pub listen_tls: bool,
-    /// The certificate chain and key of the TLS listeners.
+    /// The certificate chain and key of the TLS listeners (the crate's `tls`
+    /// feature; without it, refused when the server starts).
     pub tls: Option<TlsFiles>,
     /// More addresses to listen on, each with its own protocol. Topics,
     /// limits, metrics and shutdown span every listener.

@@ -6,5 +6,9 @@
 pub(crate) mod jwt;
 pub(crate) mod limits;
 pub(crate) mod proxy;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
 pub(crate) mod tls;
 pub mod upgrade;

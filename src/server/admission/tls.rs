@@ -48,7 +48,7 @@ pub(crate) struct Tls {
     /// epoch.
     expires: AtomicI64,
     /// Where handshakes do their work.
-    pub(crate) handshakes: HandshakePool,
+    handshakes: HandshakePool,
 }
 
 impl Tls {
@@ -145,6 +145,11 @@ impl Tls {
     /// epoch.
     pub(crate) fn expires(&self) -> i64 {
         self.expires.load(Ordering::Relaxed)
+    }
+
+    /// Where handshakes do their work.
+    pub(crate) fn handshakes(&self) -> &HandshakePool {
+        &self.handshakes
     }
 
     /// The files, for logs.

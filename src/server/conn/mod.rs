@@ -13,7 +13,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rustls::ServerConnection;
 
 use crate::activity::Stamp;
 use crate::protocol::Protocol;
@@ -21,7 +20,7 @@ use crate::server::conn::close::{CloseReason, CloseRequest};
 use crate::server::conn::id::ConnId;
 use crate::server::conn::id::IpKey;
 use crate::server::conn::identity::Identity;
-use crate::server::conn::outbound::Outbound;
+use crate::server::conn::outbound::{Outbound, Session};
 use crate::server::rate::PublishLimit;
 use crate::traffic::Traffic;
 
@@ -78,7 +77,7 @@ pub(crate) struct Accepted {
     pub(crate) listener: usize,
     pub(crate) protocol: Protocol,
     /// A TLS listener's session for this connection.
-    pub(crate) tls: Option<ServerConnection>,
+    pub(crate) tls: Option<Session>,
 }
 
 impl Conn {

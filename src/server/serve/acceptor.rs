@@ -205,6 +205,8 @@ fn admit(
             shared.per_ip.release(key);
         }
     };
+    // Without the `tls` feature no `Tls` exists: the first arm cannot run.
+    #[cfg_attr(not(feature = "tls"), allow(unreachable_code))]
     let session = match (&shared.tls, shared.listeners[index].tls) {
         (Some(tls), true) => match tls.session() {
             Ok(session) => Some(session),

@@ -62,17 +62,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rustls::ServerConnection;
 
 use crate::server::conn::close::{CloseRequest, CloseState};
 use crate::server::conn::id::ConnId;
 use crate::sys;
 
 mod queue;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
 mod tls;
 
 use queue::Queue;
-pub(crate) use tls::{HandshakePool, Pumped};
+pub(crate) use tls::{HandshakePool, Pumped, Session, TlsError};
 use tls::{encrypt, send_now, send_records};
 
 /// Queue capacity kept once a queue empties; more is given back, so a
@@ -214,7 +217,7 @@ struct State {
     /// does not see them.
     pushed: (u64, u64),
     /// A TLS connection's session (see the module docs).
-    tls: Option<Box<ServerConnection>>,
+    tls: Option<Box<Session>>,
 }
 
 impl State {
@@ -262,7 +265,7 @@ impl Outbound {
         max_queued: usize,
         write_limit: Option<Duration>,
         started: bool,
-        tls: Option<ServerConnection>,
+        tls: Option<Session>,
     ) -> Outbound {
         Outbound {
             stream,

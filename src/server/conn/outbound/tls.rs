@@ -15,6 +15,12 @@ use super::{Flushes, Outbound};
 use crate::server::conn::id::ConnId;
 use crate::sys;
 
+/// A connection's TLS session.
+pub(crate) type Session = ServerConnection;
+
+/// Why a TLS session failed.
+pub(crate) type TlsError = rustls::Error;
+
 /// At most this much plaintext is handed to a TLS session by one
 /// non-blocking write (one record's worth).
 pub(super) const TLS_CHUNK: usize = 16 * 1024;

@@ -19,7 +19,7 @@ use crate::server::admission::upgrade::{self, Upgrade};
 use crate::server::conn::Conn;
 use crate::server::conn::close::CloseReason;
 use crate::server::conn::identity::Identity;
-use crate::server::conn::outbound::Pumped;
+use crate::server::conn::outbound::{Pumped, TlsError};
 use crate::server::serve::handler::Session;
 use crate::server::serve::shared::Shared;
 use crate::server::serve::timer::event::Event;
@@ -65,7 +65,12 @@ impl Worker {
             // What came after a PROXY header is the TLS session's.
             let early = self.input.data().len();
             if early > 0 {
-                let handshakes = &self.shared.tls.as_ref().expect("a TLS listener").handshakes;
+                let handshakes = self
+                    .shared
+                    .tls
+                    .as_ref()
+                    .expect("a TLS listener")
+                    .handshakes();
                 let fed = self.conn.out.tls_feed(handshakes, self.input.data());
                 self.input.consume(early);
                 if let Err(e) = fed {
@@ -359,7 +364,11 @@ impl Worker {
             let pumped = self.conn.out.tls_pump(
                 self.conn.id,
                 &self.shared.flushes,
-                &self.shared.tls.as_ref().expect("a TLS listener").handshakes,
+                self.shared
+                    .tls
+                    .as_ref()
+                    .expect("a TLS listener")
+                    .handshakes(),
                 self.input.spare(limit),
             );
             match pumped {
@@ -394,7 +403,7 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let flushes = &shared.flushes;
         loop {
-            let handshakes = &shared.tls.as_ref().expect("a TLS listener").handshakes;
+            let handshakes = shared.tls.as_ref().expect("a TLS listener").handshakes();
             let pumped = self.conn.out.tls_pump(id, flushes, handshakes, &mut []);
             // The session's answer (or its alert) goes out, blocking if
             // the socket is full: only this thread writes before the
@@ -441,7 +450,7 @@ impl Worker {
     }
 
     /// A failed handshake: counted by reason, logged at debug.
-    pub(super) fn tls_failed(&self, e: &rustls::Error) -> CloseReason {
+    pub(super) fn tls_failed(&self, e: &TlsError) -> CloseReason {
         let label = crate::server::admission::tls::failure_label(e);
         self.count_tls(label);
         debug!(conn = %self.conn.id, peer = %self.conn.peer(), result = label, "TLS handshake failed: {e}");
