@@ -94,6 +94,11 @@ pub fn parse_command(data: &[u8]) {
             assert!(valid_topic(topic));
             assert!(data.ends_with(payload));
         }
+        Ok(Command::PubOnce { topic, id, payload }) => {
+            assert!(valid_topic(topic));
+            assert!(wheel_server::protocol::topic::valid_publish_id(id));
+            assert!(data.ends_with(payload));
+        }
         Ok(Command::Ping(text)) => assert!(data.ends_with(text)),
         Err(why) => assert!(!why.is_empty()),
     }
