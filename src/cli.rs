@@ -29,6 +29,11 @@ use wheel_server::{Config, Keepalive, parse_bytes, parse_duration};
 /// on/off flags take 1/0, true/false, yes/no or on/off from the environment.
 /// Invalid settings exit with status 2, runtime failures (a port in use)
 /// with 1.
+///
+/// `wheel-server check [FLAGS]` starts nothing: it reports how many
+/// connections this box lets the process hold (descriptors, threads, task
+/// and mapping limits, the cgroup's, memory) and which limit binds first,
+/// and exits 1 if --max-connections is above it.
 #[derive(Parser, Debug)]
 #[command(name = "wheel-server", version, about, long_about = None)]
 pub struct Args {
@@ -576,12 +581,13 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 impl Args {
-    /// Parses the command line and the environment; on an invalid value,
-    /// prints one line naming the flag (and the environment variable, when
-    /// that is where the value came from) and exits with status 2.
-    pub fn parse_args() -> (Args, ArgMatches) {
+    /// Parses `args` (the program name first) and the environment; on an
+    /// invalid value, prints one line naming the flag (and the environment
+    /// variable, when that is where the value came from) and exits with
+    /// status 2.
+    pub fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> (Args, ArgMatches) {
         let matches = Args::command()
-            .try_get_matches()
+            .try_get_matches_from(args)
             .unwrap_or_else(|e| exit_for(&e));
         match Args::from_arg_matches(&matches) {
             Ok(args) => (args, matches),

@@ -8,14 +8,20 @@ use wheel_server::Echo;
 use wheel_server::Server;
 use wheel_server::server::auth::{Authenticated, Jwt};
 use wheel_server::server::pubsub::PubSub;
-use wheel_server::server::{ConfigError, ShutdownSignals};
+use wheel_server::server::{ConfigError, ShutdownSignals, capacity};
 
 /// Exit status for an invalid setting (as clap uses for bad flags); 1 is
 /// for runtime failures such as a port in use.
 const INVALID_SETTING: u8 = 2;
 
 fn main() -> ExitCode {
-    let (args, matches) = cli::Args::parse_args();
+    // `wheel-server check [FLAGS]`: the same flags, nothing started.
+    let mut argv: Vec<_> = std::env::args_os().collect();
+    let check = argv.get(1).is_some_and(|a| a == "check");
+    if check {
+        argv.remove(1);
+    }
+    let (args, matches) = cli::Args::parse_from(argv);
     let config = match args.config() {
         Ok(config) => config,
         Err(e) => {
@@ -30,6 +36,9 @@ fn main() -> ExitCode {
             return ExitCode::from(INVALID_SETTING);
         }
     };
+    if check {
+        return check_box(&config);
+    }
     match run(&args, config, jwt) {
         Ok(()) => ExitCode::SUCCESS,
         // A setting the server could not use as it started (a TLS file, the
@@ -54,12 +63,70 @@ fn config_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Conf
         .downcast_ref::<ConfigError>()
 }
 
+/// `wheel-server check`: what this box lets the process hold, every limit
+/// smallest first; exit 1 if `--max-connections` is above it.
+fn check_box(config: &wheel_server::Config) -> ExitCode {
+    let capacity = capacity::this_box();
+    for bound in &capacity.bounds {
+        println!("{bound}");
+    }
+    for warning in &capacity.warnings {
+        println!("warning: {warning}");
+    }
+    let holds = capacity.connections();
+    match capacity.binding() {
+        Some(first) if config.max_connections as u64 > holds => {
+            println!(
+                "FAIL: --max-connections {} is above the {holds} this box allows; {} binds first (raise: {})",
+                config.max_connections, first.limit, first.raise
+            );
+            ExitCode::FAILURE
+        }
+        Some(first) => {
+            println!(
+                "ok: --max-connections {} fits the {holds} this box allows ({} binds first)",
+                config.max_connections, first.limit
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!("ok: no limit could be read on this box");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The start-up line on what this box allows, and a warning when
+/// `--max-connections` is above it.
+fn log_capacity(config: &wheel_server::Config) {
+    let capacity = capacity::this_box();
+    let holds = capacity.connections();
+    if let Some(first) = capacity.binding() {
+        tracing::info!(
+            connections = holds,
+            binds_first = first.limit,
+            "this box lets the process hold {holds} connections (a thread each); {first}"
+        );
+        if config.max_connections as u64 > holds {
+            tracing::warn!(
+                "--max-connections {} is above the {holds} connections this box allows: past them connections are refused (no_thread, accept errors); raise {}",
+                config.max_connections,
+                first.raise
+            );
+        }
+    }
+    for warning in &capacity.warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
 fn run(
     args: &cli::Args,
     config: wheel_server::Config,
     jwt: Option<Jwt>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     cli::init_logging(args).map_err(|e| e.to_string())?;
+    log_capacity(&config);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

@@ -303,7 +303,7 @@ pub(crate) fn classify_accept_error(err: &io::Error) -> AcceptError {
 /// Length of the accept queue. Far above std's 128 so that a burst of
 /// reconnecting clients is queued, not refused; the kernel caps it at
 /// `net.core.somaxconn`.
-const LISTEN_BACKLOG: i32 = 4096;
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listening socket with `SO_REUSEADDR` (so a restarted server can
 /// bind while old connections sit in TIME_WAIT) and a deep accept queue.

@@ -639,3 +639,46 @@ fn the_readme_flag_table_lists_exactly_the_flags_of_help() {
         "README's flag table lacks {missing:?}; lists flags --help does not: {stale:?}"
     );
 }
+
+/// `wheel-server check` reads this box's limits, smallest room first, and
+/// fails naming the limit to raise when --max-connections is above it; a
+/// server started that way says so in its log.
+#[test]
+fn check_names_the_limit_that_binds_first_and_fails_past_it() {
+    let check = |max: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+            .args(["check", "--max-connections", max])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, report) = check("1");
+    assert_eq!(code, Some(0), "{report}");
+    let first = report.lines().next().unwrap();
+    assert!(
+        first.contains("leaves room for") && first.contains("raise:"),
+        "{report}"
+    );
+    // Descriptors are a limit on every box (this project's: 20,000).
+    assert!(report.contains("RLIMIT_NOFILE = "), "{report}");
+    assert!(
+        report.lines().last().unwrap().starts_with("ok: "),
+        "{report}"
+    );
+    let (code, report) = check("100000000");
+    assert_eq!(code, Some(1), "{report}");
+    let verdict = report.lines().last().unwrap();
+    assert!(
+        verdict.starts_with("FAIL: --max-connections 100000000 is above the")
+            && verdict.contains("binds first (raise: "),
+        "{report}"
+    );
+    // Said before it listens.
+    let server = ServerProcess::start(&["--max-connections", "100000000"]);
+    let said = |needle: &str| server.startup.iter().any(|l| l.contains(needle));
+    assert!(
+        said("--max-connections 100000000 is above the") && said("connections (a thread each)"),
+        "{:#?}",
+        server.startup
+    );
+}

@@ -71,6 +71,7 @@
 mod admin;
 mod admission;
 pub mod auth;
+pub mod capacity;
 mod config;
 mod conn;
 mod metrics;
