@@ -463,6 +463,17 @@ pub struct Args {
     #[arg(help_heading = "Logging", long, env = "WHEEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// Read settings from this TOML file, keys named as the flags (max-connections = 50000); flags
+    /// and environment variables win over it. An unknown key is refused (exit 2, naming its line).
+    /// `wheel-server config` prints the effective settings in this form.
+    #[arg(
+        help_heading = "Configuration file",
+        long = "config",
+        env = "WHEEL_SERVER_CONFIG",
+        value_name = "FILE"
+    )]
+    config_file: Option<std::path::PathBuf>,
+
     /// More log output (-v: debug from wheel-server itself, -vv: trace). Overrides RUST_LOG.
     #[arg(help_heading = "Logging", short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -581,16 +592,27 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 impl Args {
-    /// Parses `args` (the program name first) and the environment; on an
-    /// invalid value, prints one line naming the flag (and the environment
-    /// variable, when that is where the value came from) and exits with
-    /// status 2.
-    pub fn parse_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> (Args, ArgMatches) {
-        let matches = Args::command()
+    /// Parses `args` (the program name first), the environment and the
+    /// `--config` file; returns the flags, the matches, and the settings
+    /// the file set. On an invalid value, prints one line naming the flag
+    /// (and the environment variable or the file's line, when that is
+    /// where the value came from) and exits with status 2.
+    pub fn parse_from(
+        args: impl IntoIterator<Item = std::ffi::OsString>,
+    ) -> (Args, ArgMatches, std::collections::BTreeSet<String>) {
+        let args: Vec<_> = args.into_iter().collect();
+        let (command, from_file) = match crate::config_file::path(&args) {
+            Some(path) => crate::config_file::apply(Args::command(), &path).unwrap_or_else(|e| {
+                eprintln!("wheel-server: error: {e}");
+                std::process::exit(2)
+            }),
+            None => (Args::command(), Default::default()),
+        };
+        let matches = command
             .try_get_matches_from(args)
             .unwrap_or_else(|e| exit_for(&e));
         match Args::from_arg_matches(&matches) {
-            Ok(args) => (args, matches),
+            Ok(args) => (args, matches, from_file),
             Err(e) => exit_for(&e),
         }
     }

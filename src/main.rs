@@ -1,6 +1,7 @@
 //! `wheel-server`: the long-connection echo server. Run with `--help`.
 
 mod cli;
+mod config_file;
 
 use std::process::ExitCode;
 
@@ -15,13 +16,16 @@ use wheel_server::server::{ConfigError, ShutdownSignals, capacity};
 const INVALID_SETTING: u8 = 2;
 
 fn main() -> ExitCode {
-    // `wheel-server check [FLAGS]`: the same flags, nothing started.
+    // `wheel-server check [FLAGS]` and `wheel-server config [FLAGS]`: the
+    // same flags, nothing started.
     let mut argv: Vec<_> = std::env::args_os().collect();
-    let check = argv.get(1).is_some_and(|a| a == "check");
-    if check {
+    let verb = argv
+        .get(1)
+        .and_then(|a| ["check", "config"].into_iter().find(|v| a == *v));
+    if verb.is_some() {
         argv.remove(1);
     }
-    let (args, matches) = cli::Args::parse_from(argv);
+    let (args, matches, from_file) = cli::Args::parse_from(argv);
     let config = match args.config() {
         Ok(config) => config,
         Err(e) => {
@@ -36,8 +40,17 @@ fn main() -> ExitCode {
             return ExitCode::from(INVALID_SETTING);
         }
     };
-    if check {
-        return check_box(&config);
+    match verb {
+        Some("check") => return check_box(&config),
+        Some(_) => {
+            use clap::CommandFactory;
+            print!(
+                "{}",
+                config_file::print(&cli::Args::command(), &matches, &from_file)
+            );
+            return ExitCode::SUCCESS;
+        }
+        None => {}
     }
     match run(&args, config, jwt) {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,7 +111,7 @@ fn check_box(config: &wheel_server::Config) -> ExitCode {
 
 /// The start-up line on what this box allows, and a warning when
 /// `--max-connections` is above it.
-fn log_capacity(config: &wheel_server::Config) {
+fn log_capacity(max_connections: usize) {
     let capacity = capacity::this_box();
     let holds = capacity.connections();
     if let Some(first) = capacity.binding() {
@@ -107,10 +120,9 @@ fn log_capacity(config: &wheel_server::Config) {
             binds_first = first.limit,
             "this box lets the process hold {holds} connections (a thread each); {first}"
         );
-        if config.max_connections as u64 > holds {
+        if max_connections as u64 > holds {
             tracing::warn!(
-                "--max-connections {} is above the {holds} connections this box allows: past them connections are refused (no_thread, accept errors); raise {}",
-                config.max_connections,
+                "--max-connections {max_connections} is above the {holds} connections this box allows: past them connections are refused (no_thread, accept errors); raise {}",
                 first.raise
             );
         }
@@ -126,7 +138,9 @@ fn run(
     jwt: Option<Jwt>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     cli::init_logging(args).map_err(|e| e.to_string())?;
-    log_capacity(&config);
+    // Said once the server is up: a setting it cannot use is the one line
+    // a failed start prints.
+    let max_connections = config.max_connections;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -142,6 +156,7 @@ fn run(
             Server::with_handler(config, Authenticated::new(PubSub, jwt))?
         }
     };
+    log_capacity(max_connections);
     server.run_until(signals)?;
     Ok(())
 }

@@ -673,12 +673,71 @@ fn check_names_the_limit_that_binds_first_and_fails_past_it() {
             && verdict.contains("binds first (raise: "),
         "{report}"
     );
-    // Said before it listens.
+    // Said once it listens.
     let server = ServerProcess::start(&["--max-connections", "100000000"]);
-    let said = |needle: &str| server.startup.iter().any(|l| l.contains(needle));
-    assert!(
-        said("--max-connections 100000000 is above the") && said("connections (a thread each)"),
-        "{:#?}",
-        server.startup
+    for needle in [
+        "connections (a thread each)",
+        "--max-connections 100000000 is above the",
+    ] {
+        assert!(server.wait_for_log(needle, PATIENCE).is_some(), "{needle}");
+    }
+}
+
+/// `--config FILE`: flag > environment > file > default, an unknown key
+/// refused naming its line, and `wheel-server config` printing where each
+/// setting came from with secrets redacted; what it prints reads back.
+#[test]
+fn a_config_file_sits_below_flags_and_environment() {
+    let dir = std::env::temp_dir().join(format!("wheel-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("wheel.toml");
+    std::fs::write(
+        &file,
+        "max-connections = 500\nidle_timeout = \"30s\"\ntick = \"20ms\"\nadmin-token = \"s3cret\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wheel-server"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap();
+        (out.status.code(), text)
+    };
+    let config = file.to_str().unwrap();
+    let (code, printed) = run(
+        &["config", "--config", config, "--tick", "50ms"],
+        &[("WHEEL_SERVER_IDLE_TIMEOUT", "45s")],
     );
+    assert_eq!(code, Some(0), "{printed}");
+    for line in [
+        "tick = \"50ms\"  # flag",
+        "idle-timeout = \"45s\"  # environment",
+        "max-connections = \"500\"  # file",
+        "admin-token = \"<redacted>\"  # file",
+        "max-frame = \"1048576\"  # default",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "no {line:?} in\n{printed}"
+        );
+    }
+    assert!(!printed.contains("s3cret"), "{printed}");
+    // What it prints is a config file (the secret aside).
+    let printed_file = dir.join("printed.toml");
+    std::fs::write(&printed_file, printed.replace("<redacted>", "other")).unwrap();
+    let (code, again) = run(&["config", "--config", printed_file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{again}");
+    assert!(again.contains("tick = \"50ms\"  # file"), "{again}");
+    // An unknown key: exit 2, one line naming the file and the line.
+    std::fs::write(&file, "max-connections = 5\n\nmax_conections = 7\n").unwrap();
+    let (code, said) = run(&["--config", config], &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains(&format!("{config}:3: unknown setting `max_conections`")),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
