@@ -6,7 +6,7 @@
 mod util;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -141,15 +141,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn publish(admin: SocketAddr, topic: &str, payload: &str) {
-    let request = format!(
-        "POST /publish/{topic} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{payload}",
-        payload.len()
-    );
-    let (status, body) = http(admin, &request);
-    assert_eq!(status, 200, "{body}");
-}
-
 fn pubsub_server(port: u16) -> ServerProcess {
     ServerProcess::start(&[
         "--listen",
@@ -184,7 +175,7 @@ fn the_demo_page_detects_a_dead_server_reconnects_and_loses_nothing() {
     let patience = Duration::from_secs(20);
     browser.wait_for(&mut seen, patience, |e| is(e, "subscribed"));
     for i in 1..=5 {
-        publish(admin, "news", &format!("a{i}"));
+        util::publish(admin, "news", &format!("a{i}"));
     }
     browser.wait_for(&mut seen, patience, |e| {
         is(e, "message") && e["payload"] == "a5"
@@ -208,7 +199,7 @@ fn the_demo_page_detects_a_dead_server_reconnects_and_loses_nothing() {
     let restarted = pubsub_server(port);
     let admin = restarted.metrics_addr();
     for i in 1..=3 {
-        publish(admin, "news", &format!("b{i}"));
+        util::publish(admin, "news", &format!("b{i}"));
     }
     browser.wait_for(&mut seen, patience, |e| {
         is(e, "message") && e["payload"] == "b3"

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use util::haproxy::{HaProxy, fleet_client, free_addr, haproxy_or_skip};
 use util::redis::{RedisServer, redis_or_skip};
-use util::{PATIENCE, ServerProcess, http, http_get, wait_until};
+use util::{PATIENCE, ServerProcess, publish, subscribers, wait_until};
 use wheel_server::client::{self, ClientConfig, Event};
 
 const CLIENTS: usize = 300;
@@ -65,18 +65,6 @@ fn instance(redis: &RedisServer) -> ServerProcess {
         "--shutdown-grace",
         "2s",
     ])
-}
-
-fn subscribers_on(metrics: SocketAddr) -> usize {
-    let (status, body) = http_get(metrics, "/topics");
-    if status != 200 {
-        return 0;
-    }
-    let page: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let list = page["topics"].as_array().cloned().unwrap_or_default();
-    list.iter()
-        .map(|t| t["subscribers"].as_u64().unwrap_or(0) as usize)
-        .sum()
 }
 
 #[test]
@@ -144,7 +132,7 @@ fn killed_instances_lose_no_message_of_any_subscriber() {
     assert!(
         wait_until(PATIENCE * 3, || addrs
             .iter()
-            .map(|&(_, m)| subscribers_on(m))
+            .map(|&(_, m)| subscribers(m, None))
             .sum::<usize>()
             == 2 * CLIENTS),
         "not every client subscribed"
@@ -160,19 +148,8 @@ fn killed_instances_lose_no_message_of_any_subscriber() {
         while start.elapsed() < PUBLISHING {
             let t = topic(n);
             let payload = format!("m{n}");
-            let (status, body) = http(
-                publish_to,
-                &format!(
-                    "POST /publish/{t} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{payload}",
-                    payload.len()
-                ),
-            );
-            assert_eq!(status, 200, "publish refused: {body}");
-            let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
-            published
-                .entry(t)
-                .or_default()
-                .push((reply["seq"].as_u64().unwrap(), payload));
+            let seq = publish(publish_to, &t, &payload);
+            published.entry(t).or_default().push((seq, payload));
             n += 1;
             let next = start + every * n as u32;
             std::thread::sleep(next.saturating_duration_since(Instant::now()));

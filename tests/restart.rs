@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use util::haproxy::{fleet_client, free_addr};
 use util::redis::{RedisServer, redis_or_skip};
-use util::{PATIENCE, ServerProcess, http, wait_until};
+use util::{PATIENCE, ServerProcess, publish, subscribers, wait_until};
 use wheel_server::client::{self, ClientConfig, Event};
 
 const CLIENTS: usize = 20;
@@ -93,18 +93,7 @@ fn a_restart_beside_the_old_process_loses_and_refuses_nothing() {
             })
         })
         .collect();
-    let subscribed = |admin: SocketAddr| {
-        let (status, body) = util::http_get(admin, "/topics");
-        if status != 200 {
-            return 0;
-        }
-        let page: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let list = page["topics"].as_array().cloned().unwrap_or_default();
-        list.iter()
-            .filter(|t| t["topic"] == TOPIC)
-            .map(|t| t["subscribers"].as_u64().unwrap_or(0) as usize)
-            .sum::<usize>()
-    };
+    let subscribed = |admin| subscribers(admin, Some(TOPIC));
     let old_admin = old.metrics_addr();
     assert!(wait_until(PATIENCE, || subscribed(old_admin) == CLIENTS));
 
@@ -123,16 +112,7 @@ fn a_restart_beside_the_old_process_loses_and_refuses_nothing() {
                     break;
                 }
                 let payload = format!("m{n}");
-                let (status, body) = http(
-                    publish_to,
-                    &format!(
-                        "POST /publish/{TOPIC} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{payload}",
-                        payload.len()
-                    ),
-                );
-                assert_eq!(status, 200, "publish refused: {body}");
-                let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
-                published.push((reply["seq"].as_u64().unwrap(), payload));
+                published.push((publish(publish_to, TOPIC, &payload), payload));
                 // Pacing: a steady publisher, not a wait.
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -271,7 +271,7 @@ impl Server {
         };
         let relay = match shared.topics.redis() {
             Some(_) => Some(
-                topics::redis::spawn(Arc::clone(&shared), |shared| topics::redis::Sink {
+                topics::redis::spawn(Arc::clone(&shared), |shared| topics::Sink {
                     topics: &shared.topics,
                     flushes: &shared.flushes,
                     metrics: &shared.metrics,

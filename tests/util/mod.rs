@@ -471,6 +471,34 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     )
 }
 
+/// Publishes `payload` to `topic` through an admin endpoint (`POST
+/// /publish`); its sequence number. Panics on a refusal.
+pub fn publish(admin: SocketAddr, topic: &str, payload: &str) -> u64 {
+    let request = format!(
+        "POST /publish/{topic} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    );
+    let (status, body) = http(admin, &request);
+    assert_eq!(status, 200, "publish refused: {body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    reply["seq"].as_u64().unwrap()
+}
+
+/// Subscriptions an admin endpoint lists (`GET /topics`, its first page):
+/// to `topic`, or to every topic; 0 while it does not answer 200.
+pub fn subscribers(admin: SocketAddr, topic: Option<&str>) -> usize {
+    let (status, body) = http_get(admin, "/topics");
+    if status != 200 {
+        return 0;
+    }
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let list = page["topics"].as_array().cloned().unwrap_or_default();
+    list.iter()
+        .filter(|t| topic.is_none_or(|name| t["topic"] == name))
+        .map(|t| t["subscribers"].as_u64().unwrap_or(0) as usize)
+        .sum()
+}
+
 /// The text of a server's `GET /metrics`.
 pub fn scrape(metrics: SocketAddr) -> String {
     let (status, text) = http_get(metrics, "/metrics");

@@ -61,6 +61,17 @@ use crate::server::metrics::Metrics;
 use crate::server::topics::redis::Redis;
 use topic::{Memory, OnceIds, Topic, fan_out};
 
+/// What the Redis follower delivers into: the topics, the timer's flush list,
+/// and the delivery counters. The server hands it a way to reach them
+/// from what it shares, so that the follower needs nothing of the layers
+/// above.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Sink<'a> {
+    pub(crate) topics: &'a Topics,
+    pub(crate) flushes: &'a Flushes,
+    pub(crate) metrics: &'a Metrics,
+}
+
 /// History settings.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Retention {

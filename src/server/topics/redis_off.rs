@@ -8,11 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::server::conn::outbound::Flushes;
-use crate::server::metrics::Metrics;
-use crate::server::topics::Retention;
-use crate::server::topics::Topics;
 pub(crate) use crate::server::topics::Unavailable;
+use crate::server::topics::{Retention, Sink};
 
 /// A message read from a topic's stream.
 pub(crate) type Entry = (u64, Arc<[u8]>);
@@ -36,15 +33,6 @@ pub(crate) fn target(config: &crate::server::config::Config) -> Result<Option<Ta
 }
 
 /// Never called: the server spawns the follower only for a `Redis`.
-// Built by the server, never read: the call site is the same as with
-// the feature.
-#[allow(dead_code)]
-pub(crate) struct Sink<'a> {
-    pub(crate) topics: &'a Topics,
-    pub(crate) flushes: &'a Flushes,
-    pub(crate) metrics: &'a Metrics,
-}
-
 pub(crate) fn spawn<T>(
     _owner: Arc<T>,
     _sink: fn(&T) -> Sink<'_>,

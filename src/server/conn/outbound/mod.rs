@@ -75,7 +75,21 @@ mod tls;
 mod tls;
 
 use queue::Queue;
-pub(crate) use tls::{HandshakePool, Pumped, Session, TlsError};
+pub(crate) use tls::{HandshakePool, Session, TlsError};
+
+/// What [`Outbound::tls_pump`] found. (Without the `tls` feature no
+/// session exists to make one.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) enum Pumped {
+    /// This many plaintext bytes were put in the worker's buffer.
+    Plaintext(usize),
+    /// Nothing to give yet: more bytes must be read from the socket.
+    NeedBytes,
+    /// The peer sent `close_notify`: the end of its stream.
+    Closed,
+}
+
 use tls::{encrypt, send_now, send_records};
 
 /// Queue capacity kept once a queue empties; more is given back, so a

@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use rustls::ServerConnection;
 use rustls_pki_types::CertificateDer;
 
-use super::{Flushes, Outbound};
+use super::{Flushes, Outbound, Pumped};
 use crate::server::conn::id::ConnId;
 use crate::sys;
 
@@ -24,17 +24,6 @@ pub(crate) type TlsError = rustls::Error;
 /// At most this much plaintext is handed to a TLS session by one
 /// non-blocking write (one record's worth).
 pub(super) const TLS_CHUNK: usize = 16 * 1024;
-
-/// What [`Outbound::tls_pump`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Pumped {
-    /// This many plaintext bytes were put in the worker's buffer.
-    Plaintext(usize),
-    /// Nothing to give yet: more bytes must be read from the socket.
-    NeedBytes,
-    /// The peer sent `close_notify`: the end of its stream.
-    Closed,
-}
 
 impl Outbound {
     /// TLS: whether the session is still in its handshake.

@@ -7,7 +7,7 @@ use std::io;
 use std::net::TcpStream;
 use std::time::Instant;
 
-use super::{Flushes, Outbound};
+use super::{Flushes, Outbound, Pumped};
 use crate::server::conn::id::ConnId;
 use crate::sys;
 
@@ -39,19 +39,6 @@ impl std::fmt::Display for TlsError {
 }
 
 impl std::error::Error for TlsError {}
-
-/// What [`Outbound::tls_pump`] found: the worker matches every variant,
-/// which only a session makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)]
-pub(crate) enum Pumped {
-    /// This many plaintext bytes were put in the worker's buffer.
-    Plaintext(usize),
-    /// Nothing to give yet: more bytes must be read from the socket.
-    NeedBytes,
-    /// The peer's end of stream.
-    Closed,
-}
 
 /// Where handshakes would do their work.
 #[derive(Default)]

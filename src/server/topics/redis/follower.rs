@@ -11,21 +11,9 @@ use std::time::Instant;
 use redis::{Connection, RedisResult};
 use tracing::{debug, info, warn};
 
-use crate::server::conn::outbound::Flushes;
-use crate::server::metrics::Metrics;
-use crate::server::topics::{Relayed, Retention, Topics};
+use crate::server::topics::{Relayed, Retention, Sink};
 
 use super::*;
-
-/// What the follower delivers into: the topics, the timer's flush list,
-/// and the delivery counters. The server hands it a way to reach them
-/// from what it shares, so that the follower needs nothing of the layers
-/// above.
-pub(crate) struct Sink<'a> {
-    pub(crate) topics: &'a Topics,
-    pub(crate) flushes: &'a Flushes,
-    pub(crate) metrics: &'a Metrics,
-}
 
 /// Starts the command threads (they end with the server) and the follower
 /// (stopped by [`Redis::stop`]), which reaches its [`Sink`] in `owner`

@@ -66,7 +66,7 @@ mod follower;
 mod target;
 
 use follower::seq_ttl_ms;
-pub(crate) use follower::{Sink, spawn};
+pub(crate) use follower::spawn;
 use target::connect;
 pub(crate) use target::{Target, target};
 
