@@ -192,8 +192,8 @@ pub struct Args {
     worker_stack: usize,
 
     /// Keep up to this many finished connection threads parked for new connections instead of
-    /// ending them: a new connection then costs a hand-over, not a thread spawn and teardown.
-    /// Still one thread per live connection. 0 = off.
+    /// ending them: a new connection (or a parked one that needs a thread again) then costs a
+    /// hand-over, not a thread spawn and teardown. 0 = off.
     #[arg(
         help_heading = "Limits",
         long,
@@ -206,6 +206,13 @@ pub struct Args {
     /// gives its threads back.
     #[arg(help_heading = "Limits", long, env = "WHEEL_SERVER_THREAD_CACHE_IDLE", default_value = "60s", value_parser = parse_duration)]
     thread_cache_idle: Duration,
+
+    /// Park a connection that has had no DATA for this long: its thread goes back to the cache
+    /// and the connection waits in one epoll set, whose thread answers its PINGs without waking
+    /// another; DATA (or anything but a PING) takes a thread again. An idle connection then
+    /// costs no thread, its stack or its kernel stack. 0 = off (a thread per live connection).
+    #[arg(help_heading = "Limits", long, env = "WHEEL_SERVER_PARK_AFTER", default_value = "1s", value_parser = parse_duration)]
+    park_after: Duration,
 
     /// Serve the admin endpoint over HTTP on this address: Prometheus metrics (GET /metrics),
     /// live connections (GET /connections), health (GET /healthz), topics (GET /topics), and
@@ -683,6 +690,7 @@ impl Args {
         config.worker_stack = self.worker_stack;
         config.thread_cache = self.thread_cache;
         config.thread_cache_idle = self.thread_cache_idle;
+        config.park_after = nonzero(self.park_after);
         config.metrics_listen = self.metrics_listen;
         config.admin_token = self.admin_token.clone();
         config.admin_allowed_hosts = self.admin_allowed_host.clone();

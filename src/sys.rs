@@ -24,6 +24,7 @@
 
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -165,7 +166,6 @@ pub(crate) fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result
 /// none.
 #[allow(unsafe_code)]
 pub(crate) fn poll_readable(streams: &[&TcpStream], timeout: Duration) -> io::Result<Vec<bool>> {
-    use std::os::fd::AsRawFd;
     let mut fds: Vec<libc::pollfd> = streams
         .iter()
         .map(|s| libc::pollfd {
@@ -187,6 +187,181 @@ pub(crate) fn poll_readable(streams: &[&TcpStream], timeout: Duration) -> io::Re
         return Err(e);
     }
     Ok(fds.iter().map(|f| f.revents != 0).collect())
+}
+
+/// Waits up to `timeout` for `stream` to have bytes to read (or its end, or
+/// an error), taking none; whether it has. An interrupted wait reports
+/// `false`, so the caller waits again with what is left of its time.
+#[allow(unsafe_code)]
+pub(crate) fn wait_readable_for(stream: &TcpStream, timeout: Duration) -> io::Result<bool> {
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Rounded up: a wait never ends before its time.
+    let ms = timeout.as_micros().div_ceil(1000);
+    let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is one valid pollfd that lives across the call; the
+    // descriptor is borrowed from an open stream.
+    let n = unsafe { libc::poll(&mut fd, 1, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(n > 0)
+}
+
+/// An epoll set whose sockets are each watched for one readiness at a
+/// time (`EPOLLONESHOT`, level-triggered): once a socket is reported, it is
+/// reported again only after [`rearm`](Epoll::rearm), so whoever handles
+/// the report owns the socket until it re-arms or removes it. Level
+/// triggering means a socket re-armed with bytes still unread is reported
+/// at once, never missed (mio offers only edge triggering, where a missed
+/// edge would leave a socket unwatched with input waiting).
+///
+/// An `eventfd` in the set, under its own token, lets another thread end a
+/// [`wait`](Epoll::wait) early ([`wake`](Epoll::wake)).
+pub(crate) struct Epoll {
+    epoll: OwnedFd,
+    waker: OwnedFd,
+}
+
+impl Epoll {
+    /// The token [`wait`](Epoll::wait) reports for a [`wake`](Epoll::wake).
+    pub(crate) const WAKE: u64 = u64::MAX;
+
+    /// A new, empty set (with its waker).
+    #[allow(unsafe_code)]
+    pub(crate) fn new() -> io::Result<Epoll> {
+        // SAFETY: plain system calls; each descriptor returned is checked
+        // and owned at once.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `epoll` is a new descriptor no one else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        // SAFETY: as above.
+        let waker = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if waker < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `waker` is a new descriptor no one else owns.
+        let waker = unsafe { OwnedFd::from_raw_fd(waker) };
+        let set = Epoll { epoll, waker };
+        set.ctl(
+            libc::EPOLL_CTL_ADD,
+            set.waker.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            Epoll::WAKE,
+        )?;
+        Ok(set)
+    }
+
+    #[allow(unsafe_code)]
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: `event` is valid for the call; `fd` is borrowed from an
+        // open socket (or our own eventfd).
+        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The readiness a socket is watched for: input, its end, an error.
+    const READABLE: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
+
+    /// Watches `stream` for its next readiness, reported with `token`.
+    pub(crate) fn add(&self, stream: &TcpStream, token: u64) -> io::Result<()> {
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            stream.as_raw_fd(),
+            Epoll::READABLE,
+            token,
+        )
+    }
+
+    /// Watches a reported `stream` again.
+    pub(crate) fn rearm(&self, stream: &TcpStream, token: u64) -> io::Result<()> {
+        self.ctl(
+            libc::EPOLL_CTL_MOD,
+            stream.as_raw_fd(),
+            Epoll::READABLE,
+            token,
+        )
+    }
+
+    /// Stops watching `stream`.
+    pub(crate) fn remove(&self, stream: &TcpStream) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, stream.as_raw_fd(), 0, 0)
+    }
+
+    /// Ends the current (or the next) [`wait`](Epoll::wait) with
+    /// [`Epoll::WAKE`].
+    #[allow(unsafe_code)]
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd. It
+        // fails only when the counter would overflow, which a wake
+        // already pending makes harmless.
+        let _ = unsafe {
+            libc::write(
+                self.waker.as_raw_fd(),
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Waits (without limit) until something is reported, and puts the
+    /// tokens reported into `tokens` (cleared first). A wake is reported
+    /// once per [`wake`](Epoll::wake) batch: the waker is reset here.
+    #[allow(unsafe_code)]
+    pub(crate) fn wait(&self, tokens: &mut Vec<u64>) -> io::Result<()> {
+        const BATCH: usize = 256;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        tokens.clear();
+        // SAFETY: `events` holds BATCH valid entries for the kernel to fill.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                BATCH as libc::c_int,
+                -1,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        for event in &events[..n as usize] {
+            let token = event.u64;
+            if token == Epoll::WAKE {
+                let mut count = 0u64;
+                // SAFETY: reads 8 bytes into a live u64 from our own
+                // (non-blocking) eventfd, resetting it.
+                let _ = unsafe {
+                    libc::read(
+                        self.waker.as_raw_fd(),
+                        std::ptr::from_mut(&mut count).cast(),
+                        std::mem::size_of::<u64>(),
+                    )
+                };
+            }
+            tokens.push(token);
+        }
+        Ok(())
+    }
 }
 
 /// Sends without blocking; returns how many bytes the kernel took.

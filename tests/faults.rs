@@ -143,6 +143,9 @@ fn twenty_thousand_connect_ping_disconnect_cycles_leave_nothing_behind() {
     ]);
     let metrics = server.metrics_addr();
     let pid = server.pid();
+    // After the start's last look at /proc (the capacity line), which
+    // holds a descriptor for a moment.
+    assert!(server.wait_for_log("this box lets", PATIENCE).is_some());
     let base_fds = fds(pid);
     let addr = server.addr;
     let start = Instant::now();

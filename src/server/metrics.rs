@@ -82,6 +82,8 @@ pub(crate) struct Metrics {
     pub(crate) tls_cert_expiry: Gauge,
     /// What the worker thread cache did.
     pub(crate) threads: ThreadCounters,
+    /// What the parking thread did.
+    pub(crate) parking: ParkCounters,
     /// How late each tick ran after its instant.
     pub(crate) tick_lag: Histogram,
     /// HTTP connections to the operations endpoint refused with 503
@@ -125,6 +127,20 @@ pub(crate) struct ThreadCounters {
     pub(crate) reused: Counter,
     /// Threads parked now.
     pub(crate) parked: Gauge,
+}
+
+/// Counts of what the parking thread did (`--park-after`), for the
+/// metrics.
+#[derive(Clone, Default)]
+pub(crate) struct ParkCounters {
+    /// Connections parked now, holding no thread.
+    pub(crate) parked: Gauge,
+    /// Connections parked.
+    pub(crate) parks: Counter,
+    /// Parked connections handed back to a thread.
+    pub(crate) unparks: Counter,
+    /// PINGs the parking thread answered itself.
+    pub(crate) pongs: Counter,
 }
 
 /// What a scrape measures outside the metrics: connections, pub/sub and
@@ -278,6 +294,7 @@ impl Metrics {
             timers_armed: Gauge::default(),
             tls_cert_expiry: Gauge::default(),
             threads: ThreadCounters::default(),
+            parking: ParkCounters::default(),
             // 0.1 ms to about 3.3 s: how late the timer thread ran a tick.
             tick_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             http_refused: Counter::default(),
@@ -400,6 +417,26 @@ impl Metrics {
             "wheel_worker_threads_parked",
             "Finished connection threads parked for the next connections",
             m.threads.parked.clone(),
+        );
+        registry.register(
+            "wheel_connections_parked",
+            "Connections parked now: idle, in the parking thread's epoll set, holding no thread (--park-after)",
+            m.parking.parked.clone(),
+        );
+        registry.register(
+            "wheel_connection_parks",
+            "Idle connections that gave their thread back and were parked",
+            m.parking.parks.clone(),
+        );
+        registry.register(
+            "wheel_connection_unparks",
+            "Parked connections handed back to a thread: DATA, a command, a CLOSE, a partial message or the end came",
+            m.parking.unparks.clone(),
+        );
+        registry.register(
+            "wheel_parked_pongs",
+            "PINGs of parked connections answered by the parking thread, without waking a thread",
+            m.parking.pongs.clone(),
         );
         registry.register(
             "wheel_http_refused",

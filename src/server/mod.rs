@@ -88,7 +88,7 @@ pub use crate::protocol::topic::{MAX_TOPIC_LEN, TOPIC_PUNCTUATION, valid_topic};
 pub use admin::check_request_head;
 #[doc(hidden)]
 pub use admission::upgrade;
-pub use config::{Config, ConfigError, Listen, MIN_WORKER_STACK, TlsFiles};
+pub use config::{Config, ConfigError, DEFAULT_PARK_AFTER, Listen, MIN_WORKER_STACK, TlsFiles};
 pub use conn::close::{CloseReason, MAX_CLOSE_REASON, TcpTimeout};
 pub use conn::id::ConnId;
 pub use rate::RATE_LIMIT_STRIKES;
@@ -246,6 +246,12 @@ impl Server {
         let topics = topics::Topics::new(retention, topic_bounds, redis);
         topics.register(&mut metrics);
         let thread_settings = serve::threads::Settings::of(&config);
+        let parking = match config.park_after {
+            Some(_) => Some(Arc::new(serve::park::Parking::new(
+                metrics.parking.clone(),
+            )?)),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             registry: Registry::default(),
@@ -260,13 +266,27 @@ impl Server {
             per_ip: admission::limits::PerIp::new(config_per_ip),
             connect_rate: admission::limits::ConnectRate::new(config_rate),
             threads: serve::threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            parking,
             options_inherited: OnceLock::new(),
             tls,
             metrics,
         });
         let timer = serve::timer::spawn(Arc::clone(&shared), events_rx, source)?;
+        let parker = match &shared.parking {
+            Some(parking) => match serve::park::Parking::spawn(Arc::clone(parking)) {
+                Ok(parker) => Some(parker),
+                Err(e) => {
+                    serve::timer::stop(&shared, timer.thread());
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let stop_timer = |e: io::Error| {
             serve::timer::stop(&shared, timer.thread());
+            if let Some(parking) = &shared.parking {
+                parking.stop();
+            }
             e
         };
         let relay = match shared.topics.redis() {
@@ -341,6 +361,7 @@ impl Server {
                 handler,
                 acceptors,
                 timer,
+                parker,
                 endpoint,
                 relay,
             }),
@@ -505,6 +526,7 @@ pub(crate) mod test_support {
             per_ip: admission::limits::PerIp::new(None),
             connect_rate: admission::limits::ConnectRate::new(None),
             threads: serve::threads::ThreadCache::new(thread_settings, metrics.threads.clone()),
+            parking: None,
             options_inherited: OnceLock::new(),
             tls: None,
             metrics,

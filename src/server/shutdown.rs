@@ -29,6 +29,8 @@ pub(crate) struct Threads {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) acceptors: Vec<JoinHandle<()>>,
     pub(crate) timer: JoinHandle<()>,
+    /// The parking thread (`--park-after`).
+    pub(crate) parker: Option<JoinHandle<()>>,
     pub(crate) endpoint: Option<admin::Endpoint>,
     /// The Redis follower (`--redis`).
     pub(crate) relay: Option<JoinHandle<()>>,
@@ -41,11 +43,17 @@ pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
         handler,
         acceptors,
         timer,
+        parker,
         endpoint,
         relay,
     } = threads;
     stop_accepting(shared, &handler, acceptors);
     let clean = drain(shared);
+    // Every connection is gone (or was forced closed, which unparked it).
+    if let (Some(parker), Some(parking)) = (parker, &shared.parking) {
+        parking.stop();
+        let _ = parker.join();
+    }
     // Draining connections still get their topics' messages.
     if let (Some(relay), Some(redis)) = (relay, shared.topics.redis()) {
         redis.stop();

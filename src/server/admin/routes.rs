@@ -87,6 +87,7 @@ fn connections(handle: &ServerHandle, limit: usize) -> String {
                 "id": c.id.to_string(),
                 "peer": c.peer.to_string(),
                 "state": c.state,
+                "parked": c.parked,
                 "protocol": c.protocol.as_str(),
                 "tls": c.tls,
                 "outbox_bytes": c.outbox_bytes,

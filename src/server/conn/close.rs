@@ -221,6 +221,9 @@ pub enum CloseReason {
     /// status was sent) or did not arrive within the handshake timeout;
     /// why. No CLOSE: the protocol never started.
     BadUpgrade(String),
+    /// A parked connection had input and no thread could be started to
+    /// serve it (the process's or the machine's thread limit): CLOSE 1013.
+    NoThread,
     /// Any other I/O error.
     Io(io::ErrorKind),
 }
@@ -228,7 +231,7 @@ pub enum CloseReason {
 impl CloseReason {
     /// Every [`label`](CloseReason::label), in the order metrics list them
     /// (each is reported from the start, at 0).
-    pub const LABELS: [&'static str; 22] = [
+    pub const LABELS: [&'static str; 23] = [
         "peer_closed",
         "peer_close_frame",
         "reset",
@@ -251,6 +254,7 @@ impl CloseReason {
         "token_expired",
         "bad_upgrade",
         "tls_handshake",
+        "no_thread",
     ];
 
     /// A short stable name, for logs and metric labels.
@@ -277,6 +281,7 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::BadUpgrade(_) => "bad_upgrade",
             CloseReason::TlsHandshake(_) => "tls_handshake",
+            CloseReason::NoThread => "no_thread",
             CloseReason::Io(_) => "io_error",
         }
     }
@@ -307,6 +312,7 @@ impl CloseReason {
             ),
             CloseReason::Unauthorized(_) => (code::UNAUTHORIZED, "unauthorized".into()),
             CloseReason::TokenExpired => (code::TOKEN_EXPIRED, "token expired".into()),
+            CloseReason::NoThread => (code::TRY_AGAIN_LATER, "server out of threads".into()),
             CloseReason::PeerClosed
             | CloseReason::Reset
             | CloseReason::TcpTimeout(_)
@@ -370,6 +376,7 @@ impl fmt::Display for CloseReason {
             CloseReason::TokenExpired => f.write_str("token expired"),
             CloseReason::BadUpgrade(why) => write!(f, "WebSocket upgrade refused: {why}"),
             CloseReason::TlsHandshake(why) => write!(f, "TLS handshake failed: {why}"),
+            CloseReason::NoThread => f.write_str("no thread to serve it: server out of threads"),
             CloseReason::Io(kind) => write!(f, "i/o error: {kind}"),
         }
     }
@@ -408,6 +415,7 @@ mod tests {
             CloseReason::TokenExpired,
             CloseReason::BadUpgrade("x".into()),
             CloseReason::TlsHandshake("x".into()),
+            CloseReason::NoThread,
             CloseReason::Io(io::ErrorKind::Other),
         ];
         for reason in &all {
@@ -433,6 +441,7 @@ mod tests {
                 | CloseReason::TokenExpired
                 | CloseReason::BadUpgrade(_)
                 | CloseReason::TlsHandshake(_)
+                | CloseReason::NoThread
                 | CloseReason::Io(_) => {}
             }
         }

@@ -10,6 +10,7 @@ pub(crate) mod ping;
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -67,6 +68,9 @@ pub(crate) struct Conn {
     /// Its publish rate, from its first publish on (a connection that never
     /// publishes holds no buckets).
     pub(crate) publish_limit: Mutex<Option<Box<PublishLimit>>>,
+    /// Parked: idle, in the parking thread's set, with no thread of its own
+    /// (for `/connections`; written by the worker as it parks and resumes).
+    pub(crate) parked: AtomicBool,
 }
 
 /// An accepted socket and what its listener says about it.
@@ -116,6 +120,7 @@ impl Conn {
             ip_key: OnceLock::new(),
             identity: Mutex::new(None),
             publish_limit: Mutex::new(None),
+            parked: AtomicBool::new(false),
         }
     }
 

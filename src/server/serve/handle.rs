@@ -148,6 +148,8 @@ pub struct ConnectionInfo {
     pub tls: bool,
     /// Where it is on its way: `open`, `draining`, `closing`, ...
     pub state: &'static str,
+    /// Whether it is parked: idle, holding no thread (`--park-after`).
+    pub parked: bool,
     /// The authenticated subject (the JWT's `sub`, or the client
     /// certificate's common name), if any.
     pub subject: Option<String>,
@@ -179,6 +181,7 @@ impl ConnectionInfo {
             protocol: conn.protocol,
             tls: shared.listeners.get(conn.listener).is_some_and(|l| l.tls),
             state: conn.out.close_state().label(),
+            parked: conn.parked.load(std::sync::atomic::Ordering::Relaxed),
             subject: conn.identity.lock().as_ref().map(|i| i.sub.clone()),
             age: conn.opened.elapsed(),
             idle: shared

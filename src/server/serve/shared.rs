@@ -3,8 +3,8 @@
 //! messages the server sends most.
 
 use std::net::TcpListener;
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::Sender;
 
@@ -15,6 +15,7 @@ use crate::server::config::Config;
 use crate::server::conn::close::{CloseReason, CloseRequest};
 use crate::server::conn::outbound::Flushes;
 use crate::server::metrics::Metrics;
+use crate::server::serve::park::Parking;
 use crate::server::serve::registry::Registry;
 use crate::server::serve::threads::ThreadCache;
 use crate::server::serve::timer::event::Event;
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Worker threads parked for the next connections.
     pub(crate) threads: ThreadCache,
+    /// Where idle connections wait without a thread (`None`: parking off).
+    pub(crate) parking: Option<Arc<Parking>>,
     /// Whether accepted sockets inherit the listener's socket options
     /// (known after the first accept).
     pub(crate) options_inherited: OnceLock<bool>,

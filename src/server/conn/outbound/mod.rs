@@ -343,6 +343,29 @@ impl Outbound {
         flushes: &Flushes,
         msg: &[u8],
     ) -> Result<Delivery, PushError> {
+        self.send_whole(id, flushes, msg, true)
+    }
+
+    /// Sends the worker's own answers (`batch`, whole encoded messages)
+    /// without blocking, as [`push`](Outbound::push) does, for a worker that
+    /// has no thread to block on: a parked connection's PONGs. Counted as
+    /// the worker's, not as pushed.
+    pub(crate) fn reply(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        batch: &[u8],
+    ) -> Result<Delivery, PushError> {
+        self.send_whole(id, flushes, batch, false)
+    }
+
+    fn send_whole(
+        &self,
+        id: ConnId,
+        flushes: &Flushes,
+        msg: &[u8],
+        pushed: bool,
+    ) -> Result<Delivery, PushError> {
         let mut st = self.state.lock();
         if st.close != CloseState::Open || st.close_sent.is_some() || st.broken || !st.started {
             return Err(PushError::Closed);
@@ -359,7 +382,7 @@ impl Outbound {
             return Err(PushError::Full);
         }
         let delivery = self.enqueue(&mut st, msg);
-        if delivery.is_some() {
+        if delivery.is_some() && pushed {
             st.pushed.0 += 1;
             st.pushed.1 += msg.len() as u64;
         }

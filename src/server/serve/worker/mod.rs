@@ -19,7 +19,8 @@
 use std::io::{self};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -29,12 +30,13 @@ use crate::server::conn::buffer::ReadBuf;
 use crate::server::conn::close::CloseReason;
 use crate::server::conn::ping::PingPolicy;
 use crate::server::serve::handler::Handler;
-use crate::server::serve::shared::Shared;
+use crate::server::serve::shared::{Shared, close_frame};
 use crate::server::serve::timer::event::Event;
 use crate::sys;
 use crate::traffic::Tally;
 
 mod admit;
+mod parked;
 mod serve;
 
 /// How long a closing worker keeps reading (and discarding) after its CLOSE,
@@ -66,27 +68,25 @@ pub(crate) fn spawn(
     handler: &Arc<dyn Handler>,
     conn: Arc<Conn>,
 ) -> io::Result<()> {
-    let tls = shared.listeners[conn.listener].tls;
-    let worker = Worker {
-        tls,
-        decoder: Decoder::new(conn.protocol, shared.config.max_frame),
-        input: ReadBuf::new(),
-        output: Vec::new(),
-        received: Tally::default(),
-        sent: Tally::default(),
-        pings: PingPolicy::new(shared.config.min_ping_interval, shared.config.ping_strikes),
-        shared: Arc::clone(shared),
-        handler: Arc::clone(handler),
-        conn,
-    };
-    // A parked thread may run it: the name is not the connection's.
-    shared
-        .threads
-        .run(|| "wheel-worker".into(), Box::new(move || worker.run()))
+    let threads = shared.threads.clone();
+    let (shared, handler) = (Arc::clone(shared), Arc::clone(handler));
+    // Made on the thread: if none can be started, the job is dropped with
+    // no worker, so nothing is deregistered (the caller undoes the
+    // admission). A cached thread may run it: the name is not the
+    // connection's.
+    threads.run(
+        || "wheel-worker".into(),
+        Box::new(move || Worker::new(shared, handler, conn).run()),
+    )
 }
 
-/// One connection's worker: its buffers, counts and policies.
+/// One connection's worker: its buffers, counts and policies. It lives on
+/// its thread while the connection is busy, and in the parking thread's set
+/// (see [`park`](crate::server::serve::park)) while it is idle.
 struct Worker {
+    /// Declared first, so dropped first: the registry forgets the
+    /// connection before the socket is closed.
+    guard: Deregister,
     shared: Arc<Shared>,
     /// The application.
     handler: Arc<dyn Handler>,
@@ -107,6 +107,29 @@ struct Worker {
     /// The connection speaks TLS: the session reads the socket and
     /// decrypts into `input`.
     tls: bool,
+    /// Park after this long without DATA (`None`: never).
+    park_after: Option<Duration>,
+    /// When the last DATA came (or serving began).
+    data_at: Instant,
+    /// Why the connection must close, found while it was parked (a failed
+    /// read, a PING too many): the thread that takes it over closes it.
+    found: Option<CloseReason>,
+    /// The handler saw the open (and so must see the close).
+    opened: bool,
+}
+
+/// What serving a connection came to.
+enum Served {
+    /// It must close, for this reason.
+    Closed(CloseReason),
+    /// It is idle: park it.
+    Park,
+}
+
+impl From<CloseReason> for Served {
+    fn from(reason: CloseReason) -> Served {
+        Served::Closed(reason)
+    }
 }
 
 /// Removes the connection from the registry (counting it in the metrics)
@@ -136,45 +159,140 @@ impl Drop for Deregister {
 }
 
 impl Worker {
-    fn run(mut self) {
+    fn new(shared: Arc<Shared>, handler: Arc<dyn Handler>, conn: Arc<Conn>) -> Box<Worker> {
+        Box::new(Worker {
+            guard: Deregister {
+                shared: Arc::clone(&shared),
+                conn: Arc::clone(&conn),
+                reason: CloseReason::HandlerPanic.label(),
+            },
+            tls: shared.listeners[conn.listener].tls,
+            decoder: Decoder::new(conn.protocol, shared.config.max_frame),
+            input: ReadBuf::new(),
+            output: Vec::new(),
+            received: Tally::default(),
+            sent: Tally::default(),
+            pings: PingPolicy::new(shared.config.min_ping_interval, shared.config.ping_strikes),
+            park_after: shared.parking.as_ref().and(shared.config.park_after),
+            data_at: Instant::now(),
+            found: None,
+            opened: false,
+            shared,
+            handler,
+            conn,
+        })
+    }
+
+    /// The connection's first thread: admission, the handler's open, then
+    /// serving.
+    fn run(mut self: Box<Self>) {
         let id = self.conn.id;
-        // Declared after `self`, so dropped before it: the registry forgets
-        // the connection before the socket is closed.
-        let mut deregister = Deregister {
-            shared: Arc::clone(&self.shared),
-            conn: Arc::clone(&self.conn),
-            reason: CloseReason::HandlerPanic.label(),
-        };
         let handler = Arc::clone(&self.handler);
-        let mut opened = false;
-        let reason = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
             let identity = match self.admit() {
                 Ok(identity) => identity,
-                Err(reason) => return reason,
+                Err(reason) => return reason.into(),
             };
             if self.admission_ran() {
                 // Those stages ran deeper than serving ever does.
                 sys::trim_stack();
             }
-            opened = true;
+            self.opened = true;
             handler.on_open(id, self.conn.peer());
             if let Some(identity) = identity
                 && let Err(reason) = self.admit_identity(&identity)
             {
-                return reason;
+                return reason.into();
             }
+            self.data_at = Instant::now();
+            self.time_reads_for_parking();
             self.serve()
         }))
-        .unwrap_or(CloseReason::HandlerPanic);
-        self.finish(&reason);
-        deregister.reason = reason.label();
-        self.closed(&reason, opened);
+        .unwrap_or(Served::Closed(CloseReason::HandlerPanic));
+        self.then(outcome);
+    }
+
+    /// A thread takes the connection over from the parking thread: what
+    /// was found there, or serving again from the bytes it read.
+    fn resumed(mut self: Box<Self>) {
+        self.conn.parked.store(false, Ordering::Relaxed);
+        let outcome = match self.found.take() {
+            Some(found) => Served::Closed(self.requested_or(found)),
+            None => self.serve_caught(),
+        };
+        self.then(outcome);
+    }
+
+    /// Serves, a handler's panic ending the connection.
+    fn serve_caught(&mut self) -> Served {
+        catch_unwind(AssertUnwindSafe(|| self.serve()))
+            .unwrap_or(Served::Closed(CloseReason::HandlerPanic))
+    }
+
+    /// Parks the connection or closes it, as `outcome` says.
+    fn then(mut self: Box<Self>, mut outcome: Served) {
+        loop {
+            match outcome {
+                Served::Closed(reason) => {
+                    self.finish(&reason);
+                    self.guard.reason = reason.label();
+                    self.closed(&reason);
+                    return;
+                }
+                Served::Park => {
+                    let parking = Arc::clone(
+                        self.shared
+                            .parking
+                            .as_ref()
+                            .expect("a worker parks only with parking on"),
+                    );
+                    self.release_buffers();
+                    let conn = Arc::clone(&self.conn);
+                    conn.parked.store(true, Ordering::Relaxed);
+                    match parking.park(self) {
+                        // This thread goes back to the cache.
+                        Ok(()) => return,
+                        Err(back) => {
+                            // It cannot be parked: it keeps this thread.
+                            conn.parked.store(false, Ordering::Relaxed);
+                            self = back;
+                            self.park_after = None;
+                            outcome = self.serve_caught();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back the buffers an idle connection does not need.
+    fn release_buffers(&mut self) {
+        self.input.release();
+        self.decoder.release();
+        self.output = Vec::new();
+    }
+
+    /// Closes a parked connection no thread can be found for: CLOSE 1013
+    /// if the socket takes it at once, then down.
+    #[inline(never)]
+    fn abandon(mut self: Box<Self>, err: &io::Error) {
+        let reason = CloseReason::NoThread;
+        warn!(conn = %self.conn.id, "closing a parked connection: no thread to serve it: {err}");
+        if let Some(close) = close_frame(self.conn.protocol, &reason) {
+            let _ = self
+                .conn
+                .out
+                .push(self.conn.id, &self.shared.flushes, &close);
+        }
+        self.conn.force_close();
+        self.guard.reason = reason.label();
+        self.closed(&reason);
     }
 
     /// Logs the close and tells the handler (if it saw the open). Out of
     /// line: its frame stays off the stack pages an idle connection touches.
     #[inline(never)]
-    fn closed(&self, reason: &CloseReason, opened: bool) {
+    fn closed(&self, reason: &CloseReason) {
         let id = self.conn.id;
         let lifetime = self.conn.opened.elapsed();
         let peer = self.conn.peer();
@@ -193,7 +311,7 @@ impl Worker {
             CloseReason::BadProxyHeader(_) => {
                 warn!(conn = %id, %peer, reason = reason.label(), "rejected connection: {reason}")
             }
-            CloseReason::SlowConsumer => {
+            CloseReason::SlowConsumer | CloseReason::NoThread => {
                 info!(conn = %id, %peer, sub = %sub(), ?lifetime, reason = reason.label(), "connection closed: {reason}")
             }
             _ => {
@@ -201,7 +319,8 @@ impl Worker {
             }
         }
         let handler = &self.handler;
-        if opened && catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, reason))).is_err()
+        if self.opened
+            && catch_unwind(AssertUnwindSafe(|| handler.on_close(id, peer, reason))).is_err()
         {
             warn!(conn = %id, "handler panicked in on_close");
         }

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use crate::protocol::{Decoded, Message};
 use crate::server::conn::Conn;
-use crate::server::conn::close::{CloseReason, TcpTimeout};
+use crate::server::conn::close::{CloseReason, CloseState, TcpTimeout};
 use crate::server::conn::ping::PingPolicy;
 use crate::server::serve::handler::{Handler, Session};
 use crate::server::serve::shared::{Shared, close_frame};
@@ -19,17 +19,19 @@ use crate::sys;
 use crate::traffic::{Kind, Tally};
 
 use super::admit::record_identity;
-use super::{LINGER, LINGER_BYTES, QUIET_TICKS, RETAIN_OUTPUT, Worker};
+use super::{LINGER, LINGER_BYTES, QUIET_TICKS, RETAIN_OUTPUT, Served, Worker};
 
 impl Worker {
-    /// Serves the connection until it must close, and says why.
-    pub(super) fn serve(&mut self) -> CloseReason {
+    /// Serves the connection until it must close (and says why) or, idle
+    /// for `park_after`, may be parked.
+    pub(super) fn serve(&mut self) -> Served {
         let limit = self.decoder.max_message_len();
-        // Bytes that came in with a PROXY header are already buffered.
+        // Bytes that came in with a PROXY header, or that the parking
+        // thread read, are already buffered.
         if !self.input.data().is_empty()
             && let Err(reason) = self.answer_buffered()
         {
-            return reason;
+            return reason.into();
         }
         // Admission's buffer (a PROXY header, an upgrade request) is not
         // kept: the connection waits for its first message holding none.
@@ -41,17 +43,26 @@ impl Worker {
             if self.input.is_released() && !self.tls_holds_bytes() {
                 // A quiet connection waits without a buffer; the read below
                 // then finds the bytes (or the end) at once.
-                match sys::wait_readable(self.conn.stream()) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return self.requested_or(self.read_error(&e)),
+                match self.wait() {
+                    Ok(true) => {}
+                    Ok(false) => return Served::Park,
+                    Err(e) if waits_again(&e) => continue,
+                    Err(e) => return self.requested_or(self.read_error(&e)).into(),
                 }
             }
             match self.read_input(limit) {
-                Ok(0) => return self.requested_or(CloseReason::PeerClosed),
+                Ok(0) => return self.requested_or(CloseReason::PeerClosed).into(),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.requested_or(self.read_error(&e)),
+                Err(e) if waits_again(&e) => {
+                    // A busy connection gone quiet for `park_after` (its
+                    // receive timeout): with no message begun, it waits
+                    // as a quiet one does, and may park.
+                    if self.input.data().is_empty() {
+                        self.release_buffers();
+                    }
+                    continue;
+                }
+                Err(e) => return self.requested_or(self.read_error(&e)).into(),
             }
             if !self.conn.out.begin_read() {
                 // Arrived as the timer sent its CLOSE: past the end.
@@ -59,16 +70,50 @@ impl Worker {
                 continue;
             }
             if let Err(reason) = self.answer_buffered() {
-                return reason;
+                return reason.into();
             }
             // Quiet: the bytes took more than a tick to come. Nothing is
             // pending, so give the buffers back until the next ones.
             if self.shared.clock.now() >= waited_from + QUIET_TICKS {
-                self.input.release();
-                self.decoder.release();
-                self.output = Vec::new();
+                self.release_buffers();
             }
         }
+    }
+
+    /// Sets the socket's receive timeout to `park_after`, so that a busy
+    /// connection's blocking read (it reads without waiting first) returns
+    /// once it has gone quiet, to be parked.
+    pub(super) fn time_reads_for_parking(&self) {
+        if let Some(after) = self.park_after
+            && let Err(e) = self.conn.stream().set_read_timeout(Some(after))
+        {
+            debug!(conn = %self.conn.id, "cannot set the receive timeout: {e}");
+        }
+    }
+
+    /// Waits until the socket is readable: `Ok(true)`. With parking on,
+    /// only until the connection has had no DATA for `park_after`:
+    /// `Ok(false)` then says to park it (unless a close is under way, as
+    /// a drain's is: it then waits for the end here).
+    fn wait(&self) -> io::Result<bool> {
+        let stream = self.conn.stream();
+        if let Some(after) = self.park_after {
+            loop {
+                let left = (self.data_at + after).saturating_duration_since(Instant::now());
+                // With no time left, a last look: what is already there
+                // (the bytes, or the end, that unparked it) is read here.
+                if sys::wait_readable_for(stream, left)? {
+                    return Ok(true);
+                }
+                if left.is_zero() {
+                    if self.conn.out.close_state() == CloseState::Open {
+                        return Ok(false);
+                    }
+                    break;
+                }
+            }
+        }
+        sys::wait_readable(stream).map(|()| true)
     }
 
     /// Drops what is buffered, unanswered and counted: bytes that came
@@ -124,6 +169,7 @@ impl Worker {
 
     /// Decodes and answers every complete message in the input buffer.
     pub(super) fn process(&mut self) -> Result<(), CloseReason> {
+        let mut data = false;
         let outcome = loop {
             let Decoded {
                 message: msg,
@@ -135,6 +181,7 @@ impl Worker {
                 Err(e) => break Err(CloseReason::Protocol(e)),
             };
             self.received.add(Kind::of(&msg), used);
+            data |= matches!(msg, Message::Data(_));
             let answered = answer(
                 &self.shared,
                 &*self.handler,
@@ -150,6 +197,9 @@ impl Worker {
                 break Err(reason);
             }
         };
+        if data {
+            self.data_at = Instant::now();
+        }
         if self.received.has_unpublished() {
             self.conn.activity.touch(self.shared.clock.now());
             self.conn
@@ -229,13 +279,24 @@ impl Worker {
     }
 }
 
+/// Whether a failed wait or read just means waiting again: a signal, or
+/// the receive timeout that parking sets.
+fn waits_again(err: &io::Error) -> bool {
+    // Not `TimedOut`: that is ETIMEDOUT, the kernel declaring the peer
+    // dead (keepalive, TCP_USER_TIMEOUT).
+    matches!(
+        err.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
+}
+
 /// Answers one message. Free-standing so that it can borrow the worker's
 /// output while the message borrows its input buffer.
 #[allow(
     clippy::too_many_arguments,
     reason = "the worker's parts, each borrowed on its own while the message borrows the input"
 )]
-fn answer(
+pub(super) fn answer(
     shared: &Arc<Shared>,
     handler: &dyn Handler,
     conn: &Arc<Conn>,

@@ -1,0 +1,196 @@
+//! The parking thread: idle connections wait here, in one epoll set, with
+//! no thread of their own (Apache's event MPM; Tomcat's NIO poller).
+//!
+//! A worker whose connection has had no DATA for `--park-after` hands the
+//! connection ([`Parked`]: the worker's whole state, its buffers given
+//! back) to [`Parking`] and its thread goes back to the thread cache. The
+//! one parking thread waits on every parked socket at once. When one is
+//! readable it calls [`Parked::readable`] there, without blocking: a
+//! heartbeat is answered on the spot and the connection stays
+//! ([`Wake::Stay`]); anything else makes it leave ([`Wake::Leave`]), and
+//! [`Parked::resume`] hands it to a thread that serves it as before, with
+//! the bytes already read.
+//!
+//! ```text
+//!   worker ──quiet for --park-after──▶ park ──▶ epoll set ◀──┐
+//!     ▲                                          │ readable   │ PING: PONG,
+//!     │                                          ▼            │ stamp, stay
+//!     └────resume on a cached thread◀── Leave ◀── readable ───┘
+//!           (DATA, a command, a CLOSE, a partial frame, the end)
+//! ```
+//!
+//! Every socket is watched for one readiness at a time (`EPOLLONESHOT`):
+//! the parking thread owns a reported connection until it re-arms it or
+//! takes it out of the set, so no two threads ever read one socket. Other
+//! threads never touch the set for a parked connection: a close asked for
+//! elsewhere (the timer's idle timeout, a drain, a slow consumer) wakes the
+//! socket as it wakes a blocked worker (`shutdown(SHUT_RD)`: the socket
+//! reads as ended), and the connection leaves to be closed on a thread.
+//! Writes (pushes, probes, a drain's CLOSE) never needed the worker: they go
+//! through the connection's outbound path.
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use tracing::{error, warn};
+
+use crate::server::metrics::ParkCounters;
+use crate::sys::Epoll;
+
+/// A connection waiting in the parking thread's set.
+pub(crate) trait Parked: Send {
+    /// The socket to watch.
+    fn stream(&self) -> &TcpStream;
+
+    /// The socket is readable (or ended, or failed). Runs on the parking
+    /// thread, so it must never block: it reads what is there and answers
+    /// what needs no thread, or says the connection must leave.
+    fn readable(&mut self) -> Wake;
+
+    /// Continues the connection on a thread, out of the set.
+    fn resume(self: Box<Self>);
+}
+
+/// What [`Parked::readable`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Everything read was answered: keep waiting here.
+    Stay,
+    /// It needs a thread.
+    Leave,
+}
+
+/// The set of parked connections and the thread that waits on it.
+pub(crate) struct Parking {
+    epoll: Epoll,
+    table: Mutex<Table>,
+    /// Set by [`Parking::stop`]: the thread ends.
+    stopping: AtomicBool,
+    counters: ParkCounters,
+}
+
+/// The parked connections, indexed by their epoll token.
+#[derive(Default)]
+struct Table {
+    slots: Vec<Option<Box<dyn Parked>>>,
+    /// Free slots (never one whose connection the thread holds).
+    free: Vec<u32>,
+}
+
+impl Table {
+    /// A slot for a connection about to be parked, as its token.
+    fn reserve(&mut self) -> u64 {
+        match self.free.pop() {
+            Some(index) => u64::from(index),
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u64
+            }
+        }
+    }
+
+    fn free(&mut self, token: u64) {
+        self.free.push(token as u32);
+    }
+}
+
+impl Parking {
+    /// An empty set, counted in `counters`.
+    pub(crate) fn new(counters: ParkCounters) -> io::Result<Parking> {
+        Ok(Parking {
+            epoll: Epoll::new()?,
+            table: Mutex::new(Table::default()),
+            stopping: AtomicBool::new(false),
+            counters,
+        })
+    }
+
+    /// Starts the parking thread.
+    pub(crate) fn spawn(parking: Arc<Parking>) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("wheel-park".into())
+            .spawn(move || parking.run())
+    }
+
+    /// Parks `parked`: from now on the parking thread answers for it. When
+    /// the socket cannot be added to the set, `parked` comes back for its
+    /// thread to go on serving it.
+    pub(crate) fn park<P: Parked + 'static>(&self, parked: Box<P>) -> Result<(), Box<P>> {
+        // The lock is held until the slot holds the connection: the thread,
+        // handed the token at once when the socket is readable already,
+        // takes the lock before it looks.
+        let mut table = self.table.lock();
+        let token = table.reserve();
+        if let Err(e) = self.epoll.add(parked.stream(), token) {
+            table.free(token);
+            warn!("cannot park a connection: {e}");
+            return Err(parked);
+        }
+        table.slots[token as usize] = Some(parked);
+        self.counters.parks.inc();
+        self.counters.parked.inc();
+        Ok(())
+    }
+
+    /// Ends the parking thread. Called once no connection is left (after
+    /// the drain); any still parked are dropped, which deregisters them.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.epoll.wake();
+    }
+
+    fn run(&self) {
+        let mut tokens = Vec::new();
+        while !self.stopping.load(Ordering::Acquire) {
+            if let Err(e) = self.epoll.wait(&mut tokens) {
+                // Only EBADF, EFAULT or EINVAL, none of which a retry cures.
+                error!("the parking thread cannot wait: {e}");
+                break;
+            }
+            for &token in &tokens {
+                if token != Epoll::WAKE {
+                    self.ready(token);
+                }
+            }
+        }
+        let parked: Vec<_> = {
+            let mut table = self.table.lock();
+            let Table { slots, free } = &mut *table;
+            free.clear();
+            slots.drain(..).flatten().collect()
+        };
+        self.counters.parked.dec_by(parked.len() as i64);
+        drop(parked);
+    }
+
+    /// Handles one reported connection: the thread holds it outside the
+    /// table (the slot stays reserved) while it reads, so no lock is held
+    /// across the work.
+    fn ready(&self, token: u64) {
+        let taken = self.table.lock().slots[token as usize].take();
+        let Some(mut parked) = taken else {
+            return;
+        };
+        if parked.readable() == Wake::Stay {
+            let mut table = self.table.lock();
+            match self.epoll.rearm(parked.stream(), token) {
+                Ok(()) => {
+                    table.slots[token as usize] = Some(parked);
+                    return;
+                }
+                // Cannot be watched again: it leaves, and its thread
+                // reads what comes.
+                Err(e) => warn!("cannot re-arm a parked connection: {e}"),
+            }
+        }
+        // Out of the set before any thread can park it again.
+        let _ = self.epoll.remove(parked.stream());
+        self.table.lock().free(token);
+        self.counters.parked.dec();
+        self.counters.unparks.inc();
+        parked.resume();
+    }
+}
