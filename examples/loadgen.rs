@@ -5,12 +5,13 @@
 //! cargo run --release --example loadgen -- idle   -n 15000 --pid "$server"
 //! cargo run --release --example loadgen -- ping   -n 1000 --rate 20000 --duration 20s
 //! cargo run --release --example loadgen -- echo   -n 100 --in-flight 4 --duration 10s
+//! cargo run --release --example loadgen -- sparse -n 1000 --every 2s --duration 20s
 //! cargo run --release --example loadgen -- expiry -n 10000 --idle-timeout 5s
 //! cargo run --release --example loadgen -- churn  -n 16 --duration 10s
 //! cargo run --release --example loadgen -- storm  -n 15000
 //! ```
 //!
-//! With `--ws PATH` (idle, ping, echo) every connection upgrades to
+//! With `--ws PATH` (idle, ping, echo, sparse) every connection upgrades to
 //! WebSocket at PATH first and speaks RFC 6455 (masked frames; PINGs are
 //! WebSocket Pings), against a `ws://` listener.
 //!
@@ -108,6 +109,18 @@ enum Cmd {
         /// How long to measure idle CPU once all connections are open.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         measure: Duration,
+    },
+    /// N connections each send one DATA every --every and wait for its
+    /// echo: with --every past the server's --park-after, every DATA finds
+    /// its connection parked. Reports the echo's round trip.
+    Sparse {
+        #[command(flatten)]
+        common: Common,
+        /// Quiet time between one connection's DATA messages.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        every: Duration,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
     },
     /// Open-loop PINGs at an aggregate rate; RTT from the scheduled send time.
     Ping {
@@ -212,9 +225,10 @@ enum Cmd {
 fn main() -> io::Result<()> {
     let args = Args::parse();
     let common = match &args.command {
-        Cmd::Idle { common, .. } | Cmd::Ping { common, .. } | Cmd::Echo { common, .. } => {
-            Some(common)
-        }
+        Cmd::Idle { common, .. }
+        | Cmd::Ping { common, .. }
+        | Cmd::Echo { common, .. }
+        | Cmd::Sparse { common, .. } => Some(common),
         _ => None,
     };
     if common.is_some_and(|c| c.ws.is_some()) {
@@ -237,6 +251,11 @@ fn main() -> io::Result<()> {
                 rate,
                 duration,
             } => ping(common, rate, duration).await,
+            Cmd::Sparse {
+                common,
+                every,
+                duration,
+            } => sparse(common, every, duration).await,
             Cmd::Echo {
                 common,
                 in_flight,
@@ -369,6 +388,32 @@ fn distribution(mut samples: Vec<f64>) -> serde_json::Value {
     })
 }
 
+/// The whole machine's memory, from /proc/meminfo: what a thread's kernel
+/// stack and task structures cost shows here and not in any RSS.
+#[derive(Clone, Copy, Debug, Default)]
+struct Meminfo {
+    available_kib: u64,
+    kernel_stack_kib: u64,
+    slab_kib: u64,
+}
+
+impl Meminfo {
+    fn read() -> io::Result<Meminfo> {
+        let text = std::fs::read_to_string("/proc/meminfo")?;
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Meminfo {
+            available_kib: field("MemAvailable:"),
+            kernel_stack_kib: field("KernelStack:"),
+            slab_kib: field("Slab:"),
+        })
+    }
+}
+
 /// Server process figures from /proc.
 #[derive(Clone, Copy, Debug, Default)]
 struct ProcStat {
@@ -414,6 +459,7 @@ async fn idle(
     measure: Duration,
 ) -> io::Result<serde_json::Value> {
     let before = pid.map(proc_stat).transpose()?;
+    let machine_before = Meminfo::read()?;
     let (open, errors) = open_all(&common).await;
     let closed = Rc::new(RefCell::new(0usize));
     for (i, (stream, _)) in open.into_iter().enumerate() {
@@ -458,6 +504,17 @@ async fn idle(
             "threads_before": before.threads, "threads": end.threads,
             "fds_before": before.fds, "fds": end.fds,
             "idle_cpu_percent": 100.0 * cpu_secs / t0.elapsed().as_secs_f64(),
+        });
+        // The whole machine, this client's side included (the same for
+        // every server measured).
+        let machine = Meminfo::read()?;
+        let per = |before: u64, after: u64| (after as f64 - before as f64) / held.max(1) as f64;
+        result["machine"] = json!({
+            "mem_available_drop_per_connection_kib":
+                per(machine.available_kib, machine_before.available_kib),
+            "kernel_stack_per_connection_kib":
+                per(machine_before.kernel_stack_kib, machine.kernel_stack_kib),
+            "slab_per_connection_kib": per(machine_before.slab_kib, machine.slab_kib),
         });
     } else {
         tokio::time::sleep(measure).await;
@@ -615,6 +672,50 @@ async fn echo(
         "mode": "echo", "connections": common.connections - errors, "connect_errors": errors,
         "in_flight": in_flight, "size": size, "messages": lat.len(),
         "msgs_per_sec": lat.len() as f64 / elapsed, "latency_ms": distribution(lat),
+    }))
+}
+
+async fn sparse(
+    common: Common,
+    every: Duration,
+    duration: Duration,
+) -> io::Result<serde_json::Value> {
+    let (open, errors) = open_all(&common).await;
+    let latencies = Rc::new(RefCell::new(Vec::<f64>::new()));
+    let start = tokio::time::Instant::now();
+    let end = start + duration;
+    let n = open.len().max(1);
+    let mut tasks = Vec::new();
+    for (i, (stream, _)) in open.into_iter().enumerate() {
+        let latencies = Rc::clone(&latencies);
+        // Spread over the interval, each first DATA a whole interval in.
+        let mut next = start + every + every.mul_f64(i as f64 / n as f64);
+        tasks.push(tokio::task::spawn_local(async move {
+            let (r, mut w) = stream.into_split();
+            let mut reader = Conn::new(r);
+            let mut local = Vec::new();
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                let sent = Instant::now();
+                if send(&mut w, Message::Data(b"sparse")).await.is_err() {
+                    break;
+                }
+                match reader.next().await {
+                    Ok(Some(Msg::Data(_))) => local.push(sent.elapsed().as_secs_f64() * 1e3),
+                    _ => break,
+                }
+                next += every;
+            }
+            latencies.borrow_mut().extend(local);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let lat = std::mem::take(&mut *latencies.borrow_mut());
+    Ok(json!({
+        "mode": "sparse", "connections": common.connections - errors, "connect_errors": errors,
+        "every_ms": every.as_millis() as u64, "messages": lat.len(), "rtt_ms": distribution(lat),
     }))
 }
 

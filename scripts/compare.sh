@@ -13,8 +13,13 @@
 # generator upgrading every connection with --ws; figures idle, ping, echo1
 # and echo8 only).
 #
-# Figures: idle (RSS and CPU at 15,000 idle connections, a PING each every
-# 20 s), ping (p99 at 20,000 PINGs/s over 1,000 connections), echo1 (64 B,
+# Figures: idle (at 18,000 idle connections, a PING each every 20 s: the
+# whole machine's memory per connection from /proc/meminfo, MemAvailable's
+# drop with KernelStack and Slab, this client's side included and the same
+# for both; server RSS; server CPU), sparse (1,000 connections, one DATA
+# each every 2 s: the echo's round trip when every DATA finds its connection
+# parked; also run against wheel-server with --park-after 0, whose
+# connections keep their threads), ping (p99 at 20,000 PINGs/s over 1,000 connections), echo1 (64 B,
 # 100 connections, 1 in flight), echo8 (1,000 connections, 8 in flight),
 # churn (connect + PING + close cycles/s, 16 loops), storm (15,000 clients
 # at once, cold and warm), burst (10,000 connections expiring in one tick).
@@ -24,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 figures=("$@")
-[ ${#figures[@]} -gt 0 ] || figures=(idle ping echo1 echo8 churn storm burst)
+[ ${#figures[@]} -gt 0 ] || figures=(idle sparse ping echo1 echo8 churn storm burst)
 out=target/compare
 mkdir -p "$out"
 ulimit -n 20000
@@ -61,12 +66,14 @@ esac
 start_server() {
     local which=$1 idle=$2
     addr=127.0.0.1:$(free_port)
-    if [ "$which" = wheel ] || [ "$which" = ws ]; then
-        local listen=$addr
+    if [ "$which" = wheel ] || [ "$which" = ws ] || [ "$which" = unparked ]; then
+        local listen=$addr extra=
         [ "$which" = ws ] && listen=ws://$addr/ws
+        # unparked: every connection keeps its thread.
+        [ "$which" = unparked ] && extra="--park-after 0"
         # shellcheck disable=SC2086
         "$wheel" -q --listen "$listen" --max-connections 20000 --idle-timeout "$idle" \
-            --stats-interval 0s ${WHEEL_ARGS:-} &
+            --stats-interval 0s $extra ${WHEEL_ARGS:-} &
     else
         "$peer" --listen "$addr" --idle-timeout "$idle" 2>/dev/null &
     fi
@@ -108,10 +115,13 @@ row() {
 }
 
 for figure in "${figures[@]}"; do
-    for which in wheel "$against"; do
+    servers=(wheel "$against")
+    [ "$figure" = sparse ] && servers+=(unparked)
+    for which in "${servers[@]}"; do
         echo "compare: $figure against $which" >&2
         case $figure in
-            idle) run idle $which 60s idle -n 15000 --pid PID --ping-every 20s --measure 20s ;;
+            idle) run idle $which 60s idle -n 18000 --pid PID --ping-every 20s --measure 20s ;;
+            sparse) run sparse $which 60s sparse -n 1000 --every 2s --duration 20s ;;
             ping) run ping $which 60s ping -n 1000 --rate 20000 --duration 10s ;;
             echo1) run echo1 $which 60s echo -n 100 --in-flight 1 --duration 10s ;;
             echo8) run echo8 $which 60s echo -n 1000 --in-flight 8 --duration 10s ;;
@@ -128,8 +138,18 @@ echo "|---|---|---|---|"
 for figure in "${figures[@]}"; do
     case $figure in
         idle)
-            row "RSS per idle connection, 15,000" idle 'server["rss_per_connection_kib"]' KiB
-            row "CPU, 15,000 idle, a PING each every 20 s" idle 'server["idle_cpu_percent"]' % ;;
+            row "machine memory per idle connection, 18,000 (MemAvailable drop)" idle 'machine["mem_available_drop_per_connection_kib"]' KiB
+            row "of which KernelStack" idle 'machine["kernel_stack_per_connection_kib"]' KiB
+            row "of which Slab" idle 'machine["slab_per_connection_kib"]' KiB
+            row "server RSS per idle connection, 18,000" idle 'server["rss_per_connection_kib"]' KiB
+            row "server CPU, 18,000 idle, a PING each every 20 s" idle 'server["idle_cpu_percent"]' % ;;
+        sparse)
+            row "DATA after 2 s quiet (parked), p50" sparse 'rtt_ms["p50"]' ms
+            row "DATA after 2 s quiet (parked), p99" sparse 'rtt_ms["p99"]' ms
+            against_saved=$against; against=unparked
+            row "p50, parked vs keeping the thread (--park-after 0)" sparse 'rtt_ms["p50"]' ms
+            row "p99, parked vs keeping the thread (--park-after 0)" sparse 'rtt_ms["p99"]' ms
+            against=$against_saved ;;
         ping) row "PING p99 at 20,000/s over 1,000" ping 'rtt_ms["p99"]' ms ;;
         echo1) row "echo 64 B, 100 x 1 in flight" echo1 'msgs_per_sec / 1000' k/s ;;
         echo8) row "echo 64 B, 1,000 x 8 in flight" echo8 'msgs_per_sec / 1000' k/s ;;

@@ -18,6 +18,10 @@
 //!   without a self-connect (which would need a free descriptor).
 //! * [`send_nonblocking`] writes without blocking even on a blocking socket
 //!   (`MSG_DONTWAIT`), and without `SIGPIPE` (`MSG_NOSIGNAL`).
+//! * [`Epoll`] watches parked sockets one readiness at a time
+//!   (`EPOLLONESHOT`, level-triggered). A socket woken with
+//!   `shutdown(SHUT_RD)` is reported readable there too, so the same wake-up
+//!   reaches a parked connection and a blocked worker.
 //!
 //! All of this is Linux behaviour (checked by the integration tests); other
 //! Unix systems differ in the shutdown semantics.

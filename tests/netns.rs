@@ -18,10 +18,15 @@ use wheel_server::client::{Backoff, ClientConfig, DeadReason, Event};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wheel-server");
 
+/// Connections park 50 ms after their last DATA, so that every cable here
+/// is pulled from under a parked connection (no thread of its own).
+const PARK_AFTER: [&str; 2] = ["--park-after", "50ms"];
+
 /// Starts wheel-server in the pair's server namespace.
 fn server_in(pair: &Pair, args: &[&str]) -> ServerProcess {
     let mut cmd = pair.server_command(BIN);
     cmd.args(["--listen", &format!("{SERVER_IP}:0"), "-v"])
+        .args(PARK_AFTER)
         .args(args);
     ServerProcess::spawn(cmd)
 }
@@ -328,6 +333,7 @@ fn application_idle_timeout_drops_a_pulled_cable_over_tls() {
     let (idle, tick) = (ms(500), ms(20));
     let mut cmd = pair.server_command(BIN);
     cmd.args(["--listen", &format!("tls://{SERVER_IP}:0"), "-v"])
+        .args(PARK_AFTER)
         .args([
             "--idle-timeout",
             "500ms",

@@ -18,7 +18,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use util::{PATIENCE, ServerProcess, http, ms, sample, scrape};
+use util::{PATIENCE, ServerProcess, http, ms, sample, scrape, wait_until};
 use wheel_server::protocol::{Message, OwnedMessage as Msg, Protocol, Reader};
 
 /// A CA, and a certificate for localhost and 127.0.0.1 it signed, written
@@ -714,4 +714,38 @@ fn the_readme_certificate_recipe_works_and_the_usual_one_liner_is_explained() {
             other => panic!("expected a connection attempt's outcome, got {other:?}"),
         }
     }
+}
+
+/// A parked TLS connection: its PINGs are decrypted and answered by the
+/// parking thread (no thread taken), and its DATA takes a thread again with
+/// the plaintext already read; the session goes on as if nothing happened.
+#[test]
+fn a_parked_tls_connection_answers_pings_without_a_thread() {
+    let pki = Pki::new("parked");
+    let (server, admin) = server(&pki, &["--park-after", "30ms"]);
+    let config = pki.client();
+    let mut tls = connect(&config, server.addr);
+    let mut reader = Reader::new(Protocol::Frame, 1 << 20);
+    send(&mut tls, Message::Data(b"hello")).unwrap();
+    assert_eq!(
+        recv(&mut tls, &mut reader).unwrap(),
+        Some(Msg::Data(b"hello".to_vec()))
+    );
+    let parked = || sample(&scrape(admin), "wheel_connections_parked") == 1.0;
+    assert!(wait_until(PATIENCE, parked));
+    for i in 0..3u8 {
+        assert!(ping_pong(&mut tls, &mut reader, &[b'p', i]));
+    }
+    let text = scrape(admin);
+    assert_eq!(sample(&text, "wheel_parked_pongs_total"), 3.0);
+    assert_eq!(sample(&text, "wheel_connection_unparks_total"), 0.0);
+    assert_eq!(sample(&text, "wheel_connections_parked"), 1.0);
+    let big = vec![9u8; 100_000];
+    send(&mut tls, Message::Data(&big)).unwrap();
+    assert_eq!(recv(&mut tls, &mut reader).unwrap(), Some(Msg::Data(big)));
+    assert_eq!(
+        sample(&scrape(admin), "wheel_connection_unparks_total"),
+        1.0
+    );
+    assert!(wait_until(PATIENCE, parked), "parks again");
 }

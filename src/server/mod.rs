@@ -4,12 +4,17 @@
 //!
 //! * `wheel-accept` accepts connections, applies socket options, registers
 //!   them and starts a worker for each (`serve/acceptor.rs`).
-//! * `wheel-worker`, one per connection, blocks in `read`, decodes and
+//! * `wheel-worker`, one per busy connection, blocks in `read`, decodes and
 //!   answers messages, and stamps activity (`serve/worker/`). When its
-//!   connection ends it parks in the thread cache (`serve/threads.rs`, up to
-//!   `thread_cache` of them) and serves the next connection, so that a
-//!   connection usually costs no thread spawn. A quiet connection's worker
-//!   waits holding no buffer.
+//!   connection ends, or is parked, it waits in the thread cache
+//!   (`serve/threads.rs`, up to `thread_cache` of them) and serves the next
+//!   connection, so that a connection usually costs no thread spawn. A
+//!   quiet connection's worker waits holding no buffer.
+//! * `wheel-park` holds the idle connections (`park_after` without DATA)
+//!   in one epoll set, with no thread of their own, and answers their PINGs
+//!   itself; anything else hands the connection back to a worker thread
+//!   with the bytes read (`serve/park.rs`, `serve/worker/parked.rs`), as
+//!   Apache's event MPM does. The handler sees nothing different.
 //! * `wheel-timer` owns the hashed timing wheel, publishes the coarse clock,
 //!   probes, drains or closes idle connections, and flushes output other
 //!   threads left queued (`serve/timer/`).

@@ -24,6 +24,17 @@ use crate::traffic::{Kind, Tally};
 /// per-connection state in a map keyed by [`ConnId`], opened and cleared in
 /// [`on_open`](Handler::on_open) and [`on_close`](Handler::on_close).
 ///
+/// A connection has a thread only while it is busy. After
+/// [`Config::park_after`](crate::server::Config::park_after) without DATA
+/// it is parked: its thread goes back to the thread cache, and the parking
+/// thread answers its PINGs. Its next DATA is handled on whichever thread
+/// takes it then, so calls for one connection may come on different
+/// threads over its life (never two at once, and always in order). Keep
+/// per-connection state in the handler value, never in thread-locals. A
+/// handler is never called on the parking thread, except
+/// [`on_close`](Handler::on_close) for a parked connection that no thread
+/// could be started for (`CloseReason::NoThread`).
+///
 /// A handler that panics ends only its own connection.
 ///
 /// # Examples
@@ -43,7 +54,7 @@ use crate::traffic::{Kind, Tally};
 /// ```
 pub trait Handler: Send + Sync + 'static {
     /// Called for every DATA message, in order, on the connection's worker
-    /// thread. Replies are queued with [`Session::send`] and written after
+    /// thread (which may change after the connection was parked). Replies are queued with [`Session::send`] and written after
     /// the messages of the same read have been handled.
     fn on_data(&self, session: &mut Session<'_>, payload: &[u8]);
 
