@@ -79,7 +79,7 @@ fn config_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Conf
 /// `wheel-server check`: what this box lets the process hold, every limit
 /// smallest first; exit 1 if `--max-connections` is above it.
 fn check_box(config: &wheel_server::Config) -> ExitCode {
-    let capacity = capacity::this_box();
+    let capacity = capacity::this_box(config.park_after.is_some());
     for bound in &capacity.bounds {
         println!("{bound}");
     }
@@ -111,14 +111,19 @@ fn check_box(config: &wheel_server::Config) -> ExitCode {
 
 /// The start-up line on what this box allows, and a warning when
 /// `--max-connections` is above it.
-fn log_capacity(max_connections: usize) {
-    let capacity = capacity::this_box();
+fn log_capacity(max_connections: usize, parking: bool) {
+    let capacity = capacity::this_box(parking);
     let holds = capacity.connections();
+    let each = if parking {
+        "idle ones parked, holding no thread"
+    } else {
+        "a thread each"
+    };
     if let Some(first) = capacity.binding() {
         tracing::info!(
             connections = holds,
             binds_first = first.limit,
-            "this box lets the process hold {holds} connections (a thread each); {first}"
+            "this box lets the process hold {holds} connections ({each}); {first}"
         );
         if max_connections as u64 > holds {
             tracing::warn!(
@@ -146,6 +151,7 @@ fn run(
     }
     // Registered before the server starts, so an early signal is not lost.
     let signals = ShutdownSignals::register()?;
+    let parking = config.park_after.is_some();
     let server = match (args.service, jwt) {
         (cli::Service::Echo, None) => Server::start(config)?,
         (cli::Service::Pubsub, None) => Server::with_handler(config, PubSub)?,
@@ -156,7 +162,7 @@ fn run(
             Server::with_handler(config, Authenticated::new(PubSub, jwt))?
         }
     };
-    log_capacity(max_connections);
+    log_capacity(max_connections, parking);
     server.run_until(signals)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wheel_server::server::capacity::{Limits, MEMORY_PER_CONNECTION};
+use wheel_server::server::capacity::{Cost, Limits};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,7 +99,8 @@ fn the_sysctl_file_holds_100000_connections_and_names_real_keys() {
         somaxconn: Some(values["net.core.somaxconn"]),
         ..Limits::default()
     };
-    let capacity = limits.capacity(MEMORY_PER_CONNECTION, 4096);
+    // The worst case: every connection keeps its thread (--park-after 0).
+    let capacity = limits.capacity(Cost::THREAD, 4096);
     assert!(
         capacity.connections() >= 100_000,
         "{:?}",

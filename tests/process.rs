@@ -676,7 +676,7 @@ fn check_names_the_limit_that_binds_first_and_fails_past_it() {
     // Said once it listens.
     let server = ServerProcess::start(&["--max-connections", "100000000"]);
     for needle in [
-        "connections (a thread each)",
+        "connections (idle ones parked, holding no thread)",
         "--max-connections 100000000 is above the",
     ] {
         assert!(server.wait_for_log(needle, PATIENCE).is_some(), "{needle}");

@@ -2,30 +2,56 @@
 //! binds first.
 //!
 //! A thread per connection meets limits an async server never sees: every
-//! connection is a descriptor and, while the server keeps a thread per
-//! connection, a thread. A thread is a task in the machine's `pid_max` and
-//! `threads-max`, in the cgroup's `pids.max` (systemd's `TasksMax`), in the
-//! user's `RLIMIT_NPROC`, and two mappings (stack and guard page) in the
-//! process's `vm.max_map_count`; and it costs memory, most of it in the
-//! kernel (a 16 KiB kernel stack, task structures) that RSS never shows.
+//! connection is a descriptor and, while it keeps a thread, a thread. A
+//! thread is a task in the machine's `pid_max` and `threads-max`, in the
+//! cgroup's `pids.max` (systemd's `TasksMax`), in the user's
+//! `RLIMIT_NPROC`, and four mappings (stack, signal stack and their guard
+//! pages) in the process's
+//! `vm.max_map_count`; and it costs memory, most of it in the kernel (a
+//! 16 KiB kernel stack, task structures) that RSS never shows. With parking
+//! on (`--park-after`, the default) an idle connection holds no thread:
+//! only descriptors and memory bound how many the box holds, and the
+//! thread limits bound how many can be busy at once.
 //! [`Limits::read`] reads them all; [`Limits::capacity`] turns them into
 //! the number of connections each allows, the smallest first.
 //!
-//! The per-connection memory is the measured figure for a thread per
-//! connection ([`MEMORY_PER_CONNECTION`]); what is already in use (tasks
-//! on the machine and in the cgroup, this process's mappings and
-//! descriptors, memory) is subtracted, so the answer is what is left now.
+//! The per-connection memory is the measured figure ([`Cost`]); what is
+//! already in use (tasks on the machine and in the cgroup, this process's
+//! mappings and descriptors, memory) is subtracted, so the answer is what
+//! is left now.
 
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The whole machine's memory per idle connection with a thread each, from
-/// `/proc/meminfo` (the drop of MemAvailable, kernel stacks and slab
-/// included): 71.8 KiB measured with 18,000 idle connections on this
-/// project's 2-core box (issue "park quiet connections", BENCHMARKS.md),
-/// rounded up.
-pub const MEMORY_PER_CONNECTION: u64 = 72 * 1024;
+/// What one idle connection costs the box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// The whole machine's memory, in bytes.
+    pub memory: u64,
+    /// Whether it holds a thread (a task, four mappings).
+    pub thread: bool,
+}
+
+impl Cost {
+    /// An idle connection that keeps its thread (`--park-after 0`): 71.8
+    /// KiB of the machine's memory (the drop of MemAvailable, kernel stack
+    /// and slab included) measured with 18,000 idle connections on this
+    /// project's 2-core box (BENCHMARKS.md, "Parked connections"), rounded
+    /// up. The figure includes the loopback client's side.
+    pub const THREAD: Cost = Cost {
+        memory: 72 * 1024,
+        thread: true,
+    };
+
+    /// A parked idle connection: 12.7 KiB of the machine's memory, measured
+    /// as [`Cost::THREAD`] was (the loopback client's side and the thread
+    /// cache's share included), rounded up.
+    pub const PARKED: Cost = Cost {
+        memory: 13 * 1024,
+        thread: false,
+    };
+}
 
 /// Descriptors the process keeps besides its connections (listeners, the
 /// admin endpoint, the timer, Redis, logs), with a margin.
@@ -107,11 +133,13 @@ impl fmt::Display for Bound {
     }
 }
 
-/// What this box lets this process hold, as the server will run it: a
-/// thread per connection, listeners with the server's backlog.
-pub fn this_box() -> Capacity {
+/// What this box lets this process hold, as the server will run it: idle
+/// connections parked (`parking`) or each with its thread, listeners with
+/// the server's backlog.
+pub fn this_box(parking: bool) -> Capacity {
     let backlog = u64::try_from(crate::sys::LISTEN_BACKLOG).unwrap_or(u64::MAX);
-    Limits::read().capacity(MEMORY_PER_CONNECTION, backlog)
+    let cost = if parking { Cost::PARKED } else { Cost::THREAD };
+    Limits::read().capacity(cost, backlog)
 }
 
 impl Limits {
@@ -156,10 +184,10 @@ impl Limits {
         }
     }
 
-    /// The connections each limit leaves room for, with a thread per
-    /// connection costing `per_connection` bytes of the machine's memory,
-    /// and listeners asking for a backlog of `backlog`.
-    pub fn capacity(&self, per_connection: u64, backlog: u64) -> Capacity {
+    /// The connections each limit leaves room for, each connection costing
+    /// `cost` (the thread limits count only if it holds a thread), and
+    /// listeners asking for a backlog of `backlog`.
+    pub fn capacity(&self, cost: Cost, backlog: u64) -> Capacity {
         let mut bounds = Vec::new();
         let mut bound = |limit, value, connections: u64, raise| {
             bounds.push(Bound {
@@ -179,6 +207,46 @@ impl Limits {
             );
         }
         let threads = |max: u64, now: u64| max.saturating_sub(now + RESERVED_THREADS);
+        if cost.thread {
+            self.thread_bounds(threads, &mut bound);
+        }
+        let per_connection = cost.memory.max(1);
+        if let Some((max, used)) = self.cgroup_memory {
+            let room = max.saturating_sub(used) / per_connection;
+            bound(
+                "cgroup memory limit",
+                max,
+                room,
+                "MemoryMax= under systemd, --memory in a container",
+            );
+        }
+        if let Some(available) = self.mem_available {
+            let room = available / per_connection;
+            bound(
+                "MemAvailable",
+                available,
+                room,
+                "memory (or fewer connections per box)",
+            );
+        }
+        bounds.sort_by_key(|b| b.connections);
+        let mut warnings = Vec::new();
+        if let Some(max) = self.somaxconn
+            && max < backlog
+        {
+            warnings.push(format!(
+                "net.core.somaxconn = {max} cuts the listen backlog of {backlog}: a connect storm past {max} waiting is refused by the kernel (raise: sysctl net.core.somaxconn)"
+            ));
+        }
+        Capacity { bounds, warnings }
+    }
+
+    /// The bounds a thread per connection meets: tasks and mappings.
+    fn thread_bounds(
+        &self,
+        threads: impl Fn(u64, u64) -> u64,
+        bound: &mut impl FnMut(&'static str, u64, u64, &'static str),
+    ) {
         if let Some(nproc) = self.nproc {
             bound(
                 "RLIMIT_NPROC",
@@ -210,39 +278,11 @@ impl Limits {
             );
         }
         if let Some((max, now)) = self.max_map_count {
-            // Two mappings a thread: its stack and the guard page.
-            let room = max.saturating_sub(now) / 2;
+            // Four mappings a thread: its stack and guard page, its signal
+            // stack and guard page.
+            let room = max.saturating_sub(now) / 4;
             bound("vm.max_map_count", max, room, "sysctl vm.max_map_count");
         }
-        let per_connection = per_connection.max(1);
-        if let Some((max, used)) = self.cgroup_memory {
-            let room = max.saturating_sub(used) / per_connection;
-            bound(
-                "cgroup memory limit",
-                max,
-                room,
-                "MemoryMax= under systemd, --memory in a container",
-            );
-        }
-        if let Some(available) = self.mem_available {
-            let room = available / per_connection;
-            bound(
-                "MemAvailable",
-                available,
-                room,
-                "memory (or fewer connections per box)",
-            );
-        }
-        bounds.sort_by_key(|b| b.connections);
-        let mut warnings = Vec::new();
-        if let Some(max) = self.somaxconn
-            && max < backlog
-        {
-            warnings.push(format!(
-                "net.core.somaxconn = {max} cuts the listen backlog of {backlog}: a connect storm past {max} waiting is refused by the kernel (raise: sysctl net.core.somaxconn)"
-            ));
-        }
-        Capacity { bounds, warnings }
     }
 }
 
@@ -383,13 +423,13 @@ mod tests {
         assert_eq!(limits.cgroup_pids, Some((4915, 100)));
         assert_eq!(limits.cgroup_memory, None, "memory.max is max: no limit");
         assert_eq!(limits.tasks_now, 300);
-        let capacity = limits.capacity(MEMORY_PER_CONNECTION, 1024);
+        let capacity = limits.capacity(Cost::THREAD, 1024);
         let binding = capacity.binding().unwrap();
         assert_eq!(binding.limit, "cgroup pids.max");
         assert_eq!(binding.connections, 4915 - 100 - RESERVED_THREADS);
         assert!(binding.raise.contains("TasksMax"));
-        // Then the descriptors, then the machine's pid_max, then mappings
-        // ((65530 - 30) / 2), then memory (20,000,000 KiB / 72 KiB).
+        // Then mappings ((65530 - 30) / 4), the descriptors, the machine's
+        // pid_max, threads-max, and memory (20,000,000 KiB / 72 KiB).
         let order: Vec<_> = capacity
             .bounds
             .iter()
@@ -399,14 +439,26 @@ mod tests {
             order,
             [
                 ("cgroup pids.max", 4783),
+                ("vm.max_map_count", 16_375),
                 ("RLIMIT_NOFILE", 19_936),
                 ("kernel.pid_max", 32_436),
-                ("vm.max_map_count", 32_750),
                 ("kernel.threads-max", 192_775),
                 ("MemAvailable", 277_777),
             ]
         );
         assert!(capacity.warnings.is_empty());
+        // Parked, an idle connection holds no thread: only the descriptors
+        // and memory (20,000,000 KiB / 13 KiB) bound them.
+        let parked: Vec<_> = limits
+            .capacity(Cost::PARKED, 1024)
+            .bounds
+            .iter()
+            .map(|b| (b.limit, b.connections))
+            .collect();
+        assert_eq!(
+            parked,
+            [("RLIMIT_NOFILE", 19_936), ("MemAvailable", 1_538_461)]
+        );
         fs::remove_dir_all(root).unwrap();
     }
 
@@ -432,10 +484,10 @@ mod tests {
         let limits = Limits::read_from(&root);
         assert_eq!(limits.cgroup_memory, Some((1_073_741_824, 73_741_824)));
         assert_eq!(limits.cgroup_pids, None, "pids.max is max: no limit");
-        let capacity = limits.capacity(MEMORY_PER_CONNECTION, 1024);
+        let capacity = limits.capacity(Cost::THREAD, 1024);
         let binding = capacity.binding().unwrap();
         assert_eq!(binding.limit, "cgroup memory limit");
-        assert_eq!(binding.connections, 1_000_000_000 / MEMORY_PER_CONNECTION);
+        assert_eq!(binding.connections, 1_000_000_000 / Cost::THREAD.memory);
         assert_eq!(capacity.warnings.len(), 1);
         assert!(
             capacity.warnings[0].contains("somaxconn = 128"),
@@ -448,7 +500,7 @@ mod tests {
     #[test]
     fn nothing_readable_is_no_bound_at_all() {
         let root = tree("empty", &[]);
-        let capacity = Limits::read_from(&root).capacity(MEMORY_PER_CONNECTION, 1024);
+        let capacity = Limits::read_from(&root).capacity(Cost::THREAD, 1024);
         assert_eq!(capacity.connections(), u64::MAX);
         assert!(capacity.binding().is_none());
         fs::remove_dir_all(root).unwrap();
@@ -464,7 +516,7 @@ mod tests {
         );
         assert!(limits.pid_max.is_some());
         assert!(limits.mem_available.is_some());
-        let capacity = limits.capacity(MEMORY_PER_CONNECTION, 1024);
+        let capacity = limits.capacity(Cost::THREAD, 1024);
         assert!(capacity.connections() > 0 && capacity.connections() < u64::MAX);
     }
 }

@@ -250,7 +250,10 @@ impl Server {
         }
         let topics = topics::Topics::new(retention, topic_bounds, redis);
         topics.register(&mut metrics);
-        let thread_settings = serve::threads::Settings::of(&config);
+        let mut thread_settings = serve::threads::Settings::of(&config);
+        if let Some((max, mapped)) = capacity::Limits::read().max_map_count {
+            thread_settings.max_threads = serve::threads::Settings::threads_within(max, mapped);
+        }
         let parking = match config.park_after {
             Some(_) => Some(Arc::new(serve::park::Parking::new(
                 metrics.parking.clone(),

@@ -27,7 +27,7 @@ use crate::server::metrics::ThreadCounters;
 use std::io;
 use std::mem;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,13 @@ pub(crate) struct Settings {
     pub(crate) idle: Duration,
     /// Stack size of the threads it starts.
     pub(crate) stack: usize,
+    /// Most threads it runs at once. Each thread takes four memory
+    /// mappings (its stack, its guard page, and the signal stack and guard
+    /// Rust's runtime gives it), and a thread that cannot map its signal
+    /// stack aborts the whole process: the server keeps below what
+    /// `vm.max_map_count` leaves room for ([`Settings::threads_within`]),
+    /// refusing a thread as it does when the kernel refuses one.
+    pub(crate) max_threads: usize,
 }
 
 impl Settings {
@@ -54,9 +61,23 @@ impl Settings {
             capacity: config.thread_cache,
             idle: config.thread_cache_idle,
             stack: config.worker_stack,
+            max_threads: usize::MAX,
         }
     }
+
+    /// The most threads `max_map_count` leaves room for when `mapped`
+    /// mappings are in use: four a thread, after a reserve for everything
+    /// else the process maps (the heap's arenas, TLS sessions, buffers).
+    pub(crate) fn threads_within(max_map_count: u64, mapped: u64) -> usize {
+        const RESERVE: u64 = 1024;
+        let room = max_map_count.saturating_sub(mapped + RESERVE) / MAPPINGS_PER_THREAD;
+        usize::try_from(room).unwrap_or(usize::MAX)
+    }
 }
+
+/// Memory mappings a thread takes: its stack and guard page, and the
+/// signal stack and guard page that Rust's runtime maps for it.
+pub(crate) const MAPPINGS_PER_THREAD: u64 = 4;
 
 /// A bounded cache of parked worker threads.
 #[derive(Clone)]
@@ -70,6 +91,8 @@ struct Inner {
     parked: Mutex<Vec<Arc<Parked>>>,
     /// Set by [`ThreadCache::close`]: finished threads exit.
     closed: AtomicBool,
+    /// Threads running now (parked ones included).
+    live: AtomicUsize,
     counters: ThreadCounters,
 }
 
@@ -109,6 +132,7 @@ impl ThreadCache {
                 settings,
                 parked: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
+                live: AtomicUsize::new(0),
                 counters,
             }),
         }
@@ -135,11 +159,26 @@ impl ThreadCache {
             parked.hand(Slot::Job(job));
             return Ok(());
         }
+        let max = self.inner.settings.max_threads;
+        if self.inner.live.fetch_add(1, Ordering::AcqRel) >= max {
+            self.inner.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{max} threads running: vm.max_map_count leaves room for no more"),
+            ));
+        }
         let inner = Arc::clone(&self.inner);
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(name())
             .stack_size(self.inner.settings.stack)
-            .spawn(move || inner.serve(job))?;
+            .spawn(move || {
+                inner.serve(job);
+                inner.live.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            self.inner.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
         self.inner.counters.spawned.inc();
         Ok(())
     }
@@ -236,6 +275,7 @@ mod tests {
                 capacity,
                 idle,
                 stack: 64 * 1024,
+                max_threads: usize::MAX,
             },
             ThreadCounters::default(),
         )
@@ -359,6 +399,45 @@ mod tests {
         );
         assert_eq!(cache.parked(), 0);
         assert_eq!(cache.inner.counters.parked.get(), 0);
+    }
+
+    #[test]
+    fn no_more_threads_than_the_maximum_run_at_once() {
+        let mut settings = Settings::of(&Config::default());
+        settings.max_threads = 2;
+        settings.stack = 64 * 1024;
+        let cache = ThreadCache::new(settings, ThreadCounters::default());
+        let gate = Arc::new(std::sync::Barrier::new(3));
+        for _ in 0..2 {
+            let gate = Arc::clone(&gate);
+            cache
+                .run(
+                    || "test".into(),
+                    Box::new(move || {
+                        gate.wait();
+                    }),
+                )
+                .unwrap();
+        }
+        // Both run, waiting at the gate: a third is refused.
+        let refused = cache.run(|| "test".into(), Box::new(|| {})).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::WouldBlock);
+        gate.wait();
+        // Parked now, they take jobs again.
+        assert!(wait_until(|| cache.parked() == 2));
+        let (tx, rx) = unbounded();
+        run_reporting(&cache, &tx);
+        rx.recv().unwrap();
+        cache.close();
+    }
+
+    #[test]
+    fn four_mappings_a_thread_after_a_reserve() {
+        assert_eq!(
+            Settings::threads_within(65_530, 500),
+            (65_530 - 500 - 1024) / 4
+        );
+        assert_eq!(Settings::threads_within(1000, 500), 0);
     }
 
     #[test]
