@@ -75,6 +75,10 @@ impl Settings {
     }
 }
 
+/// A thread cached this long without a job gives back its stack's pages
+/// ([`crate::sys::trim_stack`]); one taken sooner keeps them warm.
+const TRIM_AFTER: Duration = Duration::from_millis(100);
+
 /// Memory mappings a thread takes: its stack and guard page, and the
 /// signal stack and guard page that Rust's runtime maps for it.
 pub(crate) const MAPPINGS_PER_THREAD: u64 = 4;
@@ -233,7 +237,9 @@ impl Inner {
             // Under the lock, so that a pop's decrement never comes first.
             self.counters.parked.inc();
         }
-        let deadline = Instant::now() + self.settings.idle;
+        let parked_at = Instant::now();
+        let deadline = parked_at + self.settings.idle;
+        let mut trimmed = false;
         loop {
             match me.take() {
                 Slot::Job(job) => return Some(job),
@@ -241,8 +247,20 @@ impl Inner {
                 Slot::Empty => {}
             }
             let now = Instant::now();
+            if !trimmed && now >= parked_at + TRIM_AFTER {
+                // Waiting a while: the stack pages its connections touched
+                // go back to the kernel (a thousand cached threads would
+                // otherwise hold megabytes doing nothing).
+                crate::sys::trim_stack();
+                trimmed = true;
+            }
             if now < deadline {
-                std::thread::park_timeout(deadline - now);
+                let wake = if trimmed {
+                    deadline
+                } else {
+                    deadline.min(parked_at + TRIM_AFTER)
+                };
+                std::thread::park_timeout(wake - now);
                 continue;
             }
             // Idle too long: leave, unless a job or an exit is on its way.
