@@ -194,3 +194,84 @@ impl Parking {
         parked.resume();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use crossbeam_channel::{Receiver, Sender, unbounded};
+
+    /// A parked socket that stays for bytes `b's'` and leaves for anything
+    /// else, reporting what it did.
+    struct Probe {
+        stream: TcpStream,
+        events: Sender<&'static str>,
+    }
+
+    impl Parked for Probe {
+        fn stream(&self) -> &TcpStream {
+            &self.stream
+        }
+
+        fn readable(&mut self) -> Wake {
+            let mut byte = [0u8; 1];
+            match (&self.stream).read(&mut byte) {
+                Ok(1) if byte[0] == b's' => {
+                    self.events.send("stay").unwrap();
+                    Wake::Stay
+                }
+                _ => Wake::Leave,
+            }
+        }
+
+        fn resume(self: Box<Self>) {
+            self.events.send("resumed").unwrap();
+        }
+    }
+
+    /// A parked probe, its client end, and what it reports.
+    fn parked(parking: &Parking) -> (TcpStream, Receiver<&'static str>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let (events, rx) = unbounded();
+        assert!(parking.park(Box::new(Probe { stream, events })).is_ok());
+        (client, rx)
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn each_readiness_reaches_its_connection_once_until_it_leaves() {
+        let parking = Arc::new(Parking::new(ParkCounters::default()).unwrap());
+        let thread = Parking::spawn(Arc::clone(&parking)).unwrap();
+        let (mut a, a_events) = parked(&parking);
+        let (mut b, b_events) = parked(&parking);
+        assert_eq!(parking.counters.parked.get(), 2);
+        // Re-armed after each stay: every byte is seen, in order.
+        a.write_all(b"ss").unwrap();
+        assert_eq!(a_events.recv_timeout(WAIT), Ok("stay"));
+        assert_eq!(a_events.recv_timeout(WAIT), Ok("stay"));
+        b.write_all(b"s").unwrap();
+        assert_eq!(b_events.recv_timeout(WAIT), Ok("stay"));
+        // Anything else: out of the set, resumed once.
+        a.write_all(b"x").unwrap();
+        assert_eq!(a_events.recv_timeout(WAIT), Ok("resumed"));
+        assert_eq!(parking.counters.unparks.get(), 1);
+        assert_eq!(parking.counters.parked.get(), 1);
+        // Its slot is reused; the end of a stream is readable too.
+        let (_c, c_events) = parked(&parking);
+        drop(b);
+        assert_eq!(b_events.recv_timeout(WAIT), Ok("resumed"));
+        assert!(c_events.try_recv().is_err(), "nothing happened to c");
+        parking.stop();
+        thread.join().unwrap();
+        // What was still parked is dropped with the set.
+        assert_eq!(parking.counters.parked.get(), 0);
+        assert_eq!(parking.counters.parks.get(), 3);
+    }
+}
