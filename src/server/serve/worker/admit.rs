@@ -19,7 +19,7 @@ use crate::server::admission::upgrade::{self, Upgrade};
 use crate::server::conn::Conn;
 use crate::server::conn::close::CloseReason;
 use crate::server::conn::identity::Identity;
-use crate::server::conn::outbound::{Pumped, TlsError};
+use crate::server::conn::outbound::{HandshakePool, Pumped, TlsError};
 use crate::server::serve::handler::Session;
 use crate::server::serve::shared::Shared;
 use crate::server::serve::timer::event::Event;
@@ -65,13 +65,10 @@ impl Worker {
             // What came after a PROXY header is the TLS session's.
             let early = self.input.data().len();
             if early > 0 {
-                let handshakes = self
-                    .shared
-                    .tls
-                    .as_ref()
-                    .expect("a TLS listener")
-                    .handshakes();
-                let fed = self.conn.out.tls_feed(handshakes, self.input.data());
+                let fed = self
+                    .conn
+                    .out
+                    .tls_feed(handshakes(&self.shared), self.input.data());
                 self.input.consume(early);
                 if let Err(e) = fed {
                     return Err(self.tls_failed(&e));
@@ -361,27 +358,33 @@ impl Worker {
             return Ok(n);
         }
         loop {
-            let pumped = self.conn.out.tls_pump(
-                self.conn.id,
-                &self.shared.flushes,
-                self.shared
-                    .tls
-                    .as_ref()
-                    .expect("a TLS listener")
-                    .handshakes(),
-                self.input.spare(limit),
-            );
-            match pumped {
-                Ok(Pumped::Plaintext(n)) => {
-                    self.input.filled(n);
-                    return Ok(n);
-                }
-                Ok(Pumped::Closed) => return Ok(0),
-                Ok(Pumped::NeedBytes) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            match self.pump_tls(limit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                read => return read,
             }
             // Outside the lock: wait until the socket has bytes (or ends).
             sys::wait_readable(self.conn.stream())?;
+        }
+    }
+
+    /// One turn of the TLS session, without blocking: the plaintext it put
+    /// in the input buffer (at most `limit` in it), Ok(0) at the peer's
+    /// end, `WouldBlock` when it needs more bytes from the socket.
+    pub(super) fn pump_tls(&mut self, limit: usize) -> io::Result<usize> {
+        let pumped = self.conn.out.tls_pump(
+            self.conn.id,
+            &self.shared.flushes,
+            handshakes(&self.shared),
+            self.input.spare(limit),
+        );
+        match pumped {
+            Ok(Pumped::Plaintext(n)) => {
+                self.input.filled(n);
+                Ok(n)
+            }
+            Ok(Pumped::Closed) => Ok(0),
+            Ok(Pumped::NeedBytes) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
 
@@ -403,8 +406,10 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let flushes = &shared.flushes;
         loop {
-            let handshakes = shared.tls.as_ref().expect("a TLS listener").handshakes();
-            let pumped = self.conn.out.tls_pump(id, flushes, handshakes, &mut []);
+            let pumped = self
+                .conn
+                .out
+                .tls_pump(id, flushes, handshakes(&self.shared), &mut []);
             // The session's answer (or its alert) goes out, blocking if
             // the socket is full: only this thread writes before the
             // handshake is done.
@@ -534,4 +539,9 @@ pub(super) fn record_identity(
     {
         sent.add(Kind::Data, output.len() - before);
     }
+}
+
+/// The TLS handshake threads (there are some only with a TLS listener).
+fn handshakes(shared: &Shared) -> &HandshakePool {
+    shared.tls.as_ref().expect("a TLS listener").handshakes()
 }

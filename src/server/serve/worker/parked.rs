@@ -18,15 +18,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::protocol::{Decoded, Message};
 use crate::server::conn::close::CloseState;
-use crate::server::conn::outbound::Pumped;
 use crate::server::serve::park::{Parked, Wake};
 use crate::sys;
-use crate::traffic::Kind;
 
 use super::Worker;
-use super::serve::answer;
+use super::serve::Answering;
 
 impl Parked for Worker {
     fn stream(&self) -> &TcpStream {
@@ -117,75 +114,19 @@ impl Worker {
             self.input.filled(n);
             return Ok(n);
         }
-        let handshakes = self
-            .shared
-            .tls
-            .as_ref()
-            .expect("a TLS listener")
-            .handshakes();
-        match self.conn.out.tls_pump(
-            self.conn.id,
-            &self.shared.flushes,
-            handshakes,
-            self.input.spare(limit),
-        ) {
-            Ok(Pumped::Plaintext(n)) => {
-                self.input.filled(n);
-                Ok(n)
-            }
-            Ok(Pumped::Closed) => Ok(0),
-            Ok(Pumped::NeedBytes) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        }
+        self.pump_tls(limit)
     }
 
     /// Answers the PINGs (and takes the PONGs) at the front of the input;
     /// whether that was all of it. A PING the policy refuses leaves the
     /// reason in `found` (and the answers before it in the output).
     fn answer_heartbeats(&mut self) -> bool {
-        let mut pongs = 0;
-        let done = loop {
-            let Decoded {
-                message: msg,
-                len: used,
-                binary,
-            } = match self.decoder.decode_message(self.input.data()) {
-                Ok(Some(decoded))
-                    if matches!(decoded.message, Message::Ping(_) | Message::Pong(_)) =>
-                {
-                    decoded
-                }
-                // Nothing left, or part of a message, a message for the
-                // handler, or a protocol error: the thread decodes it
-                // again.
-                _ => break self.input.data().is_empty(),
-            };
-            let ping = matches!(msg, Message::Ping(_));
-            self.received.add(Kind::of(&msg), used);
-            let answered = answer(
-                &self.shared,
-                &*self.handler,
-                &self.conn,
-                &mut self.pings,
-                &mut self.output,
-                &mut self.sent,
-                msg,
-                binary,
-            );
-            self.input.consume(used);
-            if let Err(reason) = answered {
+        match self.process(Answering::Heartbeats) {
+            Ok(()) => self.input.data().is_empty(),
+            Err(reason) => {
                 self.found = Some(reason);
-                break false;
+                false
             }
-            pongs += u64::from(ping);
-        };
-        if self.received.has_unpublished() {
-            self.conn.activity.touch(self.shared.clock.now());
-            self.conn
-                .traffic
-                .publish(&mut self.received, &mut self.sent);
         }
-        self.shared.metrics.parking.pongs.inc_by(pongs);
-        done
     }
 }

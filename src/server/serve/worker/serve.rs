@@ -129,7 +129,7 @@ impl Worker {
     /// Answers every complete message in the input buffer and writes the
     /// answers, even those to messages before an error.
     pub(super) fn answer_buffered(&mut self) -> Result<(), CloseReason> {
-        let outcome = self.process();
+        let outcome = self.process(Answering::All);
         if let Err(e) = self.flush() {
             // A failed write leaves the stream unable to carry the CLOSE an
             // idle timeout asked for: the write's own reason is the true
@@ -167,21 +167,34 @@ impl Worker {
             .map_or(otherwise, |request| self.conn.request_reason(request))
     }
 
-    /// Decodes and answers every complete message in the input buffer.
-    pub(super) fn process(&mut self) -> Result<(), CloseReason> {
+    /// Decodes and answers the complete messages in the input buffer: all
+    /// of them, or (on the parking thread) the heartbeats at its front.
+    pub(super) fn process(&mut self, answering: Answering) -> Result<(), CloseReason> {
+        let everything = answering == Answering::All;
         let mut data = false;
+        let mut pongs = 0;
         let outcome = loop {
             let Decoded {
                 message: msg,
                 len: used,
                 binary,
             } = match self.decoder.decode_message(self.input.data()) {
-                Ok(Some(decoded)) => decoded,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(CloseReason::Protocol(e)),
+                Ok(Some(decoded))
+                    if everything
+                        || matches!(decoded.message, Message::Ping(_) | Message::Pong(_)) =>
+                {
+                    decoded
+                }
+                // Nothing complete, or (heartbeats only) a message for
+                // the handler or a protocol error: a thread decodes it
+                // again.
+                Ok(_) => break Ok(()),
+                Err(e) if everything => break Err(CloseReason::Protocol(e)),
+                Err(_) => break Ok(()),
             };
             self.received.add(Kind::of(&msg), used);
             data |= matches!(msg, Message::Data(_));
+            let ping = matches!(msg, Message::Ping(_));
             let answered = answer(
                 &self.shared,
                 &*self.handler,
@@ -196,7 +209,11 @@ impl Worker {
             if let Err(reason) = answered {
                 break Err(reason);
             }
+            pongs += u64::from(ping && !everything);
         };
+        if pongs > 0 {
+            self.shared.metrics.parking.pongs.inc_by(pongs);
+        }
         if data {
             self.data_at = Instant::now();
         }
@@ -279,6 +296,16 @@ impl Worker {
     }
 }
 
+/// Which messages [`Worker::process`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Answering {
+    /// Every complete message: a worker on its thread.
+    All,
+    /// The PINGs and PONGs at the front: the parking thread, which leaves
+    /// the rest for a thread.
+    Heartbeats,
+}
+
 /// Whether a failed wait or read just means waiting again: a signal, or
 /// the receive timeout that parking sets.
 fn waits_again(err: &io::Error) -> bool {
@@ -296,7 +323,7 @@ fn waits_again(err: &io::Error) -> bool {
     clippy::too_many_arguments,
     reason = "the worker's parts, each borrowed on its own while the message borrows the input"
 )]
-pub(super) fn answer(
+fn answer(
     shared: &Arc<Shared>,
     handler: &dyn Handler,
     conn: &Arc<Conn>,
