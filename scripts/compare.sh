@@ -3,7 +3,7 @@
 # the tokio peer (examples/tokio-peer.rs) through the same loadgen modes and
 # prints the table of BENCHMARKS.md ("Thread per connection against tokio").
 #
-#   scripts/compare.sh                 # everything, about 5 minutes
+#   scripts/compare.sh                 # everything, about 9 minutes
 #   scripts/compare.sh idle churn      # some figures only
 #   WHEEL_ARGS="--thread-cache 0" scripts/compare.sh churn   # extra server flags
 #   AGAINST=ws scripts/compare.sh idle ping echo1 echo8     # frame mode against WebSocket
@@ -19,7 +19,9 @@
 # for both; server RSS; server CPU), sparse (1,000 connections, one DATA
 # each every 2 s: the echo's round trip when every DATA finds its connection
 # parked; also run against wheel-server with --park-after 0, whose
-# connections keep their threads), ping (p99 at 20,000 PINGs/s over 1,000 connections), echo1 (64 B,
+# connections keep their threads), idle15 (as idle at 15,000, also against
+# --park-after 0: a thread each cannot reach 18,000 under this box's
+# vm.max_map_count), ping (p99 at 20,000 PINGs/s over 1,000 connections), echo1 (64 B,
 # 100 connections, 1 in flight), echo8 (1,000 connections, 8 in flight),
 # churn (connect + PING + close cycles/s, 16 loops), storm (15,000 clients
 # at once, cold and warm), burst (10,000 connections expiring in one tick).
@@ -29,7 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 figures=("$@")
-[ ${#figures[@]} -gt 0 ] || figures=(idle sparse ping echo1 echo8 churn storm burst)
+[ ${#figures[@]} -gt 0 ] || figures=(idle idle15 sparse ping echo1 echo8 churn storm burst)
 out=target/compare
 mkdir -p "$out"
 ulimit -n 20000
@@ -116,11 +118,12 @@ row() {
 
 for figure in "${figures[@]}"; do
     servers=(wheel "$against")
-    [ "$figure" = sparse ] && servers+=(unparked)
+    case $figure in sparse | idle15) servers+=(unparked) ;; esac
     for which in "${servers[@]}"; do
         echo "compare: $figure against $which" >&2
         case $figure in
             idle) run idle $which 60s idle -n 18000 --pid PID --ping-every 20s --measure 20s ;;
+            idle15) run idle15 $which 60s idle -n 15000 --pid PID --ping-every 20s --measure 20s ;;
             sparse) run sparse $which 60s sparse -n 1000 --every 2s --duration 20s ;;
             ping) run ping $which 60s ping -n 1000 --rate 20000 --duration 10s ;;
             echo1) run echo1 $which 60s echo -n 100 --in-flight 1 --duration 10s ;;
@@ -143,6 +146,16 @@ for figure in "${figures[@]}"; do
             row "of which Slab" idle 'machine["slab_per_connection_kib"]' KiB
             row "server RSS per idle connection, 18,000" idle 'server["rss_per_connection_kib"]' KiB
             row "server CPU, 18,000 idle, a PING each every 20 s" idle 'server["idle_cpu_percent"]' % ;;
+        idle15)
+            row "machine memory per idle connection, 15,000" idle15 'machine["mem_available_drop_per_connection_kib"]' KiB
+            row "server RSS per idle connection, 15,000" idle15 'server["rss_per_connection_kib"]' KiB
+            row "server CPU, 15,000 idle" idle15 'server["idle_cpu_percent"]' %
+            against_saved=$against; against=unparked
+            row "machine memory, 15,000: parked vs a thread each (--park-after 0)" idle15 'machine["mem_available_drop_per_connection_kib"]' KiB
+            row "of which KernelStack, parked vs a thread each" idle15 'machine["kernel_stack_per_connection_kib"]' KiB
+            row "server RSS, parked vs a thread each" idle15 'server["rss_per_connection_kib"]' KiB
+            row "server CPU, parked vs a thread each" idle15 'server["idle_cpu_percent"]' %
+            against=$against_saved ;;
         sparse)
             row "DATA after 2 s quiet (parked), p50" sparse 'rtt_ms["p50"]' ms
             row "DATA after 2 s quiet (parked), p99" sparse 'rtt_ms["p99"]' ms
