@@ -256,6 +256,7 @@ impl Server {
         }
         let parking = match config.park_after {
             Some(_) => Some(Arc::new(serve::park::Parking::new(
+                serve::park::Parking::threads_for_this_machine(),
                 metrics.parking.clone(),
             )?)),
             None => None,
@@ -280,15 +281,15 @@ impl Server {
             metrics,
         });
         let timer = serve::timer::spawn(Arc::clone(&shared), events_rx, source)?;
-        let parker = match &shared.parking {
-            Some(parking) => match serve::park::Parking::spawn(Arc::clone(parking)) {
-                Ok(parker) => Some(parker),
+        let parkers = match &shared.parking {
+            Some(parking) => match serve::park::Parking::spawn(parking) {
+                Ok(parkers) => parkers,
                 Err(e) => {
                     serve::timer::stop(&shared, timer.thread());
                     return Err(e);
                 }
             },
-            None => None,
+            None => Vec::new(),
         };
         let stop_timer = |e: io::Error| {
             serve::timer::stop(&shared, timer.thread());
@@ -369,7 +370,7 @@ impl Server {
                 handler,
                 acceptors,
                 timer,
-                parker,
+                parkers,
                 endpoint,
                 relay,
             }),

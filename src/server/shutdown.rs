@@ -29,8 +29,8 @@ pub(crate) struct Threads {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) acceptors: Vec<JoinHandle<()>>,
     pub(crate) timer: JoinHandle<()>,
-    /// The parking thread (`--park-after`).
-    pub(crate) parker: Option<JoinHandle<()>>,
+    /// The parking threads (`--park-after`).
+    pub(crate) parkers: Vec<JoinHandle<()>>,
     pub(crate) endpoint: Option<admin::Endpoint>,
     /// The Redis follower (`--redis`).
     pub(crate) relay: Option<JoinHandle<()>>,
@@ -43,16 +43,18 @@ pub(crate) fn run(shared: &Arc<Shared>, threads: Threads) -> bool {
         handler,
         acceptors,
         timer,
-        parker,
+        parkers,
         endpoint,
         relay,
     } = threads;
     stop_accepting(shared, &handler, acceptors);
     let clean = drain(shared);
     // Every connection is gone (or was forced closed, which unparked it).
-    if let (Some(parker), Some(parking)) = (parker, &shared.parking) {
+    if let Some(parking) = &shared.parking {
         parking.stop();
-        let _ = parker.join();
+        for parker in parkers {
+            let _ = parker.join();
+        }
     }
     // Draining connections still get their topics' messages.
     if let (Some(relay), Some(redis)) = (relay, shared.topics.redis()) {

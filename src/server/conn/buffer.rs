@@ -44,6 +44,17 @@ impl ReadBuf {
         }
     }
 
+    /// Holding no memory, takes `initial` bytes (less than [`spare`]'s
+    /// first allocation) for the next read: the parking thread reads a
+    /// heartbeat into a small buffer and gives it back at once.
+    ///
+    /// [`spare`]: ReadBuf::spare
+    pub(crate) fn prime(&mut self, initial: usize) {
+        if self.data.is_empty() {
+            self.data = vec![0; initial.max(1)];
+        }
+    }
+
     /// The bytes read and not yet consumed.
     pub(crate) fn data(&self) -> &[u8] {
         &self.data[self.start..self.end]

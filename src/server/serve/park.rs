@@ -32,7 +32,7 @@
 use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tracing::{error, warn};
@@ -63,16 +63,24 @@ pub(crate) enum Wake {
     Leave,
 }
 
-/// The set of parked connections and the thread that waits on it.
+/// The parked connections: one epoll set per parking thread, a connection
+/// going to each in turn.
 pub(crate) struct Parking {
-    epoll: Epoll,
-    table: Mutex<Table>,
-    /// Set by [`Parking::stop`]: the thread ends.
+    sets: Vec<Set>,
+    /// The set the next connection goes to.
+    next: AtomicUsize,
+    /// Set by [`Parking::stop`]: the threads end.
     stopping: AtomicBool,
     counters: ParkCounters,
 }
 
-/// The parked connections, indexed by their epoll token.
+/// One parking thread's epoll set and the connections in it.
+struct Set {
+    epoll: Epoll,
+    table: Mutex<Table>,
+}
+
+/// The parked connections of one set, indexed by their epoll token.
 #[derive(Default)]
 struct Table {
     slots: Vec<Option<Box<dyn Parked>>>,
@@ -98,33 +106,64 @@ impl Table {
 }
 
 impl Parking {
-    /// An empty set, counted in `counters`.
-    pub(crate) fn new(counters: ParkCounters) -> io::Result<Parking> {
+    /// `threads` empty sets (at least one), counted in `counters`.
+    pub(crate) fn new(threads: usize, counters: ParkCounters) -> io::Result<Parking> {
+        let sets = (0..threads.max(1))
+            .map(|_| {
+                Ok(Set {
+                    epoll: Epoll::new()?,
+                    table: Mutex::new(Table::default()),
+                })
+            })
+            .collect::<io::Result<_>>()?;
         Ok(Parking {
-            epoll: Epoll::new()?,
-            table: Mutex::new(Table::default()),
+            sets,
+            next: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             counters,
         })
     }
 
-    /// Starts the parking thread.
-    pub(crate) fn spawn(parking: Arc<Parking>) -> io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("wheel-park".into())
-            .spawn(move || parking.run())
+    /// How many parking threads for this machine: one per core, so that a
+    /// busy heartbeat rate (a PING a second from 20,000 connections) is
+    /// answered in parallel as worker threads would, up to 4.
+    pub(crate) fn threads_for_this_machine() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     }
 
-    /// Parks `parked`: from now on the parking thread answers for it. When
-    /// the socket cannot be added to the set, `parked` comes back for its
+    /// Starts the parking threads.
+    pub(crate) fn spawn(parking: &Arc<Parking>) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let mut threads = Vec::with_capacity(parking.sets.len());
+        for index in 0..parking.sets.len() {
+            let parking_ = Arc::clone(parking);
+            let spawned = std::thread::Builder::new()
+                .name("wheel-park".into())
+                .spawn(move || parking_.run(index));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    parking.stop();
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(threads)
+    }
+
+    /// Parks `parked`: from now on a parking thread answers for it. When
+    /// the socket cannot be added to a set, `parked` comes back for its
     /// thread to go on serving it.
     pub(crate) fn park<P: Parked + 'static>(&self, parked: Box<P>) -> Result<(), Box<P>> {
+        let set = &self.sets[self.next.fetch_add(1, Ordering::Relaxed) % self.sets.len()];
         // The lock is held until the slot holds the connection: the thread,
         // handed the token at once when the socket is readable already,
         // takes the lock before it looks.
-        let mut table = self.table.lock();
+        let mut table = set.table.lock();
         let token = table.reserve();
-        if let Err(e) = self.epoll.add(parked.stream(), token) {
+        if let Err(e) = set.epoll.add(parked.stream(), token) {
             table.free(token);
             warn!("cannot park a connection: {e}");
             return Err(parked);
@@ -135,29 +174,33 @@ impl Parking {
         Ok(())
     }
 
-    /// Ends the parking thread. Called once no connection is left (after
+    /// Ends the parking threads. Called once no connection is left (after
     /// the drain); any still parked are dropped, which deregisters them.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        self.epoll.wake();
+        for set in &self.sets {
+            set.epoll.wake();
+        }
     }
 
-    fn run(&self) {
+    /// Parking thread `index`'s life.
+    fn run(&self, index: usize) {
+        let set = &self.sets[index];
         let mut tokens = Vec::new();
         while !self.stopping.load(Ordering::Acquire) {
-            if let Err(e) = self.epoll.wait(&mut tokens) {
+            if let Err(e) = set.epoll.wait(&mut tokens) {
                 // Only EBADF, EFAULT or EINVAL, none of which a retry cures.
-                error!("the parking thread cannot wait: {e}");
+                error!("a parking thread cannot wait: {e}");
                 break;
             }
             for &token in &tokens {
                 if token != Epoll::WAKE {
-                    self.ready(token);
+                    self.ready(set, token);
                 }
             }
         }
         let parked: Vec<_> = {
-            let mut table = self.table.lock();
+            let mut table = set.table.lock();
             let Table { slots, free } = &mut *table;
             free.clear();
             slots.drain(..).flatten().collect()
@@ -169,14 +212,14 @@ impl Parking {
     /// Handles one reported connection: the thread holds it outside the
     /// table (the slot stays reserved) while it reads, so no lock is held
     /// across the work.
-    fn ready(&self, token: u64) {
-        let taken = self.table.lock().slots[token as usize].take();
+    fn ready(&self, set: &Set, token: u64) {
+        let taken = set.table.lock().slots[token as usize].take();
         let Some(mut parked) = taken else {
             return;
         };
         if parked.readable() == Wake::Stay {
-            let mut table = self.table.lock();
-            match self.epoll.rearm(parked.stream(), token) {
+            let mut table = set.table.lock();
+            match set.epoll.rearm(parked.stream(), token) {
                 Ok(()) => {
                     table.slots[token as usize] = Some(parked);
                     return;
@@ -187,8 +230,8 @@ impl Parking {
             }
         }
         // Out of the set before any thread can park it again.
-        let _ = self.epoll.remove(parked.stream());
-        self.table.lock().free(token);
+        let _ = set.epoll.remove(parked.stream());
+        set.table.lock().free(token);
         self.counters.parked.dec();
         self.counters.unparks.inc();
         parked.resume();
@@ -247,8 +290,9 @@ mod tests {
 
     #[test]
     fn each_readiness_reaches_its_connection_once_until_it_leaves() {
-        let parking = Arc::new(Parking::new(ParkCounters::default()).unwrap());
-        let thread = Parking::spawn(Arc::clone(&parking)).unwrap();
+        // One set, so that the order of events is one thread's.
+        let parking = Arc::new(Parking::new(1, ParkCounters::default()).unwrap());
+        let threads = Parking::spawn(&parking).unwrap();
         let (mut a, a_events) = parked(&parking);
         let (mut b, b_events) = parked(&parking);
         assert_eq!(parking.counters.parked.get(), 2);
@@ -269,7 +313,9 @@ mod tests {
         assert_eq!(b_events.recv_timeout(WAIT), Ok("resumed"));
         assert!(c_events.try_recv().is_err(), "nothing happened to c");
         parking.stop();
-        thread.join().unwrap();
+        for thread in threads {
+            thread.join().unwrap();
+        }
         // What was still parked is dropped with the set.
         assert_eq!(parking.counters.parked.get(), 0);
         assert_eq!(parking.counters.parks.get(), 3);

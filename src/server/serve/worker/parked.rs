@@ -25,6 +25,10 @@ use crate::sys;
 use super::Worker;
 use super::serve::Answering;
 
+/// The buffer a parked connection's read takes: a PING (or a few) in any
+/// protocol, TLS records' plaintext included.
+const PARKED_READ: usize = 256;
+
 impl Parked for Worker {
     fn stream(&self) -> &TcpStream {
         self.conn.stream()
@@ -109,6 +113,8 @@ impl Worker {
     /// nothing (or, over TLS, no plaintext yet).
     fn read_available(&mut self) -> io::Result<usize> {
         let limit = self.decoder.max_message_len();
+        // Heartbeats are a few bytes: more (DATA) is read by the thread.
+        self.input.prime(PARKED_READ);
         if !self.tls {
             let n = sys::recv_nonblocking(self.conn.stream(), self.input.spare(limit))?;
             self.input.filled(n);
