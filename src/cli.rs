@@ -391,6 +391,17 @@ pub struct Args {
     )]
     max_subscriptions: usize,
 
+    /// Join and leave events per second per topic, at most, each sent to every subscriber that
+    /// watches the topic (SUB <topic> presence); past it they are dropped and the watchers get
+    /// PRESENCE <topic> overflow, once a second, to ask WHO again (0 = no limit).
+    #[arg(
+        help_heading = "Pub/sub",
+        long,
+        env = "WHEEL_SERVER_PRESENCE_RATE",
+        default_value_t = 20
+    )]
+    presence_rate: u32,
+
     /// Share topics with the other instances using this Redis
     /// (redis://[:password@]host:port/db): sequence numbers and --history live in Redis, every
     /// instance's subscribers get every message, and a client resumes on any instance. A PUB while
@@ -704,6 +715,7 @@ impl Args {
         config.max_publish_bytes =
             (self.max_publish_bytes > 0).then_some(self.max_publish_bytes as u64);
         config.max_subscriptions = self.max_subscriptions;
+        config.presence_rate = self.presence_rate;
         config.redis = self.redis.clone();
         config.redis_password = self.redis_password.clone();
         config.redis_sentinels = self.redis_sentinel.clone();

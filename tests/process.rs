@@ -208,6 +208,9 @@ fn no_thread_or_descriptor_leak_after_hundreds_of_connections() {
         "300ms",
     ]);
     let pid = server.pid();
+    // After the start's last look at /proc (the capacity line), which
+    // holds a descriptor for a moment.
+    assert!(server.wait_for_log("this box lets", PATIENCE).is_some());
     let (base_threads, base_fds) = (threads(pid), fds(pid));
     for round in 0..6 {
         let mut batch: Vec<Client> = (0..50).map(|_| Client::connect(server.addr)).collect();

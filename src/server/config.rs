@@ -184,6 +184,10 @@ pub struct Config {
     pub max_publish_bytes: Option<u64>,
     /// Topics one connection may subscribe to at most.
     pub max_subscriptions: usize,
+    /// Join and leave events per second per topic, at most (each sent to
+    /// every subscriber that watches the topic's presence); past it they
+    /// are dropped and watchers told to ask again. 0: no limit.
+    pub presence_rate: u32,
     /// Share topics with other instances through the Redis at this URL
     /// (`redis://[:password@]host:port/db`): sequence numbers and history
     /// live there, and every instance's subscribers get every message.
@@ -239,6 +243,7 @@ impl std::fmt::Debug for Config {
             .field("admin_allowed_hosts", &self.admin_allowed_hosts)
             .field("proxy_from", &self.proxy_from)
             .field("max_subscriptions", &self.max_subscriptions)
+            .field("presence_rate", &self.presence_rate)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             // The URL may hold a password.
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
@@ -363,6 +368,7 @@ impl Default for Config {
             max_publish_rate: Some(1000),
             max_publish_bytes: Some(64 << 20),
             max_subscriptions: 128,
+            presence_rate: 20,
             admin_token: None,
             admin_allowed_hosts: Vec::new(),
             redis: None,

@@ -100,6 +100,7 @@ pub use rate::RATE_LIMIT_STRIKES;
 pub use serve::handle::{ConnectionInfo, SendError, ServerHandle};
 pub use serve::handler::{Echo, Handler, Session};
 pub use signals::ShutdownSignals;
+pub use topics::presence::{Member, Members, PRESENCE_PAGE, leave_reason, show_user};
 pub use topics::{Published, Resumed, TopicInfo};
 
 use std::io;
@@ -529,6 +530,7 @@ pub(crate) mod test_support {
                     max_topics: 1000,
                     max_frame: 1 << 20,
                     replay_budget: 1 << 20,
+                    presence_rate: 20,
                 },
                 None,
             ),

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | `SUB <topic>` | `OK SUB <topic> <last>`, then live messages |
 //! | `SUB <topic> <since>` | `OK SUB <topic> <last> recovered` (or `... gap <first-missing>`), every retained message after `since`, then live ones |
+//! | `SUB <topic> [<since>] presence` | as `SUB`, and from then on `JOIN`, `LEAVE`, `ONLINE`, `OFFLINE` as others come and go (docs/PROTOCOL.md, "Presence") |
+//! | `WHO <topic> [<after>]` | a `MEMBER <topic> <conn> <user> <since-ms>` per member (at most 100, after connection `after`), then `OK WHO <topic> <connections> <users>` (`... more` if more follow) |
 //! | `UNSUB <topic>` | `OK UNSUB <topic>` |
 //! | `PUB <topic> <payload>` | `OK PUB <topic> <seq>`; subscribers get `MSG <topic> <seq> <payload>`; or `ERR too large: at most N bytes`, `ERR too many topics`, `ERR rate limited` |
 //! | `PUBONCE <topic> <id> <payload>` | as `PUB`, but a retry with the same `id` is answered `OK PUB <topic> <seq>` of the first, not published again |
@@ -16,20 +18,31 @@ use std::str;
 
 pub use crate::protocol::topic::personal_topic;
 use crate::protocol::topic::{valid_publish_id, valid_topic};
+use crate::server::conn::id::ConnId;
 use crate::server::conn::identity::Identity;
 use crate::server::serve::handle::SendError;
 use crate::server::serve::handler::{Handler, Session};
 use crate::server::topics::Resumed;
+use crate::server::topics::presence::{PRESENCE_PAGE, show_user};
 
 /// A parsed command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command<'a> {
-    /// `SUB <topic> [<since>]`.
+    /// `SUB <topic> [<since>] [presence]`.
     Sub {
         /// The topic.
         topic: &'a str,
         /// Resume after this sequence number.
         since: Option<u64>,
+        /// Watch the topic's presence: joins and leaves.
+        presence: bool,
+    },
+    /// `WHO <topic> [<after>]`: the topic's members.
+    Who {
+        /// The topic.
+        topic: &'a str,
+        /// List those after this connection.
+        after: Option<ConnId>,
     },
     /// `UNSUB <topic>`.
     Unsub {
@@ -83,17 +96,43 @@ pub fn parse_command(msg: &[u8]) -> Result<Command<'_>, &'static str> {
         b"SUB" => {
             let (topic, rest) = split(rest.ok_or("missing topic")?);
             let topic = topic_of(topic)?;
-            let since = match rest {
-                None => None,
-                Some(since) => Some(
-                    str::from_utf8(since)
+            let (since, presence) = match rest {
+                None => (None, false),
+                Some(b"presence") => (None, true),
+                Some(rest) => {
+                    let (since, flag) = split(rest);
+                    let presence = match flag {
+                        None => false,
+                        Some(b"presence") => true,
+                        Some(_) => return Err("invalid sequence number"),
+                    };
+                    let since = str::from_utf8(since)
                         .ok()
                         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                         .and_then(|s| s.parse().ok())
-                        .ok_or("invalid sequence number")?,
+                        .ok_or("invalid sequence number")?;
+                    (Some(since), presence)
+                }
+            };
+            Ok(Command::Sub {
+                topic,
+                since,
+                presence,
+            })
+        }
+        b"WHO" => {
+            let (topic, rest) = split(rest.ok_or("missing topic")?);
+            let topic = topic_of(topic)?;
+            let after = match rest {
+                None => None,
+                Some(after) => Some(
+                    str::from_utf8(after)
+                        .ok()
+                        .and_then(|a| a.parse().ok())
+                        .ok_or("invalid connection id")?,
                 ),
             };
-            Ok(Command::Sub { topic, since })
+            Ok(Command::Who { topic, after })
         }
         b"UNSUB" => {
             let (topic, rest) = split(rest.ok_or("missing topic")?);
@@ -166,6 +205,7 @@ impl Handler for PubSub {
         let forbidden = match &command {
             Ok(
                 Command::Sub { topic, .. }
+                | Command::Who { topic, .. }
                 | Command::Pub { topic, .. }
                 | Command::PubOnce { topic, .. },
             ) => session.with_identity(|identity| identity.is_some_and(|id| !id.may_use(topic))),
@@ -176,7 +216,18 @@ impl Handler for PubSub {
             return;
         }
         let reply = match command {
-            Ok(Command::Sub { topic, since }) => return subscribe(session, topic, since),
+            Ok(Command::Sub {
+                topic,
+                since,
+                presence,
+            }) => {
+                subscribe(session, topic, since);
+                if presence {
+                    session.watch_presence(topic, true);
+                }
+                return;
+            }
+            Ok(Command::Who { topic, after }) => return who(session, topic, after),
             Ok(Command::Unsub { topic }) => {
                 session.unsubscribe(topic);
                 format!("OK UNSUB {topic}").into_bytes()
@@ -213,6 +264,25 @@ fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[
     }
 }
 
+/// `WHO`: a `MEMBER` line per member (a page), then `OK WHO`.
+fn who(session: &mut Session<'_>, topic: &str, after: Option<ConnId>) {
+    let page = session.server().presence(topic, after, PRESENCE_PAGE);
+    for m in &page.members {
+        let line = format!(
+            "MEMBER {topic} {} {} {}",
+            m.conn,
+            show_user(m.user.as_deref()),
+            m.since_ms
+        );
+        if session.send(line.as_bytes()).is_err() {
+            return;
+        }
+    }
+    let more = if page.more { " more" } else { "" };
+    let _ = session
+        .send(format!("OK WHO {topic} {} {}{more}", page.connections, page.users).as_bytes());
+}
+
 /// `SUB`: the replies queued so far go out first, then (under the topic's
 /// lock, so no live message can come between) the OK and the replay.
 fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>) {
@@ -246,14 +316,46 @@ mod tests {
             parse_command(b"SUB news"),
             Ok(Command::Sub {
                 topic: "news",
-                since: None
+                since: None,
+                presence: false
             })
         );
         assert_eq!(
             parse_command(b"SUB a/b:c.d_e-f 42"),
             Ok(Command::Sub {
                 topic: "a/b:c.d_e-f",
-                since: Some(42)
+                since: Some(42),
+                presence: false
+            })
+        );
+        assert_eq!(
+            parse_command(b"SUB news presence"),
+            Ok(Command::Sub {
+                topic: "news",
+                since: None,
+                presence: true
+            })
+        );
+        assert_eq!(
+            parse_command(b"SUB news 7 presence"),
+            Ok(Command::Sub {
+                topic: "news",
+                since: Some(7),
+                presence: true
+            })
+        );
+        assert_eq!(
+            parse_command(b"WHO news"),
+            Ok(Command::Who {
+                topic: "news",
+                after: None
+            })
+        );
+        assert_eq!(
+            parse_command(b"WHO news 3.1"),
+            Ok(Command::Who {
+                topic: "news",
+                after: Some("3.1".parse().unwrap())
             })
         );
         assert_eq!(
@@ -289,6 +391,10 @@ mod tests {
                 "invalid sequence number",
             ),
             (b"UNSUB a b", "UNSUB takes one topic"),
+            (b"SUB news 7 watch", "invalid sequence number"),
+            (b"SUB news presence 7", "invalid sequence number"),
+            (b"WHO", "missing topic"),
+            (b"WHO news x", "invalid connection id"),
             (b"PUB", "missing topic"),
             (b"PUB \xff x", "invalid topic"),
         ] {
@@ -311,7 +417,7 @@ mod tests {
         #[test]
         fn any_bytes_parse_or_are_refused(msg in proptest::collection::vec(any::<u8>(), 0..200)) {
             match parse_command(&msg) {
-                Ok(Command::Sub { topic, .. } | Command::Unsub { topic }) => prop_assert!(valid_topic(topic)),
+                Ok(Command::Sub { topic, .. } | Command::Unsub { topic } | Command::Who { topic, .. }) => prop_assert!(valid_topic(topic)),
                 Ok(Command::Pub { topic, payload }) => {
                     prop_assert!(valid_topic(topic));
                     prop_assert!(msg.ends_with(payload));

@@ -11,6 +11,7 @@ use super::http::{Head, Response, host_allowed, same_origin};
 use super::metrics::{self, Format};
 use crate::server::conn::id::ConnId;
 use crate::server::serve::handle::{SendError, ServerHandle};
+use crate::server::topics::presence::PRESENCE_PAGE;
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
@@ -231,6 +232,47 @@ impl Inner {
                     json!({"total": total, "topics": list, "next": next}).to_string(),
                 )
             }
+            (["presence", rest @ ..], true, _) if !rest.is_empty() => {
+                let topic = rest.join("/");
+                let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+                    None => PRESENCE_PAGE,
+                    Some(Ok(limit)) if (1..=PRESENCE_PAGE).contains(&limit) => limit,
+                    Some(_) => {
+                        return Response::text(
+                            400,
+                            &format!("limit must be 1 to {PRESENCE_PAGE}\n"),
+                        );
+                    }
+                };
+                let after = match query_param(query, "after").map(|a| a.parse::<ConnId>()) {
+                    None => None,
+                    Some(Ok(after)) => Some(after),
+                    Some(Err(e)) => return Response::text(400, &format!("after: {e}\n")),
+                };
+                let page = self.handle().presence(&topic, after, limit);
+                // The last connection of a page with more after it: where
+                // the next one starts.
+                let next = page
+                    .more
+                    .then(|| page.members.last().map(|m| m.conn.to_string()))
+                    .flatten();
+                let members: Vec<_> = page
+                    .members
+                    .iter()
+                    .map(|m| json!({"id": m.conn.to_string(), "user": m.user, "since_ms": m.since_ms}))
+                    .collect();
+                Response::json(
+                    200,
+                    json!({
+                        "topic": topic,
+                        "connections": page.connections,
+                        "users": page.users,
+                        "members": members,
+                        "next": next,
+                    })
+                    .to_string(),
+                )
+            }
             (["admin", "reload-tls"], _, true) => {
                 match crate::server::admission::tls::reload(shared.tls.as_ref(), &shared.metrics) {
                     Ok(()) => Response::text(200, "reloaded\n"),
@@ -302,7 +344,8 @@ impl Inner {
                 let status = if closed == 0 { 404 } else { 200 };
                 Response::json(status, json!({"sub": sub, "closed": closed}).to_string())
             }
-            (["metrics" | "healthz" | "readyz" | "connections" | "topics"], false, _) => Response {
+            (["metrics" | "healthz" | "readyz" | "connections" | "topics"], false, _)
+            | (["presence", _, ..], false, _) => Response {
                 allow: Some("GET, HEAD"),
                 ..Response::text(405, "method not allowed\n")
             },

@@ -14,6 +14,7 @@ use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::{DrainRefused, PushError};
 use crate::server::metrics::Metrics;
 use crate::server::serve::shared::{Shared, close_frame};
+use crate::server::topics::presence::Members;
 use crate::server::topics::{Published, TopicError, TopicInfo};
 
 /// Why a push through a [`ServerHandle`] did not happen.
@@ -336,7 +337,10 @@ impl ServerHandle {
     /// Unknown connection.
     pub fn unsubscribe(&self, id: ConnId, topic: &str) -> Result<bool, SendError> {
         let conn = self.conn(id)?;
-        Ok(self.shared.topics.unsubscribe(&conn, topic))
+        Ok(self
+            .shared
+            .topics
+            .unsubscribe(&self.shared.flushes, &conn, topic))
     }
 
     /// Publishes `payload` to `topic`: numbers it, retains it (per
@@ -479,6 +483,13 @@ impl ServerHandle {
             .filter(|conn| self.send(conn.id, payload).is_ok())
             .count();
         (reached, conns.len())
+    }
+
+    /// Up to `limit` members of `topic` (its subscribers here, with their
+    /// users and when they joined) after connection `after`, in the order
+    /// they joined, with the totals.
+    pub fn presence(&self, topic: &str, after: Option<ConnId>, limit: usize) -> Members {
+        self.shared.topics.members(topic, after, limit)
     }
 
     /// Local subscribers of `topic`.

@@ -187,10 +187,20 @@ impl Session<'_> {
             })
     }
 
+    /// Makes this connection, a subscriber of `topic`, a watcher of the
+    /// topic's presence (or not): it is sent `JOIN`, `LEAVE`, `ONLINE` and
+    /// `OFFLINE` events as other subscribers come and go (see
+    /// `docs/PROTOCOL.md`, "Presence"). False if it is not subscribed.
+    pub fn watch_presence(&mut self, topic: &str, on: bool) -> bool {
+        self.shared.topics.watch_presence(self.conn, topic, on)
+    }
+
     /// Unsubscribes this connection from `topic`; whether it was
     /// subscribed.
     pub fn unsubscribe(&mut self, topic: &str) -> bool {
-        self.shared.topics.unsubscribe(self.conn, topic)
+        self.shared
+            .topics
+            .unsubscribe(&self.shared.flushes, self.conn, topic)
     }
 
     /// Publishes `payload` to `topic` (at most once per `id` within the

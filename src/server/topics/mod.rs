@@ -37,6 +37,7 @@
 //! here, and meets the relayed messages with no gap and no duplicate just
 //! as without Redis.
 
+pub(crate) mod presence;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(not(feature = "redis"))]
@@ -56,9 +57,11 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::server::config::Config;
 use crate::server::conn::Conn;
+use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::Flushes;
 use crate::server::metrics::Metrics;
 use crate::server::topics::redis::Redis;
+use presence::{Change, Members, PresenceCounters};
 use topic::{Memory, OnceIds, Topic, fan_out};
 
 /// What the Redis follower delivers into: the topics, the timer's flush list,
@@ -99,6 +102,8 @@ pub(crate) struct Bounds {
     /// Encoded bytes one replay may send at most (the newest that fit; at
     /// least one message).
     pub(crate) replay_budget: usize,
+    /// Presence events per second per topic (0: no limit).
+    pub(crate) presence_rate: u32,
 }
 
 impl Retention {
@@ -121,6 +126,7 @@ impl Bounds {
             max_frame: config.max_frame,
             // Half the outbox, so live messages still fit behind a replay.
             replay_budget: config.max_outbox / 2,
+            presence_rate: config.presence_rate,
         }
     }
 }
@@ -282,6 +288,8 @@ pub(crate) struct Topics {
     once: Mutex<OnceIds>,
     /// Numbering, history and delivery through Redis.
     redis: Option<Redis>,
+    /// Presence events sent and dropped.
+    presence: PresenceCounters,
 }
 
 impl Topics {
@@ -293,6 +301,7 @@ impl Topics {
             memory: Memory::default(),
             once: Mutex::new(OnceIds::default()),
             redis,
+            presence: PresenceCounters::default(),
         }
     }
 
@@ -566,12 +575,27 @@ impl Topics {
         t.followed.then_some(t.seq)
     }
 
-    /// Removes a closing connection from every topic it subscribed to.
-    pub(crate) fn remove_connection(&self, conn: &Conn) {
+    /// Removes a closing connection from every topic it subscribed to;
+    /// `reason` (its close reason's label) is what watchers are told.
+    pub(crate) fn remove_connection(&self, flushes: &Flushes, conn: &Conn, reason: &str) {
         let names = std::mem::take(&mut *conn.subscriptions.lock());
         for name in names {
-            self.unsubscribe(conn, &name);
+            self.leave(flushes, conn, &name, reason);
         }
+    }
+
+    /// Makes `conn`, a subscriber of `name`, a watcher of its joins and
+    /// leaves (or not); false if it is not subscribed.
+    pub(crate) fn watch_presence(&self, conn: &Conn, name: &str, on: bool) -> bool {
+        self.get(name)
+            .is_some_and(|topic| topic.lock().presence.watch(conn.id, on))
+    }
+
+    /// Up to `limit` members of `name` after connection `after`.
+    pub(crate) fn members(&self, name: &str, after: Option<ConnId>, limit: usize) -> Members {
+        self.get(name)
+            .map(|topic| topic.lock().presence.page(after, limit))
+            .unwrap_or_default()
     }
 
     /// Local subscribers of `name`.
@@ -617,6 +641,16 @@ impl Topics {
 
     /// Registers the topics' own metrics.
     pub(crate) fn register(&self, metrics: &mut Metrics) {
+        metrics.register(
+            "wheel_presence_events",
+            "Join, leave and overflow events written or queued to subscribers watching a topic's presence",
+            self.presence.sent.clone(),
+        );
+        metrics.register(
+            "wheel_presence_events_dropped",
+            "Join and leave events dropped past --presence-rate (watchers are told to ask WHO again)",
+            self.presence.dropped.clone(),
+        );
         metrics.register(
             "wheel_pubsub_history_evicted",
             "Retained messages dropped because all topics' history reached --history-memory (the oldest of any topic first)",

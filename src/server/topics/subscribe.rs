@@ -42,7 +42,7 @@ impl Topics {
         }
         let subscribed = self.subscribe_listed(flushes, conn, name, since, ok);
         if subscribed.is_err() {
-            self.unsubscribe(conn, name);
+            self.leave(flushes, conn, name, "unsubscribed");
         }
         subscribed
     }
@@ -124,6 +124,12 @@ impl Topics {
         })?;
         if !t.subscribers.iter().any(|c| c.id == conn.id) {
             t.subscribers.push(Arc::clone(conn));
+            let Topic {
+                subscribers,
+                presence,
+                ..
+            } = &mut *t;
+            presence.join(&self.change(flushes, name), subscribers, conn);
         }
         Ok(resumed)
     }
@@ -172,7 +178,23 @@ impl Topics {
     }
 
     /// Unsubscribes `conn` from `name`; false if it was not subscribed.
-    pub(crate) fn unsubscribe(&self, conn: &Conn, name: &str) -> bool {
+    pub(crate) fn unsubscribe(&self, flushes: &Flushes, conn: &Conn, name: &str) -> bool {
+        self.leave(flushes, conn, name, "unsubscribed")
+    }
+
+    /// What watchers of `name`'s presence are told through.
+    fn change<'a>(&'a self, flushes: &'a Flushes, name: &'a str) -> Change<'a> {
+        Change {
+            name,
+            rate: self.bounds.presence_rate,
+            flushes,
+            counters: &self.presence,
+        }
+    }
+
+    /// Takes `conn` out of `name` for `reason` (told to the topic's
+    /// watchers); false if it was not subscribed.
+    pub(super) fn leave(&self, flushes: &Flushes, conn: &Conn, name: &str, reason: &str) -> bool {
         let was = {
             let mut subscriptions = conn.subscriptions.lock();
             let before = subscriptions.len();
@@ -185,6 +207,12 @@ impl Topics {
         let idle = {
             let mut t = topic.lock();
             t.subscribers.retain(|c| c.id != conn.id);
+            let Topic {
+                subscribers,
+                presence,
+                ..
+            } = &mut *t;
+            presence.leave(&self.change(flushes, name), subscribers, conn.id, reason);
             t.is_idle()
         };
         drop(topic);

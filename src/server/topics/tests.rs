@@ -25,6 +25,7 @@ fn bounds() -> Bounds {
         max_topics: 1000,
         max_frame: 1 << 20,
         replay_budget: 1 << 20,
+        presence_rate: 20,
     }
 }
 
@@ -47,7 +48,7 @@ fn resume(topics: &Topics, name: &str, since: u64) -> (Resumed, Vec<u64>) {
     while conn.out.flush_listed(None) == crate::server::conn::outbound::Flushed::Pending {
         std::thread::sleep(Duration::from_millis(1));
     }
-    topics.unsubscribe(&conn, name);
+    topics.unsubscribe(&Flushes::default(), &conn, name);
     drop(conn);
     client
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -104,6 +104,8 @@ pub(super) struct Topic {
     pub(super) epoch: Option<String>,
     /// Subscribed connections.
     pub(super) subscribers: Vec<Arc<Conn>>,
+    /// Who they are, and who watches them come and go.
+    pub(super) presence: super::presence::Presence,
     /// The last messages, oldest first.
     pub(super) history: VecDeque<Retained>,
     /// Bytes `history` is counted for.

@@ -145,7 +145,9 @@ struct Deregister {
 impl Drop for Deregister {
     fn drop(&mut self) {
         let id = self.conn.id;
-        self.shared.topics.remove_connection(&self.conn);
+        self.shared
+            .topics
+            .remove_connection(&self.shared.flushes, &self.conn, self.reason);
         if let Some(&key) = self.conn.ip_key.get() {
             self.shared.per_ip.release(key);
         }

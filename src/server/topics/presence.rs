@@ -1,0 +1,369 @@
+//! Presence: who is in a topic, and join and leave events to the
+//! subscribers that watch for them.
+//!
+//! A topic's members are its subscribers. Each has a user: the
+//! authenticated subject (the JWT's `sub`), or none (`-`), when the member
+//! is the connection alone. Joins and leaves go, as DATA messages on the
+//! outbound path, to the subscribers that asked for them (`SUB <topic>
+//! presence`), under the topic's lock, so that they keep their order with
+//! the topic's messages:
+//!
+//! ```text
+//! JOIN <topic> <conn> <user>             a connection subscribed
+//! LEAVE <topic> <conn> <user> <reason>   it left, and why
+//! ONLINE <topic> <user>                  a user's first connection joined
+//! OFFLINE <topic> <user> <reason>        its last one left
+//! PRESENCE <topic> overflow              events were dropped: ask WHO
+//! ```
+//!
+//! A leave says why ([`leave_reason`]): `unsubscribed`, `closed` (by the
+//! client), `idle_timeout` (a dead peer found by the wheel), `tcp_timeout`
+//! (keepalive or `TCP_USER_TIMEOUT`), `write_timeout`, `slow_consumer`,
+//! `drained` (shutdown or maximum age), or another close reason's label.
+//!
+//! Events are bounded per topic: at most `--presence-rate` a second (a
+//! token bucket with as many tokens), each sent to every watcher. Past it
+//! they are dropped and counted, and watchers get one `PRESENCE <topic>
+//! overflow` a second while that lasts, so that a storm of 10,000 joins
+//! costs at most `rate + 1` messages a second per watcher, and nobody
+//! believes a stale view.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::protocol::{Message, Protocol};
+use crate::server::conn::Conn;
+use crate::server::conn::id::ConnId;
+use crate::server::conn::outbound::Flushes;
+
+/// Members a `WHO` answer (or a `GET /presence` page) lists at most.
+pub const PRESENCE_PAGE: usize = 100;
+
+/// One member of a topic: a subscribed connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its user (the authenticated subject), if any.
+    pub user: Option<String>,
+    /// When it joined, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+}
+
+/// A page of a topic's members, in the order they joined.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    /// The members on this page.
+    pub members: Vec<Member>,
+    /// Members in all (connections).
+    pub connections: usize,
+    /// Distinct users among them (authenticated members only).
+    pub users: usize,
+    /// More follow: ask again after the last one listed.
+    pub more: bool,
+}
+
+/// A topic's presence (held under the topic's lock).
+#[derive(Default)]
+pub(super) struct Presence {
+    /// The members, in the order they joined.
+    members: Vec<Joined>,
+    /// Connections per user, authenticated members only.
+    users: HashMap<Arc<str>, usize>,
+    /// The event budget: tokens, and when they were last refilled.
+    bucket: Option<(f64, Instant)>,
+    /// When watchers were last told that events were dropped.
+    overflow_told: Option<Instant>,
+}
+
+struct Joined {
+    conn: ConnId,
+    user: Option<Arc<str>>,
+    since_ms: u64,
+    watches: bool,
+}
+
+/// What presence sends and drops, for the metrics.
+#[derive(Clone, Default)]
+pub(crate) struct PresenceCounters {
+    /// Event messages written or queued to watchers.
+    pub(crate) sent: Counter,
+    /// Events dropped past `--presence-rate`.
+    pub(crate) dropped: Counter,
+}
+
+/// What a change of membership must tell watchers.
+pub(super) struct Change<'a> {
+    pub(super) name: &'a str,
+    pub(super) rate: u32,
+    pub(super) flushes: &'a Flushes,
+    pub(super) counters: &'a PresenceCounters,
+}
+
+impl Presence {
+    /// `conn` joined; tells the watchers (not `conn` itself).
+    pub(super) fn join(&mut self, change: &Change<'_>, subscribers: &[Arc<Conn>], conn: &Conn) {
+        if self.members.iter().any(|m| m.conn == conn.id) {
+            return;
+        }
+        let user = user_of(conn);
+        self.members.push(Joined {
+            conn: conn.id,
+            user: user.clone(),
+            since_ms: now_ms(),
+            watches: false,
+        });
+        let first = match &user {
+            Some(user) => {
+                let count = self.users.entry(Arc::clone(user)).or_insert(0);
+                *count += 1;
+                *count == 1
+            }
+            None => false,
+        };
+        let shown = show_user(user.as_deref());
+        let mut events = vec![format!("JOIN {} {} {shown}", change.name, conn.id)];
+        if first {
+            events.push(format!("ONLINE {} {shown}", change.name));
+        }
+        self.tell(change, subscribers, conn.id, &events);
+    }
+
+    /// `conn` left for `reason` (a close reason's label, or `unsubscribed`);
+    /// tells the watchers that remain.
+    pub(super) fn leave(
+        &mut self,
+        change: &Change<'_>,
+        subscribers: &[Arc<Conn>],
+        conn: ConnId,
+        reason: &str,
+    ) {
+        let Some(at) = self.members.iter().position(|m| m.conn == conn) else {
+            return;
+        };
+        let gone = self.members.remove(at);
+        let last = match &gone.user {
+            Some(user) => match self.users.get_mut(user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => {
+                    self.users.remove(user);
+                    true
+                }
+            },
+            None => false,
+        };
+        let reason = leave_reason(reason);
+        let shown = show_user(gone.user.as_deref());
+        let mut events = vec![format!("LEAVE {} {conn} {shown} {reason}", change.name)];
+        if last {
+            events.push(format!("OFFLINE {} {shown} {reason}", change.name));
+        }
+        self.tell(change, subscribers, conn, &events);
+    }
+
+    /// Makes `conn` a watcher of joins and leaves (or not).
+    pub(super) fn watch(&mut self, conn: ConnId, on: bool) -> bool {
+        match self.members.iter_mut().find(|m| m.conn == conn) {
+            Some(member) => {
+                member.watches = on;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Up to `limit` members after connection `after` (from the first
+    /// without it).
+    pub(super) fn page(&self, after: Option<ConnId>, limit: usize) -> Members {
+        let from = after
+            .and_then(|after| self.members.iter().position(|m| m.conn == after))
+            .map_or(0, |at| at + 1);
+        let rest = &self.members[from.min(self.members.len())..];
+        Members {
+            members: rest
+                .iter()
+                .take(limit)
+                .map(|m| Member {
+                    conn: m.conn,
+                    user: m.user.as_deref().map(str::to_owned),
+                    since_ms: m.since_ms,
+                })
+                .collect(),
+            connections: self.members.len(),
+            users: self.users.len(),
+            more: rest.len() > limit,
+        }
+    }
+
+    /// Sends `events` to every watcher but `subject`, within the topic's
+    /// event budget.
+    fn tell(
+        &mut self,
+        change: &Change<'_>,
+        subscribers: &[Arc<Conn>],
+        subject: ConnId,
+        events: &[String],
+    ) {
+        let watchers: Vec<&Arc<Conn>> = self
+            .members
+            .iter()
+            .filter(|m| m.watches && m.conn != subject)
+            .filter_map(|m| subscribers.iter().find(|c| c.id == m.conn))
+            .collect();
+        if watchers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let events: Vec<&str> = match self.spend(change.rate, events.len(), now) {
+            true => events.iter().map(String::as_str).collect(),
+            false => {
+                change.counters.dropped.inc_by(events.len() as u64);
+                // Once a second while events are dropped: ask WHO.
+                if self
+                    .overflow_told
+                    .is_some_and(|told| now.duration_since(told).as_secs() < 1)
+                {
+                    return;
+                }
+                self.overflow_told = Some(now);
+                vec![]
+            }
+        };
+        let overflow = format!("PRESENCE {} overflow", change.name);
+        let lines: Vec<&str> = if events.is_empty() {
+            vec![&overflow]
+        } else {
+            events
+        };
+        let mut encoded: [Option<Vec<u8>>; 3] = Default::default();
+        for watcher in watchers {
+            let slot = &mut encoded[protocol_slot(watcher.protocol)];
+            let wire = slot.get_or_insert_with(|| encode(watcher.protocol, &lines));
+            if !wire.is_empty() && watcher.out.push(watcher.id, change.flushes, wire).is_ok() {
+                change.counters.sent.inc_by(lines.len() as u64);
+            }
+        }
+    }
+
+    /// Takes `n` events from the budget of `rate` a second (0: no limit).
+    fn spend(&mut self, rate: u32, n: usize, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let rate = f64::from(rate);
+        let (tokens, at) = self.bucket.get_or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= n as f64 {
+            *tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The user a connection is a member as: its authenticated subject.
+fn user_of(conn: &Conn) -> Option<Arc<str>> {
+    conn.identity
+        .lock()
+        .as_ref()
+        .map(|i| Arc::from(i.sub.as_str()))
+}
+
+/// A user as written in an event: `-` for none; a space, `%` or a control
+/// or non-ASCII byte percent-encoded, so that the line splits on spaces.
+pub fn show_user(user: Option<&str>) -> String {
+    let Some(user) = user else {
+        return "-".into();
+    };
+    let mut shown = String::with_capacity(user.len());
+    for b in user.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            shown.push(char::from(b));
+        } else {
+            shown.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if shown == "-" { "%2D".into() } else { shown }
+}
+
+/// Why a member left, from the close reason's label (or `unsubscribed`).
+pub fn leave_reason(label: &str) -> &str {
+    match label {
+        "peer_closed" | "peer_close_frame" | "reset" => "closed",
+        "shutdown" | "max_age" => "drained",
+        other => other,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn protocol_slot(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Frame => 0,
+        Protocol::Line => 1,
+        Protocol::Ws => 2,
+    }
+}
+
+/// `lines`, each a DATA message, in `protocol` (empty if it cannot carry
+/// them).
+fn encode(protocol: Protocol, lines: &[&str]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for line in lines {
+        if protocol
+            .encode(&Message::Data(line.as_bytes()), &mut wire)
+            .is_err()
+        {
+            return Vec::new();
+        }
+    }
+    wire
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_shown_as_one_token() {
+        assert_eq!(show_user(None), "-");
+        assert_eq!(show_user(Some("alice")), "alice");
+        assert_eq!(show_user(Some("a b%c")), "a%20b%25c");
+        assert_eq!(show_user(Some("-")), "%2D");
+        assert_eq!(show_user(Some("é")), "%C3%A9");
+    }
+
+    #[test]
+    fn leave_reasons_name_what_happened() {
+        assert_eq!(leave_reason("peer_closed"), "closed");
+        assert_eq!(leave_reason("reset"), "closed");
+        assert_eq!(leave_reason("shutdown"), "drained");
+        assert_eq!(leave_reason("max_age"), "drained");
+        assert_eq!(leave_reason("idle_timeout"), "idle_timeout");
+        assert_eq!(leave_reason("tcp_timeout"), "tcp_timeout");
+        assert_eq!(leave_reason("unsubscribed"), "unsubscribed");
+    }
+
+    #[test]
+    fn the_event_budget_refills_at_its_rate() {
+        let mut p = Presence::default();
+        let t0 = Instant::now();
+        assert!(p.spend(10, 10, t0), "a full bucket to start");
+        assert!(!p.spend(10, 1, t0), "then empty");
+        assert!(p.spend(10, 5, t0 + std::time::Duration::from_millis(500)));
+        assert!(!p.spend(10, 1, t0 + std::time::Duration::from_millis(500)));
+        assert!(p.spend(0, 1_000_000, t0), "0: no limit");
+    }
+}
