@@ -394,3 +394,67 @@ fn application_idle_timeout_drops_a_pulled_cable_over_tls() {
     );
     assert!(took <= idle + tick + ms(200), "dropped after {took:?}");
 }
+
+/// Presence (issue 31): a subscriber whose cable is pulled leaves with
+/// reason `idle_timeout`, seen by a watcher on the server's side within the
+/// idle timeout plus one tick of its last message.
+#[test]
+fn a_pulled_cable_is_a_presence_leave_with_idle_timeout() {
+    let Some(pair) = Pair::create("a_pulled_cable_is_a_presence_leave") else {
+        return;
+    };
+    let (idle, tick) = (ms(500), ms(20));
+    let server = server_in(
+        &pair,
+        &[
+            "--service",
+            "pubsub",
+            "--idle-timeout",
+            "500ms",
+            "--tick",
+            "20ms",
+            "--no-keepalive",
+        ],
+    );
+    let addr = server.addr;
+    let data = |c: &mut Client, line: &str| {
+        c.send(wheel_server::protocol::Message::Data(line.as_bytes()));
+        match c.recv_msg() {
+            Msg::Data(p) => String::from_utf8(p).unwrap(),
+            other => panic!("expected DATA, got {other:?}"),
+        }
+    };
+    // The watcher lives in the server's namespace, on its side of the cable.
+    let mut watcher = pair.in_server(move || Client::connect(addr));
+    assert_eq!(data(&mut watcher, "SUB room presence"), "OK SUB room 0");
+    let (_member, last_activity) = pair.in_client(move || {
+        let mut c = Client::connect(addr);
+        c.send(wheel_server::protocol::Message::Data(b"SUB room"));
+        assert_eq!(c.recv_msg(), Msg::Data(b"OK SUB room 0".to_vec()));
+        (c, Instant::now())
+    });
+    let joined = match watcher.recv_msg() {
+        Msg::Data(p) => String::from_utf8(p).unwrap(),
+        other => panic!("expected JOIN, got {other:?}"),
+    };
+    assert!(joined.starts_with("JOIN room "), "{joined}");
+    pair.pull_cable();
+    // The watcher PINGs now and then, so that it stays; the member cannot.
+    let leave = loop {
+        assert_eq!(data(&mut watcher, "PING"), "PONG");
+        if let Some(util::Recv::Msg(Msg::Data(p))) = watcher.try_recv(ms(50)) {
+            break String::from_utf8(p).unwrap();
+        }
+        assert!(
+            last_activity.elapsed() < Duration::from_secs(10),
+            "no leave within 10 s"
+        );
+    };
+    let took = last_activity.elapsed();
+    eprintln!(
+        "presence: LEAVE {took:?} after the member's last message (T = {idle:?}, tick {tick:?}): {leave}"
+    );
+    assert!(leave.ends_with(" - idle_timeout"), "{leave}");
+    assert!(took + ms(5) >= idle, "left after {took:?}, before T");
+    assert!(took <= idle + tick + ms(200), "left after {took:?}");
+}
