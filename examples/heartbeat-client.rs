@@ -25,7 +25,9 @@ use clap::Parser;
 use crossbeam_channel::select;
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use wheel_server::client::{Backoff, Client, ClientConfig, Event, ServerAddr, TlsClient, Token};
+use wheel_server::client::{
+    Backoff, Client, ClientConfig, Event, PresenceChange, ServerAddr, TlsClient, Token,
+};
 use wheel_server::parse_duration;
 use wheel_server::protocol::Protocol;
 
@@ -90,6 +92,11 @@ struct Args {
     /// client resumes after the last message it saw.
     #[arg(long = "subscribe", value_name = "TOPIC")]
     subscribe: Vec<String>,
+
+    /// Subscribe to this topic and print who joins and leaves it, with why they left (`SUB
+    /// <topic> presence`; repeatable).
+    #[arg(long = "presence", value_name = "TOPIC")]
+    presence: Vec<String>,
 
     /// Token for a server run with --auth: sent as AUTH <token> first on every connection.
     #[arg(
@@ -174,6 +181,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         max_attempts: args.max_attempts,
         healthy_after: args.healthy_after,
         subscriptions: args.subscribe.clone(),
+        presence: args.presence.clone(),
         token: match (&args.token, &args.token_file) {
             (Some(token), _) => Some(Token::Fixed(token.clone())),
             (None, Some(path)) => Some(Token::File(path.clone())),
@@ -266,6 +274,33 @@ fn describe(event: &Event, since_start: Duration, as_json: bool) -> String {
             } => {
                 json!({"event": "gap", "t_ms": t_ms, "topic": topic, "first_missing": first_missing})
             }
+            Event::Presence { topic, change } => {
+                let mut v = json!({"event": "presence", "t_ms": t_ms, "topic": topic});
+                match change {
+                    PresenceChange::Join { conn, user } => {
+                        v["change"] = json!("join");
+                        v["conn"] = json!(conn);
+                        v["user"] = json!(user);
+                    }
+                    PresenceChange::Leave { conn, user, reason } => {
+                        v["change"] = json!("leave");
+                        v["conn"] = json!(conn);
+                        v["user"] = json!(user);
+                        v["reason"] = json!(reason);
+                    }
+                    PresenceChange::Online { user } => {
+                        v["change"] = json!("online");
+                        v["user"] = json!(user);
+                    }
+                    PresenceChange::Offline { user, reason } => {
+                        v["change"] = json!("offline");
+                        v["user"] = json!(user);
+                        v["reason"] = json!(reason);
+                    }
+                    PresenceChange::Overflow => v["change"] = json!("overflow"),
+                }
+                v
+            }
             Event::Dead { reason } => {
                 let mut v = json!({"event": "dead", "t_ms": t_ms, "reason": reason.label()});
                 if let wheel_server::client::DeadReason::Close { code, reason } = reason {
@@ -306,6 +341,24 @@ fn describe(event: &Event, since_start: Duration, as_json: bool) -> String {
         } => format!(
             "{t} {topic}: messages from #{first_missing} were lost (beyond the server's history)"
         ),
+        Event::Presence { topic, change } => match change {
+            PresenceChange::Join { conn, user } => {
+                format!("{t} {topic}: {} joined", who(conn, user.as_deref()))
+            }
+            PresenceChange::Leave { conn, user, reason } => {
+                format!(
+                    "{t} {topic}: {} left ({reason})",
+                    who(conn, user.as_deref())
+                )
+            }
+            PresenceChange::Online { user } => format!("{t} {topic}: {user} is online"),
+            PresenceChange::Offline { user, reason } => {
+                format!("{t} {topic}: {user} is offline ({reason})")
+            }
+            PresenceChange::Overflow => {
+                format!("{t} {topic}: joins and leaves were dropped (too many at once)")
+            }
+        },
         Event::Dead { reason } => format!("{t} connection lost: {reason}"),
         Event::Reconnecting { attempt, delay } => {
             format!(
@@ -314,6 +367,14 @@ fn describe(event: &Event, since_start: Duration, as_json: bool) -> String {
             )
         }
         Event::GaveUp { attempts } => format!("{t} giving up after {attempts} attempts"),
+    }
+}
+
+/// A member as printed: its user and connection, or the connection.
+fn who(conn: &str, user: Option<&str>) -> String {
+    match user {
+        Some(user) => format!("{user} (connection {conn})"),
+        None => format!("connection {conn}"),
     }
 }
 

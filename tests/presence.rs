@@ -6,7 +6,7 @@ mod util;
 
 use std::time::Instant;
 
-use util::{Client, Msg, PATIENCE, config, http_get, ms, sample, scrape};
+use util::{Client, Msg, PATIENCE, config, http_get, ms, sample, scrape, wait_until};
 use wheel_server::protocol::Message;
 use wheel_server::server::pubsub::PubSub;
 use wheel_server::{Config, Server};
@@ -165,4 +165,51 @@ fn a_join_storm_is_cut_to_the_rate_and_watchers_are_told() {
         }
     };
     assert_eq!(total, "OK WHO room 21 0");
+}
+
+#[test]
+fn the_client_library_reports_joins_and_leaves() {
+    use wheel_server::client::{ClientConfig, Event, PresenceChange};
+    let server = start(presence_config());
+    let addr = server.local_addr();
+    let config = ClientConfig {
+        presence: vec!["room".into()],
+        seed: Some(1),
+        ..ClientConfig::new(addr)
+    };
+    let client = wheel_server::client::Client::start(config).unwrap();
+    let presence = || loop {
+        match client.events().recv_timeout(PATIENCE).expect("an event") {
+            Event::Presence { topic, change } => break (topic, change),
+            Event::Data(p) => panic!("unexpected DATA {:?}", String::from_utf8_lossy(&p)),
+            _ => {}
+        }
+    };
+    // Subscribed (with presence) once it is a member itself.
+    assert!(wait_until(PATIENCE, || server.handle().subscribers("room") == 1));
+    let mut other = Client::connect(addr);
+    assert_eq!(command(&mut other, "SUB room"), "OK SUB room 0");
+    let id = own_id(&mut other, "room");
+    assert_eq!(
+        presence(),
+        (
+            "room".into(),
+            PresenceChange::Join {
+                conn: id.clone(),
+                user: None
+            }
+        )
+    );
+    drop(other);
+    assert_eq!(
+        presence(),
+        (
+            "room".into(),
+            PresenceChange::Leave {
+                conn: id,
+                user: None,
+                reason: "closed".into()
+            }
+        )
+    );
 }

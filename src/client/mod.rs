@@ -123,6 +123,11 @@ pub struct ClientConfig {
     /// `since` being the last sequence number it saw, so that what was
     /// published meanwhile (within the server's history) is replayed.
     pub subscriptions: Vec<String>,
+    /// Of [`subscriptions`](ClientConfig::subscriptions), the topics whose
+    /// presence to watch (`SUB <topic> presence`): others joining and
+    /// leaving come as [`Event::Presence`]. A topic listed here and not in
+    /// `subscriptions` is subscribed to as well.
+    pub presence: Vec<String>,
     /// Credentials for a server that requires authentication: sent as
     /// `AUTH <token>` first on every connection. A CLOSE 4001 (refused)
     /// makes the client wait at least half its backoff window; a CLOSE 4002
@@ -166,6 +171,7 @@ impl ClientConfig {
             seed: None,
             event_capacity: 1024,
             subscriptions: Vec::new(),
+            presence: Vec::new(),
             token: None,
             tls: None,
         }
@@ -306,6 +312,14 @@ pub enum Event {
         /// The first sequence number lost.
         first_missing: u64,
     },
+    /// Someone joined or left a topic whose presence is watched
+    /// ([`ClientConfig::presence`]).
+    Presence {
+        /// The topic.
+        topic: String,
+        /// What happened.
+        change: PresenceChange,
+    },
     /// The connection ended.
     Dead {
         /// Why.
@@ -326,6 +340,73 @@ pub enum Event {
         /// Attempts made.
         attempts: u32,
     },
+}
+
+/// A change in a watched topic's presence (docs/PROTOCOL.md, "Presence").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// A connection subscribed (`JOIN`).
+    Join {
+        /// Its id on the server.
+        conn: String,
+        /// Its user (the authenticated subject), if any.
+        user: Option<String>,
+    },
+    /// A connection left (`LEAVE`), and why: `unsubscribed`, `closed`,
+    /// `idle_timeout`, `tcp_timeout`, `slow_consumer`, `drained`, ...
+    Leave {
+        /// Its id on the server.
+        conn: String,
+        /// Its user, if any.
+        user: Option<String>,
+        /// Why it left.
+        reason: String,
+    },
+    /// A user's first connection joined (`ONLINE`).
+    Online {
+        /// The user.
+        user: String,
+    },
+    /// A user's last connection left (`OFFLINE`), and why.
+    Offline {
+        /// The user.
+        user: String,
+        /// Why its last connection left.
+        reason: String,
+    },
+    /// Events were dropped (`PRESENCE <topic> overflow`): the view is stale.
+    Overflow,
+}
+
+impl PresenceChange {
+    /// Parses a presence event for `topic`'s watcher; `None` if `payload`
+    /// is not one.
+    pub fn parse(payload: &[u8]) -> Option<(String, PresenceChange)> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let words: Vec<&str> = text.split(' ').collect();
+        let user = |w: &str| (w != "-").then(|| w.to_owned());
+        let change = match words.as_slice() {
+            ["JOIN", _, conn, u] => PresenceChange::Join {
+                conn: (*conn).to_owned(),
+                user: user(u),
+            },
+            ["LEAVE", _, conn, u, reason] => PresenceChange::Leave {
+                conn: (*conn).to_owned(),
+                user: user(u),
+                reason: (*reason).to_owned(),
+            },
+            ["ONLINE", _, u] => PresenceChange::Online {
+                user: (*u).to_owned(),
+            },
+            ["OFFLINE", _, u, reason] => PresenceChange::Offline {
+                user: (*u).to_owned(),
+                reason: (*reason).to_owned(),
+            },
+            ["PRESENCE", _, "overflow"] => PresenceChange::Overflow,
+            _ => return None,
+        };
+        Some((words[1].to_owned(), change))
+    }
 }
 
 /// What the application asks of the background thread.

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::heartbeat::{Action, Heartbeat};
 use super::tls::{self, TlsRead};
-use super::{ClientConfig, Command, DeadReason, Event, Events, ServerAddr, Token};
+use super::{ClientConfig, Command, DeadReason, Event, Events, PresenceChange, ServerAddr, Token};
 use crate::protocol::{Message, OwnedMessage, Reader, code};
 use crate::sys::{self, SocketOptions};
 
@@ -91,22 +91,32 @@ struct Manager {
 
 impl Manager {
     fn start(mut self) {
-        self.topics = self
+        // The watched topics are subscribed to as well, each once.
+        let mut topics: Vec<(String, Option<u64>)> = Vec::new();
+        for t in self
             .config
             .subscriptions
             .iter()
-            .map(|t| (t.clone(), None))
-            .collect();
+            .chain(&self.config.presence)
+        {
+            if !topics.iter().any(|(name, _)| name == t) {
+                topics.push((t.clone(), None));
+            }
+        }
+        self.topics = topics;
         self.run();
     }
 
     /// The `SUB` command for a topic: resuming after the last message
     /// seen, if one was.
     fn sub_command(&self, topic: &str, last: Option<u64>) -> Vec<u8> {
-        let text = match last {
+        let mut text = match last {
             Some(last) => format!("SUB {topic} {last}"),
             None => format!("SUB {topic}"),
         };
+        if self.config.presence.iter().any(|t| t == topic) {
+            text.push_str(" presence");
+        }
         let mut wire = Vec::new();
         let _ = self
             .config
@@ -159,6 +169,13 @@ impl Manager {
                 topic,
                 first_missing,
             });
+            return;
+        }
+        // A watched topic's joins and leaves.
+        if let Some((topic, change)) = PresenceChange::parse(&payload)
+            && self.config.presence.contains(&topic)
+        {
+            self.emit(Event::Presence { topic, change });
             return;
         }
         if payload.starts_with(b"OK AUTH ") && self.token.is_some() {
