@@ -345,3 +345,43 @@ Promise.allSettled([
     victim.send(wheel_server::protocol::Message::Ping(b"still here"));
     assert_eq!(victim.recv_msg(), util::Msg::Pong(b"still here".to_vec()));
 }
+
+/// Presence (issue 31): two pages on the demo watching one topic see each
+/// other (the second finds the first already there, the first sees the
+/// second join), and the first sees the second leave when its page goes.
+#[test]
+fn two_pages_see_each_other_join_and_one_leave() {
+    if !chromium_or_skip() {
+        return;
+    }
+    let server = pubsub_server(free_port());
+    let admin = server.metrics_addr();
+    let page = format!("http://{admin}/demo?topic=room&presence=1&interval=300&timeout=200");
+    let patience = Duration::from_secs(20);
+    let first = Browser::open(&page);
+    let mut seen_first = Vec::new();
+    let alone = first.wait_for(&mut seen_first, patience, |e| is(e, "members"));
+    assert_eq!(alone["connections"], 1, "{seen_first:#?}");
+    let second = Browser::open(&page);
+    let mut seen_second = Vec::new();
+    let both = second.wait_for(&mut seen_second, patience, |e| is(e, "members"));
+    assert_eq!(both["connections"], 2, "{seen_second:#?}");
+    // The second saw the first already there, among the members.
+    let members: Vec<&Value> = seen_second
+        .iter()
+        .filter(|e| is(e, "presence") && e["change"] == "member")
+        .collect();
+    assert_eq!(members.len(), 2, "{seen_second:#?}");
+    // The first saw the second join...
+    let joined = first.wait_for(&mut seen_first, patience, |e| {
+        is(e, "presence") && e["change"] == "join"
+    });
+    let conn = joined["conn"].clone();
+    // ...and sees it leave when its page goes away.
+    drop(second);
+    let left = first.wait_for(&mut seen_first, patience, |e| {
+        is(e, "presence") && e["change"] == "leave"
+    });
+    assert_eq!(left["conn"], conn, "{seen_first:#?}");
+    assert_eq!(left["reason"], "closed", "{seen_first:#?}");
+}

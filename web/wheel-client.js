@@ -37,6 +37,13 @@
 //   closed      {code, reason}    the socket closed (1006: without a Close)
 //   reconnect   {attempt, delayMs}
 //   published   {topic, seq}
+//   presence    {topic, change, conn, user, reason}   with subscribe(topic,
+//               {presence: true}): change is join | leave | online |
+//               offline | overflow; user null without authentication;
+//               reason (leave, offline) says why: closed, idle_timeout, ...;
+//               change member: one already there when the subscription was
+//               made (the answer to the WHO sent then)
+//   members     {topic, connections, users, more}   the end of that answer
 //   error       {text}            an ERR answer
 //   data        {text}            anything else from the server
 
@@ -63,6 +70,8 @@ export class WheelClient {
     };
     /** topic -> last sequence number seen (null: none yet) */
     this.topics = new Map();
+    // Topics whose joins and leaves are watched.
+    this.presence = new Set();
     this.handlers = new Map();
     this.ws = null;
     this.state = "stopped";
@@ -107,9 +116,14 @@ export class WheelClient {
     this.setState("stopped");
   }
 
-  /** Subscribes to `topic` now (if open) and after every reconnect. */
-  subscribe(topic) {
+  /**
+   * Subscribes to `topic` now (if open) and after every reconnect; with
+   * `{presence: true}`, also watches who joins and leaves it ("presence"
+   * events).
+   */
+  subscribe(topic, { presence = false } = {}) {
     if (!this.topics.has(topic)) this.topics.set(topic, null);
+    if (presence) this.presence.add(topic);
     if (this.state === "open") this.sendSub(topic);
   }
 
@@ -163,7 +177,8 @@ export class WheelClient {
 
   sendSub(topic) {
     const last = this.topics.get(topic);
-    this.ws.send(last === null ? `SUB ${topic}` : `SUB ${topic} ${last}`);
+    const watch = this.presence.has(topic) ? " presence" : "";
+    this.ws.send((last === null ? `SUB ${topic}` : `SUB ${topic} ${last}`) + watch);
   }
 
   /** A sign of life: the heartbeat starts over. */
@@ -243,12 +258,47 @@ export class WheelClient {
         this.topics.set(topic, last);
       }
       this.emit("subscribed", { topic, last, resumed, gap });
+      // Who was there already: the events only say who comes and goes.
+      if (this.presence.has(topic)) this.send(`WHO ${topic}`);
+    } else if (words[0] === "MEMBER" && this.presence.has(words[1])) {
+      // MEMBER <topic> <conn> <user> <since-ms>
+      this.emit("presence", {
+        topic: words[1],
+        change: "member",
+        conn: words[2],
+        user: words[3] === "-" ? null : decodeURIComponent(words[3]),
+        reason: null,
+      });
+    } else if (words[0] === "OK" && words[1] === "WHO" && this.presence.has(words[2])) {
+      // OK WHO <topic> <connections> <users> [more]
+      this.emit("members", {
+        topic: words[2],
+        connections: Number(words[3]),
+        users: Number(words[4]),
+        more: words[5] === "more",
+      });
     } else if (words[0] === "GAP" && this.topics.has(words[1])) {
       // GAP <topic> <first-missing>: lost from there on; GAP <topic> 1: the
       // topic's numbering started over (its next numbers are new messages).
       const first = Number(words[2]);
       this.emit("gap", { topic: words[1], first });
       this.topics.set(words[1], first - 1);
+    } else if (
+      ["JOIN", "LEAVE", "ONLINE", "OFFLINE", "PRESENCE"].includes(words[0]) &&
+      this.presence.has(words[1])
+    ) {
+      // JOIN <topic> <conn> <user> | LEAVE <topic> <conn> <user> <reason> |
+      // ONLINE <topic> <user> | OFFLINE <topic> <user> <reason> |
+      // PRESENCE <topic> overflow
+      const user = (u) => (u === undefined || u === "-" ? null : decodeURIComponent(u));
+      const byConn = words[0] === "JOIN" || words[0] === "LEAVE";
+      this.emit("presence", {
+        topic: words[1],
+        change: words[0] === "PRESENCE" ? "overflow" : words[0].toLowerCase(),
+        conn: byConn ? words[2] : null,
+        user: words[0] === "PRESENCE" ? null : user(byConn ? words[3] : words[2]),
+        reason: (byConn ? words[4] : words[3]) || null,
+      });
     } else if (words[0] === "OK" && words[1] === "PUB") {
       this.emit("published", { topic: words[2], seq: Number(words[3]) });
     } else if (words[0] === "PONG") {
