@@ -6,6 +6,7 @@
 //! cargo run --release --example loadgen -- ping   -n 1000 --rate 20000 --duration 20s
 //! cargo run --release --example loadgen -- echo   -n 100 --in-flight 4 --duration 10s
 //! cargo run --release --example loadgen -- sparse -n 1000 --every 2s --duration 20s
+//! cargo run --release --example loadgen -- presence -n 10000 --watchers 10 --pid "$server"
 //! cargo run --release --example loadgen -- expiry -n 10000 --idle-timeout 5s
 //! cargo run --release --example loadgen -- churn  -n 16 --duration 10s
 //! cargo run --release --example loadgen -- storm  -n 15000
@@ -121,6 +122,23 @@ enum Cmd {
         every: Duration,
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
+    },
+    /// A presence storm on a `--service pubsub` server: --watchers
+    /// connections watch one topic's presence (`SUB room presence`), then
+    /// `-n` more connect and subscribe at once. Reports what each watcher
+    /// received, how long until the last of it, and the server's CPU.
+    Presence {
+        #[command(flatten)]
+        common: Common,
+        /// Connections watching the topic.
+        #[arg(long, default_value_t = 10)]
+        watchers: usize,
+        /// Server process to measure CPU from.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// How long the watchers keep listening after the joiners are in.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        settle: Duration,
     },
     /// Open-loop PINGs at an aggregate rate; RTT from the scheduled send time.
     Ping {
@@ -256,6 +274,12 @@ fn main() -> io::Result<()> {
                 every,
                 duration,
             } => sparse(common, every, duration).await,
+            Cmd::Presence {
+                common,
+                watchers,
+                pid,
+                settle,
+            } => presence(common, watchers, pid, settle).await,
             Cmd::Echo {
                 common,
                 in_flight,
@@ -716,6 +740,95 @@ async fn sparse(
     Ok(json!({
         "mode": "sparse", "connections": common.connections - errors, "connect_errors": errors,
         "every_ms": every.as_millis() as u64, "messages": lat.len(), "rtt_ms": distribution(lat),
+    }))
+}
+
+async fn presence(
+    common: Common,
+    watchers: usize,
+    pid: Option<u32>,
+    settle: Duration,
+) -> io::Result<serde_json::Value> {
+    // The watchers first, each subscribed before the storm.
+    let watch = Common {
+        connections: watchers,
+        ..common.clone()
+    };
+    let (open, _) = open_all(&watch).await;
+    let t0 = Instant::now();
+    // Per watcher: event lines received, overflow notices among them, and
+    // when the last came (ms from t0).
+    let seen = Rc::new(RefCell::new(vec![(0usize, 0usize, 0f64); open.len()]));
+    let ready = Rc::new(tokio::sync::Semaphore::new(0));
+    let mut writers = Vec::new();
+    for (i, (stream, _)) in open.into_iter().enumerate() {
+        let (r, mut w) = stream.into_split();
+        send(&mut w, Message::Data(b"SUB room presence")).await?;
+        writers.push(w);
+        let (seen, ready) = (Rc::clone(&seen), Rc::clone(&ready));
+        tokio::task::spawn_local(async move {
+            let mut conn = Conn::new(r);
+            while let Ok(Some(msg)) = conn.next().await {
+                let Msg::Data(p) = msg else { continue };
+                if p.starts_with(b"OK SUB") {
+                    ready.add_permits(1);
+                    continue;
+                }
+                let slot = &mut seen.borrow_mut()[i];
+                slot.0 += 1;
+                slot.1 += usize::from(p.ends_with(b" overflow"));
+                slot.2 = t0.elapsed().as_secs_f64() * 1e3;
+            }
+        });
+    }
+    let _ = ready.acquire_many(watchers as u32).await;
+    let before = pid.map(proc_stat).transpose()?;
+    let storm_at = t0.elapsed().as_secs_f64() * 1e3;
+    // The storm: every joiner connects and subscribes at once.
+    let joiners = Common {
+        connect_concurrency: common.connections.max(1),
+        ..common.clone()
+    };
+    let (joined, errors) = open_all(&joiners).await;
+    let subscribing: Vec<_> = joined
+        .into_iter()
+        .map(|(stream, _)| {
+            tokio::task::spawn_local(async move {
+                let (r, mut w) = stream.into_split();
+                send(&mut w, Message::Data(b"SUB room")).await.ok()?;
+                let mut conn = Conn::new(r);
+                conn.next().await.ok()?;
+                Some((conn, w))
+            })
+        })
+        .collect();
+    let mut holding = Vec::with_capacity(subscribing.len());
+    for task in subscribing {
+        if let Ok(Some(held)) = task.await {
+            holding.push(held);
+        }
+    }
+    let subscribed_ms = t0.elapsed().as_secs_f64() * 1e3 - storm_at;
+    tokio::time::sleep(settle).await;
+    let cpu_ms = match (pid, before) {
+        (Some(pid), Some(before)) => {
+            let after = proc_stat(pid)?;
+            Some((after.cpu_ticks - before.cpu_ticks) as f64 * 1e3 / clock_ticks_per_sec())
+        }
+        _ => None,
+    };
+    let seen = seen.borrow().clone();
+    let events: Vec<f64> = seen.iter().map(|s| s.0 as f64).collect();
+    let overflows: usize = seen.iter().map(|s| s.1).sum();
+    let quiet_ms = seen
+        .iter()
+        .map(|s| s.2 - storm_at)
+        .fold(0f64, f64::max);
+    Ok(json!({
+        "mode": "presence", "watchers": watchers, "joiners": holding.len(),
+        "connect_errors": errors, "subscribed_ms": subscribed_ms,
+        "events_per_watcher": distribution(events), "overflow_notices": overflows,
+        "last_event_after_storm_ms": quiet_ms, "server_cpu_ms": cpu_ms,
     }))
 }
 
