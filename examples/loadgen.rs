@@ -820,10 +820,7 @@ async fn presence(
     let seen = seen.borrow().clone();
     let events: Vec<f64> = seen.iter().map(|s| s.0 as f64).collect();
     let overflows: usize = seen.iter().map(|s| s.1).sum();
-    let quiet_ms = seen
-        .iter()
-        .map(|s| s.2 - storm_at)
-        .fold(0f64, f64::max);
+    let quiet_ms = seen.iter().map(|s| s.2 - storm_at).fold(0f64, f64::max);
     Ok(json!({
         "mode": "presence", "watchers": watchers, "joiners": holding.len(),
         "connect_errors": errors, "subscribed_ms": subscribed_ms,

@@ -559,3 +559,70 @@ fn subjects_with_at_signs_bars_and_spaces_get_their_personal_topics() {
         assert_eq!(c.recv_msg(), Msg::Data(b"yo".to_vec()));
     }
 }
+
+/// Presence by user (issue 31): a user with two connections in a topic is
+/// one member; ONLINE comes with the first connection's JOIN, OFFLINE with
+/// the last one's LEAVE, and only then.
+#[test]
+fn presence_counts_a_user_once_however_many_connections() {
+    use wheel_server::server::pubsub::PubSub;
+    let server = Server::with_handler(
+        {
+            let mut config = config();
+            config.tick = ms(20);
+            config
+        },
+        Authenticated::new(PubSub, Jwt::hs256(SECRET).unwrap()),
+    )
+    .unwrap();
+    let exp = now_secs() + 600;
+    let data = |c: &mut Client| match c.recv_msg() {
+        Msg::Data(p) => String::from_utf8(p).unwrap(),
+        other => panic!("expected DATA, got {other:?}"),
+    };
+    // Admitted (its OK AUTH and its personal topic's OK SUB read), then
+    // subscribed to `room`.
+    let join = |sub: &str, watch: bool| {
+        let mut c = Client::connect(server.local_addr());
+        auth(&mut c, &token(json!({"sub": sub, "exp": exp})));
+        assert!(data(&mut c).starts_with("OK AUTH "));
+        assert!(data(&mut c).starts_with("OK SUB user:"));
+        let sub_room = if watch {
+            "SUB room presence"
+        } else {
+            "SUB room"
+        };
+        c.send(Message::Data(sub_room.as_bytes()));
+        assert_eq!(data(&mut c), "OK SUB room 0");
+        c
+    };
+    let mut watcher = join("watcher", true);
+    let alice_1 = join("alice", false);
+    assert!(data(&mut watcher).starts_with("JOIN room "));
+    assert_eq!(data(&mut watcher), "ONLINE room alice");
+    let alice_2 = join("alice", false);
+    let second = data(&mut watcher);
+    assert!(
+        second.starts_with("JOIN room ") && second.ends_with(" alice"),
+        "{second}"
+    );
+    // WHO: three connections, two users.
+    watcher.send(Message::Data(b"WHO room"));
+    let total = loop {
+        let line = data(&mut watcher);
+        if line.starts_with("OK WHO") {
+            break line;
+        }
+    };
+    assert_eq!(total, "OK WHO room 3 2");
+    drop(alice_1);
+    let left = data(&mut watcher);
+    assert!(
+        left.starts_with("LEAVE room ") && left.ends_with(" alice closed"),
+        "{left}"
+    );
+    drop(alice_2);
+    let left = data(&mut watcher);
+    assert!(left.ends_with(" alice closed"), "{left}");
+    assert_eq!(data(&mut watcher), "OFFLINE room alice closed");
+}
