@@ -90,6 +90,13 @@ pub fn parse_command(data: &[u8]) {
     use wheel_server::server::valid_topic;
     match parse_command(data) {
         Ok(Command::Sub { topic, .. } | Command::Unsub { topic }) => assert!(valid_topic(topic)),
+        Ok(Command::Who { topic, after }) => {
+            assert!(valid_topic(topic));
+            // A connection id reads back as it is written.
+            if let Some(after) = after {
+                assert_eq!(after.to_string().parse().ok(), Some(after));
+            }
+        }
         Ok(Command::Pub { topic, payload }) => {
             assert!(valid_topic(topic));
             assert!(data.ends_with(payload));
