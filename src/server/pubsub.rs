@@ -194,7 +194,7 @@ impl Handler for PubSub {
     fn on_authenticated(&self, session: &mut Session<'_>, identity: &Identity) {
         let topic = personal_topic(&identity.sub);
         if valid_topic(&topic) {
-            subscribe(session, &topic, None);
+            subscribe(session, &topic, None, false);
         }
     }
 
@@ -220,13 +220,7 @@ impl Handler for PubSub {
                 topic,
                 since,
                 presence,
-            }) => {
-                subscribe(session, topic, since);
-                if presence {
-                    session.watch_presence(topic, true);
-                }
-                return;
-            }
+            }) => return subscribe(session, topic, since, presence),
             Ok(Command::Who { topic, after }) => return who(session, topic, after),
             Ok(Command::Unsub { topic }) => {
                 session.unsubscribe(topic);
@@ -285,7 +279,7 @@ fn who(session: &mut Session<'_>, topic: &str, after: Option<ConnId>) {
 
 /// `SUB`: the replies queued so far go out first, then (under the topic's
 /// lock, so no live message can come between) the OK and the replay.
-fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>) {
+fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>, presence: bool) {
     let ack = |resumed| {
         match resumed {
             Resumed::Live { last } => format!("OK SUB {topic} {last}"),
@@ -297,7 +291,12 @@ fn subscribe(session: &mut Session<'_>, topic: &str, since: Option<u64>) {
         }
         .into_bytes()
     };
-    match session.subscribe(topic, since, ack) {
+    let subscribed = if presence {
+        session.subscribe_watching(topic, since, ack)
+    } else {
+        session.subscribe(topic, since, ack)
+    };
+    match subscribed {
         Ok(_) | Err(SendError::Closed) => {}
         Err(e) => {
             let _ = session.send(format!("ERR {e}").as_bytes());

@@ -324,6 +324,7 @@ impl ServerHandle {
             &conn,
             topic,
             None,
+            false,
             shared.config.max_subscriptions,
             |_| Vec::new(),
         )?;

@@ -172,6 +172,32 @@ impl Session<'_> {
         since: Option<u64>,
         ack: impl FnOnce(Resumed) -> Vec<u8>,
     ) -> Result<Resumed, SendError> {
+        self.subscribe_as(topic, since, false, ack)
+    }
+
+    /// As [`subscribe`](Session::subscribe), and this connection watches
+    /// the topic's presence from the moment it joins (no join can come
+    /// between): see [`watch_presence`](Session::watch_presence).
+    ///
+    /// # Errors
+    ///
+    /// As for [`subscribe`](Session::subscribe).
+    pub fn subscribe_watching(
+        &mut self,
+        topic: &str,
+        since: Option<u64>,
+        ack: impl FnOnce(Resumed) -> Vec<u8>,
+    ) -> Result<Resumed, SendError> {
+        self.subscribe_as(topic, since, true, ack)
+    }
+
+    fn subscribe_as(
+        &mut self,
+        topic: &str,
+        since: Option<u64>,
+        watch: bool,
+        ack: impl FnOnce(Resumed) -> Vec<u8>,
+    ) -> Result<Resumed, SendError> {
         self.flush_replies().map_err(|_| SendError::Closed)?;
         let protocol = self.protocol;
         let shared = self.shared;
@@ -179,7 +205,7 @@ impl Session<'_> {
         let max = shared.config.max_subscriptions;
         shared
             .topics
-            .subscribe(&shared.flushes, self.conn, topic, since, max, ok)
+            .subscribe(&shared.flushes, self.conn, topic, since, watch, max, ok)
             .map_err(|e| {
                 let e = SendError::from(e);
                 e.count_refusal(&shared.metrics);

@@ -104,8 +104,15 @@ pub(super) struct Change<'a> {
 }
 
 impl Presence {
-    /// `conn` joined; tells the watchers (not `conn` itself).
-    pub(super) fn join(&mut self, change: &Change<'_>, subscribers: &[Arc<Conn>], conn: &Conn) {
+    /// `conn` joined (a watcher itself, with `watch`); tells the watchers
+    /// (not `conn` itself).
+    pub(super) fn join(
+        &mut self,
+        change: &Change<'_>,
+        subscribers: &[Arc<Conn>],
+        conn: &Conn,
+        watch: bool,
+    ) {
         if self.members.iter().any(|m| m.conn == conn.id) {
             return;
         }
@@ -114,7 +121,7 @@ impl Presence {
             conn: conn.id,
             user: user.clone(),
             since_ms: now_ms(),
-            watches: false,
+            watches: watch,
         });
         let first = match &user {
             Some(user) => {

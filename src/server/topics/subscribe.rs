@@ -18,13 +18,19 @@ impl Topics {
     /// Subscribes `conn` to `name`, writing `ok` (built from the outcome;
     /// nothing if it is empty) and then, with `since`, the retained messages
     /// after it (the newest that fit the replay budget), on the
-    /// connection's outbound path before any later live message.
+    /// connection's outbound path before any later live message. With
+    /// `watch`, it watches the topic's presence from the moment it joins.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "a subscription's parts; the callers name each"
+    )]
     pub(crate) fn subscribe(
         &self,
         flushes: &Flushes,
         conn: &Arc<Conn>,
         name: &str,
         since: Option<u64>,
+        watch: bool,
         max_subscriptions: usize,
         ok: impl FnOnce(Resumed) -> Vec<u8>,
     ) -> Result<Resumed, TopicError> {
@@ -40,7 +46,7 @@ impl Topics {
                 subscriptions.push(name.to_owned());
             }
         }
-        let subscribed = self.subscribe_listed(flushes, conn, name, since, ok);
+        let subscribed = self.subscribe_listed(flushes, conn, name, since, watch, ok);
         if subscribed.is_err() {
             self.leave(flushes, conn, name, "unsubscribed");
         }
@@ -55,6 +61,7 @@ impl Topics {
         conn: &Arc<Conn>,
         name: &str,
         since: Option<u64>,
+        watch: bool,
         ok: impl FnOnce(Resumed) -> Vec<u8>,
     ) -> Result<Resumed, TopicError> {
         let (_, topic) = self.topic(name)?;
@@ -129,7 +136,7 @@ impl Topics {
                 presence,
                 ..
             } = &mut *t;
-            presence.join(&self.change(flushes, name), subscribers, conn);
+            presence.join(&self.change(flushes, name), subscribers, conn, watch);
         }
         Ok(resumed)
     }

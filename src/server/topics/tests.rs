@@ -42,7 +42,9 @@ fn resume(topics: &Topics, name: &str, since: u64) -> (Resumed, Vec<u64>) {
     let (shared, listener) = shared(Config::default());
     let (conn, mut client) = pair(&shared, &listener);
     let resumed = topics
-        .subscribe(&shared.flushes, &conn, name, Some(since), 8, |_| Vec::new())
+        .subscribe(&shared.flushes, &conn, name, Some(since), false, 8, |_| {
+            Vec::new()
+        })
         .unwrap();
     // Everything was written or queued; let the queue go out.
     while conn.out.flush_listed(None) == crate::server::conn::outbound::Flushed::Pending {
@@ -107,7 +109,7 @@ fn no_topic_is_created_past_the_limit() {
     );
     let (conn, _client) = pair(&shared, &listener);
     assert_eq!(
-        topics.subscribe(&shared.flushes, &conn, "d", None, 8, |_| Vec::new()),
+        topics.subscribe(&shared.flushes, &conn, "d", None, false, 8, |_| Vec::new()),
         Err(TopicError::TooManyTopics)
     );
     assert!(
@@ -117,7 +119,7 @@ fn no_topic_is_created_past_the_limit() {
     // Existing topics still take messages and subscribers.
     assert_eq!(publish(&topics, &shared.flushes, "a", b"m"), 2);
     topics
-        .subscribe(&shared.flushes, &conn, "b", None, 8, |_| Vec::new())
+        .subscribe(&shared.flushes, &conn, "b", None, false, 8, |_| Vec::new())
         .unwrap();
     assert_eq!(topics.list(None, 10).1, 3);
 }
@@ -253,7 +255,9 @@ fn a_split_fan_out_keeps_order_and_drops_closing_subscribers() {
     for _ in 0..PARALLEL_FANOUT + 10 {
         let (conn, client) = pair(&shared, &listener);
         topics
-            .subscribe(&shared.flushes, &conn, "wide", None, 8, |_| Vec::new())
+            .subscribe(&shared.flushes, &conn, "wide", None, false, 8, |_| {
+                Vec::new()
+            })
             .unwrap();
         clients.push((conn, client));
     }
