@@ -4,7 +4,8 @@
 //! The parking thread reads what is there without blocking (over TLS too:
 //! the session decrypts under the outbound lock, as for a worker) and
 //! answers heartbeats the way a worker does, through the same
-//! [`answer`](super::serve::answer): a PING gets its PONG, the PING policy
+//! `Worker::process` (answering only the heartbeats at the front of the
+//! input, [`Answering::Heartbeats`]): a PING gets its PONG, the PING policy
 //! counts it, activity is stamped and traffic counted. The PONG goes out on
 //! the outbound path without blocking, queued for the timer thread's flush
 //! if the socket is full. Anything else (DATA, a command, a CLOSE, part of
