@@ -384,4 +384,7 @@ fn two_pages_see_each_other_join_and_one_leave() {
     });
     assert_eq!(left["conn"], conn, "{seen_first:#?}");
     assert_eq!(left["reason"], "closed", "{seen_first:#?}");
+    // And the page shows who is left: itself.
+    let shown = first.wait_for(&mut seen_first, patience, |e| is(e, "members_shown"));
+    assert_eq!(shown["count"], 1, "{seen_first:#?}");
 }
