@@ -168,55 +168,47 @@ pub(crate) fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result
 /// Waits up to `timeout` for any of `streams` to have bytes to read (or
 /// their end, or an error); which ones do. An interrupted wait reports
 /// none.
-#[allow(unsafe_code)]
 pub(crate) fn poll_readable(streams: &[&TcpStream], timeout: Duration) -> io::Result<Vec<bool>> {
-    let mut fds: Vec<libc::pollfd> = streams
-        .iter()
-        .map(|s| libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs that
-    // lives across the call; the descriptors are borrowed from open
-    // streams.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
-        }
-        return Err(e);
-    }
+    let mut fds: Vec<libc::pollfd> = streams.iter().map(|s| readable(s)).collect();
+    poll(&mut fds, timeout)?;
     Ok(fds.iter().map(|f| f.revents != 0).collect())
 }
 
 /// Waits up to `timeout` for `stream` to have bytes to read (or its end, or
 /// an error), taking none; whether it has. An interrupted wait reports
 /// `false`, so the caller waits again with what is left of its time.
-#[allow(unsafe_code)]
 pub(crate) fn wait_readable_for(stream: &TcpStream, timeout: Duration) -> io::Result<bool> {
-    let mut fd = libc::pollfd {
+    let mut fds = [readable(stream)];
+    poll(&mut fds, timeout)?;
+    Ok(fds[0].revents != 0)
+}
+
+/// A `pollfd` asking whether `stream` is readable.
+fn readable(stream: &TcpStream) -> libc::pollfd {
+    libc::pollfd {
         fd: stream.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
-    };
-    // Rounded up: a wait never ends before its time.
-    let ms = timeout.as_micros().div_ceil(1000);
-    let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is one valid pollfd that lives across the call; the
-    // descriptor is borrowed from an open stream.
-    let n = unsafe { libc::poll(&mut fd, 1, ms) };
+    }
+}
+
+/// `poll(2)` on `fds` for up to `timeout`, rounded up to a whole
+/// millisecond so that a wait never ends before its time. An interrupted
+/// wait leaves every `revents` at 0.
+#[allow(unsafe_code)]
+fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
+    let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs that
+    // lives across the call; the descriptors are borrowed from open
+    // streams.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
-        return Err(e);
     }
-    Ok(n > 0)
+    Ok(())
 }
 
 /// An epoll set whose sockets are each watched for one readiness at a

@@ -152,21 +152,51 @@ fn a_join_storm_is_cut_to_the_rate_and_watchers_are_told() {
     let mut watcher = Client::connect(addr);
     assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
     let mut joiners: Vec<Client> = (0..20).map(|_| Client::connect(addr)).collect();
+    let storm = Instant::now();
     for c in &mut joiners {
         assert_eq!(command(c, "SUB room"), "OK SUB room 0");
     }
-    // Five joins fit the budget; then one overflow notice, and quiet.
+    let took = storm.elapsed().as_secs_f64();
     let mut seen = Vec::new();
     while let Some(util::Recv::Msg(Msg::Data(p))) = watcher.try_recv(ms(200)) {
         seen.push(String::from_utf8(p).unwrap());
     }
+    // Five joins fit the budget, then one overflow notice. The budget
+    // refills at 5 a second and the notice comes at most once a second, so
+    // a slow storm lets a few more through: never more than that.
     let joins = seen.iter().filter(|l| l.starts_with("JOIN room ")).count();
-    assert_eq!(joins, 5, "{seen:?}");
-    assert_eq!(seen.last().unwrap(), "PRESENCE room overflow", "{seen:?}");
-    assert_eq!(seen.len(), 6, "{seen:?}");
+    let notices = seen
+        .iter()
+        .filter(|l| *l == "PRESENCE room overflow")
+        .count();
+    let first_notice = seen.iter().position(|l| l == "PRESENCE room overflow");
+    let before_notice = &seen[..first_notice.unwrap_or(seen.len())];
+    assert!(
+        before_notice.len() >= 5 && before_notice.iter().all(|l| l.starts_with("JOIN room ")),
+        "{seen:?}"
+    );
+    assert!(
+        first_notice.is_some() || joins == 20,
+        "joins dropped without a notice: {seen:?}"
+    );
+    assert_eq!(joins + notices, seen.len(), "nothing else: {seen:?}");
+    assert!(
+        joins <= 5 + (took * 5.0).ceil() as usize,
+        "{joins} joins in {took:.3} s: {seen:?}"
+    );
+    assert!(
+        notices <= 1 + took.floor() as usize,
+        "{notices} notices in {took:.3} s"
+    );
     let text = scrape(metrics);
-    assert_eq!(sample(&text, "wheel_presence_events_dropped_total"), 15.0);
-    assert_eq!(sample(&text, "wheel_presence_events_total"), 6.0);
+    assert_eq!(
+        sample(&text, "wheel_presence_events_dropped_total"),
+        (20 - joins) as f64
+    );
+    assert_eq!(
+        sample(&text, "wheel_presence_events_total"),
+        seen.len() as f64
+    );
     // WHO still tells the whole truth.
     watcher.send(Message::Data(b"WHO room"));
     let total = loop {

@@ -207,9 +207,8 @@ impl Limits {
                 "ulimit -n, or LimitNOFILE= under systemd",
             );
         }
-        let threads = |max: u64, now: u64| max.saturating_sub(now + RESERVED_THREADS);
         if cost.thread {
-            self.thread_bounds(threads, &mut bound);
+            self.thread_bounds(&mut bound);
         }
         let per_connection = cost.memory.max(1);
         if let Some((max, used)) = self.cgroup_memory {
@@ -243,11 +242,9 @@ impl Limits {
     }
 
     /// The bounds a thread per connection meets: tasks and mappings.
-    fn thread_bounds(
-        &self,
-        threads: impl Fn(u64, u64) -> u64,
-        bound: &mut impl FnMut(&'static str, u64, u64, &'static str),
-    ) {
+    fn thread_bounds(&self, bound: &mut impl FnMut(&'static str, u64, u64, &'static str)) {
+        // Room for threads under `max` with `now` in use.
+        let threads = |max: u64, now: u64| max.saturating_sub(now + RESERVED_THREADS);
         if let Some(nproc) = self.nproc {
             bound(
                 "RLIMIT_NPROC",

@@ -586,9 +586,9 @@ impl Topics {
 
     /// Makes `conn`, a subscriber of `name`, a watcher of its joins and
     /// leaves (or not); false if it is not subscribed.
-    pub(crate) fn watch_presence(&self, conn: &Conn, name: &str, on: bool) -> bool {
+    pub(crate) fn watch_presence(&self, conn: &Arc<Conn>, name: &str, on: bool) -> bool {
         self.get(name)
-            .is_some_and(|topic| topic.lock().presence.watch(conn.id, on))
+            .is_some_and(|topic| topic.lock().presence.watch(conn, on))
     }
 
     /// Up to `limit` members of `name` after connection `after`.

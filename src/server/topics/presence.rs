@@ -71,6 +71,8 @@ pub struct Members {
 pub(super) struct Presence {
     /// The members, in the order they joined.
     members: Vec<Joined>,
+    /// The members that watch joins and leaves.
+    watchers: Vec<Arc<Conn>>,
     /// Connections per user, authenticated members only.
     users: HashMap<Arc<str>, usize>,
     /// The event budget: tokens, and when they were last refilled.
@@ -83,7 +85,6 @@ struct Joined {
     conn: ConnId,
     user: Option<Arc<str>>,
     since_ms: u64,
-    watches: bool,
 }
 
 /// What presence sends and drops, for the metrics.
@@ -104,25 +105,18 @@ pub(super) struct Change<'a> {
 }
 
 impl Presence {
-    /// `conn` joined (a watcher itself, with `watch`); tells the watchers
-    /// (not `conn` itself).
-    pub(super) fn join(
-        &mut self,
-        change: &Change<'_>,
-        subscribers: &[Arc<Conn>],
-        conn: &Conn,
-        watch: bool,
-    ) {
-        if self.members.iter().any(|m| m.conn == conn.id) {
-            return;
-        }
+    /// `conn`, a new subscriber, joined (a watcher itself, with `watch`);
+    /// tells the watchers (not `conn` itself).
+    pub(super) fn join(&mut self, change: &Change<'_>, conn: &Arc<Conn>, watch: bool) {
         let user = user_of(conn);
         self.members.push(Joined {
             conn: conn.id,
             user: user.clone(),
             since_ms: now_ms(),
-            watches: watch,
         });
+        if watch {
+            self.watchers.push(Arc::clone(conn));
+        }
         let first = match &user {
             Some(user) => {
                 let count = self.users.entry(Arc::clone(user)).or_insert(0);
@@ -131,27 +125,24 @@ impl Presence {
             }
             None => false,
         };
-        let shown = show_user(user.as_deref());
-        let mut events = vec![format!("JOIN {} {} {shown}", change.name, conn.id)];
-        if first {
-            events.push(format!("ONLINE {} {shown}", change.name));
-        }
-        self.tell(change, subscribers, conn.id, &events);
+        self.tell(change, conn.id, || {
+            let shown = show_user(user.as_deref());
+            let mut events = vec![format!("JOIN {} {} {shown}", change.name, conn.id)];
+            if first {
+                events.push(format!("ONLINE {} {shown}", change.name));
+            }
+            events
+        });
     }
 
     /// `conn` left for `reason` (a close reason's label, or `unsubscribed`);
     /// tells the watchers that remain.
-    pub(super) fn leave(
-        &mut self,
-        change: &Change<'_>,
-        subscribers: &[Arc<Conn>],
-        conn: ConnId,
-        reason: &str,
-    ) {
+    pub(super) fn leave(&mut self, change: &Change<'_>, conn: ConnId, reason: &str) {
         let Some(at) = self.members.iter().position(|m| m.conn == conn) else {
             return;
         };
         let gone = self.members.remove(at);
+        self.watchers.retain(|w| w.id != conn);
         let last = match &gone.user {
             Some(user) => match self.users.get_mut(user) {
                 Some(count) if *count > 1 => {
@@ -165,24 +156,28 @@ impl Presence {
             },
             None => false,
         };
-        let reason = leave_reason(reason);
-        let shown = show_user(gone.user.as_deref());
-        let mut events = vec![format!("LEAVE {} {conn} {shown} {reason}", change.name)];
-        if last {
-            events.push(format!("OFFLINE {} {shown} {reason}", change.name));
-        }
-        self.tell(change, subscribers, conn, &events);
+        self.tell(change, conn, || {
+            let reason = leave_reason(reason);
+            let shown = show_user(gone.user.as_deref());
+            let mut events = vec![format!("LEAVE {} {conn} {shown} {reason}", change.name)];
+            if last {
+                events.push(format!("OFFLINE {} {shown} {reason}", change.name));
+            }
+            events
+        });
     }
 
-    /// Makes `conn` a watcher of joins and leaves (or not).
-    pub(super) fn watch(&mut self, conn: ConnId, on: bool) -> bool {
-        match self.members.iter_mut().find(|m| m.conn == conn) {
-            Some(member) => {
-                member.watches = on;
-                true
-            }
-            None => false,
+    /// Makes `conn`, a member, a watcher of joins and leaves (or not);
+    /// false if it is not a member.
+    pub(super) fn watch(&mut self, conn: &Arc<Conn>, on: bool) -> bool {
+        if !self.members.iter().any(|m| m.conn == conn.id) {
+            return false;
         }
+        self.watchers.retain(|w| w.id != conn.id);
+        if on {
+            self.watchers.push(Arc::clone(conn));
+        }
+        true
     }
 
     /// Up to `limit` members after connection `after` (from the first
@@ -208,48 +203,30 @@ impl Presence {
         }
     }
 
-    /// Sends `events` to every watcher but `subject`, within the topic's
-    /// event budget.
-    fn tell(
-        &mut self,
-        change: &Change<'_>,
-        subscribers: &[Arc<Conn>],
-        subject: ConnId,
-        events: &[String],
-    ) {
-        let watchers: Vec<&Arc<Conn>> = self
-            .members
-            .iter()
-            .filter(|m| m.watches && m.conn != subject)
-            .filter_map(|m| subscribers.iter().find(|c| c.id == m.conn))
-            .collect();
-        if watchers.is_empty() {
+    /// Sends the `events` to every watcher but `subject`, within the
+    /// topic's event budget. They are written only if someone watches.
+    fn tell(&mut self, change: &Change<'_>, subject: ConnId, events: impl FnOnce() -> Vec<String>) {
+        if !self.watchers.iter().any(|w| w.id != subject) {
             return;
         }
+        let events = events();
         let now = Instant::now();
-        let events: Vec<&str> = match self.spend(change.rate, events.len(), now) {
-            true => events.iter().map(String::as_str).collect(),
-            false => {
-                change.counters.dropped.inc_by(events.len() as u64);
-                // Once a second while events are dropped: ask WHO.
-                if self
-                    .overflow_told
-                    .is_some_and(|told| now.duration_since(told).as_secs() < 1)
-                {
-                    return;
-                }
-                self.overflow_told = Some(now);
-                vec![]
-            }
-        };
-        let overflow = format!("PRESENCE {} overflow", change.name);
-        let lines: Vec<&str> = if events.is_empty() {
-            vec![&overflow]
-        } else {
+        let lines = if self.spend(change.rate, events.len(), now) {
             events
+        } else {
+            change.counters.dropped.inc_by(events.len() as u64);
+            // Once a second while events are dropped: ask WHO.
+            if self
+                .overflow_told
+                .is_some_and(|told| now.duration_since(told).as_secs() < 1)
+            {
+                return;
+            }
+            self.overflow_told = Some(now);
+            vec![format!("PRESENCE {} overflow", change.name)]
         };
         let mut encoded: [Option<Vec<u8>>; 3] = Default::default();
-        for watcher in watchers {
+        for watcher in self.watchers.iter().filter(|w| w.id != subject) {
             let slot = &mut encoded[protocol_slot(watcher.protocol)];
             let wire = slot.get_or_insert_with(|| encode(watcher.protocol, &lines));
             if !wire.is_empty() && watcher.out.push(watcher.id, change.flushes, wire).is_ok() {
@@ -326,7 +303,7 @@ fn protocol_slot(protocol: Protocol) -> usize {
 
 /// `lines`, each a DATA message, in `protocol` (empty if it cannot carry
 /// them).
-fn encode(protocol: Protocol, lines: &[&str]) -> Vec<u8> {
+fn encode(protocol: Protocol, lines: &[String]) -> Vec<u8> {
     let mut wire = Vec::new();
     for line in lines {
         if protocol

@@ -131,12 +131,7 @@ impl Topics {
         })?;
         if !t.subscribers.iter().any(|c| c.id == conn.id) {
             t.subscribers.push(Arc::clone(conn));
-            let Topic {
-                subscribers,
-                presence,
-                ..
-            } = &mut *t;
-            presence.join(&self.change(flushes, name), subscribers, conn, watch);
+            t.presence.join(&self.change(flushes, name), conn, watch);
         }
         Ok(resumed)
     }
@@ -214,12 +209,8 @@ impl Topics {
         let idle = {
             let mut t = topic.lock();
             t.subscribers.retain(|c| c.id != conn.id);
-            let Topic {
-                subscribers,
-                presence,
-                ..
-            } = &mut *t;
-            presence.leave(&self.change(flushes, name), subscribers, conn.id, reason);
+            t.presence
+                .leave(&self.change(flushes, name), conn.id, reason);
             t.is_idle()
         };
         drop(topic);

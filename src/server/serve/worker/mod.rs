@@ -20,7 +20,7 @@ use std::io::{self};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -109,8 +109,8 @@ struct Worker {
     tls: bool,
     /// Park after this long without DATA (`None`: never).
     park_after: Option<Duration>,
-    /// When the last DATA came (or serving began).
-    data_at: Instant,
+    /// The clock tick when the last DATA came (or serving began).
+    data_at: u64,
     /// Why the connection must close, found while it was parked (a failed
     /// read, a PING too many): the thread that takes it over closes it.
     found: Option<CloseReason>,
@@ -176,7 +176,7 @@ impl Worker {
             sent: Tally::default(),
             pings: PingPolicy::new(shared.config.min_ping_interval, shared.config.ping_strikes),
             park_after: shared.parking.as_ref().and(shared.config.park_after),
-            data_at: Instant::now(),
+            data_at: shared.clock.now(),
             found: None,
             opened: false,
             shared,
@@ -206,7 +206,7 @@ impl Worker {
             {
                 return reason.into();
             }
-            self.data_at = Instant::now();
+            self.data_at = self.shared.clock.now();
             self.time_reads_for_parking();
             self.serve()
         }))

@@ -98,8 +98,13 @@ impl Worker {
     fn wait(&self) -> io::Result<bool> {
         let stream = self.conn.stream();
         if let Some(after) = self.park_after {
+            let tick = self.shared.config.tick;
             loop {
-                let left = (self.data_at + after).saturating_duration_since(Instant::now());
+                // The coarse clock the per-message path already reads: a
+                // connection may park up to a tick early.
+                let quiet_ticks = self.shared.clock.now().saturating_sub(self.data_at);
+                let quiet = tick.saturating_mul(u32::try_from(quiet_ticks).unwrap_or(u32::MAX));
+                let left = after.saturating_sub(quiet);
                 // With no time left, a last look: what is already there
                 // (the bytes, or the end, that unparked it) is read here.
                 if sys::wait_readable_for(stream, left)? {
@@ -214,11 +219,12 @@ impl Worker {
         if pongs > 0 {
             self.shared.metrics.parking.pongs.inc_by(pongs);
         }
+        let now = self.shared.clock.now();
         if data {
-            self.data_at = Instant::now();
+            self.data_at = now;
         }
         if self.received.has_unpublished() {
-            self.conn.activity.touch(self.shared.clock.now());
+            self.conn.activity.touch(now);
             self.conn
                 .traffic
                 .publish(&mut self.received, &mut self.sent);
