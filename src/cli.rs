@@ -450,6 +450,13 @@ pub struct Args {
     #[arg(help_heading = "Redis (topics across instances)", long, env = "WHEEL_SERVER_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     redis_timeout: Duration,
 
+    /// With --redis, how often this instance tells Redis it lives (presence across instances).
+    /// An instance that misses 3 (SIGKILLed, frozen, cut off) is taken for gone: another instance
+    /// tells every watcher its members left (LEAVE ... instance_lost) at most 4 heartbeats after
+    /// its last one.
+    #[arg(help_heading = "Redis (topics across instances)", long, env = "WHEEL_SERVER_PRESENCE_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    presence_heartbeat: Duration,
+
     /// Log a one-line summary (connections, closes, frames) at info level this often (0 = off).
     #[arg(help_heading = "Admin endpoint and metrics", long, env = "WHEEL_SERVER_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     stats_interval: Duration,
@@ -721,6 +728,7 @@ impl Args {
         config.redis_sentinels = self.redis_sentinel.clone();
         config.redis_master_name = self.redis_master_name.clone();
         config.redis_timeout = self.redis_timeout;
+        config.presence_heartbeat = self.presence_heartbeat;
         config.stats_interval = nonzero(self.stats_interval);
         config.reuse_port = self.reuse_port;
         config.proxy_protocol = self.proxy_protocol;

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, ServerProcess, config, ms, start};
+use util::{PATIENCE, ServerProcess, config, example_binary, ms, start};
 use wheel_server::client::{Backoff, Client, ClientConfig, DeadReason, Event};
 
 fn fast(addr: SocketAddr) -> ClientConfig {
@@ -253,20 +253,6 @@ fn server_close_ends_the_connection_with_its_code() {
             reason: "idle timeout".into()
         }
     );
-}
-
-/// The `heartbeat-client` example binary, built by `cargo test` beside the
-/// test binaries.
-fn example_binary() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let profile_dir = deps.parent().unwrap().parent().unwrap();
-    let path = profile_dir.join("examples").join("heartbeat-client");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds it (as does `cargo build --examples`)",
-        path.display()
-    );
-    path
 }
 
 fn run_example(args: &[&str]) -> (std::process::ExitStatus, Vec<serde_json::Value>) {

@@ -4,9 +4,12 @@
 
 mod util;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use util::{Client, Msg, PATIENCE, config, http_get, ms, sample, scrape, wait_until};
+use util::redis::{RedisServer, redis_or_skip};
+use util::{
+    Client, Msg, PATIENCE, ServerProcess, config, http_get, ms, sample, scrape, wait_until,
+};
 use wheel_server::protocol::Message;
 use wheel_server::server::pubsub::PubSub;
 use wheel_server::{Config, Server};
@@ -252,5 +255,248 @@ fn the_client_library_reports_joins_and_leaves() {
                 reason: "closed".into()
             }
         )
+    );
+}
+
+/// An instance sharing topics and presence through `redis`, beating every
+/// `heartbeat`.
+fn instance(redis: &RedisServer, heartbeat: Duration) -> Server {
+    let mut config = presence_config();
+    config.redis = Some(redis.url());
+    config.presence_heartbeat = heartbeat;
+    start(config)
+}
+
+/// The next event a watcher is told, keeping it alive meanwhile: PINGs
+/// until something other than a PONG comes, within [`PATIENCE`].
+fn next_event(watcher: &mut Client) -> (Instant, String) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "no event");
+        match watcher.try_recv(ms(50)) {
+            Some(util::Recv::Msg(Msg::Data(payload))) => {
+                let text = String::from_utf8(payload).unwrap();
+                if text != "PONG" {
+                    return (Instant::now(), text);
+                }
+            }
+            Some(other) => panic!("expected DATA, got {other:?}"),
+            None => watcher.send(Message::Data(b"PING")),
+        }
+    }
+}
+
+#[test]
+fn two_instances_on_redis_list_each_others_members_and_see_them_join_and_leave() {
+    if !redis_or_skip() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, ms(100)), instance(&redis, ms(100)));
+    let mut watcher = Client::connect(a.local_addr());
+    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
+    let watcher_id = own_id(&mut watcher, "room");
+    let a_instance = watcher_id
+        .split_once('@')
+        .expect("conn@instance")
+        .1
+        .to_owned();
+
+    // A member on the other instance: the watcher is told, through Redis.
+    let mut member = Client::connect(b.local_addr());
+    assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
+    let (_, joined) = next_event(&mut watcher);
+    let member_id = joined
+        .strip_prefix("JOIN room ")
+        .and_then(|rest| rest.strip_suffix(" -"))
+        .unwrap_or_else(|| panic!("a JOIN, got {joined:?}"))
+        .to_owned();
+    let b_instance = member_id.split_once('@').expect("conn@instance").1;
+    assert_ne!(b_instance, a_instance, "each instance has its own id");
+
+    // WHO on either instance lists both, the oldest first.
+    for c in [&mut watcher, &mut member] {
+        c.send(Message::Data(b"WHO room"));
+        let first = next(c);
+        let second = next(c);
+        assert!(
+            first.starts_with(&format!("MEMBER room {watcher_id} - ")),
+            "{first}"
+        );
+        assert!(
+            second.starts_with(&format!("MEMBER room {member_id} - ")),
+            "{second}"
+        );
+        assert_eq!(next(c), "OK WHO room 2 0");
+    }
+    // Paged: after the first, the second alone.
+    assert_eq!(
+        command(&mut member, &format!("WHO room {watcher_id}"))
+            .split(' ')
+            .nth(2),
+        Some(member_id.as_str())
+    );
+    assert_eq!(next(&mut member), "OK WHO room 2 0");
+    // And the admin endpoint of either.
+    let (status, body) = http_get(a.metrics_addr().unwrap(), "/presence/room?limit=1");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["connections"], 2, "{body}");
+    assert_eq!(json["members"][0]["id"], watcher_id.as_str(), "{body}");
+    assert_eq!(json["next"], watcher_id.as_str(), "{body}");
+
+    // A leave on the other instance, with its reason.
+    assert_eq!(command(&mut member, "UNSUB room"), "OK UNSUB room");
+    assert_eq!(
+        next_event(&mut watcher).1,
+        format!("LEAVE room {member_id} - unsubscribed")
+    );
+    // The other instance drains (as on SIGTERM): its members leave
+    // `drained`, said before it is gone.
+    assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
+    std::thread::sleep(ms(300));
+    eprintln!(
+        "DEBUG B {}",
+        scrape(b.metrics_addr().unwrap())
+            .lines()
+            .filter(|l| l.contains("presence"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "DEBUG A {}",
+        scrape(a.metrics_addr().unwrap())
+            .lines()
+            .filter(|l| l.contains("presence") || l.contains("relayed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let (_, joined) = next_event(&mut watcher);
+    let member_id = joined
+        .strip_prefix("JOIN room ")
+        .unwrap()
+        .strip_suffix(" -")
+        .unwrap()
+        .to_owned();
+    let drain = std::thread::spawn(move || b.shutdown());
+    assert_eq!(
+        next_event(&mut watcher).1,
+        format!("LEAVE room {member_id} - drained")
+    );
+    drain.join().unwrap();
+    watcher.send(Message::Data(b"WHO room"));
+    assert!(next(&mut watcher).starts_with(&format!("MEMBER room {watcher_id} ")));
+    assert_eq!(next(&mut watcher), "OK WHO room 1 0");
+    let metrics = scrape(a.metrics_addr().unwrap());
+    assert_eq!(sample(&metrics, "wheel_presence_instances_lost_total"), 0.0);
+    assert_eq!(sample(&metrics, "wheel_presence_redis_dropped_total"), 0.0);
+}
+
+#[test]
+fn a_killed_instance_s_members_leave_instance_lost_within_four_heartbeats() {
+    if !redis_or_skip() {
+        return;
+    }
+    let heartbeat = ms(200);
+    let redis = RedisServer::start();
+    let a = instance(&redis, heartbeat);
+    let url = redis.url();
+    let mut b = ServerProcess::start(&[
+        "--service",
+        "pubsub",
+        "--redis",
+        &url,
+        "--presence-heartbeat",
+        "200ms",
+    ]);
+    let mut watcher = Client::connect(a.local_addr());
+    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
+    let mut members = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut member = Client::connect(b.addr);
+        assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
+        let (_, joined) = next_event(&mut watcher);
+        assert!(joined.starts_with("JOIN room "), "{joined}");
+        ids.push(joined.split(' ').nth(2).unwrap().to_owned());
+        members.push(member);
+    }
+    // No goodbye: the connections stay open in the kernel's eyes until
+    // the process is gone, and nothing tells Redis.
+    b.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    b.wait_exit(PATIENCE).expect("killed");
+    let mut left = Vec::new();
+    let mut last = killed;
+    while left.len() < ids.len() {
+        let (at, event) = next_event(&mut watcher);
+        let parts: Vec<&str> = event.split(' ').collect();
+        assert_eq!(
+            (parts[0], parts.get(4).copied()),
+            ("LEAVE", Some("instance_lost")),
+            "{event}"
+        );
+        left.push(parts[2].to_owned());
+        last = at;
+    }
+    left.sort();
+    ids.sort();
+    assert_eq!(left, ids);
+    // Its last beat came at most one heartbeat before the kill and expires
+    // three after it; a survivor looks once a heartbeat.
+    let took = last - killed;
+    assert!(took >= heartbeat * 2 - ms(20), "too soon: {took:?}");
+    assert!(
+        took <= heartbeat * 4 + ms(800),
+        "not within 4 heartbeats (plus a margin for a busy machine): {took:?}"
+    );
+    watcher.send(Message::Data(b"WHO room"));
+    assert!(next(&mut watcher).starts_with("MEMBER room "));
+    assert_eq!(next(&mut watcher), "OK WHO room 1 0");
+    let metrics = scrape(a.metrics_addr().unwrap());
+    assert_eq!(sample(&metrics, "wheel_presence_instances_lost_total"), 1.0);
+}
+
+#[test]
+fn a_frozen_client_leaves_with_idle_timeout_when_the_wheel_finds_it() {
+    // A real client process, SIGSTOPped: its socket stays open and the
+    // kernel answers for it, but it sends no heartbeat.
+    let (idle, tick, interval) = (ms(400), ms(10), ms(50));
+    let mut config = presence_config();
+    config.idle_timeout = Some(idle);
+    config.tick = tick;
+    let server = start(config);
+    let addr = server.local_addr().to_string();
+    let mut watcher = Client::connect(server.local_addr());
+    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
+    let mut client = std::process::Command::new(util::example_binary())
+        .args([
+            &addr,
+            "--json",
+            "--presence",
+            "room",
+            "--heartbeat-interval",
+            "50ms",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run the heartbeat-client example");
+    let (_, joined) = next_event(&mut watcher);
+    assert!(joined.starts_with("JOIN room "), "{joined}");
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    assert_eq!(unsafe { libc::kill(client.id() as i32, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    let (at, left) = next_event(&mut watcher);
+    // SAFETY: as above.
+    unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
+    let _ = client.wait();
+    assert!(left.ends_with(" - idle_timeout"), "{left}");
+    // Its last heartbeat came at most one interval before the stop.
+    let took = at - stopped;
+    assert!(took + interval + ms(5) >= idle, "too soon: {took:?}");
+    assert!(
+        took <= idle + tick + ms(300),
+        "not within the idle timeout and a tick (plus a margin for a busy machine): {took:?}"
     );
 }

@@ -92,9 +92,11 @@ pub fn parse_command(data: &[u8]) {
         Ok(Command::Sub { topic, .. } | Command::Unsub { topic }) => assert!(valid_topic(topic)),
         Ok(Command::Who { topic, after }) => {
             assert!(valid_topic(topic));
-            // A connection id reads back as it is written.
+            // A member id reads back as it is written.
             if let Some(after) = after {
-                assert_eq!(after.to_string().parse().ok(), Some(after));
+                let (conn, instance) = wheel_server::server::parse_member_id(after)
+                    .expect("WHO takes only member ids");
+                assert_eq!(wheel_server::server::member_id(conn, instance), after);
             }
         }
         Ok(Command::Pub { topic, payload }) => {

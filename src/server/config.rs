@@ -188,6 +188,11 @@ pub struct Config {
     /// every subscriber that watches the topic's presence); past it they
     /// are dropped and watchers told to ask again. 0: no limit.
     pub presence_rate: u32,
+    /// With [`redis`](Config::redis): how often this instance tells Redis
+    /// it lives. Its members are taken for gone, with the leave reason
+    /// `instance_lost`, once it misses 3 of them: another instance takes
+    /// them out at most 4 heartbeats after this one's last.
+    pub presence_heartbeat: Duration,
     /// Share topics with other instances through the Redis at this URL
     /// (`redis://[:password@]host:port/db`): sequence numbers and history
     /// live there, and every instance's subscribers get every message.
@@ -244,6 +249,7 @@ impl std::fmt::Debug for Config {
             .field("proxy_from", &self.proxy_from)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("presence_rate", &self.presence_rate)
+            .field("presence_heartbeat", &self.presence_heartbeat)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             // The URL may hold a password.
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
@@ -369,6 +375,7 @@ impl Default for Config {
             max_publish_bytes: Some(64 << 20),
             max_subscriptions: 128,
             presence_rate: 20,
+            presence_heartbeat: Duration::from_secs(1),
             admin_token: None,
             admin_allowed_hosts: Vec::new(),
             redis: None,
@@ -415,6 +422,9 @@ impl Config {
                 "history_ttl",
                 "must be longer than zero (use history 0 to turn history off)".into(),
             );
+        }
+        if self.presence_heartbeat < Duration::from_millis(10) {
+            return invalid("presence_heartbeat", "must be at least 10ms".into());
         }
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be longer than zero".into());

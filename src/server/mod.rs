@@ -100,7 +100,10 @@ pub use rate::RATE_LIMIT_STRIKES;
 pub use serve::handle::{ConnectionInfo, SendError, ServerHandle};
 pub use serve::handler::{Echo, Handler, Session};
 pub use signals::ShutdownSignals;
-pub use topics::presence::{Member, Members, PRESENCE_PAGE, leave_reason, show_user};
+pub use topics::presence::{
+    Member, Members, PRESENCE_PAGE, leave_reason, member_id, parse_member_id, show_user,
+    unshow_user,
+};
 pub use topics::{Published, Resumed, TopicInfo};
 
 use std::io;
@@ -229,6 +232,7 @@ impl Server {
                     target,
                     config.redis_timeout,
                     topics::Retention::of(&config),
+                    config.presence_heartbeat,
                 )
             });
         let retention = topics::Retention::of(&config);
@@ -247,7 +251,7 @@ impl Server {
         }
         #[cfg(feature = "redis")]
         if let Some(redis) = &redis {
-            redis.metrics.register(&mut metrics);
+            redis.register_metrics(&mut metrics);
         }
         let topics = topics::Topics::new(retention, topic_bounds, redis);
         topics.register(&mut metrics);

@@ -18,12 +18,11 @@ use std::str;
 
 pub use crate::protocol::topic::personal_topic;
 use crate::protocol::topic::{valid_publish_id, valid_topic};
-use crate::server::conn::id::ConnId;
 use crate::server::conn::identity::Identity;
 use crate::server::serve::handle::SendError;
 use crate::server::serve::handler::{Handler, Session};
 use crate::server::topics::Resumed;
-use crate::server::topics::presence::{PRESENCE_PAGE, show_user};
+use crate::server::topics::presence::{PRESENCE_PAGE, parse_member_id, show_user};
 
 /// A parsed command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +40,8 @@ pub enum Command<'a> {
     Who {
         /// The topic.
         topic: &'a str,
-        /// List those after this connection.
-        after: Option<ConnId>,
+        /// List those after this member (`<conn>` or `<conn>@<instance>`).
+        after: Option<&'a str>,
     },
     /// `UNSUB <topic>`.
     Unsub {
@@ -128,8 +127,8 @@ pub fn parse_command(msg: &[u8]) -> Result<Command<'_>, &'static str> {
                 Some(after) => Some(
                     str::from_utf8(after)
                         .ok()
-                        .and_then(|a| a.parse().ok())
-                        .ok_or("invalid connection id")?,
+                        .filter(|a| parse_member_id(a).is_some())
+                        .ok_or("invalid member id")?,
                 ),
             };
             Ok(Command::Who { topic, after })
@@ -259,12 +258,18 @@ fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[
 }
 
 /// `WHO`: a `MEMBER` line per member (a page), then `OK WHO`.
-fn who(session: &mut Session<'_>, topic: &str, after: Option<ConnId>) {
-    let page = session.server().presence(topic, after, PRESENCE_PAGE);
+fn who(session: &mut Session<'_>, topic: &str, after: Option<&str>) {
+    let page = match session.server().presence(topic, after, PRESENCE_PAGE) {
+        Ok(page) => page,
+        Err(e) => {
+            let _ = session.send(format!("ERR {e}").as_bytes());
+            return;
+        }
+    };
     for m in &page.members {
         let line = format!(
             "MEMBER {topic} {} {} {}",
-            m.conn,
+            m.id(),
             show_user(m.user.as_deref()),
             m.since_ms
         );
@@ -354,7 +359,7 @@ mod tests {
             parse_command(b"WHO news 3.1"),
             Ok(Command::Who {
                 topic: "news",
-                after: Some("3.1".parse().unwrap())
+                after: Some("3.1")
             })
         );
         assert_eq!(

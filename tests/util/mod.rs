@@ -500,6 +500,20 @@ pub fn subscribers(admin: SocketAddr, topic: Option<&str>) -> usize {
 }
 
 /// The text of a server's `GET /metrics`.
+/// The `heartbeat-client` example binary, built by `cargo test` beside the
+/// test binaries.
+pub fn example_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let profile_dir = deps.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join("examples").join("heartbeat-client");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it (as does `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
+
 pub fn scrape(metrics: SocketAddr) -> String {
     let (status, text) = http_get(metrics, "/metrics");
     assert_eq!(status, 200, "GET /metrics");

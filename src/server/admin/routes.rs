@@ -11,7 +11,7 @@ use super::http::{Head, Response, host_allowed, same_origin};
 use super::metrics::{self, Format};
 use crate::server::conn::id::ConnId;
 use crate::server::serve::handle::{SendError, ServerHandle};
-use crate::server::topics::presence::PRESENCE_PAGE;
+use crate::server::topics::presence::{Member, PRESENCE_PAGE, parse_member_id};
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
@@ -244,22 +244,27 @@ impl Inner {
                         );
                     }
                 };
-                let after = match query_param(query, "after").map(|a| a.parse::<ConnId>()) {
-                    None => None,
-                    Some(Ok(after)) => Some(after),
-                    Some(Err(e)) => return Response::text(400, &format!("after: {e}\n")),
+                let after = query_param(query, "after");
+                if after
+                    .as_deref()
+                    .is_some_and(|a| parse_member_id(a).is_none())
+                {
+                    return Response::text(400, "after: not a member id\n");
+                }
+                let page = match self.handle().presence(&topic, after.as_deref(), limit) {
+                    Ok(page) => page,
+                    Err(e) => return Response::text(503, &format!("{e}\n")),
                 };
-                let page = self.handle().presence(&topic, after, limit);
-                // The last connection of a page with more after it: where
-                // the next one starts.
+                // The last member of a page with more after it: where the
+                // next one starts.
                 let next = page
                     .more
-                    .then(|| page.members.last().map(|m| m.conn.to_string()))
+                    .then(|| page.members.last().map(Member::id))
                     .flatten();
                 let members: Vec<_> = page
                     .members
                     .iter()
-                    .map(|m| json!({"id": m.conn.to_string(), "user": m.user, "since_ms": m.since_ms}))
+                    .map(|m| json!({"id": m.id(), "user": m.user, "since_ms": m.since_ms}))
                     .collect();
                 Response::json(
                     200,

@@ -486,11 +486,26 @@ impl ServerHandle {
         (reached, conns.len())
     }
 
-    /// Up to `limit` members of `topic` (its subscribers here, with their
-    /// users and when they joined) after connection `after`, in the order
-    /// they joined, with the totals.
-    pub fn presence(&self, topic: &str, after: Option<ConnId>, limit: usize) -> Members {
-        self.shared.topics.members(topic, after, limit)
+    /// Up to `limit` members of `topic` (its subscribers, with their users
+    /// and when they joined) after the member `after` (its id as
+    /// [`Member::id`](crate::server::Member::id) gives it), in the order
+    /// they joined, with the totals. Without
+    /// [`Config::redis`](crate::server::Config::redis), this instance's
+    /// subscribers; with it, every instance's, read from Redis.
+    ///
+    /// # Errors
+    ///
+    /// With Redis, [`SendError::Unavailable`] when it did not answer.
+    pub fn presence(
+        &self,
+        topic: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Members, SendError> {
+        self.shared
+            .topics
+            .members(topic, after, limit)
+            .map_err(|e| SendError::Unavailable(e.why))
     }
 
     /// Local subscribers of `topic`.

@@ -57,7 +57,6 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::server::config::Config;
 use crate::server::conn::Conn;
-use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::Flushes;
 use crate::server::metrics::Metrics;
 use crate::server::topics::redis::Redis;
@@ -587,15 +586,77 @@ impl Topics {
     /// Makes `conn`, a subscriber of `name`, a watcher of its joins and
     /// leaves (or not); false if it is not subscribed.
     pub(crate) fn watch_presence(&self, conn: &Arc<Conn>, name: &str, on: bool) -> bool {
+        if let (true, Some(redis)) = (on, &self.redis) {
+            redis.await_following(name);
+        }
         self.get(name)
             .is_some_and(|topic| topic.lock().presence.watch(conn, on))
     }
 
-    /// Up to `limit` members of `name` after connection `after`.
-    pub(crate) fn members(&self, name: &str, after: Option<ConnId>, limit: usize) -> Members {
-        self.get(name)
+    /// Up to `limit` members of `name` after the member `after` (an id as
+    /// [`member_id`](presence::member_id) writes it): this instance's, or
+    /// with Redis every instance's.
+    pub(crate) fn members(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Members, Unavailable> {
+        if let Some(redis) = &self.redis {
+            return redis.members(name, after, limit);
+        }
+        let after = after
+            .and_then(presence::parse_member_id)
+            .map(|(conn, _)| conn);
+        Ok(self
+            .get(name)
             .map(|topic| topic.lock().presence.page(after, limit))
-            .unwrap_or_default()
+            .unwrap_or_default())
+    }
+
+    /// Tells the watchers of `name` the presence `events` of members of
+    /// other instances (from Redis): each `JOIN` or `LEAVE` with the
+    /// `ONLINE` or `OFFLINE` that follows it, within the topic's budget.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn relay_presence<'e>(
+        &self,
+        flushes: &Flushes,
+        name: &str,
+        events: impl IntoIterator<Item = &'e str>,
+    ) {
+        let Some(topic) = self.get(name) else {
+            return;
+        };
+        let mut t = topic.lock();
+        let change = self.change(flushes, name);
+        let mut group: Vec<String> = Vec::new();
+        for event in events {
+            let follows = event.starts_with("ONLINE ") || event.starts_with("OFFLINE ");
+            if !follows && !group.is_empty() {
+                t.presence.relay(&change, std::mem::take(&mut group));
+            }
+            group.push(event.to_owned());
+        }
+        if !group.is_empty() {
+            t.presence.relay(&change, group);
+        }
+    }
+
+    /// Every topic's members here, each with its user and when it joined:
+    /// what Redis is told when its view is brought up to date.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn local_members(&self) -> Vec<(String, Vec<presence::Snapshot>)> {
+        let topics: Vec<_> = self
+            .by_name
+            .read()
+            .iter()
+            .map(|(name, topic)| (name.to_string(), Arc::clone(topic)))
+            .collect();
+        topics
+            .into_iter()
+            .map(|(name, topic)| (name, topic.lock().presence.snapshot()))
+            .filter(|(_, members)| !members.is_empty())
+            .collect()
     }
 
     /// Local subscribers of `name`.

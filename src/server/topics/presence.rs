@@ -45,12 +45,32 @@ pub const PRESENCE_PAGE: usize = 100;
 /// One member of a topic: a subscribed connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    /// The connection.
+    /// The connection (its id on its instance).
     pub conn: ConnId,
+    /// With `--redis`, the instance it is connected to (its id, as the
+    /// instance's start-up log line gives it); `None` without.
+    pub instance: Option<String>,
     /// Its user (the authenticated subject), if any.
     pub user: Option<String>,
     /// When it joined, in milliseconds since the Unix epoch.
     pub since_ms: u64,
+}
+
+impl Member {
+    /// How events and `WHO` name it: `<conn>`, or `<conn>@<instance>` with
+    /// `--redis`.
+    pub fn id(&self) -> String {
+        member_id(self.conn, self.instance.as_deref())
+    }
+}
+
+/// A member as events and `WHO` name it: `<conn>`, or `<conn>@<instance>`
+/// when instances share presence (`--redis`).
+pub fn member_id(conn: ConnId, instance: Option<&str>) -> String {
+    match instance {
+        Some(instance) => format!("{conn}@{instance}"),
+        None => conn.to_string(),
+    }
 }
 
 /// A page of a topic's members, in the order they joined.
@@ -64,6 +84,22 @@ pub struct Members {
     pub users: usize,
     /// More follow: ask again after the last one listed.
     pub more: bool,
+}
+
+/// The connection and the instance (if any) of a member's id as events and
+/// `WHO` write it (`<conn>` or `<conn>@<instance>`, see [`member_id`]);
+/// `None` if it is not one.
+pub fn parse_member_id(id: &str) -> Option<(ConnId, Option<&str>)> {
+    let (conn, instance) = match id.split_once('@') {
+        Some((conn, instance)) => (conn, Some(instance)),
+        None => (id, None),
+    };
+    if instance.is_some_and(|i| {
+        i.is_empty() || i.len() > 32 || !i.bytes().all(|b| b.is_ascii_alphanumeric())
+    }) {
+        return None;
+    }
+    Some((conn.parse().ok()?, instance))
 }
 
 /// A topic's presence (held under the topic's lock).
@@ -87,6 +123,10 @@ struct Joined {
     since_ms: u64,
 }
 
+/// A member as Redis is told of it: its connection, its user, and when it
+/// joined (ms since the Unix epoch).
+pub(crate) type Snapshot = (ConnId, Option<Arc<str>>, u64);
+
 /// What presence sends and drops, for the metrics.
 #[derive(Clone, Default)]
 pub(crate) struct PresenceCounters {
@@ -99,6 +139,10 @@ pub(crate) struct PresenceCounters {
 /// What a change of membership must tell watchers.
 pub(super) struct Change<'a> {
     pub(super) name: &'a str,
+    /// This instance, when instances share presence through Redis: members
+    /// are then named `<conn>@<instance>`, and a user's `ONLINE` and
+    /// `OFFLINE` come from Redis, which counts every instance's connections.
+    pub(super) instance: Option<&'a str>,
     pub(super) rate: u32,
     pub(super) flushes: &'a Flushes,
     pub(super) counters: &'a PresenceCounters,
@@ -106,13 +150,20 @@ pub(super) struct Change<'a> {
 
 impl Presence {
     /// `conn`, a new subscriber, joined (a watcher itself, with `watch`);
-    /// tells the watchers (not `conn` itself).
-    pub(super) fn join(&mut self, change: &Change<'_>, conn: &Arc<Conn>, watch: bool) {
+    /// tells the watchers (not `conn` itself). Its user and when it
+    /// joined.
+    pub(super) fn join(
+        &mut self,
+        change: &Change<'_>,
+        conn: &Arc<Conn>,
+        watch: bool,
+    ) -> (Option<Arc<str>>, u64) {
         let user = user_of(conn);
+        let since_ms = now_ms();
         self.members.push(Joined {
             conn: conn.id,
             user: user.clone(),
-            since_ms: now_ms(),
+            since_ms,
         });
         if watch {
             self.watchers.push(Arc::clone(conn));
@@ -127,19 +178,21 @@ impl Presence {
         };
         self.tell(change, conn.id, || {
             let shown = show_user(user.as_deref());
-            let mut events = vec![format!("JOIN {} {} {shown}", change.name, conn.id)];
-            if first {
+            let id = member_id(conn.id, change.instance);
+            let mut events = vec![format!("JOIN {} {id} {shown}", change.name)];
+            if first && change.instance.is_none() {
                 events.push(format!("ONLINE {} {shown}", change.name));
             }
             events
         });
+        (user, since_ms)
     }
 
     /// `conn` left for `reason` (a close reason's label, or `unsubscribed`);
-    /// tells the watchers that remain.
-    pub(super) fn leave(&mut self, change: &Change<'_>, conn: ConnId, reason: &str) {
+    /// tells the watchers that remain. False if it was not a member.
+    pub(super) fn leave(&mut self, change: &Change<'_>, conn: ConnId, reason: &str) -> bool {
         let Some(at) = self.members.iter().position(|m| m.conn == conn) else {
-            return;
+            return false;
         };
         let gone = self.members.remove(at);
         self.watchers.retain(|w| w.id != conn);
@@ -159,12 +212,29 @@ impl Presence {
         self.tell(change, conn, || {
             let reason = leave_reason(reason);
             let shown = show_user(gone.user.as_deref());
-            let mut events = vec![format!("LEAVE {} {conn} {shown} {reason}", change.name)];
-            if last {
+            let id = member_id(conn, change.instance);
+            let mut events = vec![format!("LEAVE {} {id} {shown} {reason}", change.name)];
+            if last && change.instance.is_none() {
                 events.push(format!("OFFLINE {} {shown} {reason}", change.name));
             }
             events
         });
+        true
+    }
+
+    /// Tells every watcher `events` that another instance's members caused
+    /// (through Redis), within the same budget as this instance's own.
+    pub(super) fn relay(&mut self, change: &Change<'_>, events: Vec<String>) {
+        self.tell(change, None, || events);
+    }
+
+    /// The members, each with its user and when it joined: what this
+    /// instance tells Redis when it brings Redis's view up to date.
+    pub(super) fn snapshot(&self) -> Vec<Snapshot> {
+        self.members
+            .iter()
+            .map(|m| (m.conn, m.user.clone(), m.since_ms))
+            .collect()
     }
 
     /// Makes `conn`, a member, a watcher of joins and leaves (or not);
@@ -193,6 +263,7 @@ impl Presence {
                 .take(limit)
                 .map(|m| Member {
                     conn: m.conn,
+                    instance: None,
                     user: m.user.as_deref().map(str::to_owned),
                     since_ms: m.since_ms,
                 })
@@ -205,11 +276,20 @@ impl Presence {
 
     /// Sends the `events` to every watcher but `subject`, within the
     /// topic's event budget. They are written only if someone watches.
-    fn tell(&mut self, change: &Change<'_>, subject: ConnId, events: impl FnOnce() -> Vec<String>) {
-        if !self.watchers.iter().any(|w| w.id != subject) {
+    fn tell(
+        &mut self,
+        change: &Change<'_>,
+        subject: impl Into<Option<ConnId>>,
+        events: impl FnOnce() -> Vec<String>,
+    ) {
+        let subject = subject.into();
+        if !self.watchers.iter().any(|w| Some(w.id) != subject) {
             return;
         }
         let events = events();
+        if events.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let lines = if self.spend(change.rate, events.len(), now) {
             events
@@ -226,7 +306,7 @@ impl Presence {
             vec![format!("PRESENCE {} overflow", change.name)]
         };
         let mut encoded: [Option<Vec<u8>>; 3] = Default::default();
-        for watcher in self.watchers.iter().filter(|w| w.id != subject) {
+        for watcher in self.watchers.iter().filter(|w| Some(w.id) != subject) {
             let slot = &mut encoded[protocol_slot(watcher.protocol)];
             let wire = slot.get_or_insert_with(|| encode(watcher.protocol, &lines));
             if !wire.is_empty() && watcher.out.push(watcher.id, change.flushes, wire).is_ok() {
@@ -278,6 +358,28 @@ pub fn show_user(user: Option<&str>) -> String {
     if shown == "-" { "%2D".into() } else { shown }
 }
 
+/// The user a `show_user` form names (`None` for `-`); `None` as well for
+/// a form `show_user` never writes.
+pub fn unshow_user(shown: &str) -> Option<String> {
+    if shown == "-" {
+        return None;
+    }
+    let bytes = shown.as_bytes();
+    let mut raw = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            raw.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            raw.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(raw).ok()
+}
+
 /// Why a member left, from the close reason's label (or `unsubscribed`).
 pub fn leave_reason(label: &str) -> &str {
     match label {
@@ -327,6 +429,23 @@ mod tests {
         assert_eq!(show_user(Some("a b%c")), "a%20b%25c");
         assert_eq!(show_user(Some("-")), "%2D");
         assert_eq!(show_user(Some("é")), "%C3%A9");
+        for user in ["alice", "a b%c", "-", "é", "x\ny"] {
+            assert_eq!(unshow_user(&show_user(Some(user))).as_deref(), Some(user));
+        }
+        assert_eq!(unshow_user("-"), None);
+        assert_eq!(unshow_user("%4"), None, "a cut escape");
+    }
+
+    #[test]
+    fn member_ids_name_the_instance_with_redis() {
+        let conn = ConnId::new(3, 1);
+        assert_eq!(member_id(conn, None), "3.1");
+        assert_eq!(member_id(conn, Some("ab12")), "3.1@ab12");
+        assert_eq!(parse_member_id("3.1"), Some((conn, None)));
+        assert_eq!(parse_member_id("3.1@ab12"), Some((conn, Some("ab12"))));
+        for bad in ["", "3", "3.1@", "3.1@a-b", "x@ab", "3.1@ab@c"] {
+            assert_eq!(parse_member_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -41,8 +41,40 @@ pub(crate) fn spawn<T>(
 }
 
 impl Redis {
-    pub(crate) fn new(target: Target, _timeout: Duration, _retention: Retention) -> Redis {
+    pub(crate) fn new(
+        target: Target,
+        _timeout: Duration,
+        _retention: Retention,
+        _heartbeat: Duration,
+    ) -> Redis {
         match target {}
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        match *self {}
+    }
+
+    pub(crate) fn joined(
+        &self,
+        _topic: &str,
+        _conn: crate::server::conn::id::ConnId,
+        _user: Option<Arc<str>>,
+        _since_ms: u64,
+    ) {
+        match *self {}
+    }
+
+    pub(crate) fn left(&self, _topic: &str, _conn: crate::server::conn::id::ConnId, _reason: &str) {
+        match *self {}
+    }
+
+    pub(crate) fn members(
+        &self,
+        _topic: &str,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> Result<crate::server::topics::presence::Members, Unavailable> {
+        match *self {}
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -54,6 +86,10 @@ impl Redis {
     }
 
     pub(crate) fn follow(&self, _topic: &str) {
+        match *self {}
+    }
+
+    pub(crate) fn await_following(&self, _topic: &str) -> bool {
         match *self {}
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::protocol::topic::valid_topic;
 use crate::server::conn::Conn;
 use crate::server::conn::outbound::{Flushes, PushError};
+use crate::server::topics::presence::leave_reason;
 use crate::server::topics::redis::Entry;
 use topic::{Topic, encode_msg};
 
@@ -79,6 +80,11 @@ impl Topics {
                     redis.follow(name);
                 }
             }
+            // A watcher hears other instances' joins and leaves once the
+            // follower listens for them: what came before, `WHO` lists.
+            if watch {
+                redis.await_following(name);
+            }
             if let Some(since) = since {
                 let last = topic.lock().seq;
                 // A `since` past the last number: everything is replayed.
@@ -131,7 +137,12 @@ impl Topics {
         })?;
         if !t.subscribers.iter().any(|c| c.id == conn.id) {
             t.subscribers.push(Arc::clone(conn));
-            t.presence.join(&self.change(flushes, name), conn, watch);
+            let (user, since_ms) = t.presence.join(&self.change(flushes, name), conn, watch);
+            // Under the topic's lock, so that Redis hears of one topic's
+            // joins and leaves in the order they happened.
+            if let Some(redis) = &self.redis {
+                redis.joined(name, conn.id, user, since_ms);
+            }
         }
         Ok(resumed)
     }
@@ -185,9 +196,10 @@ impl Topics {
     }
 
     /// What watchers of `name`'s presence are told through.
-    fn change<'a>(&'a self, flushes: &'a Flushes, name: &'a str) -> Change<'a> {
+    pub(super) fn change<'a>(&'a self, flushes: &'a Flushes, name: &'a str) -> Change<'a> {
         Change {
             name,
+            instance: self.redis.as_ref().map(Redis::instance),
             rate: self.bounds.presence_rate,
             flushes,
             counters: &self.presence,
@@ -209,8 +221,12 @@ impl Topics {
         let idle = {
             let mut t = topic.lock();
             t.subscribers.retain(|c| c.id != conn.id);
-            t.presence
+            let left = t
+                .presence
                 .leave(&self.change(flushes, name), conn.id, reason);
+            if let (true, Some(redis)) = (left, &self.redis) {
+                redis.left(name, conn.id, leave_reason(reason));
+            }
             t.is_idle()
         };
         drop(topic);

@@ -32,12 +32,23 @@ pub(crate) fn spawn<T: Send + Sync + 'static>(
             .name("wheel-redis-cmd".into())
             .spawn(move || commands.run())?;
     }
+    let roster_owner = Arc::clone(&owner);
+    let roster = std::thread::Builder::new()
+        .name("wheel-presence".into())
+        .spawn(move || {
+            let shared = sink(&roster_owner);
+            let redis = shared.topics.redis().expect("spawned only with --redis");
+            super::presence::run(&shared, redis);
+        })?;
     let handle = std::thread::Builder::new()
         .name("wheel-redis".into())
         .spawn(move || {
             let shared = sink(&owner);
             let redis = shared.topics.redis().expect("spawned only with --redis");
             run(&shared, redis);
+            // Joined here, so that the server's shutdown waits for the
+            // presence thread's goodbye as it waits for the follower.
+            let _ = roster.join();
         })?;
     Ok(handle)
 }
@@ -124,7 +135,11 @@ pub(super) fn relay(shared: &Sink<'_>, redis: &Redis, conn: &mut Connection) -> 
     pubsub.set_read_timeout(Some(FOLLOW_POLL))?;
     let mut followed = std::collections::HashSet::<String>::new();
     // Everything wanted is new on this connection.
-    redis.wanted.lock().changed = true;
+    {
+        let mut wanted = redis.wanted.lock();
+        wanted.changed = true;
+        wanted.subscribed.clear();
+    }
     let mut first = true;
     let mut refreshed = Instant::now();
     let mut pinged = Instant::now();
@@ -155,14 +170,30 @@ pub(super) fn relay(shared: &Sink<'_>, redis: &Redis, conn: &mut Connection) -> 
             })
         };
         if let Some((add, remove)) = changes {
+            // A topic's messages, and its presence changes.
+            let channels = |topics: &[String]| -> Vec<String> {
+                topics
+                    .iter()
+                    .flat_map(|t| {
+                        let keys = Keys::of(t);
+                        [keys.channel, keys.presence]
+                    })
+                    .collect()
+            };
             if !add.is_empty() {
-                let channels: Vec<String> = add.iter().map(|t| Keys::of(t).channel).collect();
-                pubsub.subscribe(&channels)?;
+                pubsub.subscribe(channels(&add))?;
             }
             if !remove.is_empty() {
-                let channels: Vec<String> = remove.iter().map(|t| Keys::of(t).channel).collect();
-                pubsub.unsubscribe(&channels)?;
+                pubsub.unsubscribe(channels(&remove))?;
             }
+            {
+                let mut wanted = redis.wanted.lock();
+                for topic in &remove {
+                    wanted.subscribed.remove(topic);
+                }
+                wanted.subscribed.extend(add.iter().cloned());
+            }
+            redis.subscribed.notify_all();
             for topic in &remove {
                 followed.remove(topic);
             }
@@ -184,6 +215,10 @@ pub(super) fn relay(shared: &Sink<'_>, redis: &Redis, conn: &mut Connection) -> 
             Err(e) if e.is_timeout() => continue,
             Err(e) => return Err(e),
         };
+        if let Some(topic) = Keys::presence_topic_of(msg.get_channel_name()) {
+            presence_changed(shared, redis, topic, msg.get_payload_bytes());
+            continue;
+        }
         let Some(topic) = Keys::topic_of(msg.get_channel_name()) else {
             continue;
         };
@@ -203,6 +238,22 @@ pub(super) fn relay(shared: &Sink<'_>, redis: &Redis, conn: &mut Connection) -> 
         }
     }
     Ok(())
+}
+
+/// Tells `topic`'s watchers here what a presence announcement says
+/// (`<instance>`, then an event per line): all of it from another
+/// instance; from this one, only the `ONLINE`s, `OFFLINE`s and overflows,
+/// which Redis alone can count (its joins and leaves were told at once).
+fn presence_changed(shared: &Sink<'_>, redis: &Redis, topic: &str, body: &[u8]) {
+    let Ok(body) = std::str::from_utf8(body) else {
+        warn!(topic, "malformed presence announcement ignored");
+        return;
+    };
+    let mut lines = body.split('\n');
+    let ours = lines.next() == Some(redis.instance());
+    let events = lines
+        .filter(|event| !(ours && (event.starts_with("JOIN ") || event.starts_with("LEAVE "))));
+    shared.topics.relay_presence(shared.flushes, topic, events);
 }
 
 /// Counts a relayed message's deliveries; whether it was delivered.

@@ -63,10 +63,12 @@
 //! grows without limit.
 
 mod follower;
+mod presence;
 mod target;
 
 use follower::seq_ttl_ms;
 pub(crate) use follower::spawn;
+use presence::Roster;
 use target::connect;
 pub(crate) use target::{Target, target};
 
@@ -75,7 +77,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -190,8 +192,8 @@ pub(crate) struct RedisMetrics {
 }
 
 impl RedisMetrics {
-    /// Registers these metrics (servers with `--redis`).
-    pub(crate) fn register(&self, r: &mut Metrics) {
+    /// Registers these metrics.
+    fn register(&self, r: &mut Metrics) {
         let m = self;
         r.register(
             "wheel_redis_up",
@@ -299,6 +301,8 @@ struct Keys {
     log: String,
     epoch: String,
     channel: String,
+    /// Where its presence changes are announced.
+    presence: String,
 }
 
 impl Keys {
@@ -308,12 +312,18 @@ impl Keys {
             log: format!("wheel:{{{topic}}}:log"),
             epoch: format!("wheel:{{{topic}}}:epoch"),
             channel: format!("wheel:{{{topic}}}:msg"),
+            presence: format!("wheel:{{{topic}}}:presence"),
         }
     }
 
     /// The topic of an announcement's channel.
     fn topic_of(channel: &str) -> Option<&str> {
         channel.strip_prefix("wheel:{")?.strip_suffix("}:msg")
+    }
+
+    /// The topic of a presence channel.
+    fn presence_topic_of(channel: &str) -> Option<&str> {
+        channel.strip_prefix("wheel:{")?.strip_suffix("}:presence")
     }
 }
 
@@ -344,6 +354,8 @@ pub(crate) struct Redis {
     numbering: Arc<redis::Script>,
     /// Topics with local subscribers, for the follower.
     wanted: Mutex<Wanted>,
+    /// Signalled when the follower's subscriptions change.
+    subscribed: Condvar,
     /// Set when the server stops.
     stopping: AtomicBool,
     /// Its metrics.
@@ -354,6 +366,8 @@ pub(crate) struct Redis {
     relayed_out: Counter,
     /// The follower's thread, once spawned.
     follower: OnceLock<std::thread::Thread>,
+    /// This instance's members, told to Redis.
+    roster: Roster,
 }
 
 /// The topics the follower should follow, and whether that changed since it
@@ -362,12 +376,21 @@ pub(crate) struct Redis {
 struct Wanted {
     topics: std::collections::HashSet<String>,
     changed: bool,
+    /// The topics whose channels the follower's connection is subscribed
+    /// to now.
+    subscribed: std::collections::HashSet<String>,
 }
 
 impl Redis {
     /// A link to the Redis `client` names (see [`client`](target::client)). Connects
     /// lazily.
-    pub(crate) fn new(target: Target, timeout: Duration, retention: Retention) -> Redis {
+    /// Presence beats every `heartbeat`.
+    pub(crate) fn new(
+        target: Target,
+        timeout: Duration,
+        retention: Retention,
+        heartbeat: Duration,
+    ) -> Redis {
         let metrics = RedisMetrics::new();
         Redis {
             target: Arc::new(target),
@@ -378,13 +401,21 @@ impl Redis {
             script: Arc::new(redis::Script::new(PUBLISH)),
             numbering: Arc::new(redis::Script::new(NUMBERING)),
             wanted: Mutex::default(),
+            subscribed: Condvar::new(),
             stopping: AtomicBool::new(false),
             relayed_in: metrics.relayed("in"),
             relayed_out: metrics.relayed("out"),
             health: Arc::new(Health::new(metrics.up.clone())),
             metrics,
             follower: OnceLock::new(),
+            roster: Roster::new(heartbeat),
         }
+    }
+
+    /// Registers Redis's metrics and presence's (servers with `--redis`).
+    pub(crate) fn register_metrics(&self, r: &mut Metrics) {
+        self.metrics.register(r);
+        self.roster.metrics.register(r);
     }
 
     /// Whether the follower's connection is up.
@@ -603,6 +634,26 @@ impl Redis {
         }
     }
 
+    /// Waits until the follower is subscribed to `topic`'s channels (it
+    /// follows `topic`), at most `--redis-timeout`; whether it is. From
+    /// then on, every presence change of another instance reaches this
+    /// one: a watcher that waits for it and then asks `WHO` misses no
+    /// member.
+    pub(crate) fn await_following(&self, topic: &str) -> bool {
+        let deadline = Instant::now() + self.timeout;
+        let mut wanted = self.wanted.lock();
+        while !wanted.subscribed.contains(topic) {
+            if self
+                .subscribed
+                .wait_until(&mut wanted, deadline)
+                .timed_out()
+            {
+                return wanted.subscribed.contains(topic);
+            }
+        }
+        true
+    }
+
     /// Stops following `topic` (its last local subscriber left).
     pub(crate) fn unfollow(&self, topic: &str) {
         let mut wanted = self.wanted.lock();
@@ -614,6 +665,7 @@ impl Redis {
     /// Stops the follower (at the server's shutdown).
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.stop_roster();
         if let Some(thread) = self.follower.get() {
             thread.unpark();
         }
