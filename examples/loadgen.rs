@@ -139,6 +139,17 @@ enum Cmd {
         /// How long the watchers keep listening after the joiners are in.
         #[arg(long, default_value = "3s", value_parser = parse_duration)]
         settle: Duration,
+        /// The joiners connect here instead of --addr: another instance
+        /// sharing presence through Redis.
+        #[arg(long, value_name = "ADDR")]
+        members_at: Option<SocketAddr>,
+        /// Then SIGKILL this process (the joiners' instance) and report when
+        /// the watchers heard their leaves (`instance_lost`).
+        #[arg(long, value_name = "PID")]
+        kill: Option<u32>,
+        /// How long the watchers listen after the kill.
+        #[arg(long, default_value = "8s", value_parser = parse_duration)]
+        after_kill: Duration,
     },
     /// Open-loop PINGs at an aggregate rate; RTT from the scheduled send time.
     Ping {
@@ -279,7 +290,13 @@ fn main() -> io::Result<()> {
                 watchers,
                 pid,
                 settle,
-            } => presence(common, watchers, pid, settle).await,
+                members_at,
+                kill,
+                after_kill,
+            } => {
+                let lost = kill.map(|pid| (pid, after_kill));
+                presence(common, watchers, pid, settle, members_at, lost).await
+            }
             Cmd::Echo {
                 common,
                 in_flight,
@@ -748,6 +765,8 @@ async fn presence(
     watchers: usize,
     pid: Option<u32>,
     settle: Duration,
+    members_at: Option<SocketAddr>,
+    lost: Option<(u32, Duration)>,
 ) -> io::Result<serde_json::Value> {
     // The watchers first, each subscribed before the storm.
     let watch = Common {
@@ -757,8 +776,14 @@ async fn presence(
     let (open, _) = open_all(&watch).await;
     let t0 = Instant::now();
     // Per watcher: event lines received, overflow notices among them, and
-    // when the last came (ms from t0).
+    // when the last came (ms from t0); and after the kill (if any), events,
+    // the first's time and leaves.
     let seen = Rc::new(RefCell::new(vec![(0usize, 0usize, 0f64); open.len()]));
+    let killed_at = Rc::new(std::cell::Cell::new(f64::INFINITY));
+    let after = Rc::new(RefCell::new(vec![
+        (0usize, f64::INFINITY, 0usize);
+        open.len()
+    ]));
     let ready = Rc::new(tokio::sync::Semaphore::new(0));
     let mut writers = Vec::new();
     for (i, (stream, _)) in open.into_iter().enumerate() {
@@ -766,6 +791,7 @@ async fn presence(
         send(&mut w, Message::Data(b"SUB room presence")).await?;
         writers.push(w);
         let (seen, ready) = (Rc::clone(&seen), Rc::clone(&ready));
+        let (killed_at, after) = (Rc::clone(&killed_at), Rc::clone(&after));
         tokio::task::spawn_local(async move {
             let mut conn = Conn::new(r);
             while let Ok(Some(msg)) = conn.next().await {
@@ -774,10 +800,17 @@ async fn presence(
                     ready.add_permits(1);
                     continue;
                 }
+                let now = t0.elapsed().as_secs_f64() * 1e3;
                 let slot = &mut seen.borrow_mut()[i];
                 slot.0 += 1;
                 slot.1 += usize::from(p.ends_with(b" overflow"));
-                slot.2 = t0.elapsed().as_secs_f64() * 1e3;
+                slot.2 = now;
+                if now >= killed_at.get() {
+                    let slot = &mut after.borrow_mut()[i];
+                    slot.0 += 1;
+                    slot.1 = slot.1.min(now - killed_at.get());
+                    slot.2 += usize::from(p.ends_with(b" instance_lost"));
+                }
             }
         });
     }
@@ -787,6 +820,12 @@ async fn presence(
     // The storm: every joiner connects and subscribes at once.
     let joiners = Common {
         connect_concurrency: common.connections.max(1),
+        addr: members_at.unwrap_or(common.addr),
+        also: if members_at.is_some() {
+            Vec::new()
+        } else {
+            common.also.clone()
+        },
         ..common.clone()
     };
     let (joined, errors) = open_all(&joiners).await;
@@ -817,15 +856,45 @@ async fn presence(
         }
         _ => None,
     };
+    let quiet_ms = seen
+        .borrow()
+        .iter()
+        .map(|s| s.2 - storm_at)
+        .fold(0f64, f64::max);
+    // The members' instance dies without a goodbye: when do the watchers
+    // hear of it, and how much?
+    let lost = match lost {
+        Some((victim, listen)) => {
+            killed_at.set(t0.elapsed().as_secs_f64() * 1e3);
+            // SAFETY: kill(2) has no memory effects.
+            if unsafe { libc::kill(victim as i32, libc::SIGKILL) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            tokio::time::sleep(listen).await;
+            let after = after.borrow();
+            let last_ms = seen
+                .borrow()
+                .iter()
+                .map(|s| s.2 - killed_at.get())
+                .fold(0f64, f64::max);
+            Some(json!({
+                "first_event_ms": distribution(after.iter().map(|a| a.1).collect()),
+                "last_event_ms": last_ms,
+                "events_per_watcher": distribution(after.iter().map(|a| a.0 as f64).collect()),
+                "instance_lost_leaves_per_watcher": distribution(after.iter().map(|a| a.2 as f64).collect()),
+            }))
+        }
+        None => None,
+    };
     let seen = seen.borrow().clone();
     let events: Vec<f64> = seen.iter().map(|s| s.0 as f64).collect();
     let overflows: usize = seen.iter().map(|s| s.1).sum();
-    let quiet_ms = seen.iter().map(|s| s.2 - storm_at).fold(0f64, f64::max);
     Ok(json!({
         "mode": "presence", "watchers": watchers, "joiners": holding.len(),
         "connect_errors": errors, "subscribed_ms": subscribed_ms,
         "events_per_watcher": distribution(events), "overflow_notices": overflows,
         "last_event_after_storm_ms": quiet_ms, "server_cpu_ms": cpu_ms,
+        "killed": lost,
     }))
 }
 

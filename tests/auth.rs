@@ -626,3 +626,80 @@ fn presence_counts_a_user_once_however_many_connections() {
     assert!(left.ends_with(" alice closed"), "{left}");
     assert_eq!(data(&mut watcher), "OFFLINE room alice closed");
 }
+
+#[test]
+fn across_instances_a_user_is_online_once_and_offline_after_its_last_connection_anywhere() {
+    use util::redis::{RedisServer, redis_or_skip};
+    use wheel_server::server::pubsub::PubSub;
+    if !redis_or_skip() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let instance = || {
+        let mut config = config();
+        config.tick = ms(20);
+        config.redis = Some(redis.url());
+        config.presence_heartbeat = ms(100);
+        Server::with_handler(
+            config,
+            Authenticated::new(PubSub, Jwt::hs256(SECRET).unwrap()),
+        )
+        .unwrap()
+    };
+    let (a, b) = (instance(), instance());
+    let exp = now_secs() + 600;
+    let data = |c: &mut Client| match c.recv_msg() {
+        Msg::Data(p) => String::from_utf8(p).unwrap(),
+        other => panic!("expected DATA, got {other:?}"),
+    };
+    let join = |server: &Server, sub: &str, watch: bool| {
+        let mut c = Client::connect(server.local_addr());
+        auth(&mut c, &token(json!({"sub": sub, "exp": exp})));
+        assert!(data(&mut c).starts_with("OK AUTH "));
+        assert!(data(&mut c).starts_with("OK SUB user:"));
+        let line = if watch {
+            "SUB room presence"
+        } else {
+            "SUB room"
+        };
+        c.send(Message::Data(line.as_bytes()));
+        assert_eq!(data(&mut c), "OK SUB room 0");
+        c
+    };
+    let mut watcher = join(&a, "watcher", true);
+    // Alice here: her JOIN at once, her ONLINE from Redis, which counts
+    // every instance's connections.
+    let alice_a = join(&a, "alice", false);
+    let joined = data(&mut watcher);
+    assert!(
+        joined.starts_with("JOIN room ") && joined.ends_with(" alice"),
+        "{joined}"
+    );
+    assert_eq!(data(&mut watcher), "ONLINE room alice");
+    // Alice on the other instance too: a JOIN, and no second ONLINE.
+    let alice_b = join(&b, "alice", false);
+    let joined = data(&mut watcher);
+    assert!(
+        joined.starts_with("JOIN room ") && joined.ends_with(" alice"),
+        "{joined}"
+    );
+    watcher.send(Message::Data(b"WHO room"));
+    let total = loop {
+        let line = data(&mut watcher);
+        if line.starts_with("OK WHO") {
+            break line;
+        }
+    };
+    assert_eq!(total, "OK WHO room 3 2", "three connections, two users");
+    // Her connection here leaves: she is still online over there.
+    drop(alice_a);
+    let left = data(&mut watcher);
+    assert!(left.ends_with(" alice closed"), "{left}");
+    watcher.send(Message::Data(b"PING"));
+    assert_eq!(data(&mut watcher), "PONG", "no OFFLINE while one is left");
+    // Her last one, on the other instance: the LEAVE, then the OFFLINE.
+    drop(alice_b);
+    let left = data(&mut watcher);
+    assert!(left.ends_with(" alice closed"), "{left}");
+    assert_eq!(data(&mut watcher), "OFFLINE room alice closed");
+}

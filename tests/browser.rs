@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{Client, ServerProcess, http};
-use wheel_server::protocol::Protocol;
+use util::{Client, Msg, ServerProcess, http};
+use wheel_server::protocol::{Message, Protocol};
 
 /// Flags for a headless Chromium run as root on a machine with no outside
 /// network: no sandbox, and none of the background traffic it would try.
@@ -236,7 +236,12 @@ fn the_dashboard_shows_the_live_connection_count_and_renders() {
     ]);
     let ws = server.addr;
     let clients: Vec<Client> = (0..3)
-        .map(|_| Client::connect_at(ws, Protocol::Ws, "/ws"))
+        .map(|_| {
+            let mut c = Client::connect_at(ws, Protocol::Ws, "/ws");
+            c.send(Message::Data(b"SUB lobby"));
+            assert_eq!(c.recv_msg(), Msg::Data(b"OK SUB lobby 0".to_vec()));
+            c
+        })
         .collect();
     let page = format!("http://{}/?every=200", server.metrics_addr());
     let browser = Browser::open(&page);
@@ -245,6 +250,10 @@ fn the_dashboard_shows_the_live_connection_count_and_renders() {
         is(e, "dashboard") && e["open"] == 3
     });
     assert_eq!(shown["listed"], 3, "the connections table lists them");
+    // The presence panel shows the busiest topic's members.
+    assert_eq!(shown["presence"]["topic"], "lobby", "{shown}");
+    assert_eq!(shown["presence"]["connections"], 3, "{shown}");
+    assert_eq!(shown["presence"]["listed"], 3, "{shown}");
     drop(browser);
 
     // A screenshot, kept as a test artifact.

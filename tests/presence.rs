@@ -500,3 +500,53 @@ fn a_frozen_client_leaves_with_idle_timeout_when_the_wheel_finds_it() {
         "not within the idle timeout and a tick (plus a margin for a busy machine): {took:?}"
     );
 }
+
+#[test]
+fn a_frozen_instance_s_members_leave_and_join_again_when_it_wakes() {
+    if !redis_or_skip() {
+        return;
+    }
+    // Frozen past its heartbeats (SIGSTOP: a stall, or a partition from
+    // Redis), an instance is taken for gone; when it wakes, its next beat
+    // finds that out and puts its members back.
+    let heartbeat = ms(100);
+    let redis = RedisServer::start();
+    let a = instance(&redis, heartbeat);
+    let url = redis.url();
+    let b = ServerProcess::start(&[
+        "--service",
+        "pubsub",
+        "--redis",
+        &url,
+        "--presence-heartbeat",
+        "100ms",
+    ]);
+    let mut watcher = Client::connect(a.local_addr());
+    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
+    let mut member = Client::connect(b.addr);
+    assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
+    let (_, joined) = next_event(&mut watcher);
+    let id = joined
+        .strip_prefix("JOIN room ")
+        .unwrap()
+        .strip_suffix(" -")
+        .unwrap()
+        .to_owned();
+    b.signal(libc::SIGSTOP);
+    assert_eq!(
+        next_event(&mut watcher).1,
+        format!("LEAVE room {id} - instance_lost")
+    );
+    b.signal(libc::SIGCONT);
+    assert_eq!(next_event(&mut watcher).1, format!("JOIN room {id} -"));
+    watcher.send(Message::Data(b"WHO room"));
+    let mut listed = vec![next(&mut watcher), next(&mut watcher)];
+    listed.sort();
+    assert!(
+        listed[1].starts_with(&format!("MEMBER room {id} ")),
+        "{listed:?}"
+    );
+    assert_eq!(next(&mut watcher), "OK WHO room 2 0");
+    // The member itself noticed nothing.
+    assert_eq!(command(&mut member, "PING"), "PONG");
+}

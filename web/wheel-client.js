@@ -43,7 +43,9 @@
 //               reason (leave, offline) says why: closed, idle_timeout, ...;
 //               change member: one already there when the subscription was
 //               made (the answer to the WHO sent then)
-//   members     {topic, connections, users, more}   the end of that answer
+//   members     {topic, connections, users, more}   the end of a page of
+//               that answer (100 members at most); with more, the client
+//               asks for the next page itself
 //   error       {text}            an ERR answer
 //   data        {text}            anything else from the server
 
@@ -72,6 +74,8 @@ export class WheelClient {
     this.topics = new Map();
     // Topics whose joins and leaves are watched.
     this.presence = new Set();
+    // The last member a WHO page listed, per topic: where the next starts.
+    this.whoLast = new Map();
     this.handlers = new Map();
     this.ws = null;
     this.state = "stopped";
@@ -262,6 +266,7 @@ export class WheelClient {
       if (this.presence.has(topic)) this.send(`WHO ${topic}`);
     } else if (words[0] === "MEMBER" && this.presence.has(words[1])) {
       // MEMBER <topic> <conn> <user> <since-ms>
+      this.whoLast.set(words[1], words[2]);
       this.emit("presence", {
         topic: words[1],
         change: "member",
@@ -277,6 +282,10 @@ export class WheelClient {
         users: Number(words[4]),
         more: words[5] === "more",
       });
+      // A page of 100 at most: the next one starts after its last member.
+      if (words[5] === "more" && this.whoLast.has(words[2])) {
+        this.send(`WHO ${words[2]} ${this.whoLast.get(words[2])}`);
+      }
     } else if (words[0] === "GAP" && this.topics.has(words[1])) {
       // GAP <topic> <first-missing>: lost from there on; GAP <topic> 1: the
       // topic's numbering started over (its next numbers are new messages).

@@ -398,7 +398,7 @@ mod tests {
             (b"SUB news 7 watch", "invalid sequence number"),
             (b"SUB news presence 7", "invalid sequence number"),
             (b"WHO", "missing topic"),
-            (b"WHO news x", "invalid connection id"),
+            (b"WHO news x", "invalid member id"),
             (b"PUB", "missing topic"),
             (b"PUB \xff x", "invalid topic"),
         ] {

@@ -57,6 +57,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::server::config::Config;
 use crate::server::conn::Conn;
+use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::Flushes;
 use crate::server::metrics::Metrics;
 use crate::server::topics::redis::Redis;
@@ -614,14 +615,16 @@ impl Topics {
             .unwrap_or_default())
     }
 
-    /// Tells the watchers of `name` the presence `events` of members of
-    /// other instances (from Redis): each `JOIN` or `LEAVE` with the
-    /// `ONLINE` or `OFFLINE` that follows it, within the topic's budget.
+    /// Tells the watchers of `name` (but `subject`, the member here they
+    /// are about, if any) presence `events` from Redis: each `JOIN` or
+    /// `LEAVE` with the `ONLINE` or `OFFLINE` that follows it, within the
+    /// topic's budget.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn relay_presence<'e>(
         &self,
         flushes: &Flushes,
         name: &str,
+        subject: Option<ConnId>,
         events: impl IntoIterator<Item = &'e str>,
     ) {
         let Some(topic) = self.get(name) else {
@@ -633,12 +636,13 @@ impl Topics {
         for event in events {
             let follows = event.starts_with("ONLINE ") || event.starts_with("OFFLINE ");
             if !follows && !group.is_empty() {
-                t.presence.relay(&change, std::mem::take(&mut group));
+                t.presence
+                    .relay(&change, subject, std::mem::take(&mut group));
             }
             group.push(event.to_owned());
         }
         if !group.is_empty() {
-            t.presence.relay(&change, group);
+            t.presence.relay(&change, subject, group);
         }
     }
 

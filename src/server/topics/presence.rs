@@ -222,10 +222,16 @@ impl Presence {
         true
     }
 
-    /// Tells every watcher `events` that another instance's members caused
-    /// (through Redis), within the same budget as this instance's own.
-    pub(super) fn relay(&mut self, change: &Change<'_>, events: Vec<String>) {
-        self.tell(change, None, || events);
+    /// Tells every watcher but `subject` `events` from Redis (another
+    /// instance's members, or what only Redis counts), within the same
+    /// budget as this instance's own.
+    pub(super) fn relay(
+        &mut self,
+        change: &Change<'_>,
+        subject: Option<ConnId>,
+        events: Vec<String>,
+    ) {
+        self.tell(change, subject, || events);
     }
 
     /// The members, each with its user and when it joined: what this

@@ -11,6 +11,7 @@ use std::time::Instant;
 use redis::{Connection, RedisResult};
 use tracing::{debug, info, warn};
 
+use crate::server::topics::presence::parse_member_id;
 use crate::server::topics::{Relayed, Retention, Sink};
 
 use super::*;
@@ -241,19 +242,28 @@ pub(super) fn relay(shared: &Sink<'_>, redis: &Redis, conn: &mut Connection) -> 
 }
 
 /// Tells `topic`'s watchers here what a presence announcement says
-/// (`<instance>`, then an event per line): all of it from another
-/// instance; from this one, only the `ONLINE`s, `OFFLINE`s and overflows,
-/// which Redis alone can count (its joins and leaves were told at once).
+/// (`<instance> [<member>]`, then an event per line): all of it from
+/// another instance; from this one, only the `ONLINE`s, `OFFLINE`s and
+/// overflows, which Redis alone can count (its joins and leaves were told
+/// at once), and not to the member they are about.
 fn presence_changed(shared: &Sink<'_>, redis: &Redis, topic: &str, body: &[u8]) {
     let Ok(body) = std::str::from_utf8(body) else {
         warn!(topic, "malformed presence announcement ignored");
         return;
     };
     let mut lines = body.split('\n');
-    let ours = lines.next() == Some(redis.instance());
+    let mut from = lines.next().unwrap_or_default().split(' ');
+    let ours = from.next() == Some(redis.instance());
+    let subject = from
+        .next()
+        .and_then(parse_member_id)
+        .filter(|_| ours)
+        .map(|(conn, _)| conn);
     let events = lines
         .filter(|event| !(ours && (event.starts_with("JOIN ") || event.starts_with("LEAVE "))));
-    shared.topics.relay_presence(shared.flushes, topic, events);
+    shared
+        .topics
+        .relay_presence(shared.flushes, topic, subject, events);
 }
 
 /// Counts a relayed message's deliveries; whether it was delivered.

@@ -15,7 +15,8 @@
 //!   instances, so that `ONLINE` and `OFFLINE` count every instance's;
 //! * `wheel:{t}:at:<instance>`, the members an instance has there;
 //! * the channel `wheel:{t}:presence`, on which every change is announced as
-//!   its instance's id, then one event line per line.
+//!   a first line `<instance> [<member>]` (who made the change, and the
+//!   member it is about, if one), then one event per line.
 //!
 //! And for the instances:
 //!
@@ -167,14 +168,14 @@ end
 if op == 'join' then
   local lines = {}
   join(ARGV[3], ARGV[4], ARGV[5], ARGV[6], lines)
-  tell(ARGV[3], origin, lines)
+  tell(ARGV[3], origin .. ' ' .. ARGV[4], lines)
   return #lines
 elseif op == 'leave' then
   local topic, lines = ARGV[3], {}
   leave(topic, ARGV[4], ARGV[5], lines)
   redis.call('SREM', k(topic, 'at:' .. origin), ARGV[4])
   emptied(origin, topic)
-  tell(topic, origin, lines)
+  tell(topic, origin .. ' ' .. ARGV[4], lines)
   return #lines
 elseif op == 'sync' then
   local topic, lines, have = ARGV[3], {}, {}
