@@ -252,10 +252,6 @@ fn pubsub_gives_each_subject_its_own_topic_and_keeps_tokens_to_their_topics() {
     .unwrap();
     let handle = server.handle();
     let exp = now_secs() + 60;
-    let data = |c: &mut Client| match c.recv_msg() {
-        Msg::Data(p) => String::from_utf8(p).unwrap(),
-        other => panic!("{other:?}"),
-    };
     let mut alice = Client::connect(server.local_addr());
     auth(
         &mut alice,
@@ -563,6 +559,32 @@ fn subjects_with_at_signs_bars_and_spaces_get_their_personal_topics() {
 /// Presence by user (issue 31): a user with two connections in a topic is
 /// one member; ONLINE comes with the first connection's JOIN, OFFLINE with
 /// the last one's LEAVE, and only then.
+/// The next DATA payload, as text.
+fn data(c: &mut Client) -> String {
+    match c.recv_msg() {
+        Msg::Data(p) => String::from_utf8(p).unwrap(),
+        other => panic!("expected DATA, got {other:?}"),
+    }
+}
+
+/// A connection of `sub` (a token expiring at `exp`) to a pub/sub
+/// `server`: admitted (its OK AUTH and its personal topic's OK SUB read),
+/// then subscribed to `room` (watching its presence, with `watch`).
+fn join_room(server: &Server, sub: &str, exp: u64, watch: bool) -> Client {
+    let mut c = Client::connect(server.local_addr());
+    auth(&mut c, &token(json!({"sub": sub, "exp": exp})));
+    assert!(data(&mut c).starts_with("OK AUTH "));
+    assert!(data(&mut c).starts_with("OK SUB user:"));
+    let line = if watch {
+        "SUB room presence"
+    } else {
+        "SUB room"
+    };
+    c.send(Message::Data(line.as_bytes()));
+    assert_eq!(data(&mut c), "OK SUB room 0");
+    c
+}
+
 #[test]
 fn presence_counts_a_user_once_however_many_connections() {
     use wheel_server::server::pubsub::PubSub;
@@ -576,26 +598,7 @@ fn presence_counts_a_user_once_however_many_connections() {
     )
     .unwrap();
     let exp = now_secs() + 600;
-    let data = |c: &mut Client| match c.recv_msg() {
-        Msg::Data(p) => String::from_utf8(p).unwrap(),
-        other => panic!("expected DATA, got {other:?}"),
-    };
-    // Admitted (its OK AUTH and its personal topic's OK SUB read), then
-    // subscribed to `room`.
-    let join = |sub: &str, watch: bool| {
-        let mut c = Client::connect(server.local_addr());
-        auth(&mut c, &token(json!({"sub": sub, "exp": exp})));
-        assert!(data(&mut c).starts_with("OK AUTH "));
-        assert!(data(&mut c).starts_with("OK SUB user:"));
-        let sub_room = if watch {
-            "SUB room presence"
-        } else {
-            "SUB room"
-        };
-        c.send(Message::Data(sub_room.as_bytes()));
-        assert_eq!(data(&mut c), "OK SUB room 0");
-        c
-    };
+    let join = |sub: &str, watch: bool| join_room(&server, sub, exp, watch);
     let mut watcher = join("watcher", true);
     let alice_1 = join("alice", false);
     assert!(data(&mut watcher).starts_with("JOIN room "));
@@ -648,24 +651,7 @@ fn across_instances_a_user_is_online_once_and_offline_after_its_last_connection_
     };
     let (a, b) = (instance(), instance());
     let exp = now_secs() + 600;
-    let data = |c: &mut Client| match c.recv_msg() {
-        Msg::Data(p) => String::from_utf8(p).unwrap(),
-        other => panic!("expected DATA, got {other:?}"),
-    };
-    let join = |server: &Server, sub: &str, watch: bool| {
-        let mut c = Client::connect(server.local_addr());
-        auth(&mut c, &token(json!({"sub": sub, "exp": exp})));
-        assert!(data(&mut c).starts_with("OK AUTH "));
-        assert!(data(&mut c).starts_with("OK SUB user:"));
-        let line = if watch {
-            "SUB room presence"
-        } else {
-            "SUB room"
-        };
-        c.send(Message::Data(line.as_bytes()));
-        assert_eq!(data(&mut c), "OK SUB room 0");
-        c
-    };
+    let join = |server: &Server, sub: &str, watch: bool| join_room(server, sub, exp, watch);
     let mut watcher = join(&a, "watcher", true);
     // Alice here: her JOIN at once, her ONLINE from Redis, which counts
     // every instance's connections.

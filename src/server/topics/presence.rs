@@ -27,6 +27,13 @@
 //! overflow` a second while that lasts, so that a storm of 10,000 joins
 //! costs at most `rate + 1` messages a second per watcher, and nobody
 //! believes a stale view.
+//!
+//! With `--redis`, members are named `<conn>@<instance>` ([`member_id`]),
+//! and presence spans every instance: each tells Redis of its own joins
+//! and leaves, `WHO` reads every instance's members from there, and other
+//! instances' events (and every `ONLINE` and `OFFLINE`, which count a
+//! user's connections everywhere) come back through it to be told here,
+//! within the same budget (see `topics::redis::presence`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -16,6 +16,9 @@
 //! * the channel `wheel:{t}:msg`, on which each message is announced as
 //!   `<seq> <epoch> <payload>`.
 //!
+//! Presence keeps its own keys (members per topic and instance, the live
+//! instances): see [`presence`].
+//!
 //! A publish is one Lua script, so it is atomic: the counter, the stream and
 //! the announcement all happen or none does. The sequence number comes from
 //! Redis, so a message has the same number on every instance.

@@ -6,7 +6,7 @@
 //! # What is kept in Redis
 //!
 //! For a topic `t`, members named `<conn>@<instance>` (see
-//! [`member_id`](crate::server::topics::presence::member_id)):
+//! [`member_id`]):
 //!
 //! * `wheel:{t}:who`, a sorted set of the members, scored by when they
 //!   joined (ms since the Unix epoch): `WHO`'s order and its pages;
@@ -82,7 +82,7 @@ const MISSED_BEATS: u32 = 3;
 
 /// Members one script call takes out of Redis at most (while it runs,
 /// Redis runs nothing else).
-const REAP_BATCH: usize = 5_000;
+const REAP_BATCH: usize = 1_000;
 
 /// How long a stopping instance spends telling Redis its last leaves and
 /// its goodbye, at most.
