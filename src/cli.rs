@@ -402,6 +402,16 @@ pub struct Args {
     )]
     presence_rate: u32,
 
+    /// Members one WHO answer (and one GET /presence/<topic> page) lists at most, 1 to 10000;
+    /// the answer ends with "more" and the client asks for the next page.
+    #[arg(
+        help_heading = "Pub/sub",
+        long,
+        env = "WHEEL_SERVER_PRESENCE_PAGE",
+        default_value_t = wheel_server::server::PRESENCE_PAGE
+    )]
+    presence_page: usize,
+
     /// Share topics with the other instances using this Redis
     /// (redis://[:password@]host:port/db): sequence numbers and --history live in Redis, every
     /// instance's subscribers get every message, and a client resumes on any instance. A PUB while
@@ -723,6 +733,7 @@ impl Args {
             (self.max_publish_bytes > 0).then_some(self.max_publish_bytes as u64);
         config.max_subscriptions = self.max_subscriptions;
         config.presence_rate = self.presence_rate;
+        config.presence_page = self.presence_page;
         config.redis = self.redis.clone();
         config.redis_password = self.redis_password.clone();
         config.redis_sentinels = self.redis_sentinel.clone();

@@ -499,7 +499,7 @@ fn the_checker_resolves_and_expands_paths() {
 /// The built-in pub/sub service is written as a user would write it: it
 /// takes only what the crate exports (the `Handler` and `Session` API, the
 /// send errors, what a subscription resumed, identities, connection ids, the
-/// topic grammar, presence's page size, member ids and user form), never the topics table, the rate limits or the counters.
+/// topic grammar, presence's member ids and user form), never the topics table, the rate limits or the counters.
 /// (`Session`'s fields are private to `server::serve`, so the compiler
 /// holds the rest.)
 #[test]
@@ -514,7 +514,6 @@ fn the_pubsub_service_takes_only_what_the_crate_exports() {
         "ConnId",
         "Handler",
         "Identity",
-        "PRESENCE_PAGE",
         "Resumed",
         "SendError",
         "Session",

@@ -546,3 +546,86 @@ fn a_frozen_instance_s_members_leave_and_join_again_when_it_wakes() {
     // The member itself noticed nothing.
     assert_eq!(command(&mut member, "PING"), "PONG");
 }
+
+#[test]
+fn who_answers_at_most_presence_page_members_and_pages_through_the_rest() {
+    let mut config = presence_config();
+    config.presence_page = 2;
+    let server = start(config);
+    let members: Vec<Client> = (0..5)
+        .map(|_| {
+            let mut c = Client::connect(server.local_addr());
+            assert_eq!(command(&mut c, "SUB room"), "OK SUB room 0");
+            c
+        })
+        .collect();
+    let mut asker = Client::connect(server.local_addr());
+    let mut listed = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (page, ok) = who(&mut asker, "room", after.as_deref());
+        pages += 1;
+        assert!(page.len() <= 2, "{page:?}");
+        after = page.last().map(|m| m.split(' ').nth(2).unwrap().to_owned());
+        listed.extend(page);
+        if ok == "OK WHO room 5 0" {
+            break;
+        }
+        assert_eq!(ok, "OK WHO room 5 0 more");
+        assert!(pages < 5, "paging does not end");
+    }
+    assert_eq!((pages, listed.len()), (3, 5), "{listed:?}");
+    let admin = server.metrics_addr().unwrap();
+    let (status, body) = http_get(admin, "/presence/room?limit=3");
+    assert_eq!((status, body.as_str()), (400, "limit must be 1 to 2\n"));
+    let (status, body) = http_get(admin, "/presence/room");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["members"].as_array().unwrap().len(), 2, "{body}");
+    let metrics = scrape(admin);
+    assert_eq!(sample(&metrics, "wheel_presence_queries_total"), 4.0);
+    assert_eq!(sample(&metrics, "wheel_presence_members_listed_total"), 7.0);
+    drop(members);
+}
+
+#[test]
+fn a_sigtermed_instance_s_members_leave_drained_and_it_says_goodbye() {
+    if !redis_or_skip() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = instance(&redis, ms(100));
+    let mut b = instance_process(&redis, "100ms");
+    let mut watcher = Client::connect(a.local_addr());
+    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
+    let mut member = Client::connect(b.addr);
+    assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
+    let (_, joined) = next_event(&mut watcher);
+    let id = joined
+        .strip_prefix("JOIN room ")
+        .unwrap()
+        .strip_suffix(" -")
+        .unwrap()
+        .to_owned();
+    b.signal(libc::SIGTERM);
+    // The member reads its CLOSE 1001 and hangs up, as a client should.
+    assert_eq!(member.expect_close().0, 1001);
+    assert_eq!(
+        next_event(&mut watcher).1,
+        format!("LEAVE room {id} - drained")
+    );
+    assert!(b.wait_exit(PATIENCE).is_some_and(|s| s.success()));
+    // Gone from the instances' registry: nobody will take it for lost.
+    assert_eq!(
+        redis.command("ZCARD wheel:instances").as_deref(),
+        Some(":1")
+    );
+    // And it never is: past the bound of 4 heartbeats, none was lost.
+    std::thread::sleep(ms(100) * 5);
+    let metrics = scrape(a.metrics_addr().unwrap());
+    assert_eq!(sample(&metrics, "wheel_presence_instances_lost_total"), 0.0);
+    let (members, ok) = who(&mut watcher, "room", None);
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(ok, "OK WHO room 1 0");
+}

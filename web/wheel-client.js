@@ -44,7 +44,7 @@
 //               change member: one already there when the subscription was
 //               made (the answer to the WHO sent then)
 //   members     {topic, connections, users, more}   the end of a page of
-//               that answer (100 members at most); with more, the client
+//               that answer (--presence-page members at most); with more, the client
 //               asks for the next page itself
 //   error       {text}            an ERR answer
 //   data        {text}            anything else from the server

@@ -188,6 +188,9 @@ pub struct Config {
     /// every subscriber that watches the topic's presence); past it they
     /// are dropped and watchers told to ask again. 0: no limit.
     pub presence_rate: u32,
+    /// Members one `WHO` answer (or one `GET /presence` page) lists at
+    /// most; the rest are paged.
+    pub presence_page: usize,
     /// With [`redis`](Config::redis): how often this instance tells Redis
     /// it lives. Its members are taken for gone, with the leave reason
     /// `instance_lost`, once it misses 3 of them: another instance takes
@@ -249,6 +252,7 @@ impl std::fmt::Debug for Config {
             .field("proxy_from", &self.proxy_from)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("presence_rate", &self.presence_rate)
+            .field("presence_page", &self.presence_page)
             .field("presence_heartbeat", &self.presence_heartbeat)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             // The URL may hold a password.
@@ -329,6 +333,10 @@ pub const MIN_WORKER_STACK: usize = 32 * 1024;
 /// some tens of microseconds: at most once a second per connection.
 pub const DEFAULT_PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// Members a `WHO` answer (or a `GET /presence` page) lists at most, by
+/// default ([`Config::presence_page`]).
+pub const PRESENCE_PAGE: usize = 100;
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -375,6 +383,7 @@ impl Default for Config {
             max_publish_bytes: Some(64 << 20),
             max_subscriptions: 128,
             presence_rate: 20,
+            presence_page: PRESENCE_PAGE,
             presence_heartbeat: Duration::from_secs(1),
             admin_token: None,
             admin_allowed_hosts: Vec::new(),
@@ -422,6 +431,9 @@ impl Config {
                 "history_ttl",
                 "must be longer than zero (use history 0 to turn history off)".into(),
             );
+        }
+        if !(1..=10_000).contains(&self.presence_page) {
+            return invalid("presence_page", "must be 1 to 10000".into());
         }
         if self.presence_heartbeat < Duration::from_millis(10) {
             return invalid("presence_heartbeat", "must be at least 10ms".into());

@@ -93,7 +93,9 @@ pub use crate::protocol::topic::{MAX_TOPIC_LEN, TOPIC_PUNCTUATION, valid_topic};
 pub use admin::check_request_head;
 #[doc(hidden)]
 pub use admission::upgrade;
-pub use config::{Config, ConfigError, DEFAULT_PARK_AFTER, Listen, MIN_WORKER_STACK, TlsFiles};
+pub use config::{
+    Config, ConfigError, DEFAULT_PARK_AFTER, Listen, MIN_WORKER_STACK, PRESENCE_PAGE, TlsFiles,
+};
 pub use conn::close::{CloseReason, MAX_CLOSE_REASON, TcpTimeout};
 pub use conn::id::ConnId;
 pub use rate::RATE_LIMIT_STRIKES;
@@ -101,8 +103,7 @@ pub use serve::handle::{ConnectionInfo, SendError, ServerHandle};
 pub use serve::handler::{Echo, Handler, Session};
 pub use signals::ShutdownSignals;
 pub use topics::presence::{
-    Member, Members, PRESENCE_PAGE, leave_reason, member_id, parse_member_id, show_user,
-    unshow_user,
+    Member, Members, leave_reason, member_id, parse_member_id, show_user, unshow_user,
 };
 pub use topics::{Published, Resumed, TopicInfo};
 
@@ -535,6 +536,7 @@ pub(crate) mod test_support {
                     max_frame: 1 << 20,
                     replay_budget: 1 << 20,
                     presence_rate: 20,
+                    presence_page: PRESENCE_PAGE,
                 },
                 None,
             ),

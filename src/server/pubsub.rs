@@ -22,7 +22,7 @@ use crate::server::conn::identity::Identity;
 use crate::server::serve::handle::SendError;
 use crate::server::serve::handler::{Handler, Session};
 use crate::server::topics::Resumed;
-use crate::server::topics::presence::{PRESENCE_PAGE, parse_member_id, show_user};
+use crate::server::topics::presence::{parse_member_id, show_user};
 
 /// A parsed command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,7 +259,8 @@ fn publish(session: &mut Session<'_>, topic: &str, id: Option<&str>, payload: &[
 
 /// `WHO`: a `MEMBER` line per member (a page), then `OK WHO`.
 fn who(session: &mut Session<'_>, topic: &str, after: Option<&str>) {
-    let page = match session.server().presence(topic, after, PRESENCE_PAGE) {
+    // A page as long as the server allows (--presence-page).
+    let page = match session.server().presence(topic, after, usize::MAX) {
         Ok(page) => page,
         Err(e) => {
             let _ = session.send(format!("ERR {e}").as_bytes());

@@ -11,7 +11,7 @@ use super::http::{Head, Response, host_allowed, same_origin};
 use super::metrics::{self, Format};
 use crate::server::conn::id::ConnId;
 use crate::server::serve::handle::{SendError, ServerHandle};
-use crate::server::topics::presence::{Member, PRESENCE_PAGE, parse_member_id};
+use crate::server::topics::presence::{Member, parse_member_id};
 
 /// `GET /connections` lists at most this many unless `?limit=` says.
 const DEFAULT_LIMIT: usize = 1000;
@@ -234,14 +234,12 @@ impl Inner {
             }
             (["presence", rest @ ..], true, _) if !rest.is_empty() => {
                 let topic = rest.join("/");
+                let most = shared.config.presence_page;
                 let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
-                    None => PRESENCE_PAGE,
-                    Some(Ok(limit)) if (1..=PRESENCE_PAGE).contains(&limit) => limit,
+                    None => most,
+                    Some(Ok(limit)) if (1..=most).contains(&limit) => limit,
                     Some(_) => {
-                        return Response::text(
-                            400,
-                            &format!("limit must be 1 to {PRESENCE_PAGE}\n"),
-                        );
+                        return Response::text(400, &format!("limit must be 1 to {most}\n"));
                     }
                 };
                 let after = query_param(query, "after");

@@ -489,7 +489,8 @@ impl ServerHandle {
     /// Up to `limit` members of `topic` (its subscribers, with their users
     /// and when they joined) after the member `after` (its id as
     /// [`Member::id`](crate::server::Member::id) gives it), in the order
-    /// they joined, with the totals. Without
+    /// they joined, with the totals. `limit` is capped at
+    /// [`Config::presence_page`](crate::server::Config::presence_page). Without
     /// [`Config::redis`](crate::server::Config::redis), this instance's
     /// subscribers; with it, every instance's, read from Redis.
     ///

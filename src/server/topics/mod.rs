@@ -104,6 +104,8 @@ pub(crate) struct Bounds {
     pub(crate) replay_budget: usize,
     /// Presence events per second per topic (0: no limit).
     pub(crate) presence_rate: u32,
+    /// Members a presence query lists at most.
+    pub(crate) presence_page: usize,
 }
 
 impl Retention {
@@ -127,6 +129,7 @@ impl Bounds {
             // Half the outbox, so live messages still fit behind a replay.
             replay_budget: config.max_outbox / 2,
             presence_rate: config.presence_rate,
+            presence_page: config.presence_page,
         }
     }
 }
@@ -603,16 +606,21 @@ impl Topics {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Members, Unavailable> {
-        if let Some(redis) = &self.redis {
-            return redis.members(name, after, limit);
-        }
-        let after = after
-            .and_then(presence::parse_member_id)
-            .map(|(conn, _)| conn);
-        Ok(self
-            .get(name)
-            .map(|topic| topic.lock().presence.page(after, limit))
-            .unwrap_or_default())
+        let limit = limit.min(self.bounds.presence_page);
+        let page = match &self.redis {
+            Some(redis) => redis.members(name, after, limit)?,
+            None => {
+                let after = after
+                    .and_then(presence::parse_member_id)
+                    .map(|(conn, _)| conn);
+                self.get(name)
+                    .map(|topic| topic.lock().presence.page(after, limit))
+                    .unwrap_or_default()
+            }
+        };
+        self.presence.queries.inc();
+        self.presence.listed.inc_by(page.members.len() as u64);
+        Ok(page)
     }
 
     /// Tells the watchers of `name` (but `subject`, the member here they
@@ -710,6 +718,16 @@ impl Topics {
             "wheel_presence_events",
             "Join, leave and overflow events written or queued to subscribers watching a topic's presence",
             self.presence.sent.clone(),
+        );
+        metrics.register(
+            "wheel_presence_queries",
+            "Presence queries answered (WHO, GET /presence): pages of at most --presence-page members",
+            self.presence.queries.clone(),
+        );
+        metrics.register(
+            "wheel_presence_members_listed",
+            "Members listed by presence queries",
+            self.presence.listed.clone(),
         );
         metrics.register(
             "wheel_presence_events_dropped",

@@ -46,9 +46,6 @@ use crate::server::conn::Conn;
 use crate::server::conn::id::ConnId;
 use crate::server::conn::outbound::Flushes;
 
-/// Members a `WHO` answer (or a `GET /presence` page) lists at most.
-pub const PRESENCE_PAGE: usize = 100;
-
 /// One member of a topic: a subscribed connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -141,6 +138,10 @@ pub(crate) struct PresenceCounters {
     pub(crate) sent: Counter,
     /// Events dropped past `--presence-rate`.
     pub(crate) dropped: Counter,
+    /// Presence queries answered.
+    pub(crate) queries: Counter,
+    /// Members they listed.
+    pub(crate) listed: Counter,
 }
 
 /// What a change of membership must tell watchers.

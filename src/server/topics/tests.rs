@@ -26,6 +26,7 @@ fn bounds() -> Bounds {
         max_frame: 1 << 20,
         replay_budget: 1 << 20,
         presence_rate: 20,
+        presence_page: crate::server::config::PRESENCE_PAGE,
     }
 }
 
