@@ -585,6 +585,17 @@ fn join_room(server: &Server, sub: &str, exp: u64, watch: bool) -> Client {
     c
 }
 
+/// `WHO room`'s last line, `OK WHO room <connections> <users>`.
+fn who_total(c: &mut Client) -> String {
+    c.send(Message::Data(b"WHO room"));
+    loop {
+        let line = data(c);
+        if line.starts_with("OK WHO") {
+            return line;
+        }
+    }
+}
+
 #[test]
 fn presence_counts_a_user_once_however_many_connections() {
     use wheel_server::server::pubsub::PubSub;
@@ -610,13 +621,7 @@ fn presence_counts_a_user_once_however_many_connections() {
         "{second}"
     );
     // WHO: three connections, two users.
-    watcher.send(Message::Data(b"WHO room"));
-    let total = loop {
-        let line = data(&mut watcher);
-        if line.starts_with("OK WHO") {
-            break line;
-        }
-    };
+    let total = who_total(&mut watcher);
     assert_eq!(total, "OK WHO room 3 2");
     drop(alice_1);
     let left = data(&mut watcher);
@@ -669,13 +674,7 @@ fn across_instances_a_user_is_online_once_and_offline_after_its_last_connection_
         joined.starts_with("JOIN room ") && joined.ends_with(" alice"),
         "{joined}"
     );
-    watcher.send(Message::Data(b"WHO room"));
-    let total = loop {
-        let line = data(&mut watcher);
-        if line.starts_with("OK WHO") {
-            break line;
-        }
-    };
+    let total = who_total(&mut watcher);
     assert_eq!(total, "OK WHO room 3 2", "three connections, two users");
     // Her connection here leaves: she is still online over there.
     drop(alice_a);

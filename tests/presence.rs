@@ -267,18 +267,55 @@ fn instance(redis: &RedisServer, heartbeat: Duration) -> Server {
     start(config)
 }
 
-/// An instance in a process of its own (to be killed or frozen), beating
-/// every `heartbeat`.
-fn instance_process(redis: &RedisServer, heartbeat: &str) -> ServerProcess {
+/// The id of the member a `JOIN room <id> -` event is about.
+fn joined_id(event: &str) -> String {
+    event
+        .strip_prefix("JOIN room ")
+        .and_then(|rest| rest.strip_suffix(" -"))
+        .unwrap_or_else(|| panic!("a JOIN, got {event:?}"))
+        .to_owned()
+}
+
+/// Two instances on one Redis, beating every `heartbeat`: `a` in this
+/// process with a watcher of `room`, and `b` in a process of its own (to
+/// be killed, frozen or stopped) with `members` members of `room`, their
+/// ids as the watcher saw them join.
+struct AcrossInstances {
+    a: Server,
+    b: ServerProcess,
+    watcher: Client,
+    members: Vec<Client>,
+    ids: Vec<String>,
+}
+
+fn across_instances(redis: &RedisServer, heartbeat: Duration, members: usize) -> AcrossInstances {
+    let a = instance(redis, heartbeat);
     let url = redis.url();
-    ServerProcess::start(&[
+    let every = format!("{}ms", heartbeat.as_millis());
+    let b = ServerProcess::start(&[
         "--service",
         "pubsub",
         "--redis",
         &url,
         "--presence-heartbeat",
-        heartbeat,
-    ])
+        &every,
+    ]);
+    let mut watcher = Client::connect(a.local_addr());
+    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
+    let (mut clients, mut ids) = (Vec::new(), Vec::new());
+    for _ in 0..members {
+        let mut member = Client::connect(b.addr);
+        assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
+        ids.push(joined_id(&next_event(&mut watcher).1));
+        clients.push(member);
+    }
+    AcrossInstances {
+        a,
+        b,
+        watcher,
+        members: clients,
+        ids,
+    }
 }
 
 /// The next event a watcher is told, keeping it alive meanwhile: PINGs
@@ -337,12 +374,7 @@ fn two_instances_on_redis_list_each_others_members_and_see_them_join_and_leave()
     // A member on the other instance: the watcher is told, through Redis.
     let mut member = Client::connect(b.local_addr());
     assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
-    let (_, joined) = next_event(&mut watcher);
-    let member_id = joined
-        .strip_prefix("JOIN room ")
-        .and_then(|rest| rest.strip_suffix(" -"))
-        .unwrap_or_else(|| panic!("a JOIN, got {joined:?}"))
-        .to_owned();
+    let member_id = joined_id(&next_event(&mut watcher).1);
     let b_instance = member_id.split_once('@').expect("conn@instance").1;
     assert_ne!(b_instance, a_instance, "each instance has its own id");
 
@@ -382,13 +414,7 @@ fn two_instances_on_redis_list_each_others_members_and_see_them_join_and_leave()
     // The other instance drains (as on SIGTERM): its members leave
     // `drained`, said before it is gone.
     assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
-    let (_, joined) = next_event(&mut watcher);
-    let member_id = joined
-        .strip_prefix("JOIN room ")
-        .unwrap()
-        .strip_suffix(" -")
-        .unwrap()
-        .to_owned();
+    let member_id = joined_id(&next_event(&mut watcher).1);
     let drain = std::thread::spawn(move || b.shutdown());
     assert_eq!(
         next_event(&mut watcher).1,
@@ -411,20 +437,13 @@ fn a_killed_instance_s_members_leave_instance_lost_within_four_heartbeats() {
     }
     let heartbeat = ms(200);
     let redis = RedisServer::start();
-    let a = instance(&redis, heartbeat);
-    let mut b = instance_process(&redis, "200ms");
-    let mut watcher = Client::connect(a.local_addr());
-    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
-    let mut members = Vec::new();
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let mut member = Client::connect(b.addr);
-        assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
-        let (_, joined) = next_event(&mut watcher);
-        assert!(joined.starts_with("JOIN room "), "{joined}");
-        ids.push(joined.split(' ').nth(2).unwrap().to_owned());
-        members.push(member);
-    }
+    let AcrossInstances {
+        a,
+        mut b,
+        mut watcher,
+        members: _members,
+        mut ids,
+    } = across_instances(&redis, heartbeat, 3);
     // No goodbye: the connections stay open in the kernel's eyes until
     // the process is gone, and nothing tells Redis.
     b.signal(libc::SIGKILL);
@@ -446,10 +465,11 @@ fn a_killed_instance_s_members_leave_instance_lost_within_four_heartbeats() {
     left.sort();
     ids.sort();
     assert_eq!(left, ids);
-    // Its last beat came at most one heartbeat before the kill and expires
-    // three after it; a survivor looks once a heartbeat.
+    // Its last beat came about one heartbeat before the kill at most (half
+    // a heartbeat more allowed for a late beat on a busy machine) and
+    // expires three after it; a survivor looks once a heartbeat.
     let took = last - killed;
-    assert!(took >= heartbeat * 2 - ms(20), "too soon: {took:?}");
+    assert!(took >= heartbeat * 3 / 2, "too soon: {took:?}");
     assert!(
         took <= heartbeat * 4 + ms(800),
         "not within 4 heartbeats (plus a margin for a busy machine): {took:?}"
@@ -496,9 +516,10 @@ fn a_frozen_client_leaves_with_idle_timeout_when_the_wheel_finds_it() {
     unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
     let _ = client.wait();
     assert!(left.ends_with(" - idle_timeout"), "{left}");
-    // Its last heartbeat came at most one interval before the stop.
+    // Its last heartbeat came about one interval before the stop at most
+    // (one more allowed for a late one on a busy machine).
     let took = at - stopped;
-    assert!(took + interval + ms(5) >= idle, "too soon: {took:?}");
+    assert!(took + interval * 2 >= idle, "too soon: {took:?}");
     assert!(
         took <= idle + tick + ms(300),
         "not within the idle timeout and a tick (plus a margin for a busy machine): {took:?}"
@@ -513,21 +534,16 @@ fn a_frozen_instance_s_members_leave_and_join_again_when_it_wakes() {
     // Frozen past its heartbeats (SIGSTOP: a stall, or a partition from
     // Redis), an instance is taken for gone; when it wakes, its next beat
     // finds that out and puts its members back.
-    let heartbeat = ms(100);
     let redis = RedisServer::start();
-    let a = instance(&redis, heartbeat);
-    let b = instance_process(&redis, "100ms");
-    let mut watcher = Client::connect(a.local_addr());
-    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
-    let mut member = Client::connect(b.addr);
-    assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
-    let (_, joined) = next_event(&mut watcher);
-    let id = joined
-        .strip_prefix("JOIN room ")
-        .unwrap()
-        .strip_suffix(" -")
-        .unwrap()
-        .to_owned();
+    // (The in-process instance is bound, so that it lives to the end.)
+    let AcrossInstances {
+        a: _a,
+        b,
+        mut watcher,
+        mut members,
+        ids,
+    } = across_instances(&redis, ms(100), 1);
+    let (id, member) = (&ids[0], &mut members[0]);
     b.signal(libc::SIGSTOP);
     assert_eq!(
         next_event(&mut watcher).1,
@@ -544,7 +560,7 @@ fn a_frozen_instance_s_members_leave_and_join_again_when_it_wakes() {
     );
     assert_eq!(ok, "OK WHO room 2 0");
     // The member itself noticed nothing.
-    assert_eq!(command(&mut member, "PING"), "PONG");
+    assert_eq!(command(member, "PING"), "PONG");
 }
 
 #[test]
@@ -595,22 +611,17 @@ fn a_sigtermed_instance_s_members_leave_drained_and_it_says_goodbye() {
         return;
     }
     let redis = RedisServer::start();
-    let a = instance(&redis, ms(100));
-    let mut b = instance_process(&redis, "100ms");
-    let mut watcher = Client::connect(a.local_addr());
-    assert_eq!(command(&mut watcher, "SUB room presence"), "OK SUB room 0");
-    let mut member = Client::connect(b.addr);
-    assert_eq!(command(&mut member, "SUB room"), "OK SUB room 0");
-    let (_, joined) = next_event(&mut watcher);
-    let id = joined
-        .strip_prefix("JOIN room ")
-        .unwrap()
-        .strip_suffix(" -")
-        .unwrap()
-        .to_owned();
+    let AcrossInstances {
+        a,
+        mut b,
+        mut watcher,
+        mut members,
+        ids,
+    } = across_instances(&redis, ms(100), 1);
+    let id = &ids[0];
     b.signal(libc::SIGTERM);
     // The member reads its CLOSE 1001 and hangs up, as a client should.
-    assert_eq!(member.expect_close().0, 1001);
+    assert_eq!(members[0].expect_close().0, 1001);
     assert_eq!(
         next_event(&mut watcher).1,
         format!("LEAVE room {id} - drained")

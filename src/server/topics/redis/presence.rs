@@ -49,15 +49,20 @@
 //! does not leave with the reason `unknown` (the update that said why was
 //! lost).
 //!
+//! A query (`WHO`) first waits, at most `--redis-timeout`, until the
+//! presence thread is done with every change handed over before it, so that
+//! it sees this instance's own joins and leaves.
+//!
 //! An instance's watchers hear its own joins and leaves at once, from the
 //! topic itself; from Redis they take only other instances' events, and
 //! every `ONLINE` and `OFFLINE`, which only Redis can count.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use redis::Connection;
 use tracing::{debug, info, warn};
@@ -296,6 +301,14 @@ pub(crate) struct Roster {
     updates: (Sender<Update>, Receiver<Update>),
     /// An update was dropped: Redis's view must be brought up to date.
     stale: AtomicBool,
+    /// Updates handed over so far.
+    handed: AtomicU64,
+    /// Updates the presence thread is done with (written, or dropped for
+    /// a resync to cover), signalled on `done_changed`: a query waits for
+    /// those handed over before it, so that it sees this instance's own
+    /// changes.
+    done: Mutex<u64>,
+    done_changed: Condvar,
     script: Arc<redis::Script>,
     pub(crate) metrics: RosterMetrics,
 }
@@ -307,15 +320,44 @@ impl Roster {
             heartbeat,
             updates: crossbeam_channel::bounded(UPDATES),
             stale: AtomicBool::new(false),
+            handed: AtomicU64::new(0),
+            done: Mutex::new(0),
+            done_changed: Condvar::new(),
             script: Arc::new(redis::Script::new(SCRIPT)),
             metrics: RosterMetrics::default(),
         }
     }
 
     fn hand_over(&self, update: Update) {
-        if self.updates.0.try_send(update).is_err() {
+        if self.updates.0.try_send(update).is_ok() {
+            self.handed.fetch_add(1, Ordering::AcqRel);
+        } else {
             self.metrics.dropped.inc();
             self.stale.store(true, Ordering::Release);
+        }
+    }
+
+    /// The presence thread is done with `update`.
+    fn finished(&self, update: &Update) {
+        if !matches!(update, Update::Stop) {
+            *self.done.lock() += 1;
+            self.done_changed.notify_all();
+        }
+    }
+
+    /// Waits until the presence thread is done with every update handed
+    /// over so far, until `deadline` at most.
+    fn await_handed(&self, deadline: Instant) {
+        let handed = self.handed.load(Ordering::Acquire);
+        let mut done = self.done.lock();
+        while *done < handed {
+            if self
+                .done_changed
+                .wait_until(&mut done, deadline)
+                .timed_out()
+            {
+                return;
+            }
         }
     }
 }
@@ -353,6 +395,9 @@ impl Redis {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Members, Unavailable> {
+        // This instance's own joins and leaves first: a client that
+        // subscribed and then asks finds itself.
+        self.roster.await_handed(Instant::now() + self.timeout);
         let script = Arc::clone(&self.roster.script);
         let args = [
             self.roster.instance.clone(),
@@ -429,7 +474,6 @@ pub(super) fn run(shared: &Sink<'_>, redis: &Redis) {
             link.beat(shared);
         }
         match roster.updates.1.recv_deadline(next_beat) {
-            Ok(Update::Stop) => {}
             Ok(update) => link.apply(update),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -483,13 +527,14 @@ impl Link<'_> {
     }
 
     /// Tells Redis one join or leave (unless its view is stale anyway, to
-    /// be brought up to date by the next beat).
+    /// be brought up to date by the next beat), then counts it done.
     fn apply(&mut self, update: Update) {
+        self.write(&update);
+        self.redis.roster.finished(&update);
+    }
+
+    fn write(&mut self, update: &Update) {
         let roster = &self.redis.roster;
-        if self.stale || roster.stale.load(Ordering::Acquire) {
-            roster.metrics.dropped.inc();
-            return;
-        }
         let mut call = roster.script.prepare_invoke();
         match update {
             Update::Join {
@@ -501,7 +546,7 @@ impl Link<'_> {
                 .arg("join")
                 .arg(&roster.instance)
                 .arg(topic)
-                .arg(member_id(conn, Some(&roster.instance)))
+                .arg(member_id(*conn, Some(&roster.instance)))
                 .arg(show_user(user.as_deref()))
                 .arg(since_ms),
             Update::Leave {
@@ -512,10 +557,14 @@ impl Link<'_> {
                 .arg("leave")
                 .arg(&roster.instance)
                 .arg(topic)
-                .arg(member_id(conn, Some(&roster.instance)))
+                .arg(member_id(*conn, Some(&roster.instance)))
                 .arg(reason),
             Update::Stop => return,
         };
+        if self.stale || roster.stale.load(Ordering::Acquire) {
+            roster.metrics.dropped.inc();
+            return;
+        }
         if self.call::<i64>(&call).is_some() {
             roster.metrics.updates.inc();
         } else {
@@ -566,7 +615,9 @@ impl Link<'_> {
         let roster = &self.redis.roster;
         // Joins and leaves queued before this look are in it.
         // (A `Stop` among them only woke the thread: the flag says it.)
-        while roster.updates.1.try_recv().is_ok() {}
+        while let Ok(update) = roster.updates.1.try_recv() {
+            roster.finished(&update);
+        }
         let mut topics = shared.topics.local_members();
         let listed: Option<Vec<String>> = {
             let key = format!("wheel:instance:{{{}}}:topics", roster.instance);
